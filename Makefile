@@ -1,0 +1,36 @@
+# One entry point for a fresh clone: `make demo` and `make test` create .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The PyTorch build to install when the venv has none. Override with your cluster's own build, e.g.
+#   make TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cu124" test
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= all,dev
+STAMP := $(VENV)/.aop-installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/aop demo
+
+test: $(STAMP)
+	$(PY) -m ruff check aop tests benchmarks scripts
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check aop tests benchmarks scripts
+
+bench: $(STAMP)
+	for b in benchmarks/*_bench.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info

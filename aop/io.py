@@ -1,0 +1,507 @@
+"""Volume and data-set input/output.
+
+Volumes are NumPy arrays in (Z, Y, X) or (C, Z, Y, X) order. Supported formats:
+
+- TIFF (``.tif``, ``.tiff``) through tifffile; the voxel size is read from OME-XML
+  (``PhysicalSizeZ/Y/X``) or ImageJ metadata (``spacing`` and the X/Y resolution tags). aop writes
+  OME-TIFF, which also holds 32- and 64-bit label images.
+- NumPy ``.npy`` (no voxel size).
+- Zarr (``.zarr``): a plain array, or an OME-Zarr image group whose first multiscale level is read
+  and whose ``scale`` transformation gives the voxel size.
+
+A data set is a folder::
+
+    dataset.yaml        name, voxel_size [z, y, x], channel_names, and free-form provenance
+    images/NAME.tif     one volume per file
+    labels/NAME.tif     optional instance labels, matched to images by NAME
+
+Every problem found while loading raises :class:`aop.errors.AopError` with one line naming the file
+(relative to the data-set folder) and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import yaml
+
+from aop.errors import AopError
+
+Spacing = tuple[float, float, float]
+
+VOLUME_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
+DATASET_FILE = "dataset.yaml"
+
+__all__ = [
+    "DATASET_FILE",
+    "Dataset",
+    "DatasetInfo",
+    "Spacing",
+    "VolumeEntry",
+    "find_volumes",
+    "load_dataset",
+    "read_volume",
+    "volume_name",
+    "write_dataset",
+    "write_volume",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Single volumes
+# --------------------------------------------------------------------------------------------------
+
+
+def volume_name(path: str | os.PathLike) -> str:
+    """Return a volume's name: its file name without the volume suffix (``a.ome.tif`` -> ``a``)."""
+    name = Path(path).name
+    for suffix in (".ome.tif", ".ome.tiff", ".ome.zarr", *VOLUME_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise AopError(f"{path}: unknown volume format (expected one of {', '.join(VOLUME_SUFFIXES)})")
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Spacing | None]:
+    """Read a volume and its voxel size.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.tif``/``.tiff``, ``.npy`` or ``.zarr`` file or folder.
+
+    Returns
+    -------
+    data : ndarray
+        The voxels, in the file's axis order (``ZYX`` or ``CZYX`` for files aop writes).
+    spacing : tuple of 3 floats or None
+        Voxel size (z, y, x) in physical units when the file records one.
+
+    Raises
+    ------
+    AopError
+        When the file is missing, unreadable or of an unknown format.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AopError(f"{path}: file not found")
+    suffix = _suffix(path)
+    try:
+        if suffix in (".tif", ".tiff"):
+            return _read_tiff(path)
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False), None
+        return _read_zarr(path)
+    except AopError:
+        raise
+    except Exception as exc:  # corrupt or truncated files surface as many exception types
+        raise AopError(f"{path}: cannot read volume ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, Spacing | None]:
+    with tifffile.TiffFile(path) as tif:
+        data = tif.asarray()
+        spacing = None
+        if tif.ome_metadata:
+            spacing = _ome_xml_spacing(tif.ome_metadata)
+        elif tif.imagej_metadata is not None:
+            spacing = _imagej_spacing(tif)
+    return data, spacing
+
+
+def _ome_xml_spacing(xml: str) -> Spacing | None:
+    root = ET.fromstring(xml)
+    for element in root.iter():
+        if element.tag.endswith("Pixels"):
+            sizes = [element.get(f"PhysicalSize{axis}") for axis in "ZYX"]
+            if all(s is None for s in sizes):
+                return None
+            return tuple(float(s) if s is not None else 1.0 for s in sizes)  # type: ignore[return-value]
+    return None
+
+
+def _imagej_spacing(tif: tifffile.TiffFile) -> Spacing | None:
+    meta = tif.imagej_metadata or {}
+    page = tif.pages[0]
+    xy = []
+    for tag_name in ("YResolution", "XResolution"):
+        tag = page.tags.get(tag_name)
+        if tag is None:
+            xy.append(1.0)
+            continue
+        numerator, denominator = tag.value
+        xy.append(denominator / numerator if numerator else 1.0)
+    z = float(meta.get("spacing", 1.0))
+    if "spacing" not in meta and xy == [1.0, 1.0]:
+        return None
+    return (z, xy[0], xy[1])
+
+
+def _read_zarr(path: Path) -> tuple[np.ndarray, Spacing | None]:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if hasattr(node, "shape"):
+        return np.asarray(node[...]), None
+    attrs = dict(node.attrs)
+    attrs = attrs.get("ome", attrs)  # OME-Zarr 0.5 nests its metadata under "ome"
+    multiscales = attrs.get("multiscales")
+    if not multiscales:
+        raise AopError(f"{path}: Zarr group is not an OME-Zarr image (no 'multiscales')")
+    level = multiscales[0]["datasets"][0]
+    data = np.asarray(node[level["path"]][...])
+    spacing = None
+    for transform in level.get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            spacing = tuple(float(s) for s in transform["scale"][-3:])
+    return data, spacing  # type: ignore[return-value]
+
+
+def write_volume(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    spacing: Spacing | None = None,
+    *,
+    compression: str | None = "zlib",
+) -> Path:
+    """Write a volume atomically (a temporary file renamed into place).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination; the suffix picks the format (``.tif``/``.tiff`` OME-TIFF, ``.npy``, ``.zarr``
+        OME-Zarr).
+    data : ndarray
+        ``ZYX`` or ``CZYX`` (2D ``YX`` is accepted too).
+    spacing : tuple of 3 floats, optional
+        Voxel size (z, y, x) stored in the file's metadata (TIFF and Zarr).
+    compression : str or None
+        TIFF compression codec.
+
+    Returns
+    -------
+    Path
+        The written path.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    data = np.asarray(data)
+    axes = {2: "YX", 3: "ZYX", 4: "CZYX"}.get(data.ndim)
+    if axes is None:
+        raise AopError(f"{path}: cannot write a {data.ndim}D array (expected YX, ZYX or CZYX)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".zarr":
+        _write_zarr(path, data, spacing, axes)
+        return path
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix == ".npy":
+            np.save(tmp_name, data)
+        else:
+            metadata: dict[str, Any] = {"axes": axes}
+            if spacing is not None:
+                z, y, x = (float(s) for s in spacing)
+                metadata.update(PhysicalSizeZ=z, PhysicalSizeY=y, PhysicalSizeX=x)
+            tifffile.imwrite(
+                tmp_name, data, ome=True, metadata=metadata, compression=compression
+            )
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_zarr(path: Path, data: np.ndarray, spacing: Spacing | None, axes: str) -> None:
+    import shutil
+
+    import zarr
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    root = zarr.open_group(str(tmp), mode="w")
+    chunks = tuple(min(s, 64) for s in data.shape)
+    root.create_array("0", shape=data.shape, dtype=data.dtype, chunks=chunks)[...] = data
+    scale = [1.0] * data.ndim
+    if spacing is not None and data.ndim >= 3:
+        scale[-3:] = [float(s) for s in spacing]
+    kinds = {"C": "channel", "Z": "space", "Y": "space", "X": "space"}
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": a.lower(), "type": kinds[a]} for a in axes],
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            ],
+        }
+    ]
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data sets
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetInfo:
+    """The contents of ``dataset.yaml``."""
+
+    name: str
+    voxel_size: Spacing = (1.0, 1.0, 1.0)
+    channel_names: list[str] = field(default_factory=lambda: ["channel0"])
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "voxel_size": [float(v) for v in self.voxel_size],
+            "channel_names": list(self.channel_names),
+            "provenance": _plain(self.provenance),
+        }
+
+
+@dataclass(frozen=True)
+class VolumeEntry:
+    """One volume of a data set: its image file and optional label file."""
+
+    name: str
+    image_path: Path
+    label_path: Path | None
+
+
+@dataclass
+class Dataset:
+    """A validated data-set folder. Volumes are read on demand."""
+
+    root: Path
+    info: DatasetInfo
+    entries: list[VolumeEntry]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[VolumeEntry]:
+        return iter(self.entries)
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.entries) and all(e.label_path is not None for e in self.entries)
+
+    def entry(self, name: str) -> VolumeEntry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise AopError(f"{self.root}: no volume named {name!r}")
+
+    def image(self, name: str) -> np.ndarray:
+        """The image of volume ``name`` as float32."""
+        data, _ = read_volume(self.entry(name).image_path)
+        return data.astype(np.float32, copy=False)
+
+    def labels(self, name: str) -> np.ndarray:
+        """The label volume of ``name``; raises when the volume has none."""
+        entry = self.entry(name)
+        if entry.label_path is None:
+            raise AopError(f"{self.root}: volume {name!r} has no labels")
+        data, _ = read_volume(entry.label_path)
+        return data
+
+
+def _plain(value: Any) -> Any:
+    """Convert NumPy scalars, tuples and paths to plain YAML-safe types."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def find_volumes(folder: Path) -> dict[str, Path]:
+    """Map volume name -> path for every volume file directly inside ``folder``."""
+    found: dict[str, Path] = {}
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if any(path.name.lower().endswith(s) for s in VOLUME_SUFFIXES):
+            found[volume_name(path)] = path
+    return found
+
+
+def _read_info(root: Path) -> DatasetInfo:
+    info_path = root / DATASET_FILE
+    if not info_path.exists():
+        return DatasetInfo(name=root.name)
+    try:
+        raw = yaml.safe_load(info_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise AopError(f"{info_path}: not valid YAML ({exc.__class__.__name__})") from exc
+    if not isinstance(raw, dict):
+        raise AopError(f"{info_path}: expected a mapping of keys, got {type(raw).__name__}")
+    known = {"name", "voxel_size", "channel_names", "provenance"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise AopError(f"{info_path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    voxel_size = raw.get("voxel_size", [1.0, 1.0, 1.0])
+    if (
+        not isinstance(voxel_size, list | tuple)
+        or len(voxel_size) != 3
+        or not all(isinstance(v, int | float) and v > 0 for v in voxel_size)
+    ):
+        raise AopError(f"{info_path}: voxel_size must be three positive numbers [z, y, x], got {voxel_size!r}")
+    channels = raw.get("channel_names", ["channel0"])
+    if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+        raise AopError(f"{info_path}: channel_names must be a list of strings, got {channels!r}")
+    return DatasetInfo(
+        name=str(raw.get("name", root.name)),
+        voxel_size=tuple(float(v) for v in voxel_size),  # type: ignore[arg-type]
+        channel_names=channels,
+        provenance=raw.get("provenance") or {},
+    )
+
+
+def _check_labels(rel: str, labels: np.ndarray) -> None:
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise AopError(f"{rel}: labels must be integers, got non-integral {labels.dtype} values")
+    elif labels.dtype.kind not in "iub":
+        raise AopError(f"{rel}: labels must be integers, got dtype {labels.dtype}")
+    if labels.dtype.kind in "if" and labels.size and labels.min() < 0:
+        raise AopError(f"{rel}: labels must be non-negative, found {labels.min()}")
+
+
+def _check_image(rel: str, image: np.ndarray) -> None:
+    if image.dtype.kind not in "uif b":
+        raise AopError(f"{rel}: image has unsupported dtype {image.dtype}")
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+        raise AopError(f"{rel}: image has non-finite values (NaN or inf)")
+    if image.ndim not in (3, 4):
+        raise AopError(f"{rel}: image must be 3D (Z, Y, X) or 4D (C, Z, Y, X), got shape {image.shape}")
+
+
+def load_dataset(
+    root: str | os.PathLike, *, require_labels: bool = False, validate: bool = True
+) -> Dataset:
+    """Load and validate a data-set folder.
+
+    Parameters
+    ----------
+    root : str or path-like
+        The folder holding ``images/``, optional ``labels/`` and ``dataset.yaml``.
+    require_labels : bool
+        Every image must have a label volume.
+    validate : bool
+        Read every volume and check shapes, dtypes and values (otherwise only file pairing).
+
+    Raises
+    ------
+    AopError
+        On the first problem, naming the file relative to ``root``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise AopError(f"{root}: data-set folder not found")
+    info = _read_info(root)
+    images = find_volumes(root / "images")
+    if not images:
+        raise AopError(f"{root}: no volumes in images/ (expected images/NAME.tif)")
+    labels = find_volumes(root / "labels")
+    for name, path in labels.items():
+        if name not in images:
+            raise AopError(f"{path.relative_to(root)}: no image images/{name}.* for these labels")
+    entries = []
+    for name, image_path in images.items():
+        label_path = labels.get(name)
+        if require_labels and label_path is None:
+            raise AopError(f"{image_path.relative_to(root)}: no labels/{name}.* for this image")
+        entries.append(VolumeEntry(name, image_path, label_path))
+    if validate:
+        for entry in entries:
+            _validate_entry(root, entry)
+    return Dataset(root=root, info=info, entries=entries)
+
+
+def _validate_entry(root: Path, entry: VolumeEntry) -> None:
+    image_rel = str(entry.image_path.relative_to(root))
+    image, _ = read_volume(entry.image_path)
+    _check_image(image_rel, image)
+    if entry.label_path is None:
+        return
+    label_rel = str(entry.label_path.relative_to(root))
+    labels, _ = read_volume(entry.label_path)
+    _check_labels(label_rel, labels)
+    spatial = image.shape[-3:]
+    if labels.shape != spatial:
+        raise AopError(f"{label_rel}: shape {labels.shape} does not match image {spatial}")
+
+
+def write_dataset(
+    root: str | os.PathLike,
+    volumes: Iterable[tuple[str, np.ndarray, np.ndarray | None]],
+    info: DatasetInfo,
+) -> Path:
+    """Write a data-set folder: ``images/``, ``labels/`` and ``dataset.yaml``.
+
+    The folder is built beside ``root`` and renamed into place only when complete, so an interrupted
+    write leaves no half-written data set. An existing ``root`` is replaced.
+
+    Parameters
+    ----------
+    root : str or path-like
+        Destination folder.
+    volumes : iterable of (name, image, labels or None)
+        Consumed lazily, so a generator can simulate one volume at a time.
+    info : DatasetInfo
+        Written to ``dataset.yaml``.
+    """
+    import shutil
+
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        for name, image, labels in volumes:
+            write_volume(tmp / "images" / f"{name}.tif", image, info.voxel_size)
+            if labels is not None:
+                write_volume(tmp / "labels" / f"{name}.tif", labels, info.voxel_size)
+        (tmp / DATASET_FILE).write_text(yaml.safe_dump(info.to_dict(), sort_keys=False))
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def to_json(value: Any) -> str:
+    """Serialise results with NumPy scalars and paths as plain JSON."""
+    return json.dumps(_plain(value), indent=2)

@@ -1,0 +1,1 @@
+"""Segmentation: model adapters, prediction cache and post-processing."""
