@@ -6,35 +6,45 @@ print one line and exit with status 2, without a traceback.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from aop.errors import AopError
 
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _AopGroup(TyperGroup):
+    """Command group that prints an :class:`AopError` as one line and exits with status 2."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except AopError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
     name="aop",
+    cls=_AopGroup,
     help="3D data Analysis Optimization Pipeline: find the best segmentation and classification "
     "pipeline for your 3D microscopy data by Bayesian optimisation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
 def main() -> None:
-    """Console entry point: run the app, turning user errors into one line and exit status 2."""
-    try:
-        app()
-    except AopError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    """Console entry point (``aop``)."""
+    app()
 
 
 def _version(value: bool) -> None:
