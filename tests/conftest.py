@@ -1,0 +1,23 @@
+"""Shared test set-up: quiet, headless, deterministic."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def nuclei_3d() -> tuple[np.ndarray, np.ndarray]:
+    """StarDist's real annotated 3D sample: (image uint16 31x61x57, labels with 51 nuclei)."""
+    from stardist.data import test_image_nuclei_3d
+
+    image, labels = test_image_nuclei_3d(return_mask=True)
+    return np.asarray(image), np.asarray(labels)
