@@ -71,7 +71,9 @@ def _root(
 
 @app.command()
 def info(
-    dataset: Annotated[Path, typer.Argument(help="Data-set folder (images/, labels/, dataset.yaml).")],
+    dataset: Annotated[
+        Path, typer.Argument(help="Data-set folder (images/, labels/, dataset.yaml).")
+    ],
 ) -> None:
     """Validate a data set and print its volumes, shapes and label counts."""
     import numpy as np

@@ -116,12 +116,16 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Spacing | None]:
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, Spacing | None]:
     with tifffile.TiffFile(path) as tif:
+        if len(tif.pages) == 0:
+            raise AopError(f"{path}: cannot read volume (no image data: empty or corrupt TIFF)")
         data = tif.asarray()
         spacing = None
         if tif.ome_metadata:
             spacing = _ome_xml_spacing(tif.ome_metadata)
         elif tif.imagej_metadata is not None:
             spacing = _imagej_spacing(tif)
+        elif tif.shaped_metadata and "spacing" in tif.shaped_metadata[0]:
+            spacing = tuple(float(v) for v in tif.shaped_metadata[0]["spacing"])
     return data, spacing
 
 
@@ -215,18 +219,34 @@ def write_volume(
         if suffix == ".npy":
             np.save(tmp_name, data)
         else:
-            metadata: dict[str, Any] = {"axes": axes}
-            if spacing is not None:
-                z, y, x = (float(s) for s in spacing)
-                metadata.update(PhysicalSizeZ=z, PhysicalSizeY=y, PhysicalSizeX=x)
-            tifffile.imwrite(
-                tmp_name, data, ome=True, metadata=metadata, compression=compression
-            )
+            _write_tiff(tmp_name, data, spacing, axes, compression)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+# OME-XML has no 64-bit integer pixel types; those are written as tifffile "shaped" TIFFs whose JSON
+# description carries the voxel size instead.
+_OME_DTYPES = {"int8", "int16", "int32", "uint8", "uint16", "uint32", "float32", "float64", "bool"}
+
+
+def _write_tiff(
+    path: str, data: np.ndarray, spacing: Spacing | None, axes: str, compression: str | None
+) -> None:
+    if data.dtype.name in _OME_DTYPES:
+        metadata: dict[str, Any] = {"axes": axes}
+        if spacing is not None:
+            z, y, x = (float(s) for s in spacing)
+            metadata.update(PhysicalSizeZ=z, PhysicalSizeY=y, PhysicalSizeX=x)
+        options: dict[str, Any] = {"ome": True, "metadata": metadata}
+    else:
+        shaped: dict[str, Any] = {"axes": axes}
+        if spacing is not None:
+            shaped["spacing"] = [float(s) for s in spacing]
+        options = {"shaped": True, "metadata": shaped}
+    tifffile.imwrite(path, data, compression=compression, photometric="minisblack", **options)
 
 
 def _write_zarr(path: Path, data: np.ndarray, spacing: Spacing | None, axes: str) -> None:
@@ -369,14 +389,17 @@ def _read_info(root: Path) -> DatasetInfo:
     known = {"name", "voxel_size", "channel_names", "provenance"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise AopError(f"{info_path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        known_keys = ", ".join(sorted(known))
+        raise AopError(f"{info_path}: unknown key {unknown[0]!r} (known: {known_keys})")
     voxel_size = raw.get("voxel_size", [1.0, 1.0, 1.0])
     if (
         not isinstance(voxel_size, list | tuple)
         or len(voxel_size) != 3
         or not all(isinstance(v, int | float) and v > 0 for v in voxel_size)
     ):
-        raise AopError(f"{info_path}: voxel_size must be three positive numbers [z, y, x], got {voxel_size!r}")
+        raise AopError(
+            f"{info_path}: voxel_size must be three positive numbers [z, y, x], got {voxel_size!r}"
+        )
     channels = raw.get("channel_names", ["channel0"])
     if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
         raise AopError(f"{info_path}: channel_names must be a list of strings, got {channels!r}")
@@ -391,7 +414,7 @@ def _read_info(root: Path) -> DatasetInfo:
 def _check_labels(rel: str, labels: np.ndarray) -> None:
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise AopError(f"{rel}: labels must be integers, got non-integral {labels.dtype} values")
+            raise AopError(f"{rel}: labels must be integers, got non-integral {labels.dtype}")
     elif labels.dtype.kind not in "iub":
         raise AopError(f"{rel}: labels must be integers, got dtype {labels.dtype}")
     if labels.dtype.kind in "if" and labels.size and labels.min() < 0:
@@ -404,7 +427,7 @@ def _check_image(rel: str, image: np.ndarray) -> None:
     if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
         raise AopError(f"{rel}: image has non-finite values (NaN or inf)")
     if image.ndim not in (3, 4):
-        raise AopError(f"{rel}: image must be 3D (Z, Y, X) or 4D (C, Z, Y, X), got shape {image.shape}")
+        raise AopError(f"{rel}: image must be 3D (Z, Y, X) or 4D (C, Z, Y, X), got {image.shape}")
 
 
 def load_dataset(
