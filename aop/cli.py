@@ -94,3 +94,107 @@ def info(
             entry.name, str(image.shape), str(image.dtype), "yes" if entry.label_path else "no", n
         )
     console.print(table)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring
+# ------------------------------------------------------------------------------------------------
+
+
+def _label_volumes(path: Path, role: str) -> dict[str, Path]:
+    """Map volume name -> label file: one file, or a folder's (``labels/NAME.*`` or ``NAME.*``)."""
+    from aop.io import find_volumes, volume_name
+
+    if path.is_file() or (path.is_dir() and path.name.lower().endswith(".zarr")):
+        return {volume_name(path): path}
+    if not path.is_dir():
+        raise AopError(f"{path}: {role} not found")
+    volumes = find_volumes(path / "labels") or find_volumes(path)
+    if not volumes:
+        raise AopError(f"{path}: no label volumes in this {role} folder (labels/NAME.* or NAME.*)")
+    return volumes
+
+
+def _pair_volumes(gt: Path, pred: Path) -> list[tuple[str, Path, Path]]:
+    gt_volumes = _label_volumes(gt, "GT")
+    pred_volumes = _label_volumes(pred, "PRED")
+    if gt.is_file() or pred.is_file():
+        if len(gt_volumes) != 1 or len(pred_volumes) != 1:
+            raise AopError(f"{pred}: GT and PRED must both be volume files or both folders")
+        ((name, gt_path),) = gt_volumes.items()
+        return [(name, gt_path, next(iter(pred_volumes.values())))]
+    for name in gt_volumes:
+        if name not in pred_volumes:
+            raise AopError(
+                f"{pred}: no prediction for volume {name!r} (expected labels/{name}.* or {name}.*)"
+            )
+    for name, path in pred_volumes.items():
+        if name not in gt_volumes:
+            raise AopError(f"{path}: no ground-truth volume {name!r} in {gt}")
+    return [(name, gt_volumes[name], pred_volumes[name]) for name in gt_volumes]
+
+
+@app.command()
+def score(
+    gt: Annotated[Path, typer.Argument(help="Ground-truth label volume, or a data-set folder.")],
+    pred: Annotated[
+        Path, typer.Argument(help="Predicted label volume, or a folder (labels/NAME.* or NAME.*).")
+    ],
+    iou_threshold: Annotated[
+        float, typer.Option("--iou-threshold", help="IoU threshold of IPQ, PQ and AP (IoU > T).")
+    ] = 0.5,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")
+    ] = False,
+) -> None:
+    """Score predicted instances against ground truth: IPQ, SQ, RQ, IQ, PQ, AP, SEG per volume."""
+    import json
+
+    from rich.progress import Progress
+
+    from aop.io import read_volume
+    from aop.metrics import evaluate, mean_scores
+
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise AopError(f"--iou-threshold: expected a number in [0, 1], got {iou_threshold}")
+    pairs = _pair_volumes(gt, pred)
+    rows = []
+    with Progress(console=err_console, transient=True, disable=len(pairs) < 2) as progress:
+        task = progress.add_task("scoring", total=len(pairs))
+        for name, gt_path, pred_path in pairs:
+            gt_labels, _ = read_volume(gt_path)
+            pred_labels, _ = read_volume(pred_path)
+            if gt_labels.shape != pred_labels.shape:
+                raise AopError(
+                    f"{pred_path}: shape {pred_labels.shape} does not match ground truth "
+                    f"{gt_path} shape {gt_labels.shape}"
+                )
+            try:
+                scores = evaluate(gt_labels, pred_labels, iou_threshold)
+            except AopError as exc:
+                path = gt_path if str(exc).startswith("gt:") else pred_path
+                raise AopError(f"{path}: {str(exc).split(': ', 1)[-1]}") from None
+            rows.append({"name": name, **scores})
+            progress.advance(task)
+    mean = mean_scores(rows)
+    if as_json:
+        report = {"iou_threshold": iou_threshold, "volumes": rows, "mean": mean}
+        typer.echo(json.dumps(report, indent=2))
+        return
+    columns = [("IPQ", "ipq"), ("SQ", "sq"), ("RQ", "rq"), ("IQ", "iq"), ("PQ", "pq"),
+               (f"AP@{iou_threshold:g}", "ap"), ("SEG", "seg")]  # fmt: skip
+    table = Table(title=f"Scores at IoU > {iou_threshold:g}")
+    table.add_column("volume")
+    for title, _ in columns:
+        table.add_column(title, justify="right")
+    table.add_column("GT / pred", justify="right", no_wrap=True)
+    for row in rows:
+        counts = f"{row['n_gt']} / {row['n_pred']}"
+        table.add_row(row["name"], *(f"{row[key]:.3f}" for _, key in columns), counts)
+    if len(rows) > 1:
+        table.add_section()
+        table.add_row(
+            f"mean of {len(rows)}", *(f"{mean[key]:.3f}" for _, key in columns),
+            f"{mean['n_gt']:.1f} / {mean['n_pred']:.1f}", style="bold",
+        )  # fmt: skip
+    console.print(table)
