@@ -1,0 +1,221 @@
+"""Compare the searches of a study: means of IPQ, SQ, RQ, IQ and per-volume paired t-tests.
+
+This is the analysis behind Fig. 4 of the source paper. Each search is represented by a *sample* of
+per-volume scores:
+
+- a pooled search (by default ``baseline``: every model without post-processing) contributes every
+  record's per-volume scores, ``n_models * n_volumes`` values (the paper's n_2), and its mean is the
+  mean IPQ of all models without post-processing, the paper's baseline;
+- every other search (``random``, ``gp``, ...) contributes the per-volume scores of its best
+  configuration (highest mean IPQ), ``n_volumes`` values (the paper's n_1).
+
+Two samples are paired by volume: each value of one sample is paired with each value of the other on
+the same volume. Between two best configurations that is one pair per volume; between the pooled
+baseline and a best configuration it pairs every model's score on a volume with the best
+configuration's score on that volume, so the test has n_2 pairs. The test is
+:func:`scipy.stats.ttest_rel` (two-sided).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from aop.analysis.records import METRICS, best_record, order_searches
+from aop.errors import AopError
+
+__all__ = ["SearchComparison", "compare_searches", "search_sample", "significance_stars"]
+
+
+def significance_stars(p_value: float) -> str:
+    """Return ``***`` (p < 0.001), ``**`` (< 0.01), ``*`` (< 0.05), ``n.s.``, or ``""`` for NaN."""
+    if p_value is None or not np.isfinite(p_value):
+        return ""
+    if p_value < 0.001:
+        return "***"
+    if p_value < 0.01:
+        return "**"
+    if p_value < 0.05:
+        return "*"
+    return "n.s."
+
+
+def search_sample(records: Sequence[Mapping[str, Any]], pooled: bool) -> pd.DataFrame:
+    """Per-volume scores that represent one search.
+
+    Parameters
+    ----------
+    records : sequence of mapping
+        Validated trial records of one search.
+    pooled : bool
+        True: every record contributes (baseline). False: only the best record (highest mean IPQ).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``model, trial_id, volume, ipq, sq, rq, iq``; one row per (record, volume). A record
+        without per-volume scores gives one row with ``volume = None`` and its mean scores.
+    """
+    chosen = list(records) if pooled else [best_record(records)]
+    rows = []
+    for record in chosen:
+        base = {"model": record["model"], "trial_id": record["trial_id"]}
+        per_volume = record.get("per_volume") or {}
+        if not per_volume:
+            rows.append({**base, "volume": None, **{m: record[m] for m in METRICS}})
+        for volume, scores in sorted(per_volume.items()):
+            rows.append({**base, "volume": volume, **{m: scores.get(m, np.nan) for m in METRICS}})
+    return pd.DataFrame(rows, columns=["model", "trial_id", "volume", *METRICS])
+
+
+def _python(value: Any) -> Any:
+    """NumPy scalars as Python scalars."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    left = a.loc[a["volume"].notna(), ["volume", metric]]
+    right = b.loc[b["volume"].notna(), ["volume", metric]]
+    pairs = left.merge(right, on="volume", suffixes=("_a", "_b")).dropna()
+    return pairs[f"{metric}_a"].to_numpy(float), pairs[f"{metric}_b"].to_numpy(float)
+
+
+@dataclass
+class SearchComparison:
+    """Result of :func:`compare_searches`.
+
+    Attributes
+    ----------
+    summary : DataFrame
+        Indexed by search: ``model`` and ``trial_id`` of the best configuration (pooled searches:
+        ``"all"``), ``n`` (sample size), the means ``ipq sq rq iq``, and ``p_ipq ... p_iq``: the
+        p-value of the paired t-test against the reference search (NaN for the reference).
+    tests : DataFrame
+        One row per (search_a, search_b, metric) for every pair of searches: ``n_pairs``,
+        ``mean_a``, ``mean_b`` (means over the paired values), ``statistic`` and ``p_value`` of
+        ``ttest_rel(a, b)`` (NaN with fewer than two pairs or constant differences), ``stars``.
+    samples : dict of DataFrame
+        The per-volume sample of each search (see :func:`search_sample`).
+    reference : str
+        The search every other search is tested against in ``summary`` (``gp`` when present).
+    """
+
+    summary: pd.DataFrame
+    tests: pd.DataFrame
+    samples: dict[str, pd.DataFrame]
+    reference: str
+
+    def p_value(self, search_a: str, search_b: str, metric: str = "ipq") -> float:
+        """The p-value of the paired t-test between two searches on one metric (order-free)."""
+        rows = self.tests[
+            (self.tests["metric"] == metric)
+            & (
+                ((self.tests["search_a"] == search_a) & (self.tests["search_b"] == search_b))
+                | ((self.tests["search_a"] == search_b) & (self.tests["search_b"] == search_a))
+            )
+        ]
+        if rows.empty:
+            raise AopError(f"no test between searches {search_a!r} and {search_b!r} on {metric!r}")
+        return float(rows["p_value"].iloc[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form (NaN becomes None)."""
+
+        def plain(frame: pd.DataFrame) -> list[dict[str, Any]]:
+            records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+            return [{k: _python(v) for k, v in record.items()} for record in records]
+
+        return {
+            "reference": self.reference,
+            "summary": plain(self.summary.reset_index()),
+            "tests": plain(self.tests),
+        }
+
+
+def compare_searches(
+    records_by_search: Mapping[str, Sequence[Mapping[str, Any]]],
+    pooled: Iterable[str] = ("baseline",),
+    reference: str | None = None,
+) -> SearchComparison:
+    """Compare searches by their mean scores and per-volume paired t-tests.
+
+    Parameters
+    ----------
+    records_by_search : mapping
+        ``{search name: [trial record, ...]}`` (validated records, e.g. from
+        :func:`aop.analysis.records.read_study_records`). Empty searches are left out.
+    pooled : iterable of str
+        Searches represented by all their records instead of their best one (default: baseline).
+    reference : str, optional
+        The search the summary's p-values refer to; default ``gp`` when present, else the last
+        search.
+
+    Returns
+    -------
+    SearchComparison
+    """
+    names = order_searches(name for name, recs in records_by_search.items() if recs)
+    if not names:
+        raise AopError("no trial records to compare")
+    pooled = set(pooled)
+    if reference is None:
+        reference = "gp" if "gp" in names else names[-1]
+    if reference not in names:
+        raise AopError(f"reference search {reference!r} has no records (have: {', '.join(names)})")
+    samples = {name: search_sample(records_by_search[name], name in pooled) for name in names}
+
+    tests = []
+    for i, name_a in enumerate(names):
+        for name_b in names[i + 1 :]:
+            for metric in METRICS:
+                a, b = _paired(samples[name_a], samples[name_b], metric)
+                statistic = p_value = np.nan
+                if len(a) >= 2 and np.ptp(a - b) > 0:
+                    result = stats.ttest_rel(a, b)
+                    statistic, p_value = float(result.statistic), float(result.pvalue)
+                tests.append(
+                    {
+                        "search_a": name_a,
+                        "search_b": name_b,
+                        "metric": metric,
+                        "n_pairs": len(a),
+                        "mean_a": float(a.mean()) if len(a) else np.nan,
+                        "mean_b": float(b.mean()) if len(b) else np.nan,
+                        "statistic": statistic,
+                        "p_value": p_value,
+                        "stars": significance_stars(p_value),
+                    }
+                )
+    tests_frame = pd.DataFrame(
+        tests,
+        columns=[
+            "search_a", "search_b", "metric", "n_pairs", "mean_a", "mean_b",
+            "statistic", "p_value", "stars",
+        ],
+    )
+    comparison = SearchComparison(pd.DataFrame(), tests_frame, samples, reference)
+
+    rows = []
+    for name in names:
+        sample = samples[name]
+        is_pooled = name in pooled
+        row: dict[str, Any] = {
+            "search": name,
+            "model": "all" if is_pooled else sample["model"].iloc[0],
+            "trial_id": "all" if is_pooled else sample["trial_id"].iloc[0],
+            "n": int(len(sample)),
+        }
+        for metric in METRICS:
+            row[metric] = float(sample[metric].mean())
+        for metric in METRICS:
+            row[f"p_{metric}"] = (
+                np.nan if name == reference else comparison.p_value(name, reference, metric)
+            )
+        rows.append(row)
+    comparison.summary = pd.DataFrame(rows).set_index("search")
+    return comparison

@@ -1,0 +1,244 @@
+"""Trial records: the one-line-per-trial results of a segmentation study.
+
+A trial record is a JSON object with these fields::
+
+    search       name of the search that ran the trial ("baseline", "random", "gp", ...)
+    trial_id     identifier of the trial, unique within its search
+    model        segmentation model name
+    params       the seven post-processing parameters {name: number}
+    ipq sq rq iq mean scores over the benchmark volumes
+    per_volume   {volume: {"ipq": .., "sq": .., "rq": .., "iq": ..}}      (optional)
+    duration_s   seconds the trial took                                     (optional)
+    node         host or Ray node that ran it                                (optional)
+    iteration    position of the trial in its search, counted from 0        (optional)
+
+A study folder keeps them in ``results/NAME.jsonl``, one line per finished trial of search NAME.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aop.errors import AopError
+
+METRICS = ("ipq", "sq", "rq", "iq")
+REQUIRED_FIELDS = ("search", "trial_id", "model", "params", *METRICS)
+OPTIONAL_FIELDS = ("per_volume", "duration_s", "node", "iteration")
+RESULTS_DIR = "results"
+SEARCH_ORDER = ("baseline", "random", "gp")
+
+__all__ = [
+    "METRICS",
+    "RESULTS_DIR",
+    "SEARCH_ORDER",
+    "append_record",
+    "best_record",
+    "order_searches",
+    "read_records",
+    "read_study_records",
+    "validate_record",
+]
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AopError(f"{where}: expected a number, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        raise AopError(f"{where}: expected a finite number, got {value!r}")
+    return value
+
+
+def validate_record(record: Any, where: str = "trial record") -> dict[str, Any]:
+    """Check one trial record and return a normalised copy.
+
+    Parameters
+    ----------
+    record : mapping
+        The record, as read from JSON or built by a trial.
+    where : str
+        Prefix of error messages, e.g. ``"results/gp.jsonl line 3"``.
+
+    Returns
+    -------
+    dict
+        A copy with scores as floats, ``trial_id`` as a string, ``params`` and ``per_volume`` as
+        plain dicts, and absent optional fields filled (``per_volume={}``, ``duration_s=nan``,
+        ``node=""``, ``iteration=-1``).
+
+    Raises
+    ------
+    AopError
+        When a required field is missing, a score is not a finite number, or a field has the wrong
+        type. The message names the field.
+    """
+    if not isinstance(record, Mapping):
+        raise AopError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for key in REQUIRED_FIELDS:
+        if key not in record:
+            raise AopError(f"{where}: missing field {key!r}")
+    unknown = sorted(set(record) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
+    out: dict[str, Any] = {key: record[key] for key in unknown}  # kept, never interpreted
+    for key in ("search", "model"):
+        if not isinstance(record[key], str) or not record[key]:
+            raise AopError(
+                f"{where}: field {key!r} must be a non-empty string, got {record[key]!r}"
+            )
+        out[key] = record[key]
+    if not isinstance(record["trial_id"], str | int) or isinstance(record["trial_id"], bool):
+        raise AopError(f"{where}: field 'trial_id' must be a string, got {record['trial_id']!r}")
+    out["trial_id"] = str(record["trial_id"])
+    if not isinstance(record["params"], Mapping):
+        raise AopError(f"{where}: field 'params' must be a mapping, got {record['params']!r}")
+    out["params"] = {
+        str(k): _number(v, f"{where}: params.{k}") for k, v in record["params"].items()
+    }
+    for key in METRICS:
+        out[key] = _number(record[key], f"{where}: field {key!r}")
+    per_volume = record.get("per_volume") or {}
+    if not isinstance(per_volume, Mapping):
+        raise AopError(f"{where}: field 'per_volume' must be a mapping, got {per_volume!r}")
+    out["per_volume"] = {}
+    for volume, scores in per_volume.items():
+        if not isinstance(scores, Mapping):
+            raise AopError(f"{where}: per_volume.{volume} must be a mapping, got {scores!r}")
+        out["per_volume"][str(volume)] = {
+            m: _number(scores[m], f"{where}: per_volume.{volume}.{m}")
+            for m in METRICS
+            if m in scores
+        }
+    duration = record.get("duration_s")
+    out["duration_s"] = math.nan if duration is None else _number(duration, f"{where}: duration_s")
+    out["node"] = str(record.get("node") or "")
+    iteration = record.get("iteration", -1)
+    if isinstance(iteration, bool) or not isinstance(iteration, int):
+        raise AopError(f"{where}: field 'iteration' must be an integer, got {iteration!r}")
+    out["iteration"] = iteration
+    return out
+
+
+def read_records(path: str | os.PathLike, label: str | None = None) -> list[dict[str, Any]]:
+    """Read and validate the trial records of one ``.jsonl`` file.
+
+    Blank lines are skipped. A last line without its newline that does not parse is a write torn
+    by an interruption and is skipped too; any other line that does not parse is an error.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.jsonl`` file.
+    label : str, optional
+        How errors name the file (default: the path).
+
+    Returns
+    -------
+    list of dict
+        The validated records in file order.
+    """
+    path = Path(path)
+    label = label or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AopError(f"{label}: cannot read trial records ({exc.__class__.__name__})") from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # torn last write
+            raise AopError(f"{label} line {number}: not valid JSON") from None
+        records.append(validate_record(value, f"{label} line {number}"))
+    return records
+
+
+def order_searches(names: Iterable[str]) -> list[str]:
+    """Order search names: baseline, random, gp first, then the others alphabetically."""
+    names = set(names)
+    known = [name for name in SEARCH_ORDER if name in names]
+    return known + sorted(names - set(SEARCH_ORDER))
+
+
+def read_study_records(study_dir: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
+    """Read every ``results/*.jsonl`` file of a study folder.
+
+    Parameters
+    ----------
+    study_dir : path-like
+        The study folder.
+
+    Returns
+    -------
+    dict
+        ``{search: [record, ...]}`` in :func:`order_searches` order. Records are grouped by their
+        ``search`` field.
+
+    Raises
+    ------
+    AopError
+        When the folder or its ``results/`` folder is missing, holds no records, or a file is
+        corrupt.
+    """
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise AopError(f"{study_dir}: study folder not found")
+    results = study_dir / RESULTS_DIR
+    if not results.is_dir():
+        raise AopError(f"{results}: no results folder (has a search run in this study?)")
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(results.glob("*.jsonl")):
+        for record in read_records(path, label=f"{RESULTS_DIR}/{path.name}"):
+            grouped.setdefault(record["search"], []).append(record)
+    if not grouped:
+        raise AopError(f"{results}: no trial records (*.jsonl) found")
+    return {name: grouped[name] for name in order_searches(grouped)}
+
+
+def append_record(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Append one validated record as a JSON line, written with a single ``write`` and flushed.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.jsonl`` file; created with its folder when missing.
+    record : mapping
+        The trial record (see the module docstring).
+    """
+    record = validate_record(record)
+    if math.isnan(record["duration_s"]):
+        del record["duration_s"]  # unknown; JSON has no NaN
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def best_record(records: Iterable[Mapping[str, Any]], metric: str = "ipq") -> dict[str, Any]:
+    """Return the record with the highest mean ``metric``; ties go to the earliest record.
+
+    Parameters
+    ----------
+    records : iterable of mapping
+        Validated trial records.
+    metric : str
+        One of ``ipq``, ``sq``, ``rq``, ``iq``.
+    """
+    best = None
+    for record in records:
+        if best is None or record[metric] > best[metric]:
+            best = record
+    if best is None:
+        raise AopError("no trial records to choose the best from")
+    return dict(best)
