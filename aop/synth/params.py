@@ -1,0 +1,181 @@
+"""Parameters of the instance simulation, validated once.
+
+Lengths (``spacing``, ``radius_range``, ``psf_sigma``, ``texture_scale``) are in physical units
+(micrometres by convention), always in (z, y, x) order; intensities are in photons per voxel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aop.errors import AopError
+
+Layout = Literal["uniform", "spheroid", "core_shell"]
+Triple = tuple[float, float, float]
+
+__all__ = ["Layout", "SimulationParams", "check_shape", "make_params"]
+
+
+class SimulationParams(BaseModel):
+    """Every parameter of one simulated volume except its shape and seed.
+
+    Attributes
+    ----------
+    spacing : (float, float, float)
+        Voxel size (z, y, x) in physical units. Objects are defined in physical units, so an
+        anisotropic spacing gives objects fewer voxels along the coarse axis.
+    n_objects : int or None
+        Number of objects to place. Exclusive with ``density``.
+    density : float or None
+        Fraction of the layout region (the volume, or the spheroid) filled by objects; the number
+        of objects follows from the region's volume and the mean object volume. Used when
+        ``n_objects`` is None; when both are None a density of 0.15 is used.
+    radius_range : (float, float)
+        Range of the objects' equivalent radius (physical units), drawn uniformly.
+    elongation : float
+        Largest ratio of longest to shortest semi-axis of the underlying ellipsoid (1 = sphere).
+    irregularity : float
+        Largest relative deviation of the surface from the ellipsoid, a random smooth function of
+        the direction (a polynomial of degree 3 on the unit sphere, i.e. spherical harmonics up to
+        degree 3).
+    touching_fraction : float
+        Fraction of objects placed in contact with a neighbour (they share voxel faces in the
+        label volume). Every other object keeps at least one voxel of background to the rest.
+    layout : {"uniform", "spheroid", "core_shell"}
+        ``uniform`` fills the volume; ``spheroid`` fills a ball centred in the volume, denser
+        towards its centre; ``core_shell`` fills a ball with a core population and a shell
+        population of different size and brightness.
+    spheroid_radius : float
+        Ball radius as a fraction of half the smaller in-plane (y, x) extent.
+    central_density : float
+        ``spheroid``: ratio of object density at the ball's centre to that at its rim.
+    core_radius_fraction : float
+        ``core_shell``: core radius as a fraction of the ball radius.
+    core_fraction : float
+        ``core_shell``: fraction of objects in the core population.
+    shell_radius_scale, shell_intensity_scale : float
+        ``core_shell``: size and brightness of shell objects relative to core objects.
+    intensity : float
+        Mean object brightness in photons per voxel (before blur).
+    intensity_heterogeneity : float
+        Standard deviation of the log-normal per-object brightness factor.
+    texture : float
+        Relative amplitude of smooth intensity variation inside objects (chromatin-like).
+    texture_scale : float
+        Correlation length of that texture (physical units).
+    psf_sigma : (float, float, float)
+        Standard deviation (z, y, x) of the Gaussian point-spread function (physical units).
+    background : float
+        Background level in photons per voxel.
+    poisson_noise : bool
+        Draw photon (shot) noise.
+    gaussian_noise : float
+        Standard deviation of additive Gaussian read noise (photons).
+    min_voxels : int
+        Objects with fewer voxels inside the volume (cut at its border) are dropped.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spacing: Triple = (1.0, 1.0, 1.0)
+    n_objects: int | None = Field(default=None, ge=0)
+    density: float | None = Field(default=None, gt=0.0, le=0.5)
+    radius_range: tuple[float, float] = (4.0, 8.0)
+    elongation: float = Field(default=1.3, ge=1.0, le=4.0)
+    irregularity: float = Field(default=0.2, ge=0.0, le=0.5)
+    touching_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
+    layout: Layout = "uniform"
+    spheroid_radius: float = Field(default=0.9, gt=0.0, le=2.0)
+    central_density: float = Field(default=3.0, ge=1.0, le=100.0)
+    core_radius_fraction: float = Field(default=0.55, gt=0.0, lt=1.0)
+    core_fraction: float = Field(default=0.4, ge=0.0, le=1.0)
+    shell_radius_scale: float = Field(default=1.25, gt=0.0, le=4.0)
+    shell_intensity_scale: float = Field(default=0.5, gt=0.0, le=10.0)
+    intensity: float = Field(default=200.0, gt=0.0)
+    intensity_heterogeneity: float = Field(default=0.3, ge=0.0, le=2.0)
+    texture: float = Field(default=0.25, ge=0.0, le=1.0)
+    texture_scale: float = Field(default=1.0, gt=0.0)
+    psf_sigma: Triple = (1.5, 0.6, 0.6)
+    background: float = Field(default=20.0, ge=0.0)
+    poisson_noise: bool = True
+    gaussian_noise: float = Field(default=3.0, ge=0.0)
+    min_voxels: int = Field(default=8, ge=1)
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, value: Triple) -> Triple:
+        if not all(v > 0 for v in value):
+            raise ValueError("must be three positive numbers (z, y, x)")
+        return value
+
+    @field_validator("psf_sigma", mode="before")
+    @classmethod
+    def _broadcast_sigma(cls, value: Any) -> Any:
+        if isinstance(value, int | float):
+            return (value, value, value)
+        return value
+
+    @field_validator("psf_sigma")
+    @classmethod
+    def _non_negative_sigma(cls, value: Triple) -> Triple:
+        if not all(v >= 0 for v in value):
+            raise ValueError("must be three non-negative numbers (z, y, x)")
+        return value
+
+    @field_validator("radius_range")
+    @classmethod
+    def _ordered_radii(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError("must be two numbers with 0 < low <= high")
+        return value
+
+    @model_validator(mode="after")
+    def _count_or_density(self) -> SimulationParams:
+        if self.n_objects is not None and self.density is not None:
+            raise ValueError("give n_objects or density, not both")
+        return self
+
+
+def make_params(**values: Any) -> SimulationParams:
+    """Build :class:`SimulationParams`, turning validation errors into one-line :class:`AopError`.
+
+    Raises
+    ------
+    AopError
+        Naming the first offending parameter and its value, e.g. ``simulation parameter
+        'touching_fraction': Input should be less than or equal to 1 (got 1.5)``.
+    """
+    try:
+        return SimulationParams(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
+        if error["type"] == "extra_forbidden":
+            known = ", ".join(SimulationParams.model_fields)
+            raise AopError(f"unknown simulation parameter {field!r} (known: {known})") from None
+        message = error["msg"].removeprefix("Value error, ")
+        if not field:
+            raise AopError(f"simulation parameters: {message}") from None
+        value = values.get(field, error.get("input"))
+        raise AopError(f"simulation parameter {field!r}: {message} (got {value!r})") from None
+
+
+def check_shape(shape: Any) -> tuple[int, int, int]:
+    """Validate a volume shape (z, y, x): three integers, each at least 1.
+
+    Raises
+    ------
+    AopError
+        When ``shape`` is not three positive integers.
+    """
+    try:
+        values = tuple(int(s) for s in shape)
+        exact = all(int(s) == s for s in shape)
+    except (TypeError, ValueError):
+        raise AopError(f"shape must be three positive integers (z, y, x), got {shape!r}") from None
+    if len(values) != 3 or not exact or min(values) < 1:
+        raise AopError(f"shape must be three positive integers (z, y, x), got {shape!r}")
+    return values  # type: ignore[return-value]
