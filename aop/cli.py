@@ -184,7 +184,7 @@ def score(
     columns = [("IPQ", "ipq"), ("SQ", "sq"), ("RQ", "rq"), ("IQ", "iq"), ("PQ", "pq"),
                (f"AP@{iou_threshold:g}", "ap"), ("SEG", "seg")]  # fmt: skip
     table = Table(title=f"Scores at IoU > {iou_threshold:g}")
-    table.add_column("volume")
+    table.add_column("volume", no_wrap=True)
     for title, _ in columns:
         table.add_column(title, justify="right")
     table.add_column("GT / pred", justify="right", no_wrap=True)
@@ -279,3 +279,34 @@ def synth(
             out, params, shape, n_volumes, seed, preset=preset, on_volume=advance
         )
     console.print(f"wrote {n_volumes} volume(s) of shape {tuple(shape)} to {root}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Study report
+# ------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    study_dir: Annotated[Path, typer.Argument(help="Study folder (results/*.jsonl, best.yaml).")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON instead of tables.")
+    ] = False,
+    plots: Annotated[
+        bool, typer.Option("--plots", help="(Re)draw the comparison, convergence and contour "
+                           "plots into STUDY_DIR/plots/ first.")
+    ] = False,
+) -> None:
+    """Compare the searches of a study (means, paired t-tests) and show the best configuration."""
+    import json
+
+    from aop.analysis.plots import make_study_plots
+    from aop.analysis.report import load_report, print_report
+
+    if plots:
+        make_study_plots(study_dir)
+    study = load_report(study_dir)
+    if as_json:
+        typer.echo(json.dumps(study.to_dict(), indent=2))
+    else:
+        print_report(study, console)
