@@ -366,7 +366,7 @@ class StudyTracker:
         artifacts: Iterable[str | os.PathLike] = (),
         log_pipeline: bool = True,
         spacing: tuple[float, float, float] | None = None,
-        model_settings: Mapping[str, Any] | None = None,
+        model_spec: Any = None,
     ) -> None:
         """Log the best configuration and the study's artifacts, and mark the parent run finished.
 
@@ -385,8 +385,9 @@ class StudyTracker:
             ``pipeline.error``, never a lost study.
         spacing : tuple of 3 floats, optional
             Default voxel size of the pipeline model.
-        model_settings : mapping, optional
-            Settings of the best model (``ModelSpec.settings``), e.g. a weights folder.
+        model_spec : ModelSpec or mapping, optional
+            Registry name and settings of the best model (the record's ``model`` is the study's
+            model id); default: the record's ``model`` as registry name, no settings.
         """
         run_id = self._require_parent()
         best = validate_record(best, "best configuration")
@@ -411,7 +412,7 @@ class StudyTracker:
             self.client.log_artifact(run_id, str(path), folder)
         if log_pipeline:
             try:
-                self.log_pipeline_model(best, spacing=spacing, model_settings=model_settings)
+                self.log_pipeline_model(best, spacing=spacing, model_spec=model_spec)
             except Exception as exc:  # noqa: BLE001  (a finished study must not be lost)
                 message = f"{type(exc).__name__}: {exc}"[:_MAX_PARAM_LENGTH]
                 warnings.warn(f"pipeline model not logged: {message}", stacklevel=2)
@@ -422,7 +423,7 @@ class StudyTracker:
         self,
         best: Mapping[str, Any],
         spacing: tuple[float, float, float] | None = None,
-        model_settings: Mapping[str, Any] | None = None,
+        model_spec: Any = None,
         name: str = "pipeline",
     ) -> str:
         """Log the best model + post-processing as an MLflow pyfunc model on the parent run.
@@ -433,9 +434,10 @@ class StudyTracker:
             A trial record (``model`` and ``params`` are used).
         spacing : tuple of 3 floats, optional
             Default voxel size (z, y, x); ``predict(volume, params={"spacing": [...]})`` overrides.
-        model_settings : mapping, optional
-            Settings of the segmentation model. A setting that names an existing file or folder
-            (e.g. the weights of ``unet3d``) is packed into the MLflow model.
+        model_spec : ModelSpec or mapping, optional
+            Registry ``name`` and ``settings`` of the segmentation model; default the record's
+            ``model`` with no settings. A setting that names an existing file or folder (e.g. the
+            weights of ``unet3d``) is packed into the MLflow model.
         name : str
             Name of the logged model.
 
@@ -447,7 +449,7 @@ class StudyTracker:
         """
         run_id = self._require_parent()
         python_model, artifacts = SegmentationPipelineModel.from_record(
-            best, spacing=spacing, model_settings=model_settings
+            best, spacing=spacing, model_spec=model_spec
         )
         from mlflow.models.signature import ModelSignature
         from mlflow.types.schema import ParamSchema, ParamSpec
@@ -642,23 +644,30 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
         cls,
         record: Mapping[str, Any],
         spacing: tuple[float, float, float] | None = None,
-        model_settings: Mapping[str, Any] | None = None,
+        model_spec: Any = None,
     ) -> tuple[SegmentationPipelineModel, dict[str, str]]:
         """Build the model of a trial record and the artifacts it needs packed.
+
+        ``model_spec`` (a ``ModelSpec``, or a mapping with ``name`` and ``settings``) names the
+        registry model; default the record's ``model`` with no settings.
 
         Returns
         -------
         (SegmentationPipelineModel, dict)
             The python model and ``{artifact key: local path}`` for ``mlflow.pyfunc.log_model``.
         """
-        settings = dict(model_settings or {})
+        if model_spec is None:
+            model_name, settings = record["model"], {}
+        elif isinstance(model_spec, Mapping):
+            model_name, settings = model_spec["name"], dict(model_spec.get("settings") or {})
+        else:
+            model_name, settings = model_spec.name, dict(model_spec.settings)
         artifacts = {}
         for key, value in settings.items():
             if isinstance(value, str | os.PathLike) and str(value) and Path(value).exists():
                 artifacts[f"setting.{key}"] = str(Path(value).resolve())
-        model = cls(record["model"], settings, record["params"], spacing, packed_settings=[
-            key.removeprefix("setting.") for key in artifacts
-        ])
+        packed = [key.removeprefix("setting.") for key in artifacts]
+        model = cls(model_name, settings, record["params"], spacing, packed_settings=packed)
         model.build()  # fail now, with a clear error, rather than at load time
         model._model = None
         return model, artifacts
@@ -684,7 +693,7 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
         state["_model"] = None
         return state
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001  (MLflow reads hints)
+    def predict(self, context, model_input, params=None):
         """Segment one volume and post-process it; see the class docstring.
 
         The signature has no type hints on purpose: MLflow would turn them into an input schema.

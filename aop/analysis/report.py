@@ -1,0 +1,218 @@
+"""The report of a study folder: comparison table, t-tests, best configuration, MLflow command.
+
+Used by ``aop report STUDY_DIR``; reads ``results/*.jsonl``, ``best.yaml`` and ``experiment.yaml``
+and never writes (plots are drawn only on request).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aop.analysis.compare import SearchComparison, compare_searches, significance_stars
+from aop.analysis.records import METRICS, best_record, read_study_records
+from aop.errors import AopError
+
+BEST_FILE = "best.yaml"
+EXPERIMENT_FILE = "experiment.yaml"
+
+__all__ = ["StudyReport", "load_report", "mlflow_ui_command", "print_report"]
+
+
+@dataclass
+class StudyReport:
+    """Everything ``aop report`` shows about a study.
+
+    Attributes
+    ----------
+    study_dir : Path
+    records : dict
+        ``{search: [trial record, ...]}``.
+    comparison : SearchComparison
+        Means and paired t-tests (:func:`aop.analysis.compare.compare_searches`).
+    best : dict
+        The best configuration: ``search``, ``trial_id``, ``model``, ``params``, ``scores``.
+    best_source : str
+        ``best.yaml`` when read from that file, else ``results`` (best record of the reference).
+    tracking_uri : str
+        The study's MLflow store.
+    plots : list of Path
+        PNG files in ``STUDY_DIR/plots/``.
+    """
+
+    study_dir: Path
+    records: dict[str, list[dict[str, Any]]]
+    comparison: SearchComparison
+    best: dict[str, Any]
+    best_source: str
+    tracking_uri: str
+    plots: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``aop report --json``)."""
+        return {
+            "study_dir": str(self.study_dir),
+            "trials": {name: len(recs) for name, recs in self.records.items()},
+            "comparison": self.comparison.to_dict(),
+            "best": self.best,
+            "best_source": self.best_source,
+            "tracking_uri": self.tracking_uri,
+            "mlflow_ui": mlflow_ui_command(self.tracking_uri),
+            "plots": [str(p) for p in self.plots],
+        }
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise AopError(f"{path}: not readable YAML ({exc.__class__.__name__})") from None
+
+
+def _tracking_uri(study_dir: Path) -> str:
+    uri = None
+    experiment = study_dir / EXPERIMENT_FILE
+    if experiment.is_file():
+        data = _read_yaml(experiment)
+        tracking = data.get("tracking") if isinstance(data, Mapping) else None
+        if isinstance(tracking, Mapping):
+            uri = tracking.get("tracking_uri")
+    return uri or f"sqlite:///{study_dir.resolve() / 'mlflow.db'}"
+
+
+def _best_from_file(path: Path) -> dict[str, Any]:
+    data = _read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise AopError(f"{path}: expected a mapping with model, params and scores")
+    for key in ("model", "params"):
+        if key not in data:
+            raise AopError(f"{path}: missing field {key!r}")
+    if not isinstance(data["params"], Mapping):
+        raise AopError(f"{path}: field 'params' must be a mapping")
+    scores = data.get("scores") or {m: data[m] for m in METRICS if m in data}
+    if not isinstance(scores, Mapping):
+        raise AopError(f"{path}: field 'scores' must be a mapping")
+    return {
+        "search": data.get("search"),
+        "trial_id": data.get("trial_id"),
+        "model": data["model"],
+        "params": dict(data["params"]),
+        "scores": {m: scores[m] for m in METRICS if m in scores},
+    }
+
+
+def load_report(study_dir: str | os.PathLike) -> StudyReport:
+    """Read a study folder into a :class:`StudyReport`.
+
+    Raises
+    ------
+    AopError
+        A missing folder, no trial records, or a corrupt ``results/*.jsonl``, ``best.yaml`` or
+        ``experiment.yaml`` (one line naming the file).
+    """
+    study_dir = Path(study_dir)
+    records = read_study_records(study_dir)
+    comparison = compare_searches(records)
+    best_file = study_dir / BEST_FILE
+    if best_file.is_file():
+        best, source = _best_from_file(best_file), BEST_FILE
+    else:
+        record = best_record(records[comparison.reference])
+        best = {
+            "search": record["search"],
+            "trial_id": record["trial_id"],
+            "model": record["model"],
+            "params": record["params"],
+            "scores": {m: record[m] for m in METRICS},
+        }
+        source = "results"
+    plots = sorted((study_dir / "plots").glob("*.png"))
+    return StudyReport(
+        study_dir, records, comparison, best, source, _tracking_uri(study_dir), plots
+    )
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """The shell command that shows a store in the MLflow UI (or the server's address)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _p_text(p_value: float) -> str:
+    if p_value is None or not math.isfinite(p_value):
+        return "-"
+    return f"p={p_value:.2g} {significance_stars(p_value)}"
+
+
+def print_report(report: StudyReport, console: Any) -> None:
+    """Print the report with rich: comparison table, t-tests, best configuration, MLflow command.
+
+    Parameters
+    ----------
+    report : StudyReport
+    console : rich.console.Console
+    """
+    from rich.table import Table
+
+    comparison = report.comparison
+    summary = comparison.summary
+    table = Table(title=f"Study {report.study_dir}: searches compared", title_justify="left")
+    for column in ("search", "trials", "best model", "n", *[m.upper() for m in METRICS]):
+        table.add_column(column, justify="left" if column in ("search", "best model") else "right")
+    for search, row in summary.iterrows():
+        table.add_row(
+            search,
+            str(len(report.records[search])),
+            str(row["model"]) if row["model"] != "all" else "all (no post-proc.)",
+            str(row["n"]),
+            *[_number(row[m]) for m in METRICS],
+        )
+    console.print(table)
+
+    others = [s for s in summary.index if s != comparison.reference]
+    if others:
+        tests = Table(
+            title=f"Paired t-tests per volume: {comparison.reference} vs ...",
+            title_justify="left",
+        )
+        tests.add_column("metric")
+        for other in others:
+            tests.add_column(f"vs {other}", justify="right")
+        for metric in METRICS:
+            cells = []
+            for other in others:
+                delta = summary.loc[comparison.reference, metric] - summary.loc[other, metric]
+                cells.append(f"{delta:+.3f}  {_p_text(summary.loc[other, f'p_{metric}'])}")
+            tests.add_row(metric.upper(), *cells)
+        console.print(tests)
+        console.print("  difference of means; * p<0.05, ** p<0.01, *** p<0.001, n.s. otherwise")
+
+    best = report.best
+    scores = "  ".join(f"{m.upper()} {_number(best['scores'].get(m))}" for m in METRICS)
+    origin = f"search {best.get('search')}, trial {best.get('trial_id')}"
+    console.print(f"\n[bold]Best configuration[/] ({origin}; from {report.best_source})")
+    console.print(f"  model: {best['model']}    {scores}")
+    params = Table(show_header=True, box=None, padding=(0, 2))
+    params.add_column("parameter")
+    params.add_column("value", justify="right")
+    for key, value in best["params"].items():
+        params.add_row(key, f"{value:.4g}" if isinstance(value, int | float) else str(value))
+    console.print(params)
+    if report.plots:
+        console.print("\nPlots: " + ", ".join(str(p) for p in report.plots), soft_wrap=True)
+    console.print("\nMLflow UI:", highlight=False)
+    console.print(f"  {mlflow_ui_command(report.tracking_uri)}", highlight=False, soft_wrap=True)
