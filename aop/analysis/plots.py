@@ -165,26 +165,34 @@ def _optimisation_records(
 
 
 def effect_strength(values: np.ndarray, scores: np.ndarray, n_bins: int = 5) -> float:
-    """Share of the variance of ``scores`` explained by ``values`` binned (correlation ratio).
+    """Share of the variance of ``scores`` explained by groups of ``values``, chance-corrected.
 
-    ``values`` are cut into at most ``n_bins`` quantile bins; the result is the between-bin sum of
-    squares over the total sum of squares, in [0, 1]. Unlike a correlation it also sees an optimum
-    inside the range (e.g. best IPQ at a small erosion).
+    ``values`` with at most ``2 * n_bins`` distinct values (e.g. an integer radius) are grouped by
+    value, others are cut into ``n_bins`` quantile bins. The result is epsilon squared,
+    ``(SS_between - (k - 1) MS_within) / SS_total`` clipped to [0, 1]: the correlation ratio less
+    what k groups explain by chance, so parameters with many groups are not favoured. Unlike a
+    correlation it also sees an optimum inside the range (e.g. best IPQ at a small erosion).
     """
     values = np.asarray(values, dtype=float)
     scores = np.asarray(scores, dtype=float)
     keep = np.isfinite(values) & np.isfinite(scores)
     values, scores = values[keep], scores[keep]
+    distinct = np.unique(values)
     total = float(((scores - scores.mean()) ** 2).sum()) if scores.size else 0.0
-    if total == 0 or np.unique(values).size < 2:
+    if total == 0 or distinct.size < 2:
         return 0.0
-    edges = np.unique(np.quantile(values, np.linspace(0, 1, n_bins + 1)[1:-1]))
-    bins = np.digitize(values, edges)
+    if distinct.size <= 2 * n_bins:
+        groups = np.searchsorted(distinct, values)
+    else:
+        groups = np.digitize(values, np.quantile(values, np.linspace(0, 1, n_bins + 1)[1:-1]))
+    labels = np.unique(groups)
     between = sum(
-        scores[bins == b].size * (scores[bins == b].mean() - scores.mean()) ** 2
-        for b in np.unique(bins)
+        scores[groups == g].size * (scores[groups == g].mean() - scores.mean()) ** 2
+        for g in labels
     )
-    return float(between / total)
+    k, n = labels.size, scores.size
+    within_mean_square = (total - between) / (n - k) if n > k else 0.0
+    return float(np.clip((between - (k - 1) * within_mean_square) / total, 0.0, 1.0))
 
 
 def choose_contour_parameters(records: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
