@@ -1,0 +1,333 @@
+"""Run a segmentation study: baseline, random search and Bayesian optimisation on Ray Tune.
+
+Study folder (self-contained)::
+
+    STUDY_DIR/experiment.yaml      the validated experiment (copy)
+    STUDY_DIR/benchmark/           the synthetic benchmark, when the experiment has a synth block
+    STUDY_DIR/predictions/         prediction cache (unless storage.cache_dir points elsewhere)
+    STUDY_DIR/tune/NAME/           Ray Tune experiment of search NAME (baseline, random, gp, ...)
+    STUDY_DIR/mlflow.db            default MLflow store
+    STUDY_DIR/results/NAME.jsonl   one trial record per finished trial of search NAME
+    STUDY_DIR/best.yaml            best model, parameters and scores
+
+An interrupted study (driver killed, machine rebooted) continues with :func:`run_study` and
+``resume=True`` (``aop resume STUDY_DIR``): every search whose Tune experiment exists is restored
+with ``Tuner.restore(..., resume_unfinished=True)``; Ray Tune saved the searcher's state (the
+Optuna study with all its trials) beside it, so the search continues instead of restarting, and
+finished trials are kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+from ray.tune import Callback, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
+
+from aop.analysis.records import append_record, best_record, read_records
+from aop.config import Experiment, SearchSpace, experiment_search_space, load_experiment
+from aop.errors import AopError
+from aop.tuning.searchers import make_searcher
+from aop.tuning.trainable import METRICS, BenchmarkRefs, make_trainable, trial_params
+
+EXPERIMENT_FILE = "experiment.yaml"
+BEST_FILE = "best.yaml"
+
+
+# ------------------------------------------------------------------------------------------------
+# Trial records
+# ------------------------------------------------------------------------------------------------
+
+
+def trial_record(
+    search: str, trial_id: str, config: Mapping[str, Any], result: Mapping, iteration: int = -1
+) -> dict:
+    """The trial record (see :mod:`aop.analysis.records`) of one reported trial result."""
+    per_volume: dict[str, dict[str, float]] = {}
+    for key, value in result.items():
+        metric, _, volume = str(key).partition("/")
+        if volume and metric in METRICS:
+            per_volume.setdefault(volume, {})[metric] = float(value)
+    return {
+        "search": search,
+        "trial_id": trial_id,
+        "model": str(config["model"]),
+        "params": trial_params(config),
+        **{m: float(result[m]) for m in METRICS},
+        "per_volume": per_volume,
+        "duration_s": float(result.get("duration_s", result.get("time_total_s", 0.0))),
+        "node": str(result.get("node", "")),
+        "iteration": iteration,
+        "volume_nodes": dict(result.get("volume_nodes", {})),
+    }
+
+
+class TrialRecorder(Callback):
+    """Driver-side Tune callback: append each trial's first result to ``results/NAME.jsonl``.
+
+    A trial already in the file (a trial rerun after a resume) is not written twice.
+    """
+
+    def __init__(self, path: str | os.PathLike, search: str) -> None:
+        self.path = Path(path)
+        self.search = search
+        self._seen: set[str] = set()
+
+    def setup(self, **info: Any) -> None:
+        self._seen = {r["trial_id"] for r in self.records()}
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_records(self.path) if self.path.is_file() else []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # type: ignore[override]
+        if trial.trial_id in self._seen or "ipq" not in result:
+            return
+        position = next((i for i, t in enumerate(trials) if t.trial_id == trial.trial_id), -1)
+        record = trial_record(self.search, trial.trial_id, trial.config, result, position)
+        append_record(self.path, record)
+        self._seen.add(trial.trial_id)
+
+
+# ------------------------------------------------------------------------------------------------
+# One search
+# ------------------------------------------------------------------------------------------------
+
+
+def run_search(
+    name: str,
+    trainable: Any,
+    *,
+    study_dir: str | os.PathLike,
+    param_space: dict[str, Any],
+    num_samples: int,
+    searcher: Any = None,
+    concurrency: int = 1,
+    max_failures: int = 2,
+    callbacks: Sequence[Callback] = (),
+    verbose: int = 1,
+) -> list[dict[str, Any]]:
+    """Run (or continue) one Ray Tune search and return its trial records.
+
+    Parameters
+    ----------
+    name : str
+        Search name: Tune run ``STUDY_DIR/tune/NAME``, records ``STUDY_DIR/results/NAME.jsonl``.
+    trainable
+        The Tune trainable (see :func:`aop.tuning.trainable.make_trainable`).
+    study_dir : path-like
+        The study folder.
+    param_space : dict
+        Constants and, without a searcher, Tune domains (e.g. a grid over models).
+    num_samples : int
+        Trials to run (with a grid: repeats of the grid).
+    searcher : ray.tune.search.Searcher, optional
+        The search algorithm; ``None`` for Tune's grid/random variant generator.
+    concurrency : int
+        Trials running at once.
+    max_failures : int
+        Retries of a trial whose worker died.
+    callbacks : sequence of Callback
+        Further driver-side callbacks (e.g. MLflow tracking).
+
+    Returns
+    -------
+    list of dict
+        The records of ``results/NAME.jsonl``, in file order.
+    """
+    study_dir = Path(study_dir).resolve()
+    storage = study_dir / "tune"
+    recorder = TrialRecorder(study_dir / "results" / f"{name}.jsonl", name)
+    path = storage / name
+    if Tuner.can_restore(str(path)):
+        tuner = Tuner.restore(
+            str(path),
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space,
+        )
+    else:
+        reporter = CLIReporter(
+            metric_columns=["ipq", "sq", "rq", "iq", "node"],
+            parameter_columns=["model", "erode_dilate", "open_close"],
+            max_report_frequency=30,
+        )
+        tuner = Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=TuneConfig(
+                search_alg=searcher,
+                num_samples=num_samples,
+                max_concurrent_trials=concurrency,
+                trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=str(storage),
+                failure_config=FailureConfig(max_failures=max_failures),
+                callbacks=[recorder, *callbacks],
+                progress_reporter=reporter,
+                verbose=verbose,
+            ),
+        )
+    tuner.fit()
+    return recorder.records()
+
+
+def baseline_space(space: SearchSpace) -> dict[str, Any]:
+    """Every model with every parameter at 0: the no-post-processing baseline."""
+    return {"model": tune.grid_search(list(space.models or [])), **trial_params({})}
+
+
+# ------------------------------------------------------------------------------------------------
+# The study
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` produced.
+
+    Attributes
+    ----------
+    study_dir : Path
+    records : dict
+        ``{search: [trial record, ...]}``.
+    best : dict
+        The best record of the main search.
+    main_search : str
+        Name of the main (Bayesian) search.
+    analysis : Any
+        What the analysis step returned (tables, plot paths), or ``None``.
+    """
+
+    study_dir: Path
+    records: dict[str, list[dict[str, Any]]]
+    best: dict[str, Any]
+    main_search: str
+    analysis: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_experiment(exp: Experiment) -> Path:
+    """Write the validated experiment to ``STUDY_DIR/experiment.yaml`` (atomically)."""
+    path = exp.study_dir / EXPERIMENT_FILE
+    _write_yaml(path, exp.to_yaml_dict())
+    return path
+
+
+def load_study_experiment(study_dir: str | os.PathLike) -> Experiment:
+    """The experiment saved in a study folder (for ``aop resume``)."""
+    path = Path(study_dir) / EXPERIMENT_FILE
+    if not path.is_file():
+        raise AopError(
+            f"{path}: not a study folder (no {EXPERIMENT_FILE}; start one with aop search)"
+        )
+    return load_experiment(path)
+
+
+def _write_yaml(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def search_plan(exp: Experiment) -> list[tuple[str, str | None, int]]:
+    """The searches of a study in order: ``(name, searcher or None, budget)``."""
+    plan: list[tuple[str, str | None, int]] = []
+    main = exp.search.searcher
+    if exp.comparison.baseline:
+        plan.append(("baseline", None, 1))
+    if exp.comparison.random and main != "random":
+        plan.append(("random", "random", exp.random_budget))
+    plan.append((main, main, exp.search.budget))
+    return plan
+
+
+def write_best(study_dir: Path, records: dict[str, list[dict]], main: str) -> dict[str, Any]:
+    """Write ``best.yaml``: the main search's best trial plus each search's best IPQ."""
+    best = best_record(records[main])
+    summary = {
+        "search": main,
+        "model": best["model"],
+        "params": best["params"],
+        "scores": {m: best[m] for m in METRICS},
+        "per_volume": best["per_volume"],
+        "trial_id": best["trial_id"],
+        "searches": {
+            name: {
+                "trials": len(recs),
+                "best_ipq": max(r["ipq"] for r in recs),
+                "best_model": best_record(recs)["model"],
+            }
+            for name, recs in records.items()
+            if recs
+        },
+    }
+    _write_yaml(study_dir / BEST_FILE, summary)
+    return best
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` (``auto``, ``ray://host:10001``) or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def run_searches(
+    exp: Experiment,
+    benchmark: BenchmarkRefs,
+    *,
+    callbacks: Callable[[str], Sequence[Callback]] | None = None,
+    trainable: Any = None,
+    verbose: int = 1,
+    n_startup_trials: int = 10,
+) -> dict[str, list[dict[str, Any]]]:
+    """Run (or continue) every search of the experiment's plan; return ``{search: records}``."""
+    space = experiment_search_space(exp)
+    if trainable is None:
+        trainable = make_trainable(
+            benchmark, cpus=exp.search.resources.cpus, gpu=exp.search.resources.gpu
+        )
+    records: dict[str, list[dict[str, Any]]] = {}
+    for name, searcher_name, budget in search_plan(exp):
+        extra = list(callbacks(name)) if callbacks else []
+        if searcher_name is None:
+            param_space, searcher, samples = baseline_space(space), None, 1
+        else:
+            param_space = dict(space.fixed)
+            searcher = make_searcher(
+                searcher_name,
+                space,
+                seed=exp.search.seed,
+                concurrency=exp.search.concurrency,
+                start_at_zeros=name != "random",
+                n_startup_trials=n_startup_trials,
+            )
+            samples = budget
+        records[name] = run_search(
+            name,
+            trainable,
+            study_dir=exp.study_dir,
+            param_space=param_space,
+            num_samples=samples,
+            searcher=searcher,
+            concurrency=exp.search.concurrency,
+            max_failures=exp.search.max_failures,
+            callbacks=extra,
+            verbose=verbose,
+        )
+    return records

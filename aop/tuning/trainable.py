@@ -1,0 +1,231 @@
+"""The segmentation-search trial: post-process cached predictions and score them with IPQ.
+
+The benchmark arrays (each model's cached prediction per volume, the ground-truth labels and the
+images) are put into Ray's object store once by :func:`put_benchmark`; trials receive only object
+references (through ``tune.with_parameters``), so nothing is copied per trial. A trial scores its
+volumes in parallel as Ray tasks, so a cluster is used even when the search itself is sequential.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+from ray import tune
+
+from aop.config import parameter_ranges
+
+METRICS = ("ipq", "sq", "rq", "iq")
+Scorer = Callable[..., dict[str, float]]
+
+
+@dataclass
+class BenchmarkRefs:
+    """Object-store references to a benchmark and the models' cached predictions.
+
+    Attributes
+    ----------
+    volumes : list of str
+        Volume names, in benchmark order.
+    predictions : dict
+        ``{model: {volume: ObjectRef of the label array}}``.
+    labels, images : dict
+        ``{volume: ObjectRef}`` of the ground truth and the image.
+    spacing : dict
+        ``{volume: (z, y, x) or None}``.
+    """
+
+    volumes: list[str]
+    predictions: dict[str, dict[str, Any]]
+    labels: dict[str, Any]
+    images: dict[str, Any]
+    spacing: dict[str, tuple[float, ...] | None]
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.predictions)
+
+
+def put_benchmark(
+    predictions: Mapping[str, Mapping[str, np.ndarray]],
+    labels: Mapping[str, np.ndarray],
+    images: Mapping[str, np.ndarray],
+    spacing: Mapping[str, tuple[float, ...] | None] | None = None,
+) -> BenchmarkRefs:
+    """Put every array into the object store once and return the references.
+
+    Parameters
+    ----------
+    predictions : mapping
+        ``{model: {volume: labels}}``; every model must cover every volume of ``labels``.
+    labels, images : mapping
+        ``{volume: array}``, same shapes per volume.
+    spacing : mapping, optional
+        ``{volume: (z, y, x)}``.
+    """
+    volumes = list(labels)
+    for model, per_volume in predictions.items():
+        missing = [v for v in volumes if v not in per_volume]
+        if missing:
+            raise ValueError(f"model {model!r} has no prediction for volume {missing[0]!r}")
+    spacing = spacing or {}
+    return BenchmarkRefs(
+        volumes=volumes,
+        predictions={
+            m: {v: ray.put(np.asarray(p[v])) for v in volumes} for m, p in predictions.items()
+        },
+        labels={v: ray.put(np.asarray(labels[v])) for v in volumes},
+        images={v: ray.put(np.asarray(images[v])) for v in volumes},
+        spacing={v: (tuple(spacing[v]) if spacing.get(v) else None) for v in volumes},
+    )
+
+
+def score_volume(
+    prediction: np.ndarray,
+    labels: np.ndarray,
+    image: np.ndarray,
+    params: Mapping[str, float],
+    spacing: tuple[float, ...] | None = None,
+) -> dict[str, float]:
+    """Post-process one cached prediction and score it against the ground truth.
+
+    Returns
+    -------
+    dict
+        ``{"ipq", "sq", "rq", "iq"}`` of :func:`aop.metrics.ipq`.
+    """
+    from aop.metrics import ipq
+    from aop.segmentation.postprocess import postprocess
+
+    result = ipq(labels, postprocess(prediction, image, dict(params), spacing=spacing))
+    return {m: float(getattr(result, m)) for m in METRICS}
+
+
+def node_name() -> str:
+    """``hostname/node-id-prefix`` of the Ray node running the caller."""
+    try:
+        node = ray.get_runtime_context().get_node_id()[:8]
+    except Exception:  # not inside Ray
+        node = "local"
+    return f"{socket.gethostname()}/{node}"
+
+
+@ray.remote(num_cpus=1)
+def _score_volume_task(
+    scorer: Scorer,
+    prediction: np.ndarray,
+    labels: np.ndarray,
+    image: np.ndarray,
+    params: dict[str, float],
+    spacing: tuple[float, ...] | None,
+) -> tuple[dict[str, float], str]:
+    return scorer(prediction, labels, image, params, spacing), node_name()
+
+
+def trial_params(config: Mapping[str, Any]) -> dict[str, float | int]:
+    """The seven post-processing parameters of a trial configuration."""
+    out: dict[str, float | int] = {}
+    for name, (kind, _, _) in parameter_ranges().items():
+        value = config.get(name, 0)
+        out[name] = int(round(value)) if kind is int else float(value)
+    return out
+
+
+def evaluate(
+    benchmark: BenchmarkRefs,
+    model: str,
+    params: Mapping[str, float],
+    scorer: Scorer = score_volume,
+    cpus: float = 1.0,
+    gpu: float = 0.0,
+) -> dict[str, Any]:
+    """Score one model with one parameter set on every volume, volumes in parallel as Ray tasks.
+
+    Inside a trial the tasks run in the trial's placement group (see :func:`make_trainable`),
+    one bundle of ``cpus`` CPUs and ``gpu`` GPUs each.
+
+    Returns
+    -------
+    dict
+        Means ``ipq sq rq iq``, ``per_volume`` ``{volume: {metric: value}}`` and ``volume_nodes``
+        ``{volume: node}``.
+    """
+    if model not in benchmark.predictions:
+        raise ValueError(f"unknown model {model!r} (benchmark has {benchmark.models})")
+    futures = {
+        volume: _score_volume_task.options(num_cpus=cpus, num_gpus=gpu).remote(
+            scorer,
+            benchmark.predictions[model][volume],
+            benchmark.labels[volume],
+            benchmark.images[volume],
+            dict(params),
+            benchmark.spacing[volume],
+        )
+        for volume in benchmark.volumes
+    }
+    per_volume, nodes = {}, {}
+    for volume, future in futures.items():
+        per_volume[volume], nodes[volume] = ray.get(future)
+    means = {m: float(np.mean([s[m] for s in per_volume.values()])) for m in METRICS}
+    return {**means, "per_volume": per_volume, "volume_nodes": nodes}
+
+
+def segmentation_trial(
+    config: dict[str, Any],
+    benchmark: BenchmarkRefs,
+    scorer: Scorer = score_volume,
+    cpus: float = 1.0,
+    gpu: float = 0.0,
+) -> None:
+    """Ray Tune function trainable: one post-processing configuration, one report.
+
+    Reports ``ipq sq rq iq`` (means over volumes), ``ipq/<volume>`` etc., ``model``, ``node``,
+    ``duration_s`` and ``volume_nodes``.
+    """
+    start = time.perf_counter()
+    params = trial_params(config)
+    scores = evaluate(benchmark, config["model"], params, scorer=scorer, cpus=cpus, gpu=gpu)
+    report: dict[str, Any] = {m: scores[m] for m in METRICS}
+    for volume, values in scores["per_volume"].items():
+        for metric, value in values.items():
+            report[f"{metric}/{volume}"] = value
+    report.update(
+        model=config["model"],
+        node=node_name(),
+        pid=os.getpid(),
+        volume_nodes=scores["volume_nodes"],
+        duration_s=time.perf_counter() - start,
+    )
+    tune.report(report)
+
+
+def make_trainable(
+    benchmark: BenchmarkRefs,
+    *,
+    cpus: float = 1.0,
+    gpu: float = 0.0,
+    volume_tasks: int = 1,
+    spread: bool = False,
+    scorer: Scorer = score_volume,
+    trial_fn: Callable[..., None] = segmentation_trial,
+) -> Any:
+    """The trial function with the benchmark references bound and its resources reserved.
+
+    A trial reserves a placement group of ``volume_tasks`` bundles of ``cpus`` CPUs and ``gpu``
+    GPUs (the trial's own coordinating process needs none): up to ``volume_tasks`` volumes are
+    scored at once. ``spread`` places the bundles on different nodes where possible.
+    """
+    bound = tune.with_parameters(trial_fn, benchmark=benchmark, scorer=scorer, cpus=cpus, gpu=gpu)
+    bundle: dict[str, float] = {"CPU": cpus}
+    if gpu:
+        bundle["GPU"] = gpu
+    bundles = [{}] + [dict(bundle) for _ in range(max(1, volume_tasks))]
+    return tune.with_resources(
+        bound, tune.PlacementGroupFactory(bundles, strategy="SPREAD" if spread else "PACK")
+    )
