@@ -331,3 +331,104 @@ def run_searches(
             verbose=verbose,
         )
     return records
+
+
+def _tracker(exp: Experiment) -> Any:
+    from aop.tracking import StudyTracker
+
+    return StudyTracker(exp.study_dir, exp.tracking_uri, exp.tracking.experiment)
+
+
+def default_volume_tasks(exp: Experiment, n_volumes: int) -> int:
+    """Volumes a trial scores at once: all of them, limited by the CPUs left per running trial."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    per_trial = int(cpus // (exp.search.concurrency * exp.search.resources.cpus))
+    return max(1, min(n_volumes, per_trial))
+
+
+def run_study(
+    exp: Experiment,
+    *,
+    verbose: int = 1,
+    analyse: bool = True,
+    trainable_factory: Callable[[BenchmarkRefs], Any] | None = None,
+) -> StudyResult:
+    """Run or continue a segmentation study: baseline, random search and the main search.
+
+    Steps: save ``experiment.yaml``; build or load the benchmark; predict every model once
+    (cache); start or connect to Ray; put the arrays into the object store; run each search of
+    :func:`search_plan` (restoring any that was interrupted); write ``best.yaml``; log to MLflow
+    (parent run + one child run per trial); draw the plots.
+
+    Parameters
+    ----------
+    exp : Experiment
+        The validated experiment.
+    verbose : int
+        Ray Tune verbosity (0 silent, 1 progress table).
+    analyse : bool
+        Draw the comparison and contour plots into ``STUDY_DIR/plots``.
+    trainable_factory : callable, optional
+        Builds the Tune trainable from the benchmark references (default
+        :func:`aop.tuning.trainable.make_trainable` with the experiment's resources).
+
+    Returns
+    -------
+    StudyResult
+    """
+    from aop.tracking import dataset_fingerprint
+    from aop.tuning.benchmark import benchmark_dir, load_benchmark
+    from aop.tuning.trainable import put_benchmark
+
+    study_dir = exp.study_dir
+    study_dir.mkdir(parents=True, exist_ok=True)
+    save_experiment(exp)
+    space = experiment_search_space(exp)
+    data = load_benchmark(exp)
+    init_ray(exp.ray.address, exp.ray.num_cpus)
+    refs = put_benchmark(
+        data.predictions, data.labels, data.images, {v: data.spacing for v in data.labels}
+    )
+    if trainable_factory is not None:
+        trainable = trainable_factory(refs)
+    else:
+        trainable = make_trainable(
+            refs,
+            cpus=exp.search.resources.cpus,
+            gpu=exp.search.resources.gpu,
+            volume_tasks=default_volume_tasks(exp, len(refs.volumes)),
+        )
+    tracker = _tracker(exp)
+    tracker.start(
+        exp.to_yaml_dict(),
+        {"models": space.models, "ranges": _plain_ranges(space), "fixed": space.fixed},
+        dataset_fingerprint(benchmark_dir(exp)),
+    )
+    records = run_searches(
+        exp,
+        refs,
+        callbacks=lambda name: [tracker.callback(name)],
+        trainable=trainable,
+        verbose=verbose,
+    )
+    main = exp.search.searcher
+    best = write_best(study_dir, records, main)
+    plots: list[Path] = []
+    if analyse:
+        from aop.analysis.plots import make_study_plots
+
+        plots = make_study_plots(study_dir, records)
+    spec = next(m for m in exp.models if m.key == best["model"])
+    tracker.finish(
+        best,
+        artifacts=[study_dir / BEST_FILE, *plots],
+        spacing=data.spacing,
+        model_spec={"name": spec.name, "settings": spec.settings},
+    )
+    return StudyResult(study_dir, records, best, main, analysis=plots)
+
+
+def _plain_ranges(space: SearchSpace) -> dict[str, list]:
+    return {name: [kind.__name__, low, high] for name, (kind, low, high) in space.ranges.items()}
