@@ -7,7 +7,7 @@ print one line and exit with status 2, without a traceback.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -310,3 +310,172 @@ def report(
         typer.echo(json.dumps(study.to_dict(), indent=2))
     else:
         print_report(study, console)
+
+
+# ------------------------------------------------------------------------------------------------
+# Segmentation study: search, resume, demo
+# ------------------------------------------------------------------------------------------------
+
+
+def _run_study_command(
+    exp: Any, address: str | None, tracking_uri: str | None, quiet: bool
+) -> None:
+    from aop.analysis.report import load_report, print_report
+    from aop.tuning.study import run_study
+
+    if address:
+        exp.ray.address = address
+    if tracking_uri:
+        exp.tracking.tracking_uri = tracking_uri
+    result = run_study(exp, verbose=0 if quiet else 1)
+    print_report(load_report(result.study_dir), console)
+
+
+@app.command()
+def search(
+    experiment: Annotated[
+        Path, typer.Argument(help="Experiment file (YAML), e.g. experiments/demo.yaml.")
+    ],
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster to join: 'auto' or ray://host:10001 "
+                     "(default: the file's ray.address, else a local Ray)."),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri", help="MLflow tracking URI (default sqlite:///STUDY_DIR/mlflow.db)."
+        ),
+    ] = None,
+    study_dir: Annotated[
+        Path | None, typer.Option("--study-dir", help="Study folder (overrides storage.study_dir).")
+    ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option("--budget", help="Trials of the main search (overrides search.budget)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No Ray Tune progress table.")] = False,
+) -> None:
+    """Run a segmentation study: baseline, random search and Bayesian optimisation (Ray Tune)."""
+    from aop.config import load_experiment
+
+    exp = load_experiment(experiment)
+    if study_dir is not None:
+        exp.storage.study_dir = study_dir.resolve()
+    if budget is not None:
+        if budget < 1:
+            raise AopError(f"--budget must be at least 1, got {budget}")
+        exp.search.budget = budget
+    _run_study_command(exp, address, tracking_uri, quiet)
+
+
+@app.command()
+def resume(
+    study_dir: Annotated[Path, typer.Argument(help="Folder of an interrupted study.")],
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster to join ('auto', ray://host:10001).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No Ray Tune progress table.")] = False,
+) -> None:
+    """Continue an interrupted study: finished trials are kept, unfinished ones rerun."""
+    from aop.tuning.study import load_study_experiment
+
+    exp = load_study_experiment(study_dir)
+    _run_study_command(exp, address, None, quiet)
+
+
+# ------------------------------------------------------------------------------------------------
+# Post-processing
+# ------------------------------------------------------------------------------------------------
+
+
+def _postprocess_values(values: dict[str, float]) -> dict[str, float]:
+    """Check the seven options against their ranges; an error names the option."""
+    from aop.segmentation.params import PARAMETER_RANGES
+
+    for name, value in values.items():
+        kind, low, high = PARAMETER_RANGES[name]
+        option = "--" + name.replace("_", "-")
+        if kind is int and value != int(value):
+            raise AopError(f"{option}: {value} is not an integer")
+        if not low <= value <= high:
+            raise AopError(f"{option}: {value} is outside [{low}, {high}]")
+    return values
+
+
+@app.command()
+def postprocess(
+    pred: Annotated[Path, typer.Argument(help="Instance labels (TIFF, .npy, .zarr).")],
+    image: Annotated[Path, typer.Argument(help="Raw intensities of the same shape.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output labels (.tif, .npy, .zarr).")],
+    erode_dilate: Annotated[
+        int, typer.Option(help="Ball radius: < 0 erodes, > 0 dilates the foreground [-10, 10].")
+    ] = 0,
+    open_close: Annotated[
+        int, typer.Option(help="Ball radius: < 0 opens, > 0 closes the foreground [-5, 5].")
+    ] = 0,
+    merge_continuity: Annotated[
+        float, typer.Option(help="Weight of contour continuity for merging [0, 1].")
+    ] = 0.0,
+    merge_smoothness: Annotated[
+        float, typer.Option(help="Weight of connecting-surface smoothness for merging [0, 1].")
+    ] = 0.0,
+    merge_area: Annotated[
+        float, typer.Option(help="Weight of relative contact area for merging [0, 1].")
+    ] = 0.0,
+    split_sigma: Annotated[
+        float, typer.Option(help="Smoothing of the distance transform, sigma = 3 * value [0, 1].")
+    ] = 0.0,
+    split_threshold: Annotated[
+        float, typer.Option(help="Marker quantile for the splitting watershed; 0 = off [0, 1].")
+    ] = 0.0,
+    spacing: Annotated[
+        tuple[float, float, float] | None,
+        typer.Option(help="Voxel size z y x (default: from the files' metadata, else 1 1 1)."),
+    ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(help="Also write the adjacency graph of PRED with f_c, f_s, f_r as CSV."),
+    ] = None,
+) -> None:
+    """Apply the seven post-processing parameters to a label volume (atomic write to --out)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from aop.io import read_volume, write_volume
+    from aop.segmentation import postprocess as engine
+
+    values = _postprocess_values(
+        {
+            "erode_dilate": erode_dilate,
+            "open_close": open_close,
+            "merge_continuity": merge_continuity,
+            "merge_smoothness": merge_smoothness,
+            "merge_area": merge_area,
+            "split_sigma": split_sigma,
+            "split_threshold": split_threshold,
+        }
+    )
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(f"reading {pred.name}", total=3)
+        labels, pred_spacing = read_volume(pred)
+        intensities, image_spacing = read_volume(image)
+        if intensities.shape != labels.shape:
+            raise AopError(
+                f"{image}: shape {intensities.shape} differs from {pred}: {labels.shape}"
+            )
+        voxel = tuple(spacing) if spacing is not None else (pred_spacing or image_spacing)
+        if labels.ndim == 2 and voxel is not None and len(voxel) == 3:
+            voxel = voxel[1:]
+        prepared = engine.check_labels(labels, name=str(pred))
+        progress.update(task, advance=1, description="post-processing")
+        result = engine.postprocess(prepared, intensities, values, voxel)
+        progress.update(task, advance=1, description=f"writing {out.name}")
+        write_volume(out, result, spacing=pred_spacing if spacing is None else tuple(spacing))
+        if features is not None:
+            table = engine.adjacency_features(prepared, intensities, voxel)
+            table.to_csv(features.with_name(features.name + ".part"), index=False)
+            features.with_name(features.name + ".part").replace(features)
+        progress.update(task, advance=1)
+    before = len(engine.relabel_consecutive(prepared)[1]) - 1
+    console.print(f"{pred.name}: {before} instances -> {int(result.max())}; wrote {out}")
