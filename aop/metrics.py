@@ -221,10 +221,16 @@ def overlap_table(gt: Any, pred: Any) -> OverlapTable:
     gt_max = int(gt.max()) if gt.size else 0
     pred_max = int(pred.max()) if pred.size else 0
     gt_original = pred_original = None
-    if (gt_max + 1) * (pred_max + 1) > _DENSE_BINS:
-        gt, gt_original = _compact(gt)
-        pred, pred_original = _compact(pred)
-        gt_max, pred_max = gt_original.size - 1, pred_original.size - 1
+    # Renumber the volume with the larger label range first, the other one only if still needed.
+    for side in sorted(("gt", "pred"), key=lambda s: -(gt_max if s == "gt" else pred_max)):
+        if (gt_max + 1) * (pred_max + 1) <= _DENSE_BINS:
+            break
+        if side == "gt":
+            gt, gt_original = _compact(gt)
+            gt_max = gt_original.size - 1
+        else:
+            pred, pred_original = _compact(pred)
+            pred_max = pred_original.size - 1
     n_pred_values = pred_max + 1
     dense = (gt_max + 1) * n_pred_values <= _DENSE_BINS
     keys, counts = _joint_counts(gt, pred, n_pred_values, dense)
@@ -232,7 +238,8 @@ def overlap_table(gt: Any, pred: Any) -> OverlapTable:
     p = keys % np.uint64(n_pred_values)
     if gt_original is not None:
         g = gt_original[g.astype(np.intp)]
-        p = pred_original[p.astype(np.intp)]  # type: ignore[index]
+    if pred_original is not None:
+        p = pred_original[p.astype(np.intp)]
     return _table_from_pairs(g, p, counts)
 
 

@@ -305,6 +305,11 @@ def test_all_counting_paths_agree(monkeypatch):
     np.testing.assert_array_equal(big_table.gt_labels, reference.gt_labels + np.uint64(2**62))
     np.testing.assert_array_equal(big_table.gt_sizes, reference.gt_sizes)
     assert ipq_from_overlaps(big_table).ipq == ipq_from_overlaps(reference).ipq
+    big_pred = np.where(pred > 0, pred.astype(np.uint64) * np.uint64(2**40), 0).astype(np.uint64)
+    for a, b in ((gt, big_pred), (big, big_pred)):  # only pred renumbered; both renumbered
+        table = overlap_table(a, b)
+        np.testing.assert_array_equal(table.pred_labels, reference.pred_labels * np.uint64(2**40))
+        assert _pairs(table) == _pairs(reference)
     monkeypatch.setattr(metrics, "_CHUNK", 1000)
     _same_table(overlap_table(gt, pred), reference)
     monkeypatch.setattr(metrics, "_DENSE_BINS", 100)  # sparse path in chunks of 1000 voxels
