@@ -15,7 +15,7 @@ Adapters (each module registers its class on import; libraries load lazily):
 Adding a model is one class with ``name``, ``Settings`` and ``predict``, plus ``@register_model``.
 """
 
-from aop.segmentation.models import classical, stardist  # noqa: F401  (register the adapters)
+from aop.segmentation.models import bioimageio, classical, stardist  # noqa: F401  (register)
 from aop.segmentation.models.base import (
     ModelSpec,
     SegmentationModel,
