@@ -196,8 +196,9 @@ class _Placer:
         k = self.params.central_density
         return self.rng.uniform() * k <= 1.0 + (k - 1.0) * (1.0 - r * r)
 
-    def candidate(self, population: int) -> Blob | None:
-        blob = self.new_blob(population).moved(self.random_center())
+    def candidate(self, shape: Blob, population: int) -> Blob | None:
+        """``shape`` moved to a random centre, or None when that position is not allowed."""
+        blob = shape.moved(self.random_center())
         if not self.inside(blob, population) or not self.density_accepts(blob):
             return None
         if not self.hash.free(blob.center, blob.bounding_radius, self.gap):
@@ -212,15 +213,16 @@ class _Placer:
         return index
 
     def place_single(self, population: int) -> bool:
+        shape = self.new_blob(population)
         for _ in range(_ATTEMPTS_PER_OBJECT):
-            blob = self.candidate(population)
+            blob = self.candidate(shape, population)
             if blob is not None:
                 self.commit(blob, population, -1)
                 return True
         return False
 
-    def partner_for(self, first: Blob, population: int, exclude: int) -> Blob | None:
-        second = self.new_blob(population)
+    def partner_for(self, first: Blob, second: Blob, population: int, exclude: int) -> Blob | None:
+        """``second`` moved into contact with ``first``, or None when no direction fits."""
         for _ in range(_PARTNER_DIRECTIONS):
             direction = self.rng.normal(size=3)
             direction /= np.linalg.norm(direction)
@@ -234,14 +236,15 @@ class _Placer:
         return None
 
     def place_pair(self, population: int) -> bool:
+        first_shape, second_shape = self.new_blob(population), self.new_blob(population)
         for _ in range(_ATTEMPTS_PER_OBJECT // _PARTNER_DIRECTIONS + 1):
-            first = self.candidate(population)
+            first = self.candidate(first_shape, population)
             if first is None:
                 continue
             # the partner must also clear the first object's neighbours: test it with the first
             # object stored, then roll back if no partner fits
             index = self.commit(first, population, -1)
-            second = self.partner_for(first, population, exclude=index)
+            second = self.partner_for(first, second_shape, population, exclude=index)
             if second is not None:
                 self.commit(second, population, index)
                 self.partners[index] = index + 1
@@ -278,8 +281,8 @@ def place_objects(
         counts = {CORE: n_core, SHELL: requested - n_core}
     else:
         counts = {CORE: requested}
-    failures = 0
     for population, count in counts.items():
+        failures = 0
         n_pairs = int(round(count * params.touching_fraction / 2))
         for _ in range(n_pairs):
             if failures < _GIVE_UP_AFTER_FAILURES and not placer.place_pair(population):
