@@ -182,10 +182,8 @@ class _Placer:
             return True
         r = float(np.linalg.norm(blob.center - region.center))
         reach = blob.bounding_radius
-        if self.params.layout == "core_shell":
-            if population == CORE:
-                return r + reach <= region.core_radius
-            return r - reach >= region.core_radius and r + reach <= region.radius
+        if self.params.layout == "core_shell" and (population == CORE) != (r < region.core_radius):
+            return False  # core objects have their centre in the core, shell objects outside it
         return r + reach <= region.radius
 
     def density_accepts(self, blob: Blob) -> bool:
@@ -272,7 +270,8 @@ def place_objects(
     Raises
     ------
     AopError
-        When fewer than 90 % of the requested objects fit (too dense for the object sizes).
+        When fewer than 90 % (rounded down) of the requested objects fit (too dense for the
+        object sizes).
     """
     requested = expected_object_count(shape, params)
     placer = _Placer(shape, params, rng)
@@ -291,12 +290,12 @@ def place_objects(
             if failures < _GIVE_UP_AFTER_FAILURES and not placer.place_single(population):
                 failures += 1
     placed = len(placer.blobs)
-    if placed < _MIN_PLACED_FRACTION * requested:
+    if placed < math.floor(_MIN_PLACED_FRACTION * requested):
         what = "n_objects" if params.n_objects is not None else "density"
         raise AopError(
             f"simulation parameter {what!r}: only {placed} of {requested} objects fit in a "
-            f"{'x'.join(map(str, shape))} volume with radius_range {params.radius_range}; "
-            f"lower {what} or radius_range"
+            f"{'x'.join(map(str, shape))} volume (layout {params.layout}, radius_range "
+            f"{params.radius_range}); lower {what} or radius_range, or enlarge the shape"
         )
     return Placement(
         placer.blobs,

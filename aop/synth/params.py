@@ -54,7 +54,8 @@ class SimulationParams(BaseModel):
     core_radius_fraction : float
         ``core_shell``: core radius as a fraction of the ball radius.
     core_fraction : float
-        ``core_shell``: fraction of objects in the core population.
+        ``core_shell``: fraction of objects in the core population (their centres lie in the
+        core ball; shell objects have their centres outside it, and all lie inside the ball).
     shell_radius_scale, shell_intensity_scale : float
         ``core_shell``: size and brightness of shell objects relative to core objects.
     intensity : float
