@@ -164,6 +164,7 @@ def run_search(
                 search_alg=searcher,
                 num_samples=num_samples,
                 max_concurrent_trials=concurrency,
+                reuse_actors=True,
                 trial_dirname_creator=lambda trial: trial.trial_id,
             ),
             run_config=RunConfig(
@@ -256,7 +257,7 @@ def write_best(study_dir: Path, records: dict[str, list[dict]], main: str) -> di
     summary = {
         "search": main,
         "model": best["model"],
-        "params": best["params"],
+        "params": trial_params(best["params"]),
         "scores": {m: best[m] for m in METRICS},
         "per_volume": best["per_volume"],
         "trial_id": best["trial_id"],
