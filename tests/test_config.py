@@ -1,0 +1,163 @@
+"""Experiment and search-space files: validation, defaults, one-line errors naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aop.config import (
+    experiment_search_space,
+    full_search_space,
+    load_experiment,
+    load_search_space,
+    parse_search_space,
+)
+from aop.errors import AopError
+from aop.segmentation.postprocess import PARAMETER_RANGES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _minimal(tmp_path: Path) -> dict:
+    return {
+        "name": "t",
+        "data": {"synth": {"n_volumes": 2, "shape": [8, 16, 16]}},
+        "models": [{"name": "classical"}],
+        "storage": {"study_dir": str(tmp_path / "study")},
+    }
+
+
+def test_defaults_follow_the_paper(tmp_path):
+    exp = load_experiment(_write(tmp_path / "e.yaml", _minimal(tmp_path)))
+    assert exp.search.searcher == "gp"
+    assert exp.search.budget == 120
+    assert exp.comparison.baseline and exp.comparison.random
+    assert exp.random_budget == 120
+    assert exp.cache_dir == tmp_path / "study" / "predictions"
+    assert exp.tracking_uri == f"sqlite:///{tmp_path / 'study' / 'mlflow.db'}"
+    assert exp.search_space == ROOT / "search_spaces" / "segmentation.yaml"
+    space = experiment_search_space(exp)
+    assert space.models == ["classical"]
+    assert set(space.ranges) == set(PARAMETER_RANGES) and not space.fixed
+
+
+def test_relative_paths_resolve_against_the_experiment_folder(tmp_path):
+    raw = _minimal(tmp_path)
+    raw["storage"] = {"study_dir": "studies/x", "cache_dir": "shared/cache"}
+    raw["models"] = [{"name": "unet3d", "settings": {"path": "models/u"}}]
+    (tmp_path / "sub").mkdir()
+    exp = load_experiment(_write(tmp_path / "sub" / "e.yaml", raw))
+    assert exp.study_dir == tmp_path / "sub" / "studies" / "x"
+    assert exp.cache_dir == tmp_path / "sub" / "shared" / "cache"
+    assert exp.models[0].settings["path"] == str(tmp_path / "sub" / "models" / "u")
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "fragment"),
+    [
+        (lambda r: r["search"].update(budget=0), "search.budget", "greater than 0"),
+        (lambda r: r["search"].update(concurrency=-1), "search.concurrency", "greater than 0"),
+        (lambda r: r["search"].update(budgte=5), "search.budgte", "unknown field"),
+        (lambda r: r.update(colour="red"), "colour", "unknown field"),
+        (lambda r: r["search"]["resources"].update(gpu=-0.5), "search.resources.gpu", "greater than or equal to 0"),
+        (lambda r: r.update(models=[]), "models", "at least 1"),
+        (lambda r: r["data"].update(benchmark="/x"), "data", "exactly one"),
+        (lambda r: r["data"]["synth"].update(shape=[4, 4]), "data.synth", "3 entries"),
+        (lambda r: r.update(models=[{"name": "classical"}] * 2), "", "listed twice"),
+    ],
+)
+def test_bad_experiment_names_file_and_field(tmp_path, change, field, fragment):
+    raw = _minimal(tmp_path)
+    raw["search"] = {"resources": {}}
+    change(raw)
+    path = _write(tmp_path / "bad.yaml", raw)
+    with pytest.raises(AopError) as info:
+        load_experiment(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {field}")
+    assert fragment in message and "\n" not in message
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(AopError, match="file not found"):
+        load_experiment(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(AopError, match=r"bad.yaml: not valid YAML \(line"):
+        load_experiment(bad)
+
+
+def test_shipped_search_space_is_table_iii():
+    space = load_search_space(ROOT / "search_spaces" / "segmentation.yaml")
+    assert space == full_search_space()
+    for name, (kind, low, high) in PARAMETER_RANGES.items():
+        assert space.ranges[name] == (kind, low, high)
+    assert space.zeros() == {name: 0 for name in PARAMETER_RANGES}
+    assert type(space.zeros()["erode_dilate"]) is int
+
+
+def test_narrow_fix_and_drop():
+    space = parse_search_space(
+        {
+            "models": ["a"],
+            "parameters": {
+                "erode_dilate": {"low": 2, "high": 5},
+                "open_close": 1,
+                "merge_area": {"low": 0.2, "high": 0.4},
+            },
+        }
+    )
+    assert space.ranges == {"erode_dilate": (int, 2, 5), "merge_area": (float, 0.2, 0.4)}
+    assert space.fixed["open_close"] == 1
+    for dropped in ("merge_continuity", "merge_smoothness", "split_sigma", "split_threshold"):
+        assert space.fixed[dropped] == 0
+    # the start point is clipped into a narrowed range
+    assert space.zeros() == {"erode_dilate": 2, "merge_area": 0.2}
+    full = space.complete({"erode_dilate": 3, "merge_area": 0.3})
+    assert full == {**{n: 0 for n in PARAMETER_RANGES}, "erode_dilate": 3, "open_close": 1,
+                    "merge_area": 0.3}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "field", "fragment"),
+    [
+        ({"erode_dilate": {"low": -11, "high": 3}}, "parameters.erode_dilate.low", "outside"),
+        ({"merge_area": {"low": 0.0, "high": 1.5}}, "parameters.merge_area.high", "outside"),
+        ({"open_close": {"low": 0.5, "high": 3}}, "parameters.open_close.low", "not an integer"),
+        ({"split_sigma": {"low": 0.6, "high": 0.2}}, "parameters.split_sigma", "must be < high"),
+        ({"split_sigma": 2.0}, "parameters.split_sigma", "outside"),
+        ({"erosion": 1}, "parameters.erosion", "unknown parameter"),
+        ({"merge_area": "lots"}, "parameters.merge_area", "must be {low, high}"),
+        ({"merge_area": {"low": 0, "high": 1, "step": 2}}, "parameters.merge_area", "unknown"),
+        ({"merge_area": {"type": "int", "low": 0, "high": 1}}, "parameters.merge_area.type",
+         "'float'"),
+    ],
+)
+def test_bad_search_space_names_the_parameter(parameters, field, fragment):
+    with pytest.raises(AopError) as info:
+        parse_search_space({"parameters": parameters}, source="space.yaml")
+    assert str(info.value).startswith(f"space.yaml: {field}")
+    assert fragment in str(info.value)
+
+
+def test_search_space_models_must_exist_in_the_experiment(tmp_path):
+    space_file = _write(tmp_path / "s.yaml", {"models": ["stardist2d"], "parameters": {}})
+    raw = _minimal(tmp_path)
+    raw["search_space"] = str(space_file)
+    exp = load_experiment(_write(tmp_path / "e.yaml", raw))
+    with pytest.raises(AopError, match=r"s.yaml: models: 'stardist2d' is not a model"):
+        experiment_search_space(exp)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")))
+def test_shipped_experiments_validate(path):
+    exp = load_experiment(path)
+    assert exp.search.budget > 0
+    assert experiment_search_space(exp).models
