@@ -66,7 +66,7 @@ def test_relative_paths_resolve_against_the_experiment_folder(tmp_path):
         (lambda r: r["search"].update(concurrency=-1), "search.concurrency", "greater than 0"),
         (lambda r: r["search"].update(budgte=5), "search.budgte", "unknown field"),
         (lambda r: r.update(colour="red"), "colour", "unknown field"),
-        (lambda r: r["search"]["resources"].update(gpu=-0.5), "search.resources.gpu", "or equal to 0"),
+        (lambda r: r["search"]["resources"].update(gpu=-1), "search.resources.gpu", "equal to 0"),
         (lambda r: r.update(models=[]), "models", "at least 1"),
         (lambda r: r["data"].update(benchmark="/x"), "data", "exactly one"),
         (lambda r: r["data"]["synth"].update(shape=[4, 4]), "data.synth", "3 entries"),
