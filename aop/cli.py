@@ -479,3 +479,53 @@ def postprocess(
         progress.update(task, advance=1)
     before = len(engine.relabel_consecutive(prepared)[1]) - 1
     console.print(f"{pred.name}: {before} instances -> {int(result.max())}; wrote {out}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Study folder of the demo.")] = Path("demo"),
+    budget: Annotated[
+        int | None, typer.Option("--budget", help="Trials of the Bayesian search (default 40).")
+    ] = None,
+    unet_steps: Annotated[
+        int, typer.Option("--unet-steps", help="Training steps of the demo's 3D UNet.")
+    ] = 150,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No Ray Tune progress table.")] = False,
+) -> None:
+    """Run the embedded demo end to end: synth -> train UNet -> predict -> searches -> report."""
+    from aop.config import PROJECT_ROOT, load_experiment
+    from aop.tuning.benchmark import ensure_benchmark
+
+    exp = load_experiment(PROJECT_ROOT / "experiments" / "demo.yaml")
+    exp.storage.study_dir = out.resolve()
+    if budget is not None:
+        if budget < 1:
+            raise AopError(f"--budget must be at least 1, got {budget}")
+        exp.search.budget = budget
+    console.print(f"[bold]1/4[/] synthetic benchmark -> {exp.study_dir / 'benchmark'}")
+    ensure_benchmark(exp)
+    for model in exp.models:
+        if model.name == "unet3d" and "model" not in model.settings:
+            package = exp.study_dir / "models" / "unet3d"
+            if not (package / "rdf.yaml").is_file():
+                from aop.segmentation.unet3d import train_unet
+                from aop.synth import preset_params
+                from aop.synth.dataset import write_synthetic_dataset
+
+                synth = exp.data.synth
+                assert synth is not None
+                train_data = exp.study_dir / "train_data"
+                console.print(f"[bold]2/4[/] training the 3D UNet ({unet_steps} steps): {package}")
+                write_synthetic_dataset(
+                    train_data,
+                    preset_params(synth.preset, **synth.options),
+                    tuple(synth.shape),
+                    2,
+                    synth.seed + 1000,
+                    preset=synth.preset,
+                )
+                train_unet(train_data, package, max_steps=unet_steps, progress=not quiet)
+            model.settings["model"] = str(package)
+    console.print("[bold]3/4[/] predictions, baseline, random search and Bayesian optimisation")
+    _run_study_command(exp, None, None, quiet)
+    console.print("[bold]4/4[/] done; study folder: " + str(exp.study_dir))

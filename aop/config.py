@@ -431,9 +431,12 @@ def parse_experiment(
     if exp.storage.cache_dir is not None:
         exp.storage.cache_dir = _resolve(exp.storage.cache_dir, base)
     for model in exp.models:
-        path = model.settings.get("path")
-        if isinstance(path, str) and not Path(path).is_absolute():
-            model.settings["path"] = str(_resolve(Path(path), base))
+        for key in ("path", "model"):
+            value = model.settings.get(key)
+            if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+                resolved = _resolve(Path(value), base)
+                if key == "path" or resolved.exists():
+                    model.settings[key] = str(resolved)
     return exp
 
 
