@@ -529,3 +529,102 @@ def demo(
     console.print("[bold]3/4[/] predictions, baseline, random search and Bayesian optimisation")
     _run_study_command(exp, None, None, quiet)
     console.print("[bold]4/4[/] done; study folder: " + str(exp.study_dir))
+
+
+# ------------------------------------------------------------------------------------------------
+# Segmentation models: predict a data set into the cache, train aop's own UNet
+# ------------------------------------------------------------------------------------------------
+
+
+def _model_specs(models: str, settings: list[str], config: Path | None) -> list:
+    """Model specs from ``--models a,b``, ``--setting [model.]key=value`` and a YAML file."""
+    import yaml
+
+    from aop.segmentation.models import ModelSpec
+
+    specs: dict[str, dict] = {}
+    if config is not None:
+        if not config.is_file():
+            raise AopError(f"{config}: file not found")
+        raw = yaml.safe_load(config.read_text()) or {}
+        entries = raw.get("models", raw) if isinstance(raw, dict) else raw
+        if isinstance(entries, dict):
+            entries = [{"name": k, "settings": v or {}} for k, v in entries.items()]
+        for entry in entries:
+            try:
+                spec = ModelSpec(**entry) if isinstance(entry, dict) else ModelSpec(name=entry)
+            except Exception as exc:
+                raise AopError(f"{config}: invalid model entry {entry!r} ({exc})") from None
+            specs[spec.name] = dict(spec.settings)
+    for name in [m.strip() for m in models.split(",") if m.strip()]:
+        specs.setdefault(name, {})
+    if not specs:
+        raise AopError("--models: name at least one model (e.g. --models classical,unet3d)")
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AopError(f"--setting {item!r}: expected [model.]key=value")
+        model, dot, field = key.rpartition(".")
+        if not dot:
+            if len(specs) != 1:
+                raise AopError(f"--setting {item!r}: name the model as model.{key}=value")
+            model = next(iter(specs))
+        if model not in specs:
+            raise AopError(f"--setting {item!r}: model {model!r} is not among --models")
+        specs[model][field] = yaml.safe_load(value)
+    return [ModelSpec(name=n, settings=s) for n, s in specs.items()]
+
+
+@app.command()
+def predict(
+    data: Annotated[Path, typer.Option("--data", help="Data-set folder (images/, dataset.yaml).")],
+    models: Annotated[
+        str, typer.Option("--models", help="Comma-separated model names, e.g. classical,unet3d.")
+    ] = "",
+    cache: Annotated[
+        Path, typer.Option("--cache", help="Prediction cache folder (shared storage on a cluster).")
+    ] = Path("aop-cache"),
+    setting: Annotated[
+        list[str] | None,
+        typer.Option("--setting", help="Model setting [model.]key=value (repeatable)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML list of {name, settings} models.")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (default: local Ray).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Actors per model (default: one per CPU/GPU).")
+    ] = None,
+) -> None:
+    """Predict every volume of a data set with each model once, into the prediction cache."""
+    from aop.io import load_dataset
+    from aop.segmentation.predict import predict_dataset
+
+    specs = _model_specs(models, setting or [], config)
+    dataset = load_dataset(data)
+    if workers is not None and workers < 1:
+        raise AopError(f"--workers must be at least 1, got {workers}")
+    results = predict_dataset(dataset, specs, cache, address=address, num_workers=workers)
+    table = Table(title=f"predictions of {dataset.info.name} in {cache}")
+    for column in ("model", "volume", "cache entry"):
+        table.add_column(column)
+    for model, entries in results.items():
+        for name, path in entries.items():
+            table.add_row(model, name, str(path))
+    console.print(table)
+
+
+@app.command("train-unet")
+def train_unet_command(
+    data: Annotated[Path, typer.Option("--data", help="Labelled data set (e.g. from aop synth).")],
+    out: Annotated[Path, typer.Option("--out", help="BioImage.IO package folder to write.")],
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Optimiser steps.")] = 300,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of weights and crops.")] = 0,
+) -> None:
+    """Train aop's small 3D UNet (foreground + boundary) and save it for the unet3d model."""
+    from aop.segmentation.unet3d import train_unet
+
+    package = train_unet(data, out, max_steps=max_steps, seed=seed)
+    console.print(f"saved {package}; use it with --models unet3d --setting model={package}")
