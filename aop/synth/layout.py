@@ -17,7 +17,7 @@ import numpy as np
 
 from aop.errors import AopError
 from aop.synth.params import SimulationParams
-from aop.synth.shapes import Blob, random_blob, surface_distance
+from aop.synth.shapes import Blob, random_blobs, surface_distance
 
 __all__ = [
     "Placement",
@@ -93,45 +93,64 @@ def expected_object_count(shape: tuple[int, int, int], params: SimulationParams)
     return int(round(density * region.volume() / mean_object_volume(params)))
 
 
-class _SpatialHash:
-    """Bounding balls in a grid of cells no smaller than the largest ball's diameter plus gap."""
+class _CellGrid:
+    """Bounding balls binned in a dense grid of cells no smaller than the largest ball's diameter
+    plus the gap, so a ball can only conflict with balls in its own and the 26 adjacent cells.
 
-    def __init__(self, cell: float, capacity: int) -> None:
+    Each cell keeps up to ``depth`` ball indices (-1 for empty slots); the depth doubles when a
+    cell overflows. The grid has a margin of one cell on every side.
+    """
+
+    def __init__(self, cell: float, extent: np.ndarray, capacity: int = 1024) -> None:
         self.cell = cell
-        self.cells: dict[tuple[int, int, int], list[int]] = {}
-        self.centers = np.zeros((max(capacity, 1), 3))
-        self.radii = np.zeros(max(capacity, 1))
+        cells = np.floor(np.asarray(extent) / cell).astype(int) + 3
+        self.slots = np.full((*cells, 4), -1, dtype=np.int64)
+        self.centers = np.zeros((capacity, 3))
+        self.radii = np.zeros(capacity)
         self.count = 0
 
-    def _key(self, center: np.ndarray) -> tuple[int, int, int]:
-        return tuple(int(v) for v in np.floor(center / self.cell))  # type: ignore[return-value]
+    def key(self, center: np.ndarray) -> tuple[int, int, int]:
+        kz, ky, kx = (center // self.cell).astype(int) + 1
+        return int(kz), int(ky), int(kx)
 
     def free(self, center: np.ndarray, radius: float, gap: float, exclude: int = -1) -> bool:
         """Whether a ball keeps more than ``gap`` to every stored ball (except ``exclude``)."""
-        kz, ky, kx = self._key(center)
-        near: list[int] = []
-        for dz in (-1, 0, 1):
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    near.extend(self.cells.get((kz + dz, ky + dy, kx + dx), ()))
-        if not near:
+        kz, ky, kx = self.key(center)
+        near = self.slots[kz - 1 : kz + 2, ky - 1 : ky + 2, kx - 1 : kx + 2].ravel()
+        near = near[(near >= 0) & (near != exclude)]
+        if near.size == 0:
             return True
-        index = np.asarray(near)
-        if exclude >= 0:
-            index = index[index != exclude]
-        distance = np.linalg.norm(self.centers[index] - center, axis=1)
-        return bool(np.all(distance > self.radii[index] + radius + gap))
+        offset = self.centers[near] - center
+        distance = np.sqrt(np.einsum("ij,ij->i", offset, offset))
+        return bool((distance > self.radii[near] + (radius + gap)).all())
 
     def add(self, center: np.ndarray, radius: float) -> int:
+        """Store a ball and return its index."""
         if self.count == len(self.radii):
             self.centers = np.concatenate([self.centers, np.zeros_like(self.centers)])
             self.radii = np.concatenate([self.radii, np.zeros_like(self.radii)])
         index = self.count
         self.centers[index] = center
         self.radii[index] = radius
-        self.cells.setdefault(self._key(center), []).append(index)
+        cell = self.slots[self.key(center)]
+        empty = np.flatnonzero(cell < 0)
+        if empty.size == 0:
+            depth = self.slots.shape[-1]
+            grown = np.full((*self.slots.shape[:-1], 2 * depth), -1, dtype=np.int64)
+            grown[..., :depth] = self.slots
+            self.slots = grown
+            cell = self.slots[self.key(center)]
+            empty = np.flatnonzero(cell < 0)
+        cell[empty[0]] = index
         self.count += 1
         return index
+
+    def remove_last(self) -> None:
+        """Forget the most recently added ball."""
+        index = self.count - 1
+        cell = self.slots[self.key(self.centers[index])]
+        cell[cell == index] = -1
+        self.count -= 1
 
 
 @dataclass
@@ -153,17 +172,21 @@ class _Placer:
         self.gap = float(self.spacing.max())
         largest = params.radius_range[1] * max(1.0, params.shell_radius_scale)
         reach = largest * params.elongation ** (2 / 3) * (1 + 1.1 * params.irregularity)
-        self.hash = _SpatialHash(2 * reach + self.gap, capacity=1024)
+        self.hash = _CellGrid(2 * reach + self.gap, self.region.extent)
         self.blobs: list[Blob] = []
         self.populations: list[int] = []
         self.partners: list[int] = []
 
-    def new_blob(self, population: int) -> Blob:
+    def draw_shapes(self, population: int, count: int) -> None:
+        """Draw the shapes of a population's objects at once (placement only moves them)."""
         p = self.params
-        radius = self.rng.uniform(*p.radius_range)
+        radii = self.rng.uniform(*p.radius_range, size=count)
         if population == SHELL:
-            radius *= p.shell_radius_scale
-        return random_blob(self.rng, radius, p.elongation, p.irregularity)
+            radii *= p.shell_radius_scale
+        self.shapes = iter(random_blobs(self.rng, radii, p.elongation, p.irregularity))
+
+    def new_blob(self) -> Blob:
+        return next(self.shapes)
 
     def random_center(self) -> np.ndarray:
         region = self.region
@@ -211,7 +234,7 @@ class _Placer:
         return index
 
     def place_single(self, population: int) -> bool:
-        shape = self.new_blob(population)
+        shape = self.new_blob()
         for _ in range(_ATTEMPTS_PER_OBJECT):
             blob = self.candidate(shape, population)
             if blob is not None:
@@ -234,7 +257,7 @@ class _Placer:
         return None
 
     def place_pair(self, population: int) -> bool:
-        first_shape, second_shape = self.new_blob(population), self.new_blob(population)
+        first_shape, second_shape = self.new_blob(), self.new_blob()
         for _ in range(_ATTEMPTS_PER_OBJECT // _PARTNER_DIRECTIONS + 1):
             first = self.candidate(first_shape, population)
             if first is None:
@@ -247,13 +270,11 @@ class _Placer:
                 self.commit(second, population, index)
                 self.partners[index] = index + 1
                 return True
-            self._rollback(index)
+            self._rollback()
         return False
 
-    def _rollback(self, index: int) -> None:
-        key = self.hash._key(self.hash.centers[index])
-        self.hash.cells[key].remove(index)
-        self.hash.count -= 1
+    def _rollback(self) -> None:
+        self.hash.remove_last()
         self.blobs.pop()
         self.populations.pop()
         self.partners.pop()
@@ -281,6 +302,7 @@ def place_objects(
     else:
         counts = {CORE: requested}
     for population, count in counts.items():
+        placer.draw_shapes(population, count)
         failures = 0
         n_pairs = int(round(count * params.touching_fraction / 2))
         for _ in range(n_pairs):

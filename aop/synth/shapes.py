@@ -18,8 +18,10 @@ from scipy.spatial.transform import Rotation
 __all__ = [
     "Blob",
     "blob_box",
+    "inside_mask",
     "normalized_radius",
     "random_blob",
+    "random_blobs",
     "surface_distance",
 ]
 
@@ -42,6 +44,7 @@ _DIRECTIONS = _fibonacci_sphere(256)
 
 def _polynomial(c: np.ndarray, a: np.ndarray, b: np.ndarray, d: np.ndarray) -> np.ndarray:
     """The 6 quadratic and 10 cubic monomials of (a, b, d), weighted by ``c`` (16 numbers)."""
+    c = [float(v) for v in c]  # plain floats keep float32 arrays in float32
     aa, bb, dd, ab, ad, bd = a * a, b * b, d * d, a * b, a * d, b * d
     quadratic = c[0] * aa + c[1] * bb + c[2] * dd + c[3] * ab + c[4] * ad + c[5] * bd
     cubic_a = c[6] * aa + c[7] * bb + c[8] * dd + c[9] * ab + c[10] * ad + c[11] * bd
@@ -81,6 +84,11 @@ class Blob:
         """Radius of a ball around ``center`` that contains the whole object."""
         return float(self.semi_axes.max() * (1.0 + self.bound))
 
+    @property
+    def half_extent(self) -> np.ndarray:
+        """Half-size (z, y, x) of an axis-aligned box around ``center`` that holds the object."""
+        return (1.0 + self.bound) * np.sqrt(((self.rotation * self.semi_axes) ** 2).sum(axis=1))
+
     def moved(self, center: np.ndarray) -> Blob:
         """The same object with another centre."""
         return Blob(
@@ -96,7 +104,7 @@ class Blob:
         """``delta(n)`` for unit directions given by their components in the ellipsoid frame."""
         if self.bound == 0.0:
             return np.zeros(np.broadcast_shapes(n0.shape, n1.shape, n2.shape))
-        delta = np.asarray(_polynomial(self.coefficients, n0, n1, n2) - self.offset)
+        delta = np.asarray(_polynomial(self.coefficients, n0, n1, n2) - float(self.offset))
         if delta.ndim == 0:
             return np.clip(delta, -self.bound, self.bound)
         return np.clip(delta, -self.bound, self.bound, out=delta)
@@ -108,34 +116,62 @@ def random_blob(
     elongation: float,
     irregularity: float,
 ) -> Blob:
-    """Draw a blob centred at the origin.
+    """Draw one blob centred at the origin (see :func:`random_blobs`)."""
+    return random_blobs(rng, np.asarray([radius]), elongation, irregularity)[0]
+
+
+def random_blobs(
+    rng: np.random.Generator,
+    radii: np.ndarray,
+    elongation: float,
+    irregularity: float,
+) -> list[Blob]:
+    """Draw blobs centred at the origin, one per radius.
 
     Parameters
     ----------
     rng : numpy.random.Generator
         Source of randomness.
-    radius : float
-        Equivalent radius: the ellipsoid's semi-axes multiply to ``radius**3``.
+    radii : ndarray
+        Equivalent radii: each ellipsoid's semi-axes multiply to ``radius**3``.
     elongation : float
         Largest ratio of longest to shortest semi-axis.
     irregularity : float
         Largest relative deviation of the surface from the ellipsoid.
     """
-    log_axes = rng.uniform(-0.5, 0.5, size=3) * np.log(elongation)
-    semi_axes = radius * np.exp(log_axes - log_axes.mean())
-    rotation = Rotation.from_quat(rng.normal(size=4)).as_matrix()
-    coefficients = rng.normal(size=N_COEFFICIENTS)
-    offset, bound = 0.0, 0.0
+    radii = np.asarray(radii, dtype=float)
+    n = len(radii)
+    if n == 0:
+        return []
+    log_axes = rng.uniform(-0.5, 0.5, size=(n, 3)) * np.log(elongation)
+    semi_axes = radii[:, None] * np.exp(log_axes - log_axes.mean(axis=1, keepdims=True))
+    rotations = Rotation.from_quat(rng.normal(size=(n, 4))).as_matrix()
+    coefficients = rng.normal(size=(n, N_COEFFICIENTS))
+    offsets = np.zeros(n)
+    bound = 0.0
     if irregularity > 0:
-        values = _polynomial(coefficients, *_DIRECTIONS.T)
-        offset = float(values.mean())
-        scale = irregularity / float(np.abs(values - offset).max())
-        coefficients = coefficients * scale
-        offset *= scale
+        monomials = np.stack(
+            [_polynomial(np.eye(N_COEFFICIENTS)[k], *_DIRECTIONS.T) for k in range(N_COEFFICIENTS)],
+            axis=1,
+        )  # (directions, 16)
+        values = monomials @ coefficients.T  # (directions, n)
+        offsets = values.mean(axis=0)
+        scale = irregularity / np.abs(values - offsets).max(axis=0)
+        coefficients *= scale[:, None]
+        offsets *= scale
         bound = irregularity * _BOUND_MARGIN
     else:
-        coefficients = np.zeros(N_COEFFICIENTS)
-    return Blob(np.zeros(3), semi_axes, rotation, coefficients, offset, bound)
+        coefficients[:] = 0.0
+    return [
+        Blob(np.zeros(3), semi_axes[i], rotations[i], coefficients[i], float(offsets[i]), bound)
+        for i in range(n)
+    ]
+
+
+def _frame(blob: Blob, dz: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> list[np.ndarray]:
+    """Displacements expressed in the ellipsoid frame, divided by the semi-axes."""
+    m = (blob.rotation / blob.semi_axes).tolist()  # column k: axis k over its semi-axis
+    return [m[0][k] * dz + m[1][k] * dy + m[2][k] * dx for k in range(3)]
 
 
 def normalized_radius(blob: Blob, dz: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
@@ -144,16 +180,31 @@ def normalized_radius(blob: Blob, dz: np.ndarray, dy: np.ndarray, dx: np.ndarray
     ``q <= 1`` inside the object and ``q = 1`` on its surface; the arrays broadcast together.
     Where two objects claim a voxel, the one with the smaller ``q`` keeps it.
     """
-    scaled = blob.rotation / blob.semi_axes  # column k: axis k divided by its semi-axis
-    u0 = scaled[0, 0] * dz + scaled[1, 0] * dy + scaled[2, 0] * dx
-    u1 = scaled[0, 1] * dz + scaled[1, 1] * dy + scaled[2, 1] * dx
-    u2 = scaled[0, 2] * dz + scaled[1, 2] * dy + scaled[2, 2] * dx
+    u0, u1, u2 = _frame(blob, dz, dy, dx)
     rho = np.sqrt(u0 * u0 + u1 * u1 + u2 * u2)
     if blob.bound == 0.0:
         return rho
     safe = np.maximum(rho, 1e-12)
     delta = blob.deformation(u0 / safe, u1 / safe, u2 / safe)
     return rho / (1.0 + delta)
+
+
+def inside_mask(blob: Blob, dz: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Boolean mask of points inside the blob, equal to ``normalized_radius(...) <= 1``.
+
+    The deformation is evaluated only in the shell ``1 - bound < rho <= 1 + bound`` where it can
+    decide, which saves most of the work.
+    """
+    u0, u1, u2 = _frame(blob, dz, dy, dx)
+    rho = np.sqrt(u0 * u0 + u1 * u1 + u2 * u2)
+    if blob.bound == 0.0:
+        return rho <= 1.0
+    inside = rho <= 1.0 - blob.bound
+    shell = np.nonzero((rho > 1.0 - blob.bound) & (rho <= 1.0 + blob.bound))
+    r = rho[shell]
+    delta = blob.deformation(u0[shell] / r, u1[shell] / r, u2[shell] / r)
+    inside[shell] = r <= 1.0 + delta
+    return inside
 
 
 def surface_distance(blob: Blob, direction: np.ndarray) -> float:
@@ -180,14 +231,14 @@ def blob_box(
         Physical displacement of each voxel centre from the blob's centre, shaped
         ``(nz, 1, 1)``, ``(1, ny, 1)`` and ``(1, 1, nx)`` for broadcasting.
     """
-    reach = blob.bounding_radius
+    reach = blob.half_extent
     low = np.maximum(np.ceil((blob.center - reach) / spacing), 0).astype(int)
     high = np.minimum(np.floor((blob.center + reach) / spacing), np.asarray(shape) - 1).astype(int)
     if np.any(high < low):
         return None
     slices = tuple(slice(lo, hi + 1) for lo, hi in zip(low, high, strict=True))
     axes = [
-        np.arange(lo, hi + 1) * s - c
+        (np.arange(lo, hi + 1) * s - c).astype(np.float32)
         for lo, hi, s, c in zip(low, high, spacing, blob.center, strict=True)
     ]
     displacements = (
