@@ -296,3 +296,12 @@ def test_cli_bad_value_gives_one_line_and_no_output(tmp_path, args, named):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and named in lines[0], result.output
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_smoothed_noise_std_matches_filtered_noise():
+    from aop.synth.render import smoothed_noise_std
+
+    noise = np.random.default_rng(0).standard_normal((40, 120, 120))
+    sigma = (0.6, 1.5, 2.0)
+    filtered = ndi.gaussian_filter(noise, sigma, truncate=3.0)
+    assert abs(filtered.std() / smoothed_noise_std(sigma) - 1.0) < 0.05

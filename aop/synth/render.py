@@ -18,11 +18,31 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from aop.synth.params import SimulationParams
-from aop.synth.shapes import Blob, blob_box, normalized_radius
+from aop.synth.shapes import Blob, blob_box, inside_mask, normalized_radius
 
-__all__ = ["rasterize", "render_image"]
+__all__ = ["rasterize", "render_image", "smoothed_noise_std"]
 
 _CHUNK_VOXELS = 1 << 23
+_TRUNCATE = 3.0
+
+
+def smoothed_noise_std(sigma: Sequence[float], truncate: float = _TRUNCATE) -> float:
+    """Standard deviation of unit white noise after a separable Gaussian filter.
+
+    The filtered value is a weighted sum of independent unit variables, so its variance is the
+    sum of squared weights: the product over axes of the squared 1D kernel weights (the kernel
+    that :func:`scipy.ndimage.gaussian_filter` uses, radius ``int(truncate * sigma + 0.5)``).
+    """
+    variance = 1.0
+    for s in sigma:
+        if s <= 0:
+            continue
+        radius = int(truncate * s + 0.5)
+        x = np.arange(-radius, radius + 1, dtype=float)
+        weights = np.exp(-0.5 * (x / s) ** 2)
+        weights /= weights.sum()
+        variance *= float((weights**2).sum())
+    return variance**0.5
 
 
 def rasterize(
@@ -58,12 +78,11 @@ def rasterize(
         if box is None:
             continue
         slices, (dz, dy, dx) = box
-        q = normalized_radius(blob, dz, dy, dx)
-        inside = q <= 1.0
+        inside = inside_mask(blob, dz, dy, dx)
         view = labels[slices]
         taken = inside & (view > 0)
         if taken.any():
-            _resolve(blobs, blob, view, q, inside, taken, (dz, dy, dx))
+            _resolve(blobs, blob, view, inside, taken, (dz, dy, dx))
         view[inside] = index + 1
     counts = np.bincount(labels.ravel(), minlength=len(blobs) + 1)
     present = np.flatnonzero(counts[1:] >= min_voxels) + 1
@@ -78,7 +97,6 @@ def _resolve(
     blobs: Sequence[Blob],
     blob: Blob,
     view: np.ndarray,
-    q: np.ndarray,
     inside: np.ndarray,
     taken: np.ndarray,
     displacements: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -89,8 +107,8 @@ def _resolve(
     """
     where = np.nonzero(taken)
     owners = view[where]
-    q_new = q[where]
-    points = [np.broadcast_to(d, q.shape)[where] for d in displacements]
+    points = [np.broadcast_to(d, inside.shape)[where] for d in displacements]
+    q_new = normalized_radius(blob, *points)
     keep_old = np.zeros(owners.shape, dtype=bool)
     for owner in np.unique(owners):
         rival = blobs[int(owner) - 1]
@@ -131,16 +149,16 @@ def render_image(
     image = lookup[labels]
     if params.texture > 0:
         texture = rng.standard_normal(labels.shape, dtype=np.float32)
-        ndi.gaussian_filter(texture, params.texture_scale / spacing, output=texture, truncate=3.0)
-        spread = float(texture.std()) or 1.0
-        texture *= params.texture / spread
+        sigma = params.texture_scale / spacing
+        ndi.gaussian_filter(texture, sigma, output=texture, truncate=_TRUNCATE)
+        texture *= np.float32(params.texture / smoothed_noise_std(sigma))
         texture += 1.0
         np.maximum(texture, 0.0, out=texture)
         image *= texture
         del texture
     sigma = np.asarray(params.psf_sigma, dtype=float) / spacing
     if np.any(sigma > 0):
-        ndi.gaussian_filter(image, sigma, output=image, mode="nearest", truncate=3.0)
+        ndi.gaussian_filter(image, sigma, output=image, mode="nearest", truncate=_TRUNCATE)
     image += np.float32(params.background)
     np.maximum(image, 0.0, out=image)
     if params.poisson_noise or params.gaussian_noise > 0:
