@@ -68,7 +68,7 @@ def test_labels_do_not_depend_on_image_parameters(volume):
 def test_every_object_is_one_piece_and_objects_are_brighter(volume):
     image, labels = volume
     for label, mask in cc3d.each(labels, binary=True, in_place=True):
-        assert cc3d.connected_components(mask, connectivity=26).max() == 1, label
+        assert cc3d.connected_components(mask, connectivity=6).max() == 1, label
     inside = float(image[labels > 0].mean())
     outside = float(image[ndi.binary_dilation(labels > 0, iterations=3) == 0].mean())
     assert inside > 3 * outside
@@ -136,6 +136,16 @@ def test_density_gives_the_expected_count():
     assert expected == round(0.12 * 31 * 95 * 95 / mean_object_volume(params))
     _, labels = simulate((32, 96, 96), params=params, seed=2)
     assert 0.9 * expected <= labels.max() <= expected
+
+
+def test_strongly_irregular_touching_objects_stay_in_one_piece():
+    _, labels = simulate(
+        (32, 96, 96), spacing=(3.0, 1.0, 1.0), n_objects=40, radius_range=(3, 6),
+        irregularity=0.5, elongation=2.0, touching_fraction=1.0, seed=1,
+    )  # fmt: skip
+    assert touching_fraction(labels) == 1.0
+    for label, mask in cc3d.each(labels, binary=True, in_place=True):
+        assert cc3d.connected_components(mask, connectivity=6).max() == 1, label
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])

@@ -2,7 +2,9 @@
 
 Rasterisation visits each object's bounding box only. Where two objects of a touching pair claim
 the same voxel, the one with the smaller normalised radius keeps it, which splits the overlap along
-a smooth surface: the two objects share voxel faces and neither is cut into pieces.
+a smooth surface: the two objects share voxel faces. An object cut by that surface or by the
+volume's faces into several face-connected pieces keeps its largest piece (rare, for strongly
+irregular shapes), so every label is one piece.
 
 The image model: per-object brightness (log-normal), smooth multiplicative texture inside objects,
 blur by a Gaussian point-spread function (its sigma in voxels follows the spacing), a constant
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cc3d
 import fastremap
 import numpy as np
 from scipy import ndimage as ndi
@@ -73,17 +76,26 @@ def rasterize(
     """
     spacing = np.asarray(spacing, dtype=float)
     labels = np.zeros(shape, dtype=np.uint32)
+    boxes: dict[int, tuple[slice, slice, slice]] = {}
+    may_split: set[int] = set()  # cut by the volume's faces or by a touching partner
     for index, blob in enumerate(blobs):
         box = blob_box(blob, spacing, shape)
         if box is None:
             continue
         slices, (dz, dy, dx) = box
+        boxes[index] = slices
+        if _clipped(blob, slices, spacing, shape):
+            may_split.add(index)
         inside = inside_mask(blob, dz, dy, dx)
         view = labels[slices]
         taken = inside & (view > 0)
         if taken.any():
+            may_split.add(index)
+            may_split.update(int(owner) - 1 for owner in np.unique(view[taken]))
             _resolve(blobs, blob, view, inside, taken, (dz, dy, dx))
         view[inside] = index + 1
+    for index in may_split:
+        _keep_largest_piece(labels[boxes[index]], index + 1)
     counts = np.bincount(labels.ravel(), minlength=len(blobs) + 1)
     present = np.flatnonzero(counts[1:] >= min_voxels) + 1
     mapping = {int(old): 0 for old in np.flatnonzero(counts[1:]) + 1}
@@ -91,6 +103,26 @@ def rasterize(
     mapping[0] = 0
     fastremap.remap(labels, mapping, preserve_missing_labels=True, in_place=True)
     return labels, present - 1
+
+
+def _clipped(
+    blob: Blob, slices: tuple[slice, slice, slice], spacing: np.ndarray, shape: tuple[int, ...]
+) -> bool:
+    """Whether the volume's faces cut the blob's box."""
+    low = blob.center - blob.half_extent
+    high = blob.center + blob.half_extent
+    return bool(np.any(low < 0) or np.any(high > (np.asarray(shape) - 1) * spacing))
+
+
+def _keep_largest_piece(view: np.ndarray, label: int) -> None:
+    """Clear all but the largest face-connected piece of ``label`` inside ``view``."""
+    mask = view == label
+    pieces = cc3d.connected_components(mask, connectivity=6)
+    if pieces.max() <= 1:
+        return
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    view[mask & (pieces != sizes.argmax())] = 0
 
 
 def _resolve(
