@@ -106,13 +106,14 @@ def nearest_label_fill(
         A copy of ``labels`` with the targets filled. Between equidistant instances the smallest
         label wins.
     """
-    out = labels.copy()
     if not targets.any() or not labels.any():
-        return out
+        return labels.copy()
     aniso = anisotropy(spacing, labels.ndim)
-    dense, original = relabel_consecutive(labels)
+    dense, original = labels, None
+    if int(labels.max()) > 2 * labels.size // 8 + 1024:  # sparse huge label values
+        dense, original = relabel_consecutive(labels)
     margins = [int(np.floor(reach / a * (1 + RADIUS_TOLERANCE))) for a in aniso]
-    best = np.full(labels.shape, np.inf)
+    best = np.full(labels.shape, np.inf, dtype=np.float32)
     winner = np.zeros(labels.shape, dtype=np.int32)
     for label, box in enumerate(ndi.find_objects(dense), start=1):
         if box is None:
@@ -126,13 +127,14 @@ def nearest_label_fill(
             continue
         # scipy's transform: far less per-call overhead than edt's on small boxes
         distance = ndi.distance_transform_edt(dense[grown] != label, sampling=aniso)
-        distance *= distance
+        distance = np.square(distance, dtype=np.float32)
         closer = wanted & (distance < best[grown])
         best[grown][closer] = distance[closer]
         winner[grown][closer] = label
-    filled = targets & (winner > 0) & (best <= _limit(reach))
-    out[filled] = original[winner[filled]]
-    return out
+    filled = targets & (best <= np.float32(_limit(reach)))
+    if original is not None:
+        winner = original[winner]
+    return np.where(filled, winner, labels).astype(labels.dtype, copy=False)
 
 
 def erode_dilate(labels: np.ndarray, radius: int, spacing: Spacing = None) -> np.ndarray:
@@ -200,7 +202,12 @@ def open_close(labels: np.ndarray, radius: int, spacing: Spacing = None) -> np.n
         return labels.copy()
     foreground = labels != 0
     if radius < 0:
-        keep = open_mask(foreground, -radius, spacing)
-        return np.where(keep, labels, 0).astype(labels.dtype, copy=False)
-    closed = close_mask(foreground, radius, spacing)
-    return nearest_label_fill(labels, closed & ~foreground, spacing, reach=radius)
+        # Opening: the foreground voxels within |radius| of the eroded foreground survive.
+        eroded = np.where(erode_mask(foreground, -radius, spacing), labels, 0)
+        reached = nearest_label_fill(eroded, foreground & (eroded == 0), spacing, reach=-radius)
+        return np.where(reached != 0, labels, 0).astype(labels.dtype, copy=False)
+    # Closing: dilate with the nearest labels, then erode the dilated foreground. The per-box
+    # fill stands in for the full-volume transform of the (mostly background) complement.
+    dilated = nearest_label_fill(labels, ~foreground, spacing, reach=radius)
+    closed = erode_mask(dilated != 0, radius, spacing)
+    return np.where(closed, dilated, 0).astype(labels.dtype, copy=False)
