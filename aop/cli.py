@@ -210,8 +210,9 @@ def synth(
     out: Annotated[Path, typer.Option("--out", help="Data-set folder to write (replaced).")],
     n_volumes: Annotated[int, typer.Option("--n-volumes", help="Number of volumes.")] = 3,
     shape: Annotated[
-        tuple[int, int, int], typer.Option("--shape", help="Volume shape Z Y X in voxels.")
-    ] = (32, 128, 128),
+        tuple[int, int, int] | None,
+        typer.Option("--shape", help="Volume shape Z Y X in voxels (default: the preset's)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Data-set seed (non-negative).")] = 0,
     preset: Annotated[
         str, typer.Option("--preset", help="Parameter set: nuclei, myotube or core_shell.")
@@ -238,11 +239,13 @@ def synth(
     """Simulate a synthetic 3D benchmark: fluorescent objects with perfect instance labels."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from aop.synth import preset_params
+    from aop.synth import PRESETS, preset_params
     from aop.synth.dataset import write_synthetic_dataset
 
     if n_volumes < 1:
         raise AopError(f"--n-volumes must be at least 1, got {n_volumes}")
+    if shape is None:
+        shape = PRESETS[preset].default_shape if preset in PRESETS else (32, 128, 128)
     if min(shape) < 1:
         raise AopError(f"--shape must be three positive integers Z Y X, got {list(shape)}")
     if seed < 0:

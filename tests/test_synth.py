@@ -13,6 +13,7 @@ from aop.cli import app
 from aop.errors import AopError
 from aop.io import load_dataset
 from aop.synth import (
+    PRESETS,
     expected_object_count,
     make_params,
     preset_params,
@@ -20,7 +21,7 @@ from aop.synth import (
     touching_fraction,
     touching_labels,
 )
-from aop.synth.layout import mean_object_volume, region_of
+from aop.synth.layout import mean_object_volume, place_objects, region_of
 from aop.synth.render import rasterize
 from aop.synth.shapes import inside_mask, normalized_radius, random_blob
 
@@ -315,3 +316,16 @@ def test_smoothed_noise_std_matches_filtered_noise():
     sigma = (0.6, 1.5, 2.0)
     filtered = ndi.gaussian_filter(noise, sigma, truncate=3.0)
     assert abs(filtered.std() / smoothed_noise_std(sigma) - 1.0) < 0.05
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_fits_its_default_shape(name):
+    preset = PRESETS[name]
+    params = preset_params(name)
+    placement = place_objects(preset.default_shape, params, np.random.default_rng(0))
+    assert len(placement.blobs) >= 0.9 * placement.requested >= 9
+    assert abs(touching_fraction_of(placement) - params.touching_fraction) < 0.1
+
+
+def touching_fraction_of(placement) -> float:
+    return float(np.mean(placement.partners >= 0))

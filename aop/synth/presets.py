@@ -26,10 +26,11 @@ __all__ = ["PRESETS", "Preset", "preset_params"]
 
 @dataclass(frozen=True)
 class Preset:
-    """A parameter set and the paper volume it was calibrated on."""
+    """A parameter set, a small default shape, and the paper volume it was calibrated on."""
 
     description: str
     values: dict[str, Any] = field(default_factory=dict)
+    default_shape: tuple[int, int, int] = (32, 128, 128)
     paper_shape: tuple[int, int, int] | None = None
     paper_count: int | None = None
 
@@ -62,6 +63,7 @@ PRESETS: dict[str, Preset] = {
             "background": 15.0,
             "gaussian_noise": 3.0,
         },
+        default_shape=(32, 256, 256),
         paper_shape=(90, 1024, 1024),
         paper_count=11146,
     ),
@@ -87,6 +89,7 @@ PRESETS: dict[str, Preset] = {
             "background": 10.0,
             "gaussian_noise": 3.0,
         },
+        default_shape=(48, 512, 512),
         paper_shape=(70, 1024, 1024),
         paper_count=672,
     ),
