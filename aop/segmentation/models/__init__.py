@@ -15,7 +15,12 @@ Adapters (each module registers its class on import; libraries load lazily):
 Adding a model is one class with ``name``, ``Settings`` and ``predict``, plus ``@register_model``.
 """
 
-from aop.segmentation.models import bioimageio, classical, stardist  # noqa: F401  (register)
+from aop.segmentation.models import (  # noqa: F401  (importing registers the adapters)
+    bioimageio,
+    cellpose,
+    classical,
+    stardist,
+)
 from aop.segmentation.models.base import (
     ModelSpec,
     SegmentationModel,
