@@ -257,30 +257,31 @@ def synth(
         "touching_fraction": touching_fraction,
         "layout": layout,
     }
-    try:
-        params = preset_params(preset, **{k: v for k, v in overrides.items() if v is not None})
-    except AopError as exc:
-        message = str(exc)
-        for field in overrides:
-            option = f"--{field.replace('_', '-')}"
-            message = message.replace(f"simulation parameter {field!r}", option)
-        raise AopError(message) from None
-    with Progress(
+    progress = Progress(
         TextColumn("simulating"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.description}"),
         console=err_console,
         transient=True,
-    ) as progress:
-        task = progress.add_task("", total=n_volumes)
+    )
+    task = progress.add_task("", total=n_volumes)
 
-        def advance(name: str, count: int) -> None:
-            progress.update(task, advance=1, description=f"{name}: {count} objects")
+    def advance(name: str, count: int) -> None:
+        progress.update(task, advance=1, description=f"{name}: {count} objects")
 
-        root = write_synthetic_dataset(
-            out, params, shape, n_volumes, seed, preset=preset, on_volume=advance
-        )
+    try:
+        params = preset_params(preset, **{k: v for k, v in overrides.items() if v is not None})
+        with progress:
+            root = write_synthetic_dataset(
+                out, params, shape, n_volumes, seed, preset=preset, on_volume=advance
+            )
+    except AopError as exc:  # name the command-line option rather than the parameter
+        message = str(exc)
+        for field in overrides:
+            option = f"--{field.replace('_', '-')}"
+            message = message.replace(f"simulation parameter {field!r}", option)
+        raise AopError(message) from None
     console.print(f"wrote {n_volumes} volume(s) of shape {tuple(shape)} to {root}")
 
 

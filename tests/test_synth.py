@@ -298,6 +298,8 @@ def test_cli_writes_a_loadable_dataset_with_provenance(tmp_path):
         (["--touching-fraction", "3"], "--touching-fraction"),
         (["--spacing", "1", "-1", "1"], "--spacing"),
         (["--preset", "foo"], "unknown preset 'foo'"),
+        (["--layout", "torus"], "--layout"),
+        (["--n-objects", "5000", "--shape", "8", "32", "32"], "--n-objects: only"),
     ],
 )
 def test_cli_bad_value_gives_one_line_and_no_output(tmp_path, args, named):
