@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cc3d
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
@@ -200,16 +199,22 @@ def _union_smoothness(labels: np.ndarray, boxes: list, a: int, b: int) -> float:
 
 
 def _instance_statistics(
-    labels: np.ndarray, image: np.ndarray | None
+    labels: np.ndarray, image: np.ndarray | None, boxes: list, wanted: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel counts, centroids (voxel coordinates) and mean intensities of labels 0..N."""
-    stats = cc3d.statistics(labels, no_slice_conversion=True)
-    counts = stats["voxel_counts"].astype(np.float64)
-    centroids = np.nan_to_num(stats["centroids"])
-    means = np.zeros(len(counts))
-    if image is not None:
-        total = np.bincount(labels.ravel(), weights=image.ravel(), minlength=len(counts))
-        means = total / np.maximum(counts, 1)
+    """Voxel counts, centroids (voxel coordinates) and mean intensities of the ``wanted`` labels.
+
+    Computed on each instance's bounding box; entries of other labels stay 0.
+    """
+    n = len(boxes) + 1
+    counts, centroids, means = np.zeros(n), np.zeros((n, labels.ndim)), np.zeros(n)
+    for label in wanted:
+        box = boxes[label - 1]
+        mask = labels[box] == label
+        where = np.nonzero(mask)
+        counts[label] = len(where[0])
+        centroids[label] = [w.mean() + s.start for w, s in zip(where, box, strict=True)]
+        if image is not None:
+            means[label] = float(image[box][where].mean(dtype=np.float64))
     return counts, centroids, means
 
 
@@ -217,7 +222,8 @@ def _features(
     relabelled: np.ndarray, image: np.ndarray | None, spacing: Spacing
 ) -> tuple[np.ndarray, dict[str, np.ndarray], list]:
     pairs, faces, contact_area, surface = contact_graph(relabelled, spacing)
-    counts, centroids, means = _instance_statistics(relabelled, image)
+    boxes = ndi.find_objects(relabelled)
+    counts, centroids, means = _instance_statistics(relabelled, image, boxes, np.unique(pairs))
     a, b = pairs[:, 0], pairs[:, 1]
     smaller = np.where(
         counts[a] < counts[b], a, np.where(counts[b] < counts[a], b, np.where(
@@ -229,7 +235,6 @@ def _features(
         "f_c": continuity(image, centroids, means, pairs) if image is not None else None,
         "f_r": np.clip(contact_area / np.maximum(surface[smaller], 1e-12), 0.0, 1.0),
     }
-    boxes = ndi.find_objects(relabelled)
     return pairs, columns, boxes
 
 
