@@ -31,7 +31,9 @@ class SimulationParams(BaseModel):
     density : float or None
         Fraction of the layout region (the volume, or the spheroid) filled by objects; the number
         of objects follows from the region's volume and the mean object volume. Used when
-        ``n_objects`` is None; when both are None a density of 0.15 is used.
+        ``n_objects`` is None; when both are None a density of 0.15 is used. Objects are packed
+        by their bounding balls, so the reachable density is about 0.15 to 0.3 (lower for
+        elongated or irregular objects); beyond it :func:`aop.synth.simulate` raises.
     radius_range : (float, float)
         Range of the objects' equivalent radius (physical units), drawn uniformly.
     elongation : float
