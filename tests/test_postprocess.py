@@ -263,6 +263,15 @@ def test_morphology_in_2d_and_border_is_not_background():
     assert (dilated[:, :8] == 4).all() and not dilated[:, 8:].any()
 
 
+def test_equidistant_voxels_go_to_the_smallest_label():
+    labels = np.zeros((3, 9), int)
+    labels[1, 2] = 8
+    labels[1, 6] = 3  # voxel (1, 4) is 2 from both
+    out = erode_dilate(labels, 2)
+    assert out[1, 4] == 3 and out[1, 3] == 8 and out[1, 5] == 3
+    assert (out[:, 2] == 8).all() and (out[:, 6] == 3).all()
+
+
 def test_a_vanished_instance_is_gone():
     labels = np.zeros((15, 15, 15), int)
     labels[2:13, 2:8, 2:13] = 1
