@@ -15,6 +15,19 @@ relabelled 1..N in the order of the input labels. Each category is also a public
 own, re-exported here.
 
 The module imports neither Ray nor MLflow: it runs the same in a test, a Ray task or a notebook.
+
+Readings of the spec where it leaves a choice (each documented in its module):
+
+- Dilation and closing: a voxel equidistant from several instances takes the smallest label.
+- ``f_s``: ``|hull|`` counts the voxels whose centres lie in the convex hull of the union's voxel
+  centres (the digital convex hull), so a digitised ball scores exactly 1 and ``f_s <= 1``.
+- ``f_r``: faces weighted by physical area (plain counts on isotropic data); faces on the volume
+  border are not boundary. On voxelised spheres the staircase surface is about 1.5x the smooth
+  one, so two halves of a ball give ``f_r`` near 0.26 rather than the spec's "near 1/3".
+- ``f_c``: when the smaller mean intensity is <= 0 the ratio is replaced by 1 (no drop below it
+  along the segment) or 0.
+- Splitting: the Gaussian's sigma is ``3 * theta_Ssigma`` in finest-axis units (voxels on
+  isotropic data, fewer voxels along coarser axes); markers are connected with full connectivity.
 """
 
 from __future__ import annotations
