@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -282,6 +283,13 @@ class StudyTracker:
         for start in range(0, len(metrics_list), 10 * _BATCH):
             self.client.log_batch(run_id, metrics=metrics_list[start : start + 10 * _BATCH])
 
+    def _terminate(self, run_id: str, end_time: int | None = None) -> None:
+        """Mark a run finished without MLflow's two "View run at" lines per run on stdout."""
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.client.set_terminated(
+                run_id, status=RunStatus.to_string(RunStatus.FINISHED), end_time=end_time
+            )
+
     # -- the parent run ---------------------------------------------------------------------------
 
     def start(
@@ -417,7 +425,7 @@ class StudyTracker:
                 message = f"{type(exc).__name__}: {exc}"[:_MAX_PARAM_LENGTH]
                 warnings.warn(f"pipeline model not logged: {message}", stacklevel=2)
                 self.client.set_tag(run_id, "pipeline.error", message)
-        self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+        self._terminate(run_id)
 
     def log_pipeline_model(
         self,
@@ -541,7 +549,7 @@ class StudyTracker:
             tags=tags,
             run_name=f"{record['search']}-{record['trial_id']}",
         )
-        params = {k: _param_text(v) for k, v in record["params"].items()}
+        params = {k: _param_text(k, v) for k, v in record["params"].items()}
         params["model"] = record["model"]
         metrics = [Metric(m, record[m], end, 0) for m in METRICS]
         for volume, scores in record["per_volume"].items():
@@ -549,7 +557,7 @@ class StudyTracker:
         if math.isfinite(duration):
             metrics.append(Metric("duration_s", duration, end, 0))
         self._log_batch(run.info.run_id, params=params, metrics=metrics)
-        self.client.set_terminated(run.info.run_id, "FINISHED", end_time=end)
+        self._terminate(run.info.run_id, end_time=end)
         step = max(record["iteration"], 0)
         self.client.log_batch(
             parent, metrics=[Metric(_safe_key(f"{record['search']}/ipq"), record["ipq"], end, step)]
@@ -724,8 +732,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _param_text(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+def _param_text(key: str, value: float) -> str:
+    """A parameter as its search space types it: ``-1`` for a radius, ``0.0`` for a weight."""
+    from aop.segmentation.params import PARAMETER_RANGES
+
+    kind = PARAMETER_RANGES.get(key, (float,))[0]
+    if kind is int and float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
 
 
 def _plain(value: Any) -> Any:

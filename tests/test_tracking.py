@@ -1,0 +1,277 @@
+"""MLflow tracking against a real ``mlflow server`` and SQLite stores, with a real Ray Tune run."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from aop.segmentation.models import build_model
+from aop.segmentation.postprocess import postprocess
+from aop.tracking import (
+    RUN_ID_FILE,
+    StudyTracker,
+    dataset_fingerprint,
+    default_tracking_uri,
+    flatten,
+    record_from_result,
+)
+
+ZEROS = {
+    "erode_dilate": 0, "open_close": 0, "merge_continuity": 0.0, "merge_smoothness": 0.0,
+    "merge_area": 0.0, "split_sigma": 0.0, "split_threshold": 0.0,
+}
+CONFIG = {"name": "study-a", "data": {"path": "/data/bench"}, "models": [{"name": "classical"}],
+          "search": {"searcher": "gp", "budget": 4}}
+SPACE = {"erode_dilate": {"low": -10, "high": 10}, "models": ["classical"]}
+
+
+def record(search, trial_id, ipq, model="classical", iteration=0, **params):
+    return {
+        "search": search, "trial_id": trial_id, "model": model, "params": {**ZEROS, **params},
+        "ipq": ipq, "sq": 0.9, "rq": ipq + 0.05, "iq": 1.0,
+        "per_volume": {"v0": {"ipq": ipq - 0.1, "sq": 0.9}, "v1": {"ipq": ipq + 0.1, "sq": 0.9}},
+        "duration_s": 3.25, "node": "node-7", "iteration": iteration,
+    }
+
+
+def children(client, parent_id):
+    parent = client.get_run(parent_id)
+    return client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on loopback, serving artifacts, stopped after the module."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=(root / "server.log").open("w"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
+        time.sleep(0.5)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def test_flatten_and_default_uri(tmp_path):
+    flat = flatten({"a": {"b": 1, "c": [1, 2]}, "models": [{"name": "x"}], "s": "t" * 7000}, "cfg")
+    assert flat == {"cfg.a.b": "1", "cfg.a.c": "[1, 2]", "cfg.models.0.name": "x",
+                    "cfg.s": "t" * 6000}
+    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_study_as_the_mlflow_ui_shows_it(mlflow_server, tmp_path, nuclei_3d, monkeypatch):
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "experiment.yaml").write_text(yaml.safe_dump(CONFIG))
+    bench = tmp_path / "bench"
+    (bench / "images").mkdir(parents=True)
+    (bench / "images" / "a.npy").write_bytes(b"123")
+    fingerprint = dataset_fingerprint(bench)
+    tracker = StudyTracker(study, tracking_uri=mlflow_server, experiment_name="ui-study")
+    parent_id = tracker.start(CONFIG, SPACE, fingerprint)
+    assert (study / RUN_ID_FILE).read_text().strip() == parent_id
+
+    trials = [
+        record("baseline", "b0", 0.40),
+        record("gp", "g0", 0.55, iteration=0, erode_dilate=1),
+        record("gp", "g1", 0.75, iteration=1, erode_dilate=-1, open_close=1, merge_area=0.25),
+    ]
+    child_ids = [tracker.log_trial(t) for t in trials]
+    assert all(child_ids) and len(set(child_ids)) == 3
+    assert [tracker.log_trial(t) for t in trials] == [None, None, None]  # already logged
+
+    best = trials[2]
+    (study / "best.yaml").write_text(yaml.safe_dump(best))
+    (study / "plots").mkdir()
+    (study / "plots" / "comparison.png").write_bytes(b"\x89PNG fake bytes")
+    tracker.finish(
+        best, artifacts=[study / "best.yaml", study / "plots" / "comparison.png"],
+        spacing=(2.0, 1.0, 1.0), model_spec={"name": "classical", "settings": {"sigma": 1.0}},
+    )
+
+    client = MlflowClient(mlflow_server)  # what the UI reads
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "study"
+    assert parent.data.tags["dataset.fingerprint"] == fingerprint
+    assert parent.data.tags["aop.version"] and "pipeline.error" not in parent.data.tags
+    assert parent.data.params["config.search.budget"] == "4"
+    assert parent.data.params["config.models.0.name"] == "classical"
+    assert parent.data.params["space.erode_dilate.high"] == "10"
+    assert parent.data.metrics["best_ipq"] == pytest.approx(0.75)
+    assert parent.data.tags["best.trial_id"] == "g1"
+    assert parent.data.tags["best.merge_area"] == "0.25"
+    history = client.get_metric_history(parent_id, "gp/ipq")
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.55), (1, 0.75)]
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"experiment.yaml", "search_space.yaml", "best.yaml", "plots"} <= artifacts
+    assert [a.path for a in client.list_artifacts(parent_id, "plots")] == ["plots/comparison.png"]
+
+    runs = children(client, parent_id)
+    assert len(runs) == 3
+    by_trial = {r.data.tags["trial_id"]: r for r in runs}
+    g1 = by_trial["g1"]
+    assert g1.data.tags["mlflow.parentRunId"] == parent_id
+    assert (g1.data.tags["search"], g1.data.tags["model"], g1.data.tags["node"]) == (
+        "gp", "classical", "node-7")
+    assert g1.data.params == {**{k: repr(v) for k, v in ZEROS.items()}, "erode_dilate": "-1",
+                              "open_close": "1", "merge_area": "0.25", "model": "classical"}
+    assert g1.data.metrics == pytest.approx({
+        "ipq": 0.75, "sq": 0.9, "rq": 0.8, "iq": 1.0, "ipq/v0": 0.65, "sq/v0": 0.9,
+        "ipq/v1": 0.85, "sq/v1": 0.9, "duration_s": 3.25,
+    })
+    assert g1.info.status == "FINISHED"
+    assert g1.info.end_time - g1.info.start_time == 3250
+
+    # the best pipeline as a pyfunc model: segment + post-process a new volume
+    image = nuclei_3d[0][:, :40, :40].astype(np.float32)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    model = mlflow.pyfunc.load_model(f"runs:/{parent_id}/pipeline")
+    spacing = (2.0, 1.0, 1.0)
+    expected = postprocess(
+        build_model("classical", sigma=1.0).predict(image, spacing), image, best["params"],
+        spacing=spacing,
+    )
+    labels = model.predict(image)
+    assert labels.dtype == np.uint32 and labels.shape == image.shape and labels.max() >= 5
+    np.testing.assert_array_equal(labels, expected)
+    flat = (1.0, 1.0, 1.0)
+    segmented = build_model("classical", sigma=1.0).predict(image, flat)
+    expected_flat = postprocess(segmented, image, best["params"], spacing=flat)
+    np.testing.assert_array_equal(model.predict(image, params={"spacing": list(flat)}),
+                                  expected_flat)
+    assert not np.array_equal(expected_flat, expected)  # the spacing parameter matters
+
+
+def test_resumed_study_reuses_parent_and_adds_no_duplicates(tmp_path):
+    study = tmp_path / "study"
+    first = StudyTracker(study)
+    parent_id = first.start(CONFIG, SPACE, "fp")
+    first.log_trial(record("gp", "t0", 0.5))
+    first.log_trial(record("gp", "t1", 0.6))
+    # the driver died while logging t2: its child run exists but never finished
+    half = first.client.create_run(
+        first.experiment_id, tags={"mlflow.parentRunId": parent_id, "search": "gp",
+                                   "trial_id": "t2"})
+
+    second = StudyTracker(study)  # a new driver process resumes the study
+    assert second.start({**CONFIG, "extra": 1}, SPACE, "fp") == parent_id
+    assert second.logged_trials("gp") == {"t0", "t1"}
+    assert second.log_trial(record("gp", "t0", 0.5)) is None
+    assert second.log_trial(record("gp", "t2", 0.7)) is not None
+    assert second.log_trial(record("random", "t0", 0.3)) is not None  # same id, other search
+    client = MlflowClient(default_tracking_uri(study))
+    runs = children(client, parent_id)
+    assert sorted((r.data.tags["search"], r.data.tags["trial_id"]) for r in runs) == [
+        ("gp", "t0"), ("gp", "t1"), ("gp", "t2"), ("random", "t0")]
+    assert client.get_run(half.info.run_id).info.lifecycle_stage == "deleted"
+    parent = client.get_run(parent_id)
+    assert parent.data.params["config.extra"] == "1"  # new keys are added on resume
+    assert len(client.search_runs([parent.info.experiment_id], "")) == 5  # parent + 4 children
+    assert (study / "mlartifacts").is_dir()  # artifacts stay inside the study folder
+
+
+def test_tracker_errors_are_one_line(tmp_path):
+    tracker = StudyTracker(tmp_path / "s")
+    with pytest.raises(ValueError, match="has no MLflow run yet"):
+        tracker.log_trial(record("gp", "t", 0.5))
+    (tmp_path / "s").mkdir(exist_ok=True)
+    (tmp_path / "s" / RUN_ID_FILE).write_text("not-a-run\n")
+    with pytest.raises(ValueError, match="mlflow_run_id: not an MLflow run id"):
+        StudyTracker(tmp_path / "s").start(CONFIG, SPACE)
+    with pytest.raises(ValueError, match="field 'ipq': expected a number, got None"):
+        record_from_result("gp", "x", {"model": "m", **ZEROS}, {"sq": 1.0})
+
+
+def test_ray_tune_callback_logs_each_trial_once(mlflow_server, tmp_path, monkeypatch):
+    import ray
+    from ray import tune
+    from ray.tune import Callback, RunConfig, TuneConfig, Tuner
+
+    class KeepTrials(Callback):
+        def __init__(self):
+            self.trials = []
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.trials.append(trial)
+
+    def trainable(config):
+        ipq = 0.5 + 0.1 * config["erode_dilate"] + (0.05 if config["model"] == "b" else 0.0)
+        tune.report({"ipq": ipq, "sq": 0.8, "rq": 0.9, "iq": 1.0, "ipq/v0": ipq - 0.01,
+                     "ipq/v1": ipq + 0.01, "model": config["model"], "node": "worker-1"})
+
+    study = tmp_path / "study"
+    tracker = StudyTracker(study, tracking_uri=mlflow_server, experiment_name="tune-study")
+    parent_id = tracker.start(CONFIG, SPACE)
+    keep = KeepTrials()
+    monkeypatch.setenv("RAY_raylet_start_wait_time_s", "300")  # a busy 2-core machine is slow
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        space = {**ZEROS, "model": tune.grid_search(["a", "b"]),
+                 "erode_dilate": tune.grid_search([-1, 1])}
+        results = Tuner(
+            trainable,
+            param_space=space,
+            tune_config=TuneConfig(num_samples=1, max_concurrent_trials=2),
+            run_config=RunConfig(name="gp", storage_path=str(tmp_path / "tune"),
+                                 callbacks=[tracker.callback("gp"), keep], verbose=0),
+        ).fit()
+    finally:
+        ray.shutdown()
+    assert len(results) == 4 and not results.errors
+
+    client = MlflowClient(mlflow_server)
+    runs = children(client, parent_id)
+    assert len(runs) == 4
+    assert {r.data.tags["trial_id"] for r in runs} == {t.trial_id for t in keep.trials}
+    for run in runs:
+        expected = 0.5 + 0.1 * int(run.data.params["erode_dilate"])
+        expected += 0.05 if run.data.params["model"] == "b" else 0.0
+        assert run.data.metrics["ipq"] == pytest.approx(expected)
+        assert run.data.metrics["ipq/v1"] == pytest.approx(expected + 0.01)
+        assert run.data.tags["node"] == "worker-1" and run.data.tags["search"] == "gp"
+        assert run.data.params["model"] in ("a", "b") and len(run.data.params) == 8
+
+    # a restored driver (callback unpickled, new client) sees the same trials complete again
+    again = pickle.loads(pickle.dumps(tracker.callback("gp")))
+    for trial in keep.trials:
+        again.on_trial_complete(0, keep.trials, trial)
+    for trial in keep.trials:
+        assert tracker.log_trial(
+            record_from_result("gp", trial.trial_id, trial.config, trial.last_result)
+        ) is None
+    assert len(children(client, parent_id)) == 4
