@@ -1,0 +1,183 @@
+"""Searchers and the segmentation study on Ray Tune, with real post-processing and IPQ."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import ray
+import yaml
+
+from aop.config import full_search_space, parse_experiment, parse_search_space
+from aop.errors import AopError
+from aop.segmentation.postprocess import PARAMETER_RANGES
+from aop.synth import simulate
+from aop.synth.damage import damage_labels
+from aop.tracking import StudyTracker
+from aop.tuning.searchers import (
+    available_searchers,
+    make_searcher,
+    optuna_distributions,
+    register_searcher,
+    start_points,
+)
+from aop.tuning.study import run_search, run_study
+from aop.tuning.trainable import make_trainable, put_benchmark
+
+ZEROS = {name: 0 for name in PARAMETER_RANGES}
+
+
+def _space(models):
+    space = full_search_space()
+    space.models = list(models)
+    return space
+
+
+def test_registry_and_unknown_searcher():
+    assert {"gp", "tpe", "random"} <= set(available_searchers())
+    with pytest.raises(AopError, match=r"search.searcher: unknown searcher 'cmaes'"):
+        make_searcher("cmaes", _space(["a"]))
+
+    @register_searcher("gp-test-alias")
+    def _alias(request):
+        from aop.tuning.searchers import _SEARCHERS
+
+        return _SEARCHERS["random"](request)
+
+    searcher = make_searcher("gp-test-alias", _space(["a"]), start_at_zeros=False)
+    config = searcher.suggest("t0")
+    assert set(config) == {"model", *PARAMETER_RANGES}
+
+
+def test_optuna_space_matches_table_iii():
+    dists = optuna_distributions(_space(["a", "b"]))
+    assert list(dists["model"].choices) == ["a", "b"]
+    assert (dists["erode_dilate"].low, dists["erode_dilate"].high) == (-10, 10)
+    assert type(dists["erode_dilate"]).__name__ == "IntDistribution"
+    assert (dists["split_sigma"].low, dists["split_sigma"].high) == (0.0, 1.0)
+    narrowed = parse_search_space(
+        {"models": ["a"], "parameters": {"open_close": {"low": -2, "high": 2}}}
+    )
+    assert set(optuna_distributions(narrowed)) == {"model", "open_close"}
+
+
+@pytest.mark.parametrize("name", ["gp", "tpe"])
+def test_first_suggestions_are_the_zero_start_of_each_model(name):
+    space = _space(["a", "b"])
+    searcher = make_searcher(name, space, seed=3, concurrency=3)
+    first = [searcher.suggest(f"t{i}") for i in range(2)]
+    assert first == start_points(space)
+    assert first[0] == {"model": "a", **ZEROS}
+    third = searcher.suggest("t2")
+    assert third != first[0] and third != first[1]
+    for key, (_, low, high) in PARAMETER_RANGES.items():
+        assert low <= third[key] <= high
+    # the concurrency limit holds back a fourth pending suggestion
+    assert searcher.suggest("t3") is None
+
+
+def test_random_searcher_is_seeded_and_starts_anywhere():
+    a = [make_searcher("random", _space(["m"]), seed=5, start_at_zeros=False).suggest("x")]
+    b = [make_searcher("random", _space(["m"]), seed=5, start_at_zeros=False).suggest("x")]
+    assert a == b and a[0] != {"model": "m", **ZEROS}
+
+
+# ------------------------------------------------------------------------------------------------
+# On Ray
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shrunk_benchmark():
+    """Two simulated volumes whose 'prediction' lost 2 voxels of boundary: dilation repairs it."""
+    labels, images, shrunk = {}, {}, {}
+    for i in range(2):
+        image, gt = simulate((16, 40, 40), seed=10 + i, n_objects=6)
+        name = f"v{i}"
+        labels[name], images[name] = gt, image
+        shrunk[name] = damage_labels(gt, "shrink", fraction=1.0, amount=2.0, seed=i)
+    return {"shrunk": shrunk}, labels, images
+
+
+def test_gp_with_two_workers_gets_no_duplicates_and_beats_its_start(
+    local_ray, shrunk_benchmark, tmp_path
+):
+    predictions, labels, images = shrunk_benchmark
+    refs = put_benchmark(predictions, labels, images)
+    space = _space(["shrunk"])
+    records = run_search(
+        "gp",
+        make_trainable(refs, volume_tasks=1),
+        study_dir=tmp_path,
+        param_space={},
+        num_samples=10,
+        searcher=make_searcher("gp", space, seed=1, concurrency=2, n_startup_trials=4),
+        concurrency=2,
+        verbose=0,
+    )
+    assert len(records) == 10
+    assert len({r["trial_id"] for r in records}) == 10
+    configs = [tuple(sorted(r["params"].items())) for r in records]
+    assert len(set(configs)) == len(configs), "parallel workers received a duplicate suggestion"
+    start = [r for r in records if r["params"] == ZEROS]
+    assert len(start) == 1 and start[0]["iteration"] == 0
+    # every trial scored both volumes; the mean is the mean of the per-volume values
+    for r in records:
+        assert set(r["per_volume"]) == {"v0", "v1"}
+        assert r["ipq"] == pytest.approx(np.mean([v["ipq"] for v in r["per_volume"].values()]))
+    best = max(records, key=lambda r: r["ipq"])
+    assert best["ipq"] > start[0]["ipq"] + 0.1
+    assert best["params"]["erode_dilate"] > 0  # dilation undoes the shrinking
+    lines = (tmp_path / "results" / "gp.jsonl").read_text().splitlines()
+    assert [json.loads(line)["trial_id"] for line in lines] == [r["trial_id"] for r in records]
+
+
+def test_run_study_writes_the_study_folder(local_ray, tmp_path):
+    exp = parse_experiment(
+        {
+            "name": "small",
+            "data": {"synth": {"n_volumes": 2, "shape": [16, 40, 40], "seed": 2}},
+            "models": [
+                {"name": "classical"},
+                {"name": "classical", "id": "smooth", "settings": {"sigma": 2.0}},
+            ],
+            "search": {"searcher": "gp", "budget": 6, "seed": 0, "concurrency": 2},
+            "storage": {"study_dir": str(tmp_path / "study")},
+            "comparison": {"random_budget": 4},
+        },
+        source="small.yaml",
+    )
+    result = run_study(exp, verbose=0)
+    study = tmp_path / "study"
+    counts = {name: len(recs) for name, recs in result.records.items()}
+    assert counts == {"baseline": 2, "random": 4, "gp": 6}
+    baseline_models = sorted(r["model"] for r in result.records["baseline"])
+    assert baseline_models == ["classical", "smooth"]
+    assert all(r["params"] == ZEROS for r in result.records["baseline"])
+    gp = result.records["gp"]
+    assert sorted((r["model"], r["iteration"]) for r in gp if r["params"] == ZEROS) == [
+        ("classical", 0),
+        ("smooth", 1),
+    ]
+    assert not any(r["params"] == ZEROS for r in result.records["random"])
+    for search in ("baseline", "random", "gp"):
+        assert (study / "results" / f"{search}.jsonl").is_file()
+        assert (study / "tune" / search).is_dir()
+    best = yaml.safe_load((study / "best.yaml").read_text())
+    top = max(gp, key=lambda r: r["ipq"])
+    assert best["trial_id"] == top["trial_id"] and best["scores"]["ipq"] == top["ipq"]
+    assert best["searches"]["random"]["trials"] == 4
+    assert (study / "experiment.yaml").is_file()
+    assert (study / "benchmark" / "dataset.yaml").is_file()
+    assert (study / "plots" / "comparison.png").is_file()
+    tracker = StudyTracker(study)
+    assert len(tracker.child_runs()) == 12
+    assert len(tracker.child_runs("gp")) == 6
