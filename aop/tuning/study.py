@@ -163,7 +163,8 @@ def run_search(
             tune_config=TuneConfig(
                 search_alg=searcher,
                 num_samples=num_samples,
-                max_concurrent_trials=concurrency,
+                # a searcher is already limited by a ConcurrencyLimiter (see make_searcher)
+                max_concurrent_trials=concurrency if searcher is None else None,
                 reuse_actors=True,
                 trial_dirname_creator=lambda trial: trial.trial_id,
             ),
