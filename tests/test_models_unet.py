@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _matching import instance_score
 from typer.testing import CliRunner
 
 from aop.cli import app
 from aop.errors import AopError
 from aop.io import DatasetInfo, write_dataset
+from aop.metrics import ipq
 from aop.segmentation.bioimageio_package import write_model_package
 from aop.segmentation.models import build_model
 
@@ -64,7 +64,8 @@ def test_bioimageio_foreground_to_instances(tmp_path):
     )
     labels = model.predict(image, SPACING)
     assert labels.dtype == np.uint32 and labels.max() == 2
-    assert instance_score((image > 0) * (1 + (np.indices(image.shape)[1] > 15)), labels) > 0.9
+    truth = (image > 0) * (1 + (np.indices(image.shape)[1] > 15))
+    assert ipq(truth, labels).ipq > 0.9
     with pytest.raises(AopError, match="output channel 5"):
         build_model("bioimageio", model=str(package), boundary_channel=5).predict(image, SPACING)
 
@@ -113,7 +114,7 @@ def test_unet3d_beats_classical_on_held_out_volume(trained_unet):
     image, gt = _synthetic(100)
     unet = build_model("unet3d", model=str(trained_unet)).predict(image, SPACING)
     classical = build_model("classical").predict(image, SPACING)
-    unet_score, classical_score = instance_score(gt, unet), instance_score(gt, classical)
+    unet_score, classical_score = ipq(gt, unet).ipq, ipq(gt, classical).ipq
     print(f"held-out synthetic volume: unet3d {unet_score:.3f}, classical {classical_score:.3f}")
     assert unet_score > classical_score
     assert unet_score > 0.5
@@ -123,7 +124,7 @@ def test_unet3d_beats_classical_on_held_out_volume(trained_unet):
 def test_unet3d_on_real_stardist_sample(trained_unet, nuclei_3d):
     image, gt = nuclei_3d
     labels = build_model("unet3d", model=str(trained_unet)).predict(image, (2.0, 1.0, 1.0))
-    print(f"unet3d on StarDist 3D sample: score {instance_score(gt, labels):.3f}")
+    print(f"unet3d on StarDist 3D sample: score {ipq(gt, labels).ipq:.3f}")
     assert labels.shape == gt.shape and labels.max() >= 1
 
 
