@@ -14,9 +14,14 @@ from aop.errors import AopError
 from aop.segmentation.postprocess import (
     PARAMETER_RANGES,
     PostprocessParams,
+    ball,
+    close_mask,
+    dilate_mask,
     erode_dilate,
+    erode_mask,
     merge_instances,
     open_close,
+    open_mask,
     postprocess,
     relabel_consecutive,
     split_instances,
@@ -252,6 +257,25 @@ def test_opening_and_closing_equal_the_ball_reference(spacing):
         new = closed & ~foreground & unique
         assert new.any()
         np.testing.assert_array_equal(out[new], nearest[new], err_msg=str(radius))
+
+
+@pytest.mark.parametrize("spacing", SPACINGS[1:])
+def test_binary_mask_operations_equal_the_ball_reference(spacing):
+    mask = random_instances((16, 28, 28), seed=4) > 0
+    for radius in (1, 3, 5):
+        element = reference_ball(radius, spacing)
+        eroded = ndi.binary_erosion(mask, element, border_value=1)
+        dilated = ndi.binary_dilation(mask, element)
+        np.testing.assert_array_equal(erode_mask(mask, radius, spacing), eroded)
+        np.testing.assert_array_equal(dilate_mask(mask, radius, spacing), dilated)
+        np.testing.assert_array_equal(
+            open_mask(mask, radius, spacing), ndi.binary_dilation(eroded, element)
+        )
+        np.testing.assert_array_equal(
+            close_mask(mask, radius, spacing),
+            ndi.binary_erosion(dilated, element, border_value=1),
+        )
+        np.testing.assert_array_equal(ball(radius, spacing), element)
 
 
 def test_morphology_in_2d_and_border_is_not_background():
