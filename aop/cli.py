@@ -590,7 +590,7 @@ def predict(
     ] = Path("aop-cache"),
     setting: Annotated[
         list[str] | None,
-        typer.Option("--setting", help="Model setting [model.]key=value (repeatable)."),
+        typer.Option("--setting", help="Model setting MODEL.KEY=VALUE or KEY=VALUE (repeatable)."),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML list of {name, settings} models.")
