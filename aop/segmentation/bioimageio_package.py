@@ -4,6 +4,10 @@ The package is what the ``bioimageio`` adapter loads: a folder with ``rdf.yaml``
 weights as a PyTorch state dict whose architecture is a callable imported from an installed library
 (e.g. ``monai.networks.nets.UNet``), and an input/output test tensor pair. ``aop train-unet``
 writes its network this way, so aop's own model runs through the same code path as PlantSeg's.
+
+``rdf.yaml`` is written as plain YAML in the 0.5 layout rather than through
+``bioimageio.spec``: the installed ``bioimageio.spec`` 0.5.12 (pinned by ``bioimageio.core`` 0.11)
+fails to build or validate any description under pydantic 2.14.
 """
 
 from __future__ import annotations
