@@ -118,7 +118,9 @@ def split_instances(
     if threshold <= 0 or relabelled.max() == 0:
         return relabelled
     aniso = anisotropy(spacing, labels.ndim)
-    distance = edt.edt(relabelled, anisotropy=aniso, black_border=False, parallel=1)
+    # edt is fastest on the narrowest unsigned type (int32 input is about 2x slower here)
+    narrow = relabelled.astype(np.uint16 if relabelled.max() < 2**16 else np.uint32)
+    distance = edt.edt(narrow, anisotropy=aniso, black_border=False, parallel=1)
     out = relabelled
     next_label = int(relabelled.max()) + 1
     for label, box in enumerate(ndi.find_objects(relabelled), start=1):
