@@ -489,7 +489,7 @@ def postprocess(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Study folder of the demo.")] = Path("demo"),
     budget: Annotated[
-        int | None, typer.Option("--budget", help="Trials of the Bayesian search (default 40).")
+        int | None, typer.Option("--budget", help="Trials of the Bayesian search (default 30).")
     ] = None,
     unet_steps: Annotated[
         int, typer.Option("--unet-steps", help="Training steps of the demo's 3D UNet.")

@@ -141,6 +141,9 @@ def run_search(
     """
     study_dir = Path(study_dir).resolve()
     storage = study_dir / "tune"
+    # save Tune's experiment state (and the searcher's) at every step, not every few seconds,
+    # so that a killed driver loses as little as possible
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     recorder = TrialRecorder(study_dir / "results" / f"{name}.jsonl", name)
     path = storage / name
     if Tuner.can_restore(str(path)):
@@ -177,8 +180,28 @@ def run_search(
                 verbose=verbose,
             ),
         )
-    tuner.fit()
-    return recorder.records()
+    grid = tuner.fit()
+    kept = {r.metrics.get("trial_id") for r in grid if r.metrics}
+    return reconcile_records(recorder.path, kept)
+
+
+def reconcile_records(path: Path, trial_ids: set[str]) -> list[dict[str, Any]]:
+    """Keep only the records of trials that Ray Tune's experiment state knows.
+
+    A trial that reported just before the driver was killed, but after Tune last saved its
+    experiment state, is unknown to the restored run: the restored searcher suggests the same
+    configuration again under a new trial id. Its orphaned record is dropped here (the file is
+    rewritten atomically), so every search has exactly its budget of records.
+    """
+    records = read_records(path) if path.is_file() else []
+    kept = [r for r in records if r["trial_id"] in trial_ids]
+    if len(kept) != len(records):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        for record in kept:
+            append_record(tmp, record)
+        os.replace(tmp, path)
+    return kept
 
 
 def baseline_space(space: SearchSpace) -> dict[str, Any]:
@@ -415,6 +438,8 @@ def run_study(
         trainable=trainable,
         verbose=verbose,
     )
+    for name, recs in records.items():
+        drop_orphan_child_runs(tracker, name, {r["trial_id"] for r in recs})
     main = exp.search.searcher
     best = write_best(study_dir, records, main)
     plots: list[Path] = []
@@ -434,3 +459,13 @@ def run_study(
 
 def _plain_ranges(space: SearchSpace) -> dict[str, list]:
     return {name: [kind.__name__, low, high] for name, (kind, low, high) in space.ranges.items()}
+
+
+def drop_orphan_child_runs(tracker: Any, search: str, trial_ids: set[str]) -> int:
+    """Delete MLflow child runs of ``search`` whose trial is not in the Tune run (see above)."""
+    dropped = 0
+    for run in tracker.child_runs(search):
+        if run.data.tags.get("trial_id") not in trial_ids:
+            tracker.client.delete_run(run.info.run_id)
+            dropped += 1
+    return dropped
