@@ -158,7 +158,8 @@ def record_from_result(
         The last result: ``ipq sq rq iq``, per-volume ``ipq/<volume>`` (etc.), optional ``model``,
         ``node``, ``duration_s`` (else Tune's ``time_total_s``) and ``iteration``.
     iteration : int
-        Position of the trial in its search, used when the result has no ``iteration``.
+        Position of the trial in its search, used when neither the result has an ``iteration``
+        nor the trial id ends in Tune's ``_<index>``.
 
     Returns
     -------
@@ -183,9 +184,15 @@ def record_from_result(
         "per_volume": per_volume,
         "duration_s": duration,
         "node": result.get("node") or result.get("hostname") or "",
-        "iteration": int(result.get("iteration", iteration)),
+        "iteration": int(result.get("iteration", _trial_index(str(trial_id), iteration))),
     }
     return validate_record(record, f"trial {trial_id} of search {search!r}")
+
+
+def _trial_index(trial_id: str, default: int) -> int:
+    """Tune's trial ids are ``<run>_<index>``: the index is the trial's position in its search."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if "_" in trial_id and tail.isdigit() else default
 
 
 class StudyTracker:
@@ -672,7 +679,7 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
             model_name, settings = model_spec.name, dict(model_spec.settings)
         artifacts = {}
         for key, value in settings.items():
-            if isinstance(value, str | os.PathLike) and str(value) and Path(value).exists():
+            if _is_path_setting(value):
                 artifacts[f"setting.{key}"] = str(Path(value).resolve())
         packed = [key.removeprefix("setting.") for key in artifacts]
         model = cls(model_name, settings, record["params"], spacing, packed_settings=packed)
@@ -726,6 +733,15 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _is_path_setting(value: Any) -> bool:
+    """A model setting that points to a file or folder (``weights/unet``, ``/abs/model.pt``)."""
+    if isinstance(value, os.PathLike):
+        return Path(value).exists()
+    if not isinstance(value, str) or not value or ("/" not in value and os.sep not in value):
+        return False
+    return Path(value).exists()
 
 
 def _now_ms() -> int:
