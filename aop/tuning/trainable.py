@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray import tune
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from aop.config import parameter_ranges
 
@@ -137,6 +138,27 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, float | int]:
     return out
 
 
+def _volume_bundles(cpus: float) -> list[dict[str, Any]]:
+    """Task options that pin volume tasks round-robin to the bundles of the trial's group.
+
+    Without pinning, quick tasks may all land in one bundle; pinning spreads a trial's volumes
+    over its bundles (and over nodes when the group is SPREAD). Outside a placement group the
+    tasks are scheduled freely.
+    """
+    group = ray.util.get_current_placement_group()
+    if group is None:
+        return [{}]
+    indices = [i for i, spec in enumerate(group.bundle_specs) if spec.get("CPU", 0) >= cpus]
+    return [
+        {
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=group, placement_group_bundle_index=i
+            )
+        }
+        for i in indices
+    ] or [{}]
+
+
 def evaluate(
     benchmark: BenchmarkRefs,
     model: str,
@@ -158,8 +180,11 @@ def evaluate(
     """
     if model not in benchmark.predictions:
         raise ValueError(f"unknown model {model!r} (benchmark has {benchmark.models})")
+    bundles = _volume_bundles(cpus)
     futures = {
-        volume: _score_volume_task.options(num_cpus=cpus, num_gpus=gpu).remote(
+        volume: _score_volume_task.options(
+            num_cpus=cpus, num_gpus=gpu, **bundles[i % len(bundles)]
+        ).remote(
             scorer,
             benchmark.predictions[model][volume],
             benchmark.labels[volume],
@@ -167,7 +192,7 @@ def evaluate(
             dict(params),
             benchmark.spacing[volume],
         )
-        for volume in benchmark.volumes
+        for i, volume in enumerate(benchmark.volumes)
     }
     per_volume, nodes = {}, {}
     for volume, future in futures.items():
