@@ -161,3 +161,21 @@ def test_shipped_experiments_validate(path):
     exp = load_experiment(path)
     assert exp.search.budget > 0
     assert experiment_search_space(exp).models
+
+
+def test_search_command_reports_a_bad_experiment_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from aop.cli import app
+
+    raw = _minimal(tmp_path)
+    raw["search"] = {"budget": -3}
+    path = _write(tmp_path / "bad.yaml", raw)
+    result = CliRunner().invoke(app, ["search", str(path)])
+    assert result.exit_code == 2
+    assert "search.budget" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "study").exists()  # nothing written
+    good = _write(tmp_path / "e.yaml", _minimal(tmp_path))
+    result = CliRunner().invoke(app, ["search", str(good), "--budget", "0"])
+    assert result.exit_code == 2 and "--budget must be at least 1" in result.output
+    assert not (tmp_path / "study").exists()
