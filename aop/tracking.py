@@ -413,7 +413,7 @@ class StudyTracker:
             "best.search": best["search"],
             "best.trial_id": best["trial_id"],
             "best.model": best["model"],
-            **{f"best.{k}": v for k, v in best["params"].items()},
+            **{f"best.{k}": _param_text(k, v) for k, v in best["params"].items()},
         }
         self._log_batch(run_id, metrics=metrics, tags=tags)
         for path in artifacts:
@@ -576,6 +576,28 @@ class StudyTracker:
         """A Ray Tune callback that logs every completed trial of ``search`` as a child run."""
         self._require_parent()
         return TrialLoggingCallback(self, search)
+
+    def prune_trials(self, search: str, keep: Iterable[str]) -> int:
+        """Delete the child runs of ``search`` whose trial id is not in ``keep``.
+
+        For trials that reported just before a killed driver and that the restored Tune run does
+        not know (it re-runs their configuration under a new trial id).
+
+        Returns
+        -------
+        int
+            The number of child runs deleted.
+        """
+        keep = {str(trial_id) for trial_id in keep}
+        dropped = 0
+        for run in self.child_runs(search):
+            trial_id = run.data.tags.get("trial_id", "")
+            if trial_id not in keep:
+                self.client.delete_run(run.info.run_id)
+                if self._logged is not None:
+                    self._logged.discard((search, trial_id))
+                dropped += 1
+        return dropped
 
     def child_runs(self, search: str | None = None) -> list[Any]:
         """The child runs of the study (of one search, or all), as :class:`mlflow.entities.Run`."""

@@ -204,6 +204,12 @@ def test_resumed_study_reuses_parent_and_adds_no_duplicates(tmp_path):
     assert len(client.search_runs([parent.info.experiment_id], "")) == 5  # parent + 4 children
     assert (study / "mlartifacts").is_dir()  # artifacts stay inside the study folder
 
+    # a trial the restored Tune run does not know is pruned, and could be logged again
+    assert second.prune_trials("gp", keep={"t0", "t2"}) == 1
+    assert second.logged_trials("gp") == {"t0", "t2"}
+    assert sorted(r.data.tags["trial_id"] for r in second.child_runs("gp")) == ["t0", "t2"]
+    assert second.log_trial(record("gp", "t1", 0.6)) is not None
+
 
 def test_tracker_errors_are_one_line(tmp_path):
     tracker = StudyTracker(tmp_path / "s")

@@ -352,7 +352,7 @@ def plot_convergence(
                   label=f"{_label(search)}: best so far ({ipq.max():.3f})")
     axes.set_xlabel("trial")
     axes.set_ylabel("IPQ")
-    axes.set_ylim(bottom=0)
+    axes.set_ylim(bottom=-0.02)  # trials at IPQ 0 stay visible
     axes.spines[["top", "right"]].set_visible(False)
     axes.legend(fontsize=8, frameon=False, loc="lower right")
     axes.set_title(title or "Convergence: best IPQ so far (dots: single trials)", fontsize=10)
