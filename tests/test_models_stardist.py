@@ -15,6 +15,9 @@ pytest.importorskip("stardist")
 @pytest.fixture(scope="session")
 def tiny_stardist(tmp_path_factory):
     """A StarDist2D trained for a few steps on StarDist's real 2D nuclei sample."""
+    from aop.segmentation.models.stardist import prepare_tensorflow
+
+    prepare_tensorflow()
     import tensorflow as tf
     from csbdeep.utils import normalize
     from stardist.data import test_image_nuclei_2d

@@ -9,7 +9,9 @@ StarDist's own ``StarDist2D(None, name=..., basedir=...)``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -66,6 +68,17 @@ class StarDist3DSettings(StarDistSettings):
     model: str = Field(..., description="Path to a StarDist3D model folder.")
 
 
+def prepare_tensorflow() -> None:
+    """Import ``triton`` (PyTorch's compiler backend) before TensorFlow loads.
+
+    With tensorflow-cpu 2.21 and torch 2.14 in one process, importing ``triton`` after TensorFlow
+    crashes the interpreter (segmentation fault); the other order works. Call this before anything
+    imports ``stardist.models`` or ``tensorflow``.
+    """
+    if "tensorflow" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
 def keras_models_dir() -> Path:
     """Where StarDist's ``from_pretrained`` keeps unpacked registered models."""
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
@@ -111,6 +124,7 @@ class _StarDistBase(SegmentationModel):
     def network(self):  # type: ignore[no-untyped-def]
         """The loaded StarDist model (loaded once, on first use)."""
         if self._net is None:
+            prepare_tensorflow()
             from stardist import models
 
             cls = getattr(models, "StarDist2D" if self.kind == "StarDist2D" else "StarDist3D")
