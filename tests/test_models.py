@@ -36,7 +36,11 @@ def test_build_model_errors_name_the_problem():
         ModelSpec(name="classical", weights="x")  # extra keys are forbidden
 
 
-def test_register_model_is_one_class_one_line():
+def test_register_model_is_one_class_one_line(monkeypatch):
+    from aop.segmentation.models import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # leave the real one untouched
+
     @register_model
     class Ones(SegmentationModel):
         name = "ones_test_model"
@@ -47,6 +51,7 @@ def test_register_model_is_one_class_one_line():
     model = build_model("ones_test_model")
     assert model.predict(np.zeros((2, 3, 4)), (1, 1, 1)).sum() == 24
     assert model.identity() == {"name": "ones_test_model", "settings": {}, "weights": {}}
+    assert "ones_test_model" in available_models()
     with pytest.raises(TypeError, match="already registered"):
 
         @register_model
