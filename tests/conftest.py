@@ -13,6 +13,12 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from aop.segmentation.models.stardist import prepare_tensorflow  # noqa: E402
+
+# triton imported after TensorFlow crashes the interpreter; tests mix StarDist and torch in one
+# process, so settle the import order once, before any test loads TensorFlow.
+prepare_tensorflow()
+
 
 @pytest.fixture(scope="session")
 def nuclei_3d() -> tuple[np.ndarray, np.ndarray]:
