@@ -144,6 +144,8 @@ def run_search(
     # save Tune's experiment state (and the searcher's) at every step, not every few seconds,
     # so that a killed driver loses as little as possible
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # the classic progress output, so that the CLIReporter below (IPQ columns) is used
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     recorder = TrialRecorder(study_dir / "results" / f"{name}.jsonl", name)
     path = storage / name
     if Tuner.can_restore(str(path)):
