@@ -14,9 +14,8 @@ from collections.abc import Sequence
 
 import edt
 import numpy as np
-from scipy import ndimage as ndi
 
-from aop.segmentation.params import anisotropy, check_labels, relabel_consecutive
+from aop.segmentation.params import anisotropy, check_labels
 
 __all__ = [
     "ball",
@@ -66,11 +65,123 @@ def erode_mask(mask: np.ndarray, radius: int, spacing: Spacing = None) -> np.nda
     return _squared_distance(mask, anisotropy(spacing, mask.ndim)) > _limit(radius)
 
 
+def _box_dilate(mask: np.ndarray, half: Sequence[int]) -> np.ndarray:
+    """Dilation by the box of half-widths ``half``: ORs of shifted copies, O(log half) per axis."""
+    out = mask.copy()
+    for axis, h in enumerate(half):
+        covered = 0
+        while covered < h:
+            step = min(covered + 1, h - covered)
+            head = [slice(None)] * out.ndim
+            tail = [slice(None)] * out.ndim
+            head[axis], tail[axis] = slice(step, None), slice(None, -step)
+            grown = out.copy()
+            grown[tuple(head)] |= out[tuple(tail)]
+            grown[tuple(tail)] |= out[tuple(head)]
+            out = grown
+            covered += step
+    return out
+
+
+def _half_widths(radius: float, aniso: Sequence[float]) -> list[int]:
+    """Per-axis voxel extent of the ball of ``radius``."""
+    return [int(np.floor(radius / a * (1 + RADIUS_TOLERANCE))) for a in aniso]
+
+
+def _reach(
+    mask: np.ndarray, radius: float, aniso: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels within ``radius`` of ``mask`` and their squared distance to it.
+
+    Only distances up to ``radius`` matter, so the transform runs on the voxels of the box
+    dilation by twice the ball's extent and treats every voxel beyond it as if it were in
+    ``mask``. Such a voxel is farther than ``radius`` from every voxel of the single box dilation
+    (``near``), so inside ``near`` the squared distance is exact wherever it is within reach, and
+    beyond reach wherever the true one is. The transform then skips the far background, by far
+    the costliest part of a full one.
+
+    Returns
+    -------
+    within : ndarray of bool
+        Voxels at most ``radius`` from ``mask`` (``mask`` included).
+    squared : ndarray of float32
+        Squared distance to ``mask``, exact on ``within`` (0 on ``mask``).
+    """
+    half = _half_widths(radius, aniso)
+    near = _box_dilate(mask, half)
+    wide = _box_dilate(near, half)
+    wide &= ~mask
+    squared = edt.edtsq(wide.view(np.uint8), anisotropy=aniso, black_border=False, parallel=1)
+    within = near & (squared <= _limit(radius))
+    return within, squared
+
+
 def dilate_mask(mask: np.ndarray, radius: int, spacing: Spacing = None) -> np.ndarray:
     """Binary dilation by a ball: add every voxel within ``radius`` of the foreground."""
     if radius <= 0:
         return mask.copy()
-    return ~(_squared_distance(~mask, anisotropy(spacing, mask.ndim)) > _limit(radius))
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    return _reach(mask, radius, anisotropy(spacing, mask.ndim))[0]
+
+
+def _nearest_labels(
+    labels: np.ndarray,
+    targets: np.ndarray,
+    squared: np.ndarray,
+    radius: float,
+    aniso: tuple[float, ...],
+) -> np.ndarray:
+    """Label of the nearest instance of every ``targets`` voxel (in ``np.flatnonzero`` order).
+
+    ``squared`` holds each target's squared distance to the foreground (at most ``radius**2``).
+    The nearest instances are those with a voxel at exactly that distance, so only the ball
+    offsets of that length are looked at: the smallest label among the instance voxels they
+    reach wins. The cost per target is the size of one spherical shell of the lattice.
+    """
+    half = _half_widths(radius, aniso)
+    shape = labels.shape
+    wide = np.uint32 if int(labels.max()) < 2**32 - 1 else np.uint64
+    padded = np.zeros([n + 2 * h for n, h in zip(shape, half, strict=True)], dtype=wide)
+    padded[tuple(slice(h, h + n) for h, n in zip(half, shape, strict=True))] = labels
+    strides = np.cumprod([1, *padded.shape[:0:-1]])[::-1]
+    flat_padded = padded.ravel()
+
+    where = np.flatnonzero(targets)
+    coords = np.unravel_index(where, shape)
+    index = sum((c + h) * s for c, h, s in zip(coords, half, strides, strict=True))
+    distance = squared.ravel()[where]
+
+    offsets = np.argwhere(ball(radius, aniso, labels.ndim)) - np.asarray(half)
+    lengths = (offsets * np.asarray(aniso)) ** 2 @ np.ones(labels.ndim)
+    deltas = offsets @ strides
+
+    nearest = np.zeros(len(where), dtype=wide)
+    order = np.argsort(distance, kind="stable")
+    values, starts = np.unique(distance[order], return_index=True)
+    bounds = [*starts[1:], len(order)]
+    for value, begin, stop in zip(values, starts, bounds, strict=True):
+        group = order[begin:stop]
+        shell = deltas[np.abs(lengths - float(value)) <= 4e-7 * max(float(value), 1.0)]
+        best = np.full(len(group), np.iinfo(wide).max, dtype=wide)
+        for delta in shell:
+            # 0 (no instance) wraps round to the largest value, so the minimum skips it
+            np.minimum(best, flat_padded[index[group] + delta] - wide(1), out=best)
+        nearest[group] = best + wide(1)
+    lost = np.flatnonzero(nearest == 0)
+    if len(lost):
+        # A distance that matched no offset length (rounding on unusual spacings): compare
+        # every offset of the ball for these few targets.
+        rank = np.argsort(lengths, kind="stable")
+        best_length = np.full(len(lost), np.inf)
+        for k in rank:
+            found = flat_padded[index[lost] + deltas[k]]
+            better = (found > 0) & (
+                (lengths[k] < best_length)
+                | ((lengths[k] == best_length) & (found < nearest[lost]))
+            )
+            best_length[better] = lengths[k]
+            nearest[lost[better]] = found[better]
+    return nearest
 
 
 def open_mask(mask: np.ndarray, radius: int, spacing: Spacing = None) -> np.ndarray:
@@ -97,10 +208,11 @@ def nearest_label_fill(
     spacing : sequence of float, optional
         Voxel size; distances are physical.
     reach : float
-        Upper bound (finest-axis units) on the distance from any target to its nearest instance:
-        each instance's distance transform is computed on its bounding box grown by ``reach``
-        only, so the cost is the sum of those boxes, not the volume times the instance count.
-        Targets farther than ``reach`` from every instance stay 0.
+        Upper bound (finest-axis units) on the distance from any target to its nearest instance.
+        One distance transform of the voxels near the foreground finds each target's distance;
+        the instances at exactly that distance are then read at the few offsets of that length,
+        so the cost grows with the voxel count, not with the number of instances. Targets
+        farther than ``reach`` from every instance stay 0.
 
     Returns
     -------
@@ -108,35 +220,18 @@ def nearest_label_fill(
         A copy of ``labels`` with the targets filled. Between equidistant instances the smallest
         label wins.
     """
-    if not targets.any() or not labels.any():
-        return labels.copy()
+    out = labels.copy()
+    foreground = labels != 0
+    if not targets.any() or not foreground.any():
+        return out
     aniso = anisotropy(spacing, labels.ndim)
-    dense, original = labels, None
-    if int(labels.max()) > 2 * labels.size // 8 + 1024:  # sparse huge label values
-        dense, original = relabel_consecutive(labels)
-    margins = [int(np.floor(reach / a * (1 + RADIUS_TOLERANCE))) for a in aniso]
-    best = np.full(labels.shape, np.inf, dtype=np.float32)
-    winner = np.zeros(labels.shape, dtype=np.int32)
-    for label, box in enumerate(ndi.find_objects(dense), start=1):
-        if box is None:
-            continue
-        grown = tuple(
-            slice(max(0, s.start - m), min(n, s.stop + m))
-            for s, m, n in zip(box, margins, labels.shape, strict=True)
+    within, squared = _reach(foreground, reach, aniso)
+    fill = targets & within & ~foreground
+    if fill.any():
+        out[fill] = _nearest_labels(labels, fill, squared, reach, aniso).astype(
+            labels.dtype, copy=False
         )
-        wanted = targets[grown]
-        if not wanted.any():
-            continue
-        # scipy's transform: far less per-call overhead than edt's on small boxes
-        distance = ndi.distance_transform_edt(dense[grown] != label, sampling=aniso)
-        distance = np.square(distance, dtype=np.float32)
-        closer = wanted & (distance < best[grown])
-        best[grown][closer] = distance[closer]
-        winner[grown][closer] = label
-    filled = targets & (best <= np.float32(_limit(reach)))
-    if original is not None:
-        winner = original[winner]
-    return np.where(filled, winner, labels).astype(labels.dtype, copy=False)
+    return out
 
 
 def erode_dilate(labels: np.ndarray, radius: int, spacing: Spacing = None) -> np.ndarray:
@@ -205,11 +300,17 @@ def open_close(labels: np.ndarray, radius: int, spacing: Spacing = None) -> np.n
     foreground = labels != 0
     if radius < 0:
         # Opening: the foreground voxels within |radius| of the eroded foreground survive.
-        eroded = np.where(erode_mask(foreground, -radius, spacing), labels, 0)
-        reached = nearest_label_fill(eroded, foreground & (eroded == 0), spacing, reach=-radius)
-        return np.where(reached != 0, labels, 0).astype(labels.dtype, copy=False)
-    # Closing: dilate with the nearest labels, then erode the dilated foreground. The per-box
-    # fill stands in for the full-volume transform of the (mostly background) complement.
-    dilated = nearest_label_fill(labels, ~foreground, spacing, reach=radius)
-    closed = erode_mask(dilated != 0, radius, spacing)
-    return np.where(closed, dilated, 0).astype(labels.dtype, copy=False)
+        kept = dilate_mask(erode_mask(foreground, -radius, spacing), -radius, spacing)
+        return np.where(kept & foreground, labels, 0).astype(labels.dtype, copy=False)
+    # Closing: dilate, erode the dilated foreground, then give the voxels it added the nearest
+    # instance's label (read from the dilation's own distances, for those voxels only).
+    aniso = anisotropy(spacing, labels.ndim)
+    dilated, squared = _reach(foreground, radius, aniso)
+    closed = erode_mask(dilated, radius, spacing)
+    added = closed & ~foreground
+    out = np.where(closed, labels, 0).astype(labels.dtype, copy=False)
+    if added.any():
+        out[added] = _nearest_labels(labels, added, squared, radius, aniso).astype(
+            labels.dtype, copy=False
+        )
+    return out
