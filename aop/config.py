@@ -44,29 +44,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aop.errors import AopError
+from aop.segmentation.params import PARAMETER_RANGES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SEARCH_SPACE = "search_spaces/segmentation.yaml"
 
-#: Table III of the source paper: name -> (type, low, high). Mirrors
-#: ``aop.segmentation.postprocess.PARAMETER_RANGES``; :func:`parameter_ranges` prefers that one.
-TABLE_III: dict[str, tuple[type, float, float]] = {
-    "erode_dilate": (int, -10, 10),
-    "open_close": (int, -5, 5),
-    "merge_continuity": (float, 0.0, 1.0),
-    "merge_smoothness": (float, 0.0, 1.0),
-    "merge_area": (float, 0.0, 1.0),
-    "split_sigma": (float, 0.0, 1.0),
-    "split_threshold": (float, 0.0, 1.0),
-}
-
-
 def parameter_ranges() -> dict[str, tuple[type, float, float]]:
-    """The searchable post-processing parameters, from the post-processing module when present."""
-    try:
-        from aop.segmentation.postprocess import PARAMETER_RANGES
-    except ImportError:  # the post-processing module is optional for config validation
-        return dict(TABLE_III)
+    """The searchable post-processing parameters (Table III): name -> (type, low, high)."""
     return dict(PARAMETER_RANGES)
 
 
