@@ -41,6 +41,7 @@ __all__ = [
     "contact_graph",
     "continuity",
     "merge_instances",
+    "merge_relabelled",
     "smoothness",
 ]
 
@@ -312,14 +313,31 @@ def merge_instances(
     as computing every feature.
     """
     labels = check_labels(labels)
-    weights = np.array([continuity_weight, smoothness_weight, area_weight], dtype=float)
     relabelled, _ = relabel_consecutive(labels)
+    return merge_relabelled(
+        relabelled, image, continuity_weight, smoothness_weight, area_weight, spacing
+    )
+
+
+def merge_relabelled(
+    relabelled: np.ndarray,
+    image: np.ndarray | None,
+    continuity_weight: float,
+    smoothness_weight: float,
+    area_weight: float,
+    spacing: Spacing = None,
+) -> np.ndarray:
+    """:func:`merge_instances` on int32 labels that are already consecutive (1..N).
+
+    Skips the checks and the relabelling pass; may return ``relabelled`` itself.
+    """
+    weights = np.array([continuity_weight, smoothness_weight, area_weight], dtype=float)
     if not np.any(weights > 0) or relabelled.max() < 2:
         return relabelled
     if continuity_weight > 0:
         if image is None:
             raise AopError("image: needed for merge_continuity > 0 (contour continuity)")
-        image = check_image(image, labels.shape)
+        image = check_image(image, relabelled.shape)
     else:
         image = None
     pairs, features, boxes = _features(relabelled, image, spacing)

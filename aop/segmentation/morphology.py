@@ -138,34 +138,52 @@ def _nearest_labels(
     offsets of that length are looked at: the smallest label among the instance voxels they
     reach wins. The cost per target is the size of one spherical shell of the lattice.
     """
-    half = _half_widths(radius, aniso)
+    half = np.asarray(_half_widths(radius, aniso))
     shape = labels.shape
     wide = np.uint32 if int(labels.max()) < 2**32 - 1 else np.uint64
-    padded = np.zeros([n + 2 * h for n, h in zip(shape, half, strict=True)], dtype=wide)
-    padded[tuple(slice(h, h + n) for h, n in zip(half, shape, strict=True))] = labels
-    strides = np.cumprod([1, *padded.shape[:0:-1]])[::-1]
-    flat_padded = padded.ravel()
+    flat_labels = labels.ravel()
+    strides = np.cumprod([1, *shape[:0:-1]])[::-1]
 
-    where = np.flatnonzero(targets)
-    coords = np.unravel_index(where, shape)
-    index = sum((c + h) * s for c, h, s in zip(coords, half, strides, strict=True))
-    distance = squared.ravel()[where]
+    index = np.flatnonzero(targets)
+    coords = np.unravel_index(index, shape)
+    distance = squared.ravel()[index]
+    # Away from the array's faces a flat offset lands on the right voxel; near them it may wrap
+    # to the next row, so those few targets check every offset's coordinates.
+    border = np.zeros(len(index), dtype=bool)
+    for c, h, n in zip(coords, half, shape, strict=True):
+        border |= (c < h) | (c >= n - h)
 
-    offsets = np.argwhere(ball(radius, aniso, labels.ndim)) - np.asarray(half)
+    offsets = np.argwhere(ball(radius, aniso, labels.ndim)) - half
     lengths = (offsets * np.asarray(aniso)) ** 2 @ np.ones(labels.ndim)
     deltas = offsets @ strides
 
-    nearest = np.zeros(len(where), dtype=wide)
-    order = np.argsort(distance, kind="stable")
-    values, starts = np.unique(distance[order], return_index=True)
-    bounds = [*starts[1:], len(order)]
-    for value, begin, stop in zip(values, starts, bounds, strict=True):
+    def read(rows: np.ndarray, k: int, near_face: bool) -> np.ndarray:
+        """Labels at offset ``k`` from the targets ``rows`` (0 outside the array)."""
+        if not near_face:
+            return flat_labels[index[rows] + deltas[k]].astype(wide, copy=False)
+        valid = np.ones(len(rows), dtype=bool)
+        for c, o, n in zip(coords, offsets[k], shape, strict=True):
+            moved = c[rows] + o
+            valid &= (moved >= 0) & (moved < n)
+        found = np.zeros(len(rows), dtype=wide)
+        found[valid] = flat_labels[index[rows[valid]] + deltas[k]]
+        return found
+
+    nearest = np.zeros(len(index), dtype=wide)
+    order = np.lexsort((~border, distance))  # per distance: interior targets, then border ones
+    sorted_distance, sorted_border = distance[order], border[order]
+    cuts = np.flatnonzero(
+        (sorted_distance[1:] != sorted_distance[:-1]) | (sorted_border[1:] != sorted_border[:-1])
+    )
+    for begin, stop in zip([0, *(cuts + 1)], [*(cuts + 1), len(order)], strict=True):
         group = order[begin:stop]
-        shell = deltas[np.abs(lengths - float(value)) <= 4e-7 * max(float(value), 1.0)]
+        value = float(sorted_distance[begin])
+        shell = np.flatnonzero(np.abs(lengths - value) <= 4e-7 * max(value, 1.0))
+        near_face = bool(sorted_border[begin])
         best = np.full(len(group), np.iinfo(wide).max, dtype=wide)
-        for delta in shell:
+        for k in shell:
             # 0 (no instance) wraps round to the largest value, so the minimum skips it
-            np.minimum(best, flat_padded[index[group] + delta] - wide(1), out=best)
+            np.minimum(best, read(group, k, near_face) - wide(1), out=best)
         nearest[group] = best + wide(1)
     lost = np.flatnonzero(nearest == 0)
     if len(lost):
@@ -174,7 +192,7 @@ def _nearest_labels(
         rank = np.argsort(lengths, kind="stable")
         best_length = np.full(len(lost), np.inf)
         for k in rank:
-            found = flat_padded[index[lost] + deltas[k]]
+            found = read(lost, k, True)
             better = (found > 0) & (
                 (lengths[k] < best_length)
                 | ((lengths[k] == best_length) & (found < nearest[lost]))

@@ -42,6 +42,7 @@ from aop.segmentation.merging import (
     adjacency_features,
     contact_graph,
     merge_instances,
+    merge_relabelled,
     smoothness,
 )
 from aop.segmentation.morphology import (
@@ -63,7 +64,7 @@ from aop.segmentation.params import (
     check_labels,
     relabel_consecutive,
 )
-from aop.segmentation.splitting import split_instance, split_instances
+from aop.segmentation.splitting import split_instance, split_instances, split_relabelled
 
 __all__ = [
     "CATEGORIES",
@@ -81,6 +82,7 @@ __all__ = [
     "erode_dilate",
     "erode_mask",
     "merge_instances",
+    "merge_relabelled",
     "nearest_label_fill",
     "open_close",
     "open_mask",
@@ -89,6 +91,7 @@ __all__ = [
     "smoothness",
     "split_instance",
     "split_instances",
+    "split_relabelled",
 ]
 
 
@@ -140,15 +143,18 @@ def postprocess(
         image = check_image(image, labels.shape)
     anisotropy(spacing, labels.ndim)  # validate once, early
     out, _ = relabel_consecutive(labels)
-    if p.erode_dilate:
-        out = erode_dilate(out, p.erode_dilate, spacing)
-    if p.open_close:
-        out = open_close(out, p.open_close, spacing)
+    if p.erode_dilate or p.open_close:
+        if p.erode_dilate:
+            out = erode_dilate(out, p.erode_dilate, spacing)
+        if p.open_close:
+            out = open_close(out, p.open_close, spacing)
+        out, _ = relabel_consecutive(out)  # erosion and opening may remove instances
+    # From here on the labels stay consecutive (1..N, int32): merging and splitting number
+    # their output in the order of their input, so no further relabelling pass is needed.
     if p.active("merging"):
-        out = merge_instances(
+        out = merge_relabelled(
             out, image, p.merge_continuity, p.merge_smoothness, p.merge_area, spacing
         )
     if p.split_threshold > 0:
-        out = split_instances(out, p.split_sigma, p.split_threshold, spacing)
-    out, _ = relabel_consecutive(out)
+        out = split_relabelled(out, p.split_sigma, p.split_threshold, spacing)
     return out

@@ -27,7 +27,7 @@ from skimage.segmentation import watershed
 
 from aop.segmentation.params import anisotropy, check_labels, relabel_consecutive
 
-__all__ = ["split_instance", "split_instances"]
+__all__ = ["split_instance", "split_instances", "split_relabelled"]
 
 Spacing = Sequence[float] | None
 
@@ -211,9 +211,19 @@ def split_instances(
     """
     labels = check_labels(labels)
     relabelled, _ = relabel_consecutive(labels)
+    return split_relabelled(relabelled, sigma, threshold, spacing)
+
+
+def split_relabelled(
+    relabelled: np.ndarray, sigma: float, threshold: float, spacing: Spacing = None
+) -> np.ndarray:
+    """:func:`split_instances` on int32 labels that are already consecutive (1..N).
+
+    Skips the checks and the relabelling pass; splits ``relabelled`` in place and returns it.
+    """
     if threshold <= 0 or relabelled.max() == 0:
         return relabelled
-    aniso = anisotropy(spacing, labels.ndim)
+    aniso = anisotropy(spacing, relabelled.ndim)
     # edt is fastest on the narrowest unsigned type (int32 input is about 2x slower here)
     narrow = relabelled.astype(np.uint16 if relabelled.max() < 2**16 else np.uint32)
     distance = edt.edt(narrow, anisotropy=aniso, black_border=False, parallel=1)
