@@ -183,8 +183,14 @@ def smoothness(mask: np.ndarray) -> float:
     if mask.ndim == 1:
         index = np.nonzero(mask)[0]
         return count / float(index[-1] - index[0] + 1)
+    points = _hull_points(mask)
+    if np.linalg.matrix_rank(points - points[0]) < mask.ndim:
+        return 1.0  # all voxels in one (oblique) plane or line: no volume
     try:
-        hull = ConvexHull(_hull_points(mask))
+        # Joggled input ("QJ") skips Qhull's costly merging of the many coplanar facets of
+        # lattice points; it moves them by about 1e-11, far below both the counting tolerance
+        # and the distance (>= 1e-4) from any lattice point off a facet's plane to that plane.
+        hull = ConvexHull(points, qhull_options="QJ")
     except QhullError:
         return 1.0
     return min(1.0, count / max(_lattice_points_in_hull(hull, mask.shape), 1))
