@@ -88,17 +88,48 @@ def _half_widths(radius: float, aniso: Sequence[float]) -> list[int]:
     return [int(np.floor(radius / a * (1 + RADIUS_TOLERANCE))) for a in aniso]
 
 
+def _shift_or(out: np.ndarray, plane: np.ndarray, shift: int) -> None:
+    """``out |= plane`` moved by ``shift`` voxels along the first axis (nothing wraps round)."""
+    if shift == 0:
+        out |= plane
+    elif shift > 0:
+        out[shift:] |= plane[:-shift]
+    else:
+        out[:shift] |= plane[-shift:]
+
+
+def _ball_cover_dilate(mask: np.ndarray, radius: float, aniso: Sequence[float]) -> np.ndarray:
+    """Dilation by a union of boxes that covers the ball of ``radius`` (a superset of its dilation).
+
+    For every offset along the first axis, the box that covers the ball's cross-section there;
+    much closer to the ball than one box around it, yet made of box dilations only (the boxes
+    shrink away from the centre, so each is grown from the next smaller one).
+    """
+    first = int(np.floor(radius / aniso[0] * (1 + RADIUS_TOLERANCE)))
+    out = np.zeros_like(mask)
+    plane, grown = mask, [0] * mask.ndim
+    for level in range(first, -1, -1):
+        rest = max(_limit(radius) - (aniso[0] * level) ** 2, 0.0)
+        half = [0] + [int(np.floor(np.sqrt(rest) / a + 1e-9)) for a in aniso[1:]]
+        plane = _box_dilate(plane, [h - g for h, g in zip(half, grown, strict=True)])
+        grown = half
+        _shift_or(out, plane, level)
+        if level:
+            _shift_or(out, plane, -level)
+    return out
+
+
 def _reach(
     mask: np.ndarray, radius: float, aniso: tuple[float, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Voxels within ``radius`` of ``mask`` and their squared distance to it.
 
-    Only distances up to ``radius`` matter, so the transform runs on the voxels of the box
-    dilation by twice the ball's extent and treats every voxel beyond it as if it were in
-    ``mask``. Such a voxel is farther than ``radius`` from every voxel of the single box dilation
-    (``near``), so inside ``near`` the squared distance is exact wherever it is within reach, and
-    beyond reach wherever the true one is. The transform then skips the far background, by far
-    the costliest part of a full one.
+    Only distances up to ``radius`` matter, so the transform runs on the voxels of a twofold
+    dilation by a cover of the ball (:func:`_ball_cover_dilate`) and treats every voxel beyond it
+    as if it were in ``mask``. Such a voxel is farther than ``radius`` from every voxel of the
+    single dilation (``near``), so inside ``near`` the squared distance is exact wherever it is
+    within reach, and beyond reach wherever the true one is. The transform then skips the far
+    background, by far the costliest part of a full one.
 
     Returns
     -------
@@ -107,11 +138,19 @@ def _reach(
     squared : ndarray of float32
         Squared distance to ``mask``, exact on ``within`` (0 on ``mask``).
     """
-    half = _half_widths(radius, aniso)
-    near = _box_dilate(mask, half)
-    wide = _box_dilate(near, half)
+    near = _ball_cover_dilate(mask, radius, aniso)
+    wide = _ball_cover_dilate(near, radius, aniso)
     wide &= ~mask
-    squared = edt.edtsq(wide.view(np.uint8), anisotropy=aniso, black_border=False, parallel=1)
+    if mask.ndim == 3 and aniso[0] ** 2 > _limit(radius):
+        # The ball is one plane thick: distances within reach never cross planes (a plane
+        # step alone is longer), so plane-by-plane transforms suffice and skip a whole pass.
+        squared = np.empty(mask.shape, dtype=np.float32)
+        for index, plane in enumerate(wide.view(np.uint8)):
+            squared[index] = edt.edtsq(
+                plane, anisotropy=aniso[1:], black_border=False, parallel=1
+            )
+    else:
+        squared = edt.edtsq(wide.view(np.uint8), anisotropy=aniso, black_border=False, parallel=1)
     within = near & (squared <= _limit(radius))
     return within, squared
 
