@@ -148,7 +148,10 @@ def postprocess(
             out = erode_dilate(out, p.erode_dilate, spacing)
         if p.open_close:
             out = open_close(out, p.open_close, spacing)
-        out, _ = relabel_consecutive(out)  # erosion and opening may remove instances
+        if p.erode_dilate < 0 or p.open_close < 0:
+            # Erosion and opening may remove instances; dilation and closing never do (the
+            # closing of the foreground contains it), so their output stays consecutive.
+            out, _ = relabel_consecutive(out)
     # From here on the labels stay consecutive (1..N, int32): merging and splitting number
     # their output in the order of their input, so no further relabelling pass is needed.
     if p.active("merging"):

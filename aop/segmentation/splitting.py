@@ -134,7 +134,7 @@ def _split_candidates(
     gap = max(radii[0], 1)
     present = [k for k, box in enumerate(boxes, start=1) if box is not None]
     extents = {k: [s.stop - s.start for s in boxes[k - 1]] for k in present}
-    present.sort(key=lambda k: tuple(extents[k][1:]))
+    present.sort(key=lambda k: (max(extents[k][1:]), min(extents[k][1:])))
     connectivity = 26 if labels.ndim == 3 else 8
     candidates: list[int] = []
     for first in range(0, len(present), chunk):
