@@ -66,8 +66,13 @@ def erode_mask(mask: np.ndarray, radius: int, spacing: Spacing = None) -> np.nda
 
 
 def _box_dilate(mask: np.ndarray, half: Sequence[int]) -> np.ndarray:
-    """Dilation by the box of half-widths ``half``: ORs of shifted copies, O(log half) per axis."""
-    out = mask.copy()
+    """Dilation by the box of half-widths ``half``: ORs of shifted copies, O(log half) per axis.
+
+    Returns ``mask`` itself when every half-width is 0 (callers only read the result then).
+    """
+    if not any(h > 0 for h in half):
+        return mask
+    out, spare = mask.copy(), np.empty_like(mask)  # two buffers, used in turn
     for axis, h in enumerate(half):
         covered = 0
         while covered < h:
@@ -75,10 +80,10 @@ def _box_dilate(mask: np.ndarray, half: Sequence[int]) -> np.ndarray:
             head = [slice(None)] * out.ndim
             tail = [slice(None)] * out.ndim
             head[axis], tail[axis] = slice(step, None), slice(None, -step)
-            grown = out.copy()
-            grown[tuple(head)] |= out[tuple(tail)]
-            grown[tuple(tail)] |= out[tuple(head)]
-            out = grown
+            np.copyto(spare, out)
+            spare[tuple(head)] |= out[tuple(tail)]
+            spare[tuple(tail)] |= out[tuple(head)]
+            out, spare = spare, out
             covered += step
     return out
 
