@@ -42,6 +42,7 @@ __all__ = [
     "continuity",
     "merge_instances",
     "merge_relabelled",
+    "merge_with_boxes",
     "smoothness",
 ]
 
@@ -343,9 +344,28 @@ def merge_relabelled(
 
     Skips the checks and the relabelling pass; may return ``relabelled`` itself.
     """
+    return merge_with_boxes(
+        relabelled, image, continuity_weight, smoothness_weight, area_weight, spacing
+    )[0]
+
+
+def merge_with_boxes(
+    relabelled: np.ndarray,
+    image: np.ndarray | None,
+    continuity_weight: float,
+    smoothness_weight: float,
+    area_weight: float,
+    spacing: Spacing = None,
+) -> tuple[np.ndarray, list | None]:
+    """:func:`merge_relabelled`, also returning the output's bounding boxes when it has them.
+
+    The boxes (as :func:`scipy.ndimage.find_objects` gives them, label ``k`` at ``k - 1``) come
+    from the input's boxes, a merged group's box being the union of its members'; ``None`` when
+    merging did not run.
+    """
     weights = np.array([continuity_weight, smoothness_weight, area_weight], dtype=float)
     if not np.any(weights > 0) or relabelled.max() < 2:
-        return relabelled
+        return relabelled, None
     if continuity_weight > 0:
         if image is None:
             raise AopError("image: needed for merge_continuity > 0 (contour continuity)")
@@ -370,7 +390,7 @@ def merge_relabelled(
             f_s = smoothness(union)
             merged[edge] = score[edge] + smoothness_weight * f_s > MERGE_THRESHOLD
     if not merged.any():
-        return relabelled
+        return relabelled, boxes
     n = int(relabelled.max()) + 1
     chosen = pairs[merged]
     graph = coo_matrix((np.ones(len(chosen)), (chosen[:, 0], chosen[:, 1])), shape=(n, n))
@@ -381,4 +401,21 @@ def merge_relabelled(
     new_number[component[1:][np.sort(order)]] = np.arange(1, len(order) + 1)
     lookup = new_number[component]
     lookup[0] = 0
-    return lookup[relabelled]
+    return lookup[relabelled], _merged_boxes(boxes, lookup, len(order))
+
+
+def _merged_boxes(boxes: list, lookup: np.ndarray, count: int) -> list | None:
+    """Bounding boxes after relabelling by ``lookup``: the union of each group's boxes."""
+    if any(box is None for box in boxes):
+        return None
+    starts = np.array([[s.start for s in box] for box in boxes])
+    stops = np.array([[s.stop for s in box] for box in boxes])
+    group = lookup[1 : len(boxes) + 1]
+    first = np.full((count + 1, starts.shape[1]), np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.zeros((count + 1, starts.shape[1]), dtype=np.int64)
+    np.minimum.at(first, group, starts)
+    np.maximum.at(last, group, stops)
+    return [
+        tuple(slice(int(a), int(b)) for a, b in zip(first[k], last[k], strict=True))
+        for k in range(1, count + 1)
+    ]

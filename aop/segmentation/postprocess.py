@@ -43,6 +43,7 @@ from aop.segmentation.merging import (
     contact_graph,
     merge_instances,
     merge_relabelled,
+    merge_with_boxes,
     smoothness,
 )
 from aop.segmentation.morphology import (
@@ -83,6 +84,7 @@ __all__ = [
     "erode_mask",
     "merge_instances",
     "merge_relabelled",
+    "merge_with_boxes",
     "nearest_label_fill",
     "open_close",
     "open_mask",
@@ -154,10 +156,11 @@ def postprocess(
             out, _ = relabel_consecutive(out)
     # From here on the labels stay consecutive (1..N, int32): merging and splitting number
     # their output in the order of their input, so no further relabelling pass is needed.
+    boxes = None
     if p.active("merging"):
-        out = merge_relabelled(
+        out, boxes = merge_with_boxes(
             out, image, p.merge_continuity, p.merge_smoothness, p.merge_area, spacing
         )
     if p.split_threshold > 0:
-        out = split_relabelled(out, p.split_sigma, p.split_threshold, spacing)
+        out = split_relabelled(out, p.split_sigma, p.split_threshold, spacing, boxes=boxes)
     return out

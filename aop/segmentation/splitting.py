@@ -215,11 +215,16 @@ def split_instances(
 
 
 def split_relabelled(
-    relabelled: np.ndarray, sigma: float, threshold: float, spacing: Spacing = None
+    relabelled: np.ndarray,
+    sigma: float,
+    threshold: float,
+    spacing: Spacing = None,
+    boxes: list | None = None,
 ) -> np.ndarray:
     """:func:`split_instances` on int32 labels that are already consecutive (1..N).
 
     Skips the checks and the relabelling pass; splits ``relabelled`` in place and returns it.
+    ``boxes``, when given, must be ``scipy.ndimage.find_objects(relabelled)`` (saves that pass).
     """
     if threshold <= 0 or relabelled.max() == 0:
         return relabelled
@@ -229,7 +234,8 @@ def split_relabelled(
     distance = edt.edt(narrow, anisotropy=aniso, black_border=False, parallel=1)
     out = relabelled
     next_label = int(relabelled.max()) + 1
-    boxes = ndi.find_objects(relabelled)
+    if boxes is None:
+        boxes = ndi.find_objects(relabelled)
     for label in _split_candidates(relabelled, distance, boxes, sigma, threshold, aniso):
         box = boxes[label - 1]
         mask = relabelled[box] == label
