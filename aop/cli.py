@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
@@ -183,11 +184,12 @@ def score(
         return
     columns = [("IPQ", "ipq"), ("SQ", "sq"), ("RQ", "rq"), ("IQ", "iq"), ("PQ", "pq"),
                (f"AP@{iou_threshold:g}", "ap"), ("SEG", "seg")]  # fmt: skip
-    table = Table(title=f"Scores at IoU > {iou_threshold:g}")
+    # a light box and fixed-width score columns keep all of it readable in an 80-column terminal
+    table = Table(title=f"Scores at IoU > {iou_threshold:g}", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("volume", no_wrap=True)
     for title, _ in columns:
-        table.add_column(title, justify="right")
-    table.add_column("GT / pred", justify="right", no_wrap=True)
+        table.add_column(title, justify="right", min_width=max(5, len(title)), no_wrap=True)
+    table.add_column("GT / pred", justify="right")
     for row in rows:
         counts = f"{row['n_gt']} / {row['n_pred']}"
         table.add_row(row["name"], *(f"{row[key]:.3f}" for _, key in columns), counts)
