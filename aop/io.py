@@ -35,6 +35,7 @@ import tifffile
 import yaml
 
 from aop.errors import AopError
+from aop.labels import as_label_array
 
 Spacing = tuple[float, float, float]
 
@@ -411,16 +412,6 @@ def _read_info(root: Path) -> DatasetInfo:
     )
 
 
-def _check_labels(rel: str, labels: np.ndarray) -> None:
-    if labels.dtype.kind == "f":
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise AopError(f"{rel}: labels must be integers, got non-integral {labels.dtype}")
-    elif labels.dtype.kind not in "iub":
-        raise AopError(f"{rel}: labels must be integers, got dtype {labels.dtype}")
-    if labels.dtype.kind in "if" and labels.size and labels.min() < 0:
-        raise AopError(f"{rel}: labels must be non-negative, found {labels.min()}")
-
-
 def _check_image(rel: str, image: np.ndarray) -> None:
     if image.dtype.kind not in "uif b":
         raise AopError(f"{rel}: image has unsupported dtype {image.dtype}")
@@ -480,7 +471,7 @@ def _validate_entry(root: Path, entry: VolumeEntry) -> None:
         return
     label_rel = str(entry.label_path.relative_to(root))
     labels, _ = read_volume(entry.label_path)
-    _check_labels(label_rel, labels)
+    as_label_array(labels, label_rel)
     spatial = image.shape[-3:]
     if labels.shape != spatial:
         raise AopError(f"{label_rel}: shape {labels.shape} does not match image {spatial}")

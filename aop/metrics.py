@@ -39,6 +39,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from aop.errors import AopError
+from aop.labels import as_label_array
 
 __all__ = [
     "DEFAULT_AP_THRESHOLDS",
@@ -114,32 +115,9 @@ class OverlapTable:
         return self.intersections / union
 
 
-def _as_labels(name: str, labels: Any) -> np.ndarray:
-    """Validate one label array; return it as a non-negative integer array (no copy if possible)."""
-    labels = np.asarray(labels)
-    kind = labels.dtype.kind
-    if kind == "b":
-        return labels.view(np.uint8)
-    if kind == "f":
-        if labels.size and not np.all(np.isfinite(labels)):
-            raise AopError(f"{name}: labels must be finite integers, found NaN or inf")
-        if labels.size and np.any(labels != np.floor(labels)):
-            raise AopError(f"{name}: labels must be integers, got non-integral {labels.dtype}")
-        if labels.size and labels.min() < 0:
-            raise AopError(f"{name}: labels must be non-negative, found {labels.min():g}")
-        if labels.size and labels.max() >= 2.0**63:
-            raise AopError(f"{name}: label value {labels.max():g} is too large")
-        return labels.astype(np.int64)
-    if kind not in "iu":
-        raise AopError(f"{name}: labels must be an integer array, got dtype {labels.dtype}")
-    if kind == "i" and labels.size and labels.min() < 0:
-        raise AopError(f"{name}: labels must be non-negative, found {labels.min()}")
-    return labels
-
-
 def _validate_pair(gt: Any, pred: Any) -> tuple[np.ndarray, np.ndarray]:
-    gt = _as_labels("gt", gt)
-    pred = _as_labels("pred", pred)
+    gt = as_label_array(gt, "gt")
+    pred = as_label_array(pred, "pred")
     if gt.shape != pred.shape:
         raise AopError(f"pred: shape {pred.shape} does not match gt shape {gt.shape}")
     if gt.ndim not in (2, 3):

@@ -138,7 +138,7 @@ def test_missing_parameter_names_the_key():
     ("labels", "image", "spacing", "fragment"),
     [
         (np.ones(4, int), None, None, "2D or 3D"),
-        (np.full((4, 4), -1), None, None, "negative label -1"),
+        (np.full((4, 4), -1), None, None, "labels must be non-negative, found -1"),
         (np.full((4, 4), 0.5), None, None, "non-integral"),
         (np.ones((4, 4), int), np.ones((4, 5)), None, "shape (4, 5)"),
         (np.ones((4, 4), int), None, (1.0, 0.0), "positive"),

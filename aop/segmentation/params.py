@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aop.errors import AopError
+from aop.labels import as_label_array
 
 __all__ = [
     "CATEGORIES",
@@ -141,16 +142,7 @@ def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim not in (2, 3):
         raise AopError(f"{name}: expected a 2D or 3D array, got shape {labels.shape}")
-    if labels.dtype == bool:
-        labels = labels.astype(np.uint8)
-    elif labels.dtype.kind == "f":
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise AopError(f"{name}: float array with non-integral values ({labels.dtype})")
-        labels = labels.astype(np.int64)
-    elif labels.dtype.kind not in "iu":
-        raise AopError(f"{name}: expected integer labels, got dtype {labels.dtype}")
-    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
-        raise AopError(f"{name}: negative label {int(labels.min())}")
+    labels = as_label_array(labels, name)
     return np.ascontiguousarray(labels)
 
 

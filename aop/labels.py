@@ -1,0 +1,51 @@
+"""The one check that turns a user's array into instance labels.
+
+Shared by :mod:`aop.io`, :mod:`aop.metrics` and the post-processing engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aop.errors import AopError
+
+
+def as_label_array(labels: Any, name: str = "labels") -> np.ndarray:
+    """Validate instance labels and return them as a non-negative integer array.
+
+    Integer arrays are returned as they are (no copy), booleans as a ``uint8`` copy, and floats
+    holding whole numbers as ``int64``.
+
+    Parameters
+    ----------
+    labels : array_like
+        Instance labels, 0 = background.
+    name : str
+        What to call the array (a file name, ``gt``, ``pred``) in the error message.
+
+    Raises
+    ------
+    AopError
+        One line naming ``name`` when the values are not finite non-negative integers.
+    """
+    labels = np.asarray(labels)
+    kind = labels.dtype.kind
+    if kind == "b":
+        return labels.astype(np.uint8)
+    if kind == "f":
+        if labels.size and not np.all(np.isfinite(labels)):
+            raise AopError(f"{name}: labels must be finite integers, found NaN or inf")
+        if labels.size and np.any(labels != np.floor(labels)):
+            raise AopError(f"{name}: labels must be integers, got non-integral {labels.dtype}")
+        if labels.size and labels.min() < 0:
+            raise AopError(f"{name}: labels must be non-negative, found {labels.min():g}")
+        if labels.size and labels.max() >= 2.0**63:
+            raise AopError(f"{name}: label value {labels.max():g} is too large")
+        return labels.astype(np.int64)
+    if kind not in "iu":
+        raise AopError(f"{name}: labels must be an integer array, got dtype {labels.dtype}")
+    if kind == "i" and labels.size and labels.min() < 0:
+        raise AopError(f"{name}: labels must be non-negative, found {labels.min()}")
+    return labels
