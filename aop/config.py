@@ -7,7 +7,7 @@ An experiment file (YAML) describes one segmentation study::
       synth: {n_volumes: 3, shape: [24, 64, 64], seed: 0}   # or: benchmark: /path/to/benchmark
     models:
       - {name: classical}
-      - {name: unet3d, settings: {path: models/unet3d}}
+      - {name: unet3d, settings: {model: models/unet3d}}
     search: {searcher: gp, budget: 120, seed: 0, concurrency: 2,
              resources: {cpus: 1, gpu: 0.0}, max_failures: 2}
     search_space: search_spaces/segmentation.yaml

@@ -1,18 +1,15 @@
-"""Write a PyTorch network as a BioImage.IO model package (``rdf.yaml`` + state dict + tests).
+"""Write a PyTorch network as a BioImage.IO model package (format 0.5, built by bioimageio.spec).
 
-The package is what the ``bioimageio`` adapter loads: a folder with ``rdf.yaml`` (format 0.5), the
-weights as a PyTorch state dict whose architecture is a callable imported from an installed library
-(e.g. ``monai.networks.nets.UNet``), and an input/output test tensor pair. ``aop train-unet``
-writes its network this way, so aop's own model runs through the same code path as PlantSeg's.
-
-``rdf.yaml`` is written as plain YAML in the 0.5 layout rather than through
-``bioimageio.spec``: the installed ``bioimageio.spec`` 0.5.12 (pinned by ``bioimageio.core`` 0.11)
-fails to build or validate any description under pydantic 2.14.
+The package is what the ``bioimageio`` adapter loads: ``rdf.yaml``, the weights as a PyTorch state
+dict whose architecture is a callable imported from an installed library (e.g.
+``monai.networks.nets.UNet``), a README and a test input/output pair. ``bioimageio.spec`` builds and
+validates the description and writes the folder, so every package aop writes also passes
+``bioimageio.core.test_model``. ``aop train-unet`` saves its network this way, and aop's own model
+runs through the same code path as PlantSeg's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -21,7 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from aop.errors import AopError
+
 __all__ = ["write_model_package"]
+
+#: Cited by default: the U-Net paper (packages must cite a DOI or URL).
+UNET_CITATION = (
+    "Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image "
+    "Segmentation. MICCAI 2015",
+    "10.1007/978-3-319-24574-4_28",
+)
 
 
 def write_model_package(
@@ -35,12 +41,13 @@ def write_model_package(
     description: str,
     channel_names: Sequence[str] = ("foreground", "boundary"),
     voxel_size: Sequence[float] | None = None,
-    min_shape: Sequence[int] = (16, 16, 16),
+    min_shape: Sequence[int] = (24, 24, 24),
     step: Sequence[int] = (4, 4, 4),
     halo: Sequence[int] = (8, 8, 8),
     percentiles: tuple[float, float] = (1.0, 99.8),
     sigmoid: bool = True,
     documentation: str = "",
+    citation: tuple[str, str] = UNET_CITATION,
 ) -> Path:
     """Save ``network`` as a BioImage.IO model package folder (written beside, renamed in).
 
@@ -54,37 +61,51 @@ def write_model_package(
         How to rebuild the architecture: ``from import_from import callable_name``, called with
         ``kwargs``.
     name, description : str
-        Package metadata.
+        Package metadata (``name``: at least 5 characters).
     channel_names : sequence of str
         Names of the output channels.
     voxel_size : sequence of 3 floats, optional
-        Training voxel size (z, y, x) in micrometres, stored as the axes' scale.
+        Training voxel size (z, y, x) in micrometres, stored as the axes' scale and unit.
     min_shape, step : sequence of 3 ints
-        Valid input sizes per spatial axis are ``min + n * step``.
+        Valid input sizes per spatial axis are ``min + n * step``; ``min`` must exceed twice the
+        halo.
     halo : sequence of 3 ints
         Output border (per side) to discard when tiling.
     percentiles : (float, float)
-        Input normalisation (``scale_range`` over the whole volume).
+        Input normalisation (``scale_range`` over each volume).
     sigmoid : bool
         Whether outputs pass through a sigmoid (post-processing step).
     documentation : str
         README text.
+    citation : (str, str)
+        Text and DOI of the reference to cite.
 
     Returns
     -------
     Path
         The package folder.
+
+    Raises
+    ------
+    AopError
+        When ``bioimageio.spec`` rejects the description (the first problem, by field).
     """
     import torch
-    import yaml
+    from bioimageio.spec import save_bioimageio_package_as_folder
+    from bioimageio.spec.common import FileDescr
+    from bioimageio.spec.model import v0_5 as spec
+    from pydantic import ValidationError
 
+    from aop.segmentation.models.bioimageio import _quiet_bioimageio
+
+    _quiet_bioimageio()
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     network.eval()
-    scale = [float(v) for v in voxel_size] if voxel_size is not None else [1.0, 1.0, 1.0]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    files = Path(tempfile.mkdtemp(prefix=f".{folder.name}.files.", dir=folder.parent))
+    out = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        torch.save(network.state_dict(), tmp / "weights.pt")
+        torch.save(network.state_dict(), files / "weights.pt")
         test_input = np.random.default_rng(0).random((1, 1, *min_shape), dtype=np.float32)
         low, high = np.percentile(test_input, percentiles)
         scaled = ((test_input - low) / (high - low + 1e-6)).astype(np.float32)
@@ -92,87 +113,92 @@ def write_model_package(
             test_output = network(torch.from_numpy(scaled)).numpy()
         if sigmoid:
             test_output = 1.0 / (1.0 + np.exp(-test_output))
-        np.save(tmp / "test_input.npy", test_input)
-        np.save(tmp / "test_output.npy", test_output.astype(np.float32))
-        (tmp / "README.md").write_text(documentation or f"# {name}\n\n{description}\n")
-        axis_ids = ("z", "y", "x")
+        np.save(files / "test_input.npy", test_input)
+        np.save(files / "test_output.npy", test_output.astype(np.float32))
+        (files / "README.md").write_text(documentation or f"# {name}\n\n{description}\n")
 
-        def space(axis: int, output: bool) -> dict[str, Any]:
-            entry: dict[str, Any] = {"type": "space", "id": axis_ids[axis]}
-            if output:
-                entry["size"] = {"tensor_id": "raw", "axis_id": axis_ids[axis]}
-                entry["halo"] = int(halo[axis])
-            else:
-                entry["size"] = {"min": int(min_shape[axis]), "step": int(step[axis])}
-            entry["scale"] = scale[axis]
-            if voxel_size is not None:
-                entry["unit"] = "micrometer"
-            return entry
-
-        rdf = {
-            "format_version": "0.5.4",
-            "type": "model",
-            "name": name,
-            "description": description,
-            "authors": [{"name": "aop"}],
-            "cite": [{"text": "aop: 3D data Analysis Optimization Pipeline"}],
-            "license": "BSD-3-Clause",
-            "documentation": "README.md",
-            "inputs": [
-                {
-                    "id": "raw",
-                    "axes": [
-                        {"type": "batch"},
-                        {"type": "channel", "channel_names": ["raw"]},
-                        *[space(a, output=False) for a in range(3)],
+        ids = [spec.AxisId(a) for a in ("z", "y", "x")]
+        scale = [float(v) for v in voxel_size] if voxel_size is not None else [1.0] * 3
+        unit = "micrometer" if voxel_size is not None else None
+        raw = spec.TensorId("raw")
+        try:
+            inputs = spec.InputTensorDescr(
+                id=raw,
+                axes=[
+                    spec.BatchAxis(),
+                    spec.ChannelAxis(channel_names=[spec.Identifier("raw")]),
+                    *[
+                        spec.SpaceInputAxis(
+                            id=ids[a],
+                            size=spec.ParameterizedSize(min=int(min_shape[a]), step=int(step[a])),
+                            scale=scale[a],
+                            unit=unit,
+                        )
+                        for a in range(3)
                     ],
-                    "test_tensor": _file(tmp, "test_input.npy"),
-                    "preprocessing": [
-                        {
-                            "id": "scale_range",
-                            "kwargs": {
-                                "axes": list(axis_ids),
-                                "min_percentile": float(percentiles[0]),
-                                "max_percentile": float(percentiles[1]),
-                            },
-                        }
+                ],
+                test_tensor=FileDescr(source=files / "test_input.npy"),
+                preprocessing=[
+                    spec.ScaleRangeDescr(
+                        kwargs=spec.ScaleRangeKwargs(
+                            axes=tuple(ids),
+                            min_percentile=float(percentiles[0]),
+                            max_percentile=float(percentiles[1]),
+                        )
+                    )
+                ],
+            )
+            outputs = spec.OutputTensorDescr(
+                id=spec.TensorId("probabilities"),
+                axes=[
+                    spec.BatchAxis(),
+                    spec.ChannelAxis(channel_names=[spec.Identifier(c) for c in channel_names]),
+                    *[
+                        spec.SpaceOutputAxisWithHalo(
+                            id=ids[a],
+                            size=spec.SizeReference(tensor_id=raw, axis_id=ids[a]),
+                            halo=int(halo[a]),
+                            scale=scale[a],
+                            unit=unit,
+                        )
+                        for a in range(3)
                     ],
-                }
-            ],
-            "outputs": [
-                {
-                    "id": "probabilities",
-                    "axes": [
-                        {"type": "batch"},
-                        {"type": "channel", "channel_names": list(channel_names)},
-                        *[space(a, output=True) for a in range(3)],
-                    ],
-                    "test_tensor": _file(tmp, "test_output.npy"),
-                    "postprocessing": [{"id": "sigmoid"}] if sigmoid else [],
-                }
-            ],
-            "weights": {
-                "pytorch_state_dict": {
-                    **_file(tmp, "weights.pt"),
-                    "architecture": {
-                        "callable": callable_name,
-                        "import_from": import_from,
-                        "kwargs": kwargs,
-                    },
-                    "pytorch_version": torch.__version__.split("+")[0],
-                }
-            },
-        }
-        (tmp / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
+                ],
+                test_tensor=FileDescr(source=files / "test_output.npy"),
+                postprocessing=[spec.SigmoidDescr()] if sigmoid else [],
+            )
+            model = spec.ModelDescr(
+                name=name,
+                description=description,
+                authors=[spec.Author(name="aop")],
+                cite=[spec.CiteEntry(text=citation[0], doi=spec.Doi(citation[1]))],
+                license=spec.LicenseId("BSD-3-Clause"),
+                documentation=FileDescr(source=files / "README.md"),
+                inputs=[inputs],
+                outputs=[outputs],
+                weights=spec.WeightsDescr(
+                    pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
+                        source=files / "weights.pt",
+                        architecture=spec.ArchitectureFromLibraryDescr(
+                            callable=spec.Identifier(callable_name),
+                            import_from=import_from,
+                            kwargs=kwargs,
+                        ),
+                        pytorch_version=spec.Version(torch.__version__.split("+")[0]),
+                    )
+                ),
+            )
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise AopError(f"{folder}: invalid model package: {where}: {error['msg']}") from None
+        save_bioimageio_package_as_folder(model, output_path=out)
         if folder.exists():
             shutil.rmtree(folder)
-        tmp.rename(folder)
+        out.rename(folder)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(files, ignore_errors=True)
     return folder
-
-
-def _file(folder: Path, name: str) -> dict[str, str]:
-    digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-    return {"source": name, "sha256": digest}

@@ -176,7 +176,7 @@ def train_unet(
         ),
         channel_names=("foreground", "boundary"),
         voxel_size=dataset.info.voxel_size,
-        min_shape=(16, 16, 16),
+        min_shape=(20, 20, 20),
         step=STEP,
         halo=HALO,
     )

@@ -1,30 +1,26 @@
 """``bioimageio`` and ``unet3d``: BioImage.IO model packages (PlantSeg UNets, aop's own UNet).
 
-A package is a folder (or ``.zip``) with ``rdf.yaml`` and PyTorch weights. The adapter
+A package is a folder, ``rdf.yaml`` or ``.zip`` in the BioImage.IO model format (0.4 or 0.5; 0.4
+descriptions are converted to 0.5 on load). ``bioimageio.core`` validates it (including the weights'
+SHA-256), builds the network from whichever weights format it supports and runs the package's own
+pre- and post-processing. Around that, the adapter
 
 1. rescales the volume from its voxel size to the model's training voxel size (the input axes'
-   ``scale`` in the RDF, or setting ``model_voxel_size``),
-2. applies the RDF's preprocessing to the whole volume (so statistics do not change per tile),
-3. predicts tile by tile: each tile reads ``halo`` extra voxels of real neighbouring context on
-   every side (padding only beyond the volume's own border) and the halo is cropped from the output,
-4. applies the RDF's postprocessing, rescales back to the input grid, and
-5. turns the foreground/boundary channels into instances with PlantSeg's distance-transform
-   watershed (:func:`aop.segmentation.instances.distance_watershed`).
-
-``bioimageio.core`` 0.11 pins ``bioimageio.spec`` 0.5.12, which cannot validate any description
-under pydantic 2.14 (its file serializer passes the serialisation info where pydantic now expects
-an index key). The adapter therefore reads ``rdf.yaml`` itself: format 0.5 and 0.4 tensors,
-``pytorch_state_dict`` weights (architecture from an installed library or a file in the package)
-or ``torchscript`` weights, and the standard operations ``scale_range``,
-``zero_mean_unit_variance``, ``scale_linear``, ``clip``, ``sigmoid`` and ``binarize``.
+   ``scale`` and ``unit`` in the description, or setting ``model_voxel_size``),
+2. applies the sample-wise pre-processing to the whole volume, so percentiles and means do not
+   change from tile to tile,
+3. predicts block by block: each block reads ``halo`` voxels of real neighbouring context on every
+   side, padded (the package's padding mode, symmetric by default) only beyond the volume's own
+   border, and the halo is cropped from each output block,
+4. applies the post-processing, rescales back to the input grid, and
+5. turns the foreground/boundary channels into instances with a distance-transform watershed
+   (:func:`aop.segmentation.instances.distance_watershed`).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import math
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +38,10 @@ from aop.segmentation.models.base import (
     single_channel,
 )
 
-__all__ = ["BioImageIOModel", "UNet3DModel", "predict_tiled"]
+__all__ = ["BioImageIOModel", "UNet3DModel", "load_package"]
+
+_SPATIAL = ("z", "y", "x")
+_MICROMETRES = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "meter": 1e6}
 
 
 class BioImageIOSettings(BaseModel):
@@ -55,14 +54,22 @@ class BioImageIOSettings(BaseModel):
     )
     channel: int = Field(0, ge=0, description="Channel of a (C, Z, Y, X) image to segment.")
     tile_shape: tuple[int, int, int] | None = Field(
-        None, description="Tile size (z, y, x) incl. halo, rounded to valid sizes; None: whole."
+        None, description="Block size (z, y, x) incl. halo, rounded up to a valid input size; "
+        "None: the whole volume in one block."
     )
     halo: tuple[int, int, int] | None = Field(
-        None, description="Context per side (z, y, x); None: the RDF's output halo."
+        None, description="Context per side (z, y, x); None: the package's output halo."
     )
     rescale: bool = Field(True, description="Resample to the model's training voxel size.")
     model_voxel_size: tuple[float, float, float] | None = Field(
-        None, description="Training voxel size (z, y, x) when the RDF does not record it."
+        None, description="Training voxel size (z, y, x) in um when the package has none."
+    )
+    weights_format: str | None = Field(
+        None, description="Weights entry to run, e.g. 'torchscript'; None: bioimageio.core's "
+        "choice."
+    )
+    devices: list[str] | None = Field(
+        None, description="Torch devices, e.g. ['cuda:0']; None: a GPU when there is one."
     )
     foreground_channel: int | None = Field(0, description="Output channel of foreground.")
     boundary_channel: int | None = Field(1, description="Output channel of boundaries.")
@@ -74,204 +81,95 @@ class BioImageIOSettings(BaseModel):
     min_size: int = Field(100, ge=0, description="Smallest kept instance, voxels.")
 
 
-class Package:
-    """A parsed BioImage.IO model package with a PyTorch network."""
+def _quiet_bioimageio() -> None:
+    """Keep bioimageio's INFO logging (one line per file hashed) off the console."""
+    from loguru import logger
 
-    def __init__(self, rdf_path: Path) -> None:
-        import yaml
-
-        self.rdf_path = rdf_path
-        self.root = rdf_path.parent
-        try:
-            self.rdf = yaml.safe_load(rdf_path.read_text())
-        except yaml.YAMLError as exc:
-            raise AopError(f"{rdf_path}: not valid YAML ({type(exc).__name__})") from None
-        if not isinstance(self.rdf, dict) or self.rdf.get("type") != "model":
-            raise AopError(f"{rdf_path}: not a BioImage.IO model description (type: model)")
-        try:
-            self.input = self.rdf["inputs"][0]
-            self.output = self.rdf["outputs"][0]
-            self.weights = self.rdf["weights"]
-        except (KeyError, IndexError, TypeError):
-            raise AopError(f"{rdf_path}: needs 'inputs', 'outputs' and 'weights'") from None
-        self.v04 = str(self.rdf.get("format_version", "0.5")).startswith("0.4")
-
-    # --- axes -----------------------------------------------------------------------------------
-    def _axes(self, tensor: dict) -> list[dict]:
-        if self.v04:  # "bczyx" strings, shape {min, step} lists, halo list
-            names = {"b": "batch", "c": "channel"}
-            axes = []
-            shape = tensor.get("shape")
-            for i, letter in enumerate(tensor["axes"]):
-                axis: dict[str, Any] = {"type": names.get(letter, "space"), "id": letter}
-                if isinstance(shape, dict) and "min" in shape:
-                    axis["size"] = {"min": shape["min"][i], "step": shape["step"][i]}
-                elif isinstance(shape, list):
-                    axis["size"] = shape[i]
-                if "halo" in tensor:
-                    axis["halo"] = tensor["halo"][i]
-                axes.append(axis)
-            return axes
-        return [dict(a, type=a.get("type", "space")) for a in tensor["axes"]]
-
-    @property
-    def input_axes(self) -> list[dict]:
-        return self._axes(self.input)
-
-    @property
-    def output_axes(self) -> list[dict]:
-        return self._axes(self.output)
-
-    def spatial(self, axes: list[dict]) -> list[dict]:
-        found = {a.get("id"): a for a in axes if a["type"] == "space"}
-        if set(found) != {"z", "y", "x"}:
-            raise AopError(f"{self.rdf_path}: expected 3D tensors with z, y, x axes")
-        return [found["z"], found["y"], found["x"]]
-
-    def voxel_size(self) -> tuple[float, float, float] | None:
-        axes = self.spatial(self.input_axes)
-        if all(a.get("unit") and a.get("scale") for a in axes):
-            factor = {"nanometer": 1e-3, "millimeter": 1e3}.get(axes[0]["unit"], 1.0)
-            return tuple(float(a["scale"]) * factor for a in axes)  # type: ignore[return-value]
-        return None
-
-    def halo(self) -> tuple[int, int, int]:
-        return tuple(int(a.get("halo", 0)) for a in self.spatial(self.output_axes))  # type: ignore
-
-    def valid_size(self, axis: int, at_least: int) -> int:
-        """Smallest valid input size >= ``at_least`` along spatial ``axis`` (0 = z)."""
-        size = self.spatial(self.input_axes)[axis].get("size", 1)
-        if isinstance(size, int):
-            return size
-        if isinstance(size, dict) and "min" in size:
-            low, step = int(size["min"]), int(size.get("step", 0))
-            if at_least <= low or step == 0:
-                return low
-            return low + step * int(np.ceil((at_least - low) / step))
-        return at_least
-
-    # --- network --------------------------------------------------------------------------------
-    def weight_file(self) -> Path:
-        entry = self.weights.get("pytorch_state_dict") or self.weights.get("torchscript")
-        if entry is None:
-            raise AopError(f"{self.rdf_path}: no pytorch_state_dict or torchscript weights")
-        return self.root / entry["source"]
-
-    def network(self):  # type: ignore[no-untyped-def]
-        import torch
-
-        if "pytorch_state_dict" in self.weights:
-            entry = self.weights["pytorch_state_dict"]
-            arch = entry.get("architecture", {})
-            if self.v04:
-                source, _, name = str(arch).rpartition(":")
-                arch = {"callable": name, "source": source, "kwargs": entry.get("kwargs", {})}
-            factory = self._callable(arch)
-            network = factory(**arch.get("kwargs", {}))
-            state = torch.load(self.root / entry["source"], map_location="cpu", weights_only=True)
-            network.load_state_dict(state)
-        else:
-            network = torch.jit.load(self.root / self.weights["torchscript"]["source"], "cpu")
-        return network.eval()
-
-    def _callable(self, arch: dict):  # type: ignore[no-untyped-def]
-        if "import_from" in arch:
-            return getattr(importlib.import_module(arch["import_from"]), arch["callable"])
-        source = self.root / str(arch.get("source", ""))
-        if not source.is_file():
-            raise AopError(f"{self.rdf_path}: architecture file {source} not found")
-        spec = importlib.util.spec_from_file_location(f"_aop_arch_{source.stem}", source)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-        return getattr(module, arch["callable"])
-
-    # --- processing -----------------------------------------------------------------------------
-    def preprocess(self, volume: np.ndarray) -> np.ndarray:
-        return _apply_ops(volume, self.input.get("preprocessing") or [], self.rdf_path)
-
-    def postprocess(self, volume: np.ndarray) -> np.ndarray:
-        return _apply_ops(volume, self.output.get("postprocessing") or [], self.rdf_path)
+    logger.disable("bioimageio")
 
 
-def _apply_ops(volume: np.ndarray, ops: list[dict], where: Path) -> np.ndarray:
-    """Apply BioImage.IO processing steps to a whole (C, Z, Y, X) volume."""
-    out = volume.astype(np.float32, copy=True)
-    for op in ops:
-        name = op.get("id") or op.get("name")
-        kw = op.get("kwargs") or {}
-        eps = float(kw.get("eps", 1e-6))
-        if name == "scale_range":
-            low, high = np.percentile(
-                out, [kw.get("min_percentile", 0.0), kw.get("max_percentile", 100.0)]
-            )
-            out = (out - low) / (high - low + eps)
-        elif name == "zero_mean_unit_variance":
-            out = (out - out.mean()) / (out.std() + eps)
-        elif name == "scale_linear":
-            out = out * np.asarray(kw.get("gain", 1.0)) + np.asarray(kw.get("offset", 0.0))
-        elif name == "clip":
-            out = np.clip(out, kw.get("min"), kw.get("max"))
-        elif name == "sigmoid":
-            out = 1.0 / (1.0 + np.exp(-out))
-        elif name == "binarize":
-            out = (out > kw.get("threshold", 0.5)).astype(np.float32)
-        elif name in ("ensure_dtype", "fixed_zero_mean_unit_variance"):
-            if name == "fixed_zero_mean_unit_variance":
-                out = (out - np.asarray(kw["mean"])) / (np.asarray(kw["std"]) + eps)
-        else:
-            raise AopError(f"{where}: processing step {name!r} is not supported")
-    return out.astype(np.float32, copy=False)
+def _rdf_path(source: Path) -> Path:
+    return source if source.suffix in (".yaml", ".yml") else source / "rdf.yaml"
 
 
-def predict_tiled(
-    network: Any,
-    volume: np.ndarray,
-    block: tuple[int, int, int],
-    halo: tuple[int, int, int],
-) -> np.ndarray:
-    """Run a 3D network over a (C, Z, Y, X) volume tile by tile with real neighbouring context.
+def _missing_local_weights(rdf: Path) -> Path | None:
+    """The first weights file ``rdf`` names that is not on disk (remote sources are skipped)."""
+    import yaml
 
-    Every tile is ``block`` voxels (a size the network accepts); its central ``block - 2 * halo``
-    voxels are kept. The context comes from the neighbouring voxels of the volume; only beyond
-    the volume's own border is it mirrored. Tiles start on a grid of the kept size, the last one
-    shifted back to end at the border.
+    try:
+        content = yaml.safe_load(rdf.read_text())
+    except yaml.YAMLError as exc:
+        raise AopError(f"{rdf}: not valid YAML ({type(exc).__name__})") from None
+    weights = content.get("weights") if isinstance(content, dict) else None
+    if not isinstance(weights, dict):
+        raise AopError(f"{rdf}: not a BioImage.IO model description (no 'weights')")
+    for entry in weights.values():
+        source = str((entry or {}).get("source", ""))
+        if source and "://" not in source and not (rdf.parent / source).is_file():
+            return rdf.parent / source
+    return None
+
+
+def load_package(source: str | os.PathLike, name: str = "bioimageio") -> Any:
+    """Load and validate a BioImage.IO model package with ``bioimageio.core``.
+
+    Parameters
+    ----------
+    source : path
+        Package folder, its ``rdf.yaml`` or a ``.zip`` package.
+    name : str
+        Adapter name used in error messages.
 
     Returns
     -------
-    ndarray
-        (C_out, Z, Y, X) network output.
-    """
-    import torch
+    bioimageio.spec.model.v0_5.ModelDescr
+        The description, converted to format 0.5 when the package is 0.4.
 
-    shape = volume.shape[1:]
-    inner = [b - 2 * h for b, h in zip(block, halo, strict=True)]
-    if min(inner) <= 0:
-        raise AopError(f"tile shape {block} leaves nothing inside a halo of {halo}")
-    # pad: halo on both sides, plus up to a whole tile at the end for volumes smaller than a tile
-    extra = [max(0, i - s) for i, s in zip(inner, shape, strict=True)]
-    pad = [(0, 0)] + [(h, h + e) for h, e in zip(halo, extra, strict=True)]
-    padded = np.pad(volume, pad, mode="reflect" if min(shape) > max(halo) else "symmetric")
-    full = [s + e for s, e in zip(shape, extra, strict=True)]
-    starts = [
-        sorted({min(p, f - i) for p in range(0, f, i)})
-        for f, i in zip(full, inner, strict=True)
-    ]
-    output = None
-    with torch.no_grad():
-        for z in starts[0]:
-            for y in starts[1]:
-                for x in starts[2]:
-                    tile = padded[:, z : z + block[0], y : y + block[1], x : x + block[2]]
-                    result = network(torch.from_numpy(np.ascontiguousarray(tile[None])))
-                    result = result[0].numpy()
-                    if output is None:
-                        output = np.zeros((result.shape[0], *full), dtype=np.float32)
-                    hz, hy, hx = halo
-                    output[:, z : z + inner[0], y : y + inner[1], x : x + inner[2]] = result[
-                        :, hz : hz + inner[0], hy : hy + inner[1], hx : hx + inner[2]
-                    ]
-    assert output is not None
-    return output[:, : shape[0], : shape[1], : shape[2]]
+    Raises
+    ------
+    AopError
+        When the package or a weights file is missing, or the description is invalid.
+    """
+    from bioimageio.spec import InvalidDescr, load_description
+    from bioimageio.spec.model import v0_5
+
+    _quiet_bioimageio()
+    path = Path(source).expanduser()
+    if path.suffix != ".zip":
+        rdf = _rdf_path(path)
+        if not rdf.is_file():
+            raise missing_weights(name, rdf, "a BioImage.IO package folder with rdf.yaml")
+        if (missing := _missing_local_weights(rdf)) is not None:
+            raise missing_weights(name, missing, f"named by {rdf}")
+        path = rdf
+    elif not path.is_file():
+        raise missing_weights(name, path, "a BioImage.IO .zip package")
+    descr = load_description(path, format_version="latest", perform_io_checks=True)
+    if isinstance(descr, InvalidDescr) or not isinstance(descr, v0_5.ModelDescr):
+        reason = _first_error(descr) if isinstance(descr, InvalidDescr) else descr.type
+        raise AopError(f"{path}: not a valid BioImage.IO model package: {reason}")
+    return descr
+
+
+def _first_error(descr: Any) -> str:
+    for detail in descr.validation_summary.details:
+        for error in detail.errors:
+            where = ".".join(str(part) for part in error.loc)
+            return f"{where}: {error.msg}" if where else error.msg
+    return "invalid description"
+
+
+def _valid_size(size: Any, at_least: int) -> int:
+    """Smallest valid size >= ``at_least`` for an input axis size of a 0.5 description."""
+    from bioimageio.spec.model import v0_5
+
+    if isinstance(size, int):
+        return size
+    if isinstance(size, v0_5.ParameterizedSize):
+        if at_least <= size.min or size.step == 0:
+            return size.min
+        return size.min + size.step * math.ceil((at_least - size.min) / size.step)
+    return at_least
 
 
 def _resample(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -286,20 +184,30 @@ def _resample(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.pad(out, pad, mode="edge")
 
 
+def _as_input(volume: np.ndarray, dims: list[str]) -> np.ndarray:
+    """A (Z, Y, X) volume laid out along a tensor's axes (singleton batch and channel axes)."""
+    data = np.transpose(volume, [_SPATIAL.index(d) for d in dims if d in _SPATIAL])
+    for position, dim in enumerate(dims):
+        if dim not in _SPATIAL:
+            data = np.expand_dims(data, position)
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
 @register_model
 class BioImageIOModel(SegmentationModel):
-    """Any BioImage.IO model package with PyTorch weights and foreground/boundary outputs.
+    """Any 3D BioImage.IO model package with foreground and/or boundary outputs.
 
-    Weights: the package folder, ``rdf.yaml`` or ``.zip`` given as setting ``model`` or by the
-    environment variable ``AOP_BIOIMAGEIO_MODEL`` (e.g. PlantSeg's ``PlantSeg_3Dnuc_platinum``
-    or ``generic_confocal_3D_unet``; for a boundary-only model set ``foreground_channel=None``
-    and ``boundary_channel=0``).
+    Runs through ``bioimageio.core`` with any weights format it supports (PyTorch state dict,
+    TorchScript, ONNX, ...). Weights: the package folder, ``rdf.yaml`` or ``.zip`` given as setting
+    ``model`` or by the environment variable ``AOP_BIOIMAGEIO_MODEL`` (e.g. PlantSeg's
+    ``PlantSeg_3Dnuc_platinum`` or ``generic_confocal_3D_unet``; for a boundary-only model set
+    ``foreground_channel=None`` and ``boundary_channel=0``).
     """
 
     name = "bioimageio"
     Settings = BioImageIOSettings
     extra = None
-    requires = ("torch", "yaml")
+    requires = ("torch", "bioimageio.core")
     uses_gpu = True
     env_var = "AOP_BIOIMAGEIO_MODEL"
     how_to_get = (
@@ -309,69 +217,171 @@ class BioImageIOModel(SegmentationModel):
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
-        self.rdf_path = self._locate(self.settings.model or os.environ.get(self.env_var))
-        self.package = Package(self.rdf_path)
-        if not self.package.weight_file().is_file():
-            raise missing_weights(self.name, self.package.weight_file(), "named by rdf.yaml")
-        self._network = None
+        source = self.settings.model or os.environ.get(self.env_var)
+        if not source:
+            raise AopError(f"model {self.name!r}: no model package given: {self.how_to_get}")
+        self.source = Path(source).expanduser()
+        if self.source.suffix != ".zip" and not _rdf_path(self.source).is_file():
+            raise missing_weights(self.name, _rdf_path(self.source), self.how_to_get)
+        self._descr = load_package(self.source, self.name)
+        self._check_tensors(self._descr)
+        self._pipeline = None
 
-    def _locate(self, model: str | None) -> Path:
-        if not model:
-            raise AopError(
-                f"model {self.name!r}: no model package given: {self.how_to_get}"
-            )
-        path = Path(model).expanduser()
-        if path.suffix == ".zip" and path.is_file():
-            target = path.with_suffix("")
-            if not (target / "rdf.yaml").is_file():
-                with zipfile.ZipFile(path) as archive:
-                    archive.extractall(target)
-            path = target
-        rdf = path if path.suffix in (".yaml", ".yml") else path / "rdf.yaml"
-        if not rdf.is_file():
-            raise missing_weights(self.name, rdf, self.how_to_get)
-        return rdf
+    def _check_tensors(self, descr: Any) -> None:
+        where = f"model {self.name!r} ({self.source})"
+        if len(descr.inputs) != 1:
+            raise AopError(f"{where}: expected one input tensor, got {len(descr.inputs)}")
+        for tensor in (descr.inputs[0], descr.outputs[0]):
+            other = [str(a.id) for a in tensor.axes if a.type not in ("batch", "channel", "space")]
+            if other:
+                raise AopError(f"{where}: tensor {tensor.id!r} has unsupported axes {other}")
+            space = {str(a.id) for a in tensor.axes if a.type == "space"}
+            if space != set(_SPATIAL):
+                raise AopError(
+                    f"{where}: tensor {tensor.id!r} has spatial axes {sorted(space)}; a 3D "
+                    "model with z, y, x is needed"
+                )
+        channels = [a for a in descr.inputs[0].axes if a.type == "channel"]
+        if channels and channels[0].size != 1:
+            raise AopError(f"{where}: the model takes {channels[0].size} input channels, not 1")
+
+    # --- package facts ----------------------------------------------------------------------
+    def description(self) -> Any:
+        """The validated ``bioimageio.spec`` model description (format 0.5)."""
+        if self._descr is None:
+            self._descr = load_package(self.source, self.name)
+        return self._descr
+
+    def _space_axes(self, tensor: Any) -> list[Any]:
+        axes = {str(a.id): a for a in tensor.axes if a.type == "space"}
+        return [axes[a] for a in _SPATIAL]
+
+    def voxel_size(self) -> tuple[float, float, float] | None:
+        """The model's training voxel size (z, y, x) in micrometres, if the package has one."""
+        if self.settings.model_voxel_size is not None:
+            return self.settings.model_voxel_size
+        axes = self._space_axes(self.description().inputs[0])
+        if any(a.unit is None for a in axes):
+            return None
+        return tuple(  # type: ignore[return-value]
+            float(a.scale) * _MICROMETRES.get(str(a.unit), 1.0) for a in axes
+        )
+
+    def halo(self) -> tuple[int, int, int]:
+        """Context per side (z, y, x): setting ``halo`` or the package's output halo."""
+        if self.settings.halo is not None:
+            return self.settings.halo
+        axes = self._space_axes(self.description().outputs[0])
+        return tuple(int(getattr(a, "halo", 0)) for a in axes)  # type: ignore[return-value]
 
     def weight_files(self) -> list[Path]:
-        return [self.rdf_path, self.package.weight_file()]
+        if self.source.suffix == ".zip":
+            return [self.source]
+        rdf = _rdf_path(self.source)
+        entries = self.description().weights
+        files = [rdf]
+        for fmt in ("pytorch_state_dict", "torchscript", "onnx"):
+            entry = getattr(entries, fmt, None)
+            if entry is not None and (rdf.parent / str(entry.source)).is_file():
+                files.append(rdf.parent / str(entry.source))
+        return files
 
     def identity(self) -> dict[str, Any]:
         identity = super().identity()
-        identity["settings"]["model"] = self.rdf_path.parent.name
+        identity["settings"]["model"] = self.source.name
+        identity["settings"].pop("devices", None)
         return identity
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_network"] = None
+        state["_pipeline"] = None
+        state["_descr"] = None  # reloaded (and re-validated) where the model runs
         return state
 
-    def network(self):  # type: ignore[no-untyped-def]
-        """The loaded PyTorch network (once, on first use)."""
-        if self._network is None:
-            self._network = self.package.network()
-        return self._network
+    # --- prediction -------------------------------------------------------------------------
+    def pipeline(self) -> Any:
+        """The ``bioimageio.core`` prediction pipeline (created once, on first use)."""
+        if self._pipeline is None:
+            from bioimageio.core import create_prediction_pipeline
+
+            self._pipeline = create_prediction_pipeline(
+                self.description(),
+                devices=self.settings.devices,
+                weights_format=self.settings.weights_format,  # type: ignore[arg-type]
+            )
+        return self._pipeline
 
     def probabilities(self, image: np.ndarray, spacing: Spacing) -> np.ndarray:
         """The network's (C_out, Z, Y, X) output on the input grid, after post-processing."""
+        from bioimageio.core import Sample, Tensor
+
         s = self.settings
-        volume = single_channel(image, s.channel, self.name)[None]
-        model_spacing = s.model_voxel_size or self.package.voxel_size()
-        shape = volume.shape[1:]
+        volume = single_channel(image, s.channel, self.name)
+        shape = volume.shape
+        model_spacing = self.voxel_size()
         if s.rescale and model_spacing is not None:
             scales = zip(shape, spacing, model_spacing, strict=True)
             target = tuple(max(1, round(n * sp / m)) for n, sp, m in scales)
-            volume = _resample(volume, target)
-        volume = self.package.preprocess(volume)
-        halo = s.halo if s.halo is not None else self.package.halo()
-        grid = volume.shape[1:]
-        if s.tile_shape is None:
+            volume = _resample(volume[None], target)[0]
+        descr = self.description()
+        pipeline = self.pipeline()
+        input_descr, output_descr = descr.inputs[0], descr.outputs[0]
+        dims = [str(a.id) for a in input_descr.axes]
+        data = _as_input(volume, dims)
+        input_id = input_descr.id
+        sample = Sample(
+            members={input_id: Tensor.from_numpy(data, dims=tuple(dims))}, stat={}, id="volume"
+        )
+        grid, halo = volume.shape, self.halo()
+        sizes = {str(a.id): a.size for a in self._space_axes(input_descr)}
+        if s.tile_shape is None:  # one block: the volume plus its halo, rounded up to a valid size
             wanted = [n + 2 * h for n, h in zip(grid, halo, strict=True)]
+            block = [_valid_size(sizes[a], w) for a, w in zip(_SPATIAL, wanted, strict=True)]
+            before = list(halo)
+            after = [b - n - h for b, n, h in zip(block, grid, halo, strict=True)]
+            block_halo = [0, 0, 0]
         else:
-            wanted = list(s.tile_shape)
-        block = tuple(self.package.valid_size(a, w) for a, w in enumerate(wanted))
-        output = predict_tiled(self.network(), volume, block, halo)  # type: ignore[arg-type]
-        output = self.package.postprocess(output)
-        return _resample(output, shape)
+            block = [_valid_size(sizes[a], t) for a, t in zip(_SPATIAL, s.tile_shape, strict=True)]
+            if any(b <= 2 * h for b, h in zip(block, halo, strict=True)):
+                raise AopError(
+                    f"model {self.name!r}: tile shape {tuple(block)} leaves nothing inside a "
+                    f"halo of {halo}"
+                )
+            # a volume smaller than a block is padded to one block at its far end
+            before = [0, 0, 0]
+            after = [max(0, b - n) for b, n in zip(block, grid, strict=True)]
+            block_halo = list(halo)
+        # sample-wise statistics (percentiles, mean) come from the real voxels only
+        pipeline.apply_preprocessing(sample)
+        sample = sample.pad(
+            {input_id: {a: (b, e) for a, b, e in zip(_SPATIAL, before, after, strict=True)}},
+            mode=pipeline.pad_mode,
+        )
+        _, blocks = sample.split_into_blocks(
+            {input_id: {**{d: 1 for d in dims}, **dict(zip(_SPATIAL, block, strict=True))}},
+            halo={input_id: dict(zip(_SPATIAL, block_halo, strict=True))},
+            pad_mode=pipeline.pad_mode,
+        )
+        output = None
+        for input_block in blocks:
+            predicted = pipeline.predict_sample_block(
+                input_block, skip_preprocessing=True, skip_postprocessing=True
+            )
+            if output is None:
+                output = Sample.from_blocks([predicted])
+            else:
+                output.set_block(predicted)
+        assert output is not None
+        crop = {a: slice(b, b + n) for a, b, n in zip(_SPATIAL, before, grid, strict=True)}
+        output.members = {m: t[crop] for m, t in output.members.items()}
+        pipeline.apply_postprocessing(output)
+        result = output.members[output_descr.id].data
+        if "batch" in result.dims:
+            result = result.isel(batch=0)
+        if "channel" not in result.dims:
+            result = result.expand_dims("channel")
+        result = result.transpose("channel", *_SPATIAL).to_numpy().astype(np.float32)
+        return _resample(result, shape)
 
     def predict(self, image: np.ndarray, spacing: Spacing) -> np.ndarray:
         s = self.settings
