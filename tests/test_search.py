@@ -140,6 +140,37 @@ def test_gp_with_two_workers_gets_no_duplicates_and_beats_its_start(
     assert [json.loads(line)["trial_id"] for line in lines] == [r["trial_id"] for r in records]
 
 
+def test_tpe_study_runs_end_to_end_from_its_zero_start(local_ray, shrunk_benchmark, tmp_path):
+    predictions, labels, images = shrunk_benchmark
+    refs = put_benchmark(predictions, labels, images)
+    space = _space(["shrunk"])
+    records = run_search(
+        "tpe",
+        make_trainable(refs, volume_tasks=1),
+        study_dir=tmp_path,
+        param_space={},
+        num_samples=8,
+        searcher=make_searcher("tpe", space, seed=2, concurrency=2, n_startup_trials=4),
+        concurrency=2,
+        verbose=0,
+    )
+    assert len(records) == 8 and len({r["trial_id"] for r in records}) == 8
+    for r in records:
+        assert r["search"] == "tpe" and r["model"] == "shrunk"
+        assert set(r["params"]) == set(PARAMETER_RANGES)
+        assert set(r["per_volume"]) == {"v0", "v1"}
+        assert 0.0 <= r["ipq"] <= 1.0
+    first = min(records, key=lambda r: r["iteration"])
+    assert first["iteration"] == 0 and first["params"] == ZEROS
+    assert [r for r in records if r["params"] == ZEROS] == [first]
+    best = max(records, key=lambda r: r["ipq"])
+    assert best["ipq"] >= first["ipq"]
+    lines = (tmp_path / "results" / "tpe.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["trial_id"] for line in lines) == sorted(
+        r["trial_id"] for r in records
+    )
+
+
 def test_run_study_writes_the_study_folder(local_ray, tmp_path):
     exp = parse_experiment(
         {

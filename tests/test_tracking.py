@@ -281,3 +281,56 @@ def test_ray_tune_callback_logs_each_trial_once(mlflow_server, tmp_path, monkeyp
             record_from_result("gp", trial.trial_id, trial.config, trial.last_result)
         ) is None
     assert len(children(client, parent_id)) == 4
+
+
+def _bright_box_package(folder: Path) -> Path:
+    """A BioImage.IO package of one Conv3d (1 -> 2 channels) whose channel 0 marks bright voxels."""
+    import torch
+
+    from aop.segmentation.bioimageio_package import write_model_package
+
+    kwargs = {"in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": 1}
+    net = torch.nn.Conv3d(**kwargs)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.weight[0, 0, 1, 1, 1] = 40.0  # foreground = sigmoid(40 * (x - 0.5)) of the scaled image
+        net.bias[:] = torch.tensor([-20.0, 0.0])
+    return write_model_package(
+        folder, net, callable_name="Conv3d", import_from="torch.nn", kwargs=kwargs,
+        name="bright boxes", description="one fixed conv", voxel_size=(1.0, 0.5, 0.5),
+        min_shape=(8, 8, 8), step=(1, 1, 1), halo=(2, 2, 2),
+    )
+
+
+def test_pipeline_model_packs_a_weights_folder(tmp_path, monkeypatch):
+    import shutil
+
+    package = _bright_box_package(tmp_path / "weights" / "boxes")
+    settings = {"model": str(package), "foreground_channel": 0, "boundary_channel": None,
+                "min_size": 1, "alpha": 0.0}
+    spacing = (1.0, 0.5, 0.5)
+    best = record("gp", "g3", 0.8, model="bioimageio", erode_dilate=1)
+    image = np.zeros((16, 32, 32), dtype=np.float32)
+    image[4:12, 4:14, 4:14] = 1.0
+    image[4:12, 18:28, 16:28] = 1.0
+    direct = build_model("bioimageio", **settings).predict(image, spacing)
+    expected = postprocess(direct, image, best["params"], spacing=spacing)
+    assert expected.max() == 2  # two boxes, two instances
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = StudyTracker(tmp_path / "study", tracking_uri=uri)
+    parent_id = tracker.start(CONFIG, SPACE)
+    model_uri = tracker.log_pipeline_model(
+        best, spacing=spacing, model_spec={"name": "bioimageio", "settings": settings}
+    )
+    assert model_uri == f"runs:/{parent_id}/pipeline"
+    shutil.rmtree(tmp_path / "weights")  # the pipeline must run from its packed copy
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    loaded = mlflow.pyfunc.load_model(model_uri)
+    python_model = loaded.unwrap_python_model()
+    assert python_model.packed_settings == ("model",)
+    assert python_model.model_settings["model"] == str(package)  # the logged, now missing, path
+    labels = loaded.predict(image)
+    assert labels.dtype == np.uint32 and labels.shape == image.shape
+    np.testing.assert_array_equal(labels, expected)
