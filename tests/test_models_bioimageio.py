@@ -216,6 +216,30 @@ def test_foreground_to_instances(tmp_path):
     assert ipq(truth, labels).ipq > 0.9
     with pytest.raises(AopError, match="output channel 5"):
         build_model("bioimageio", model=str(package), boundary_channel=5).predict(image, SPACING)
+    with pytest.raises(AopError, match="'gasp_beta' needs a boundary channel"):
+        build_model(
+            "bioimageio", model=str(package), boundary_channel=None, gasp_beta=0.5
+        ).predict(image, SPACING)
+
+
+def test_stacked_watershed_and_agglomeration(tmp_path):
+    from aop.metrics import ipq
+
+    # channel 0 = foreground (the boxes), channel 1 = boundary: high on the background
+    package = _package(tmp_path / "bnd", _conv(weights=([40.0, -40.0], [-20.0, 20.0])))
+    image = np.zeros((16, 32, 32), dtype=np.float32)
+    image[4:12, 4:14, 4:14] = 1.0
+    image[4:12, 18:28, 16:28] = 1.0
+    truth = (image > 0) * (1 + (np.indices(image.shape)[1] > 15))
+    settings = {"model": str(package), "foreground_channel": 0, "boundary_channel": 1}
+    stacked = build_model("bioimageio", **settings, stacked=True, min_size=5).predict(
+        image, SPACING
+    )
+    assert stacked.max() > 2  # one label per box and slice
+    joined = build_model(
+        "bioimageio", **settings, stacked=True, min_size=5, gasp_beta=0.5, gasp_min_size=20
+    ).predict(image, SPACING)
+    assert joined.max() == 2 and ipq(truth, joined).ipq > 0.9
 
 
 def test_model_ships_to_workers_without_its_network(tmp_path):

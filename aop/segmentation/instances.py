@@ -37,6 +37,7 @@ def distance_watershed(
     seed_height: float = 0.5,
     alpha: float = 1.0,
     min_size: int = 100,
+    stacked: bool = False,
 ) -> np.ndarray:
     """Instances from foreground and/or boundary probabilities by a distance-transform watershed.
 
@@ -63,7 +64,11 @@ def distance_watershed(
     alpha : float
         Weight of the boundary map in the relief (0: distance only).
     min_size : int
-        Smallest kept instance, in voxels.
+        Smallest kept instance, in voxels (pixels of a slice when ``stacked``).
+    stacked : bool
+        PlantSeg's "stacked" mode for strongly anisotropic data: every z-slice gets its own 2D
+        watershed and the slices' labels are kept apart (join them with
+        :func:`aop.segmentation.agglomeration.agglomerate_average` or :func:`stitch_slices`).
 
     Returns
     -------
@@ -72,6 +77,43 @@ def distance_watershed(
     """
     if foreground is None and boundary is None:
         raise ValueError("distance_watershed needs a foreground or a boundary map")
+    options = dict(
+        threshold=threshold, sigma_seeds=sigma_seeds, sigma_weights=sigma_weights,
+        seed_height=seed_height, alpha=alpha, min_size=min_size,
+    )
+    if not stacked:
+        labels = _watershed(foreground, boundary, tuple(spacing), **options)
+    else:
+        shape = np.shape(foreground if foreground is not None else boundary)
+        labels = np.zeros(shape, dtype=np.uint64)
+        offset = 0
+        for z in range(shape[0]):
+            plane = _watershed(
+                None if foreground is None else foreground[z],
+                None if boundary is None else boundary[z],
+                tuple(spacing[1:]),
+                **options,
+            ).astype(np.uint64)
+            labels[z] = np.where(plane > 0, plane + offset, 0)
+            offset += int(plane.max())
+    labels, _ = fastremap.renumber(labels, preserve_zero=True)
+    return labels.astype(np.uint32, copy=False)
+
+
+def _watershed(
+    foreground: np.ndarray | None,
+    boundary: np.ndarray | None,
+    spacing: tuple[float, ...],
+    *,
+    threshold: float,
+    sigma_seeds: float,
+    sigma_weights: float,
+    seed_height: float,
+    alpha: float,
+    min_size: int,
+) -> np.ndarray:
+    """:func:`distance_watershed` on one 2D or 3D array (labels not yet consecutive)."""
+    connectivity = 26 if len(spacing) == 3 else 8
     if foreground is not None:
         region = np.asarray(foreground) > threshold
     else:
@@ -85,7 +127,7 @@ def distance_watershed(
     if sigma_seeds > 0:
         distance = ndi.gaussian_filter(distance, _sigma_voxels(sigma_seeds, spacing))
     peaks = h_maxima(distance, seed_height) & interior
-    seeds = cc3d.connected_components(peaks, connectivity=26).astype(np.int32)
+    seeds = cc3d.connected_components(peaks, connectivity=connectivity).astype(np.int32)
     relief = 1.0 - distance / max(float(distance.max()), 1e-6)
     if boundary is not None and alpha > 0:
         smooth_boundary = np.asarray(boundary, dtype=np.float32)
@@ -98,9 +140,8 @@ def distance_watershed(
     if boundary is not None and foreground is None:
         labels[~region] = 0
     if min_size > 0:
-        labels = cc3d.dust(labels, threshold=min_size, connectivity=26, in_place=True)
-    labels, _ = fastremap.renumber(labels, preserve_zero=True)
-    return labels.astype(np.uint32, copy=False)
+        labels = cc3d.dust(labels, threshold=min_size, connectivity=connectivity, in_place=True)
+    return labels
 
 
 def stitch_slices(slices: np.ndarray, threshold: float = 0.5) -> np.ndarray:

@@ -13,8 +13,10 @@ pre- and post-processing. Around that, the adapter
    side, padded (the package's padding mode, symmetric by default) only beyond the volume's own
    border, and the halo is cropped from each output block,
 4. applies the post-processing, rescales back to the input grid, and
-5. turns the foreground/boundary channels into instances with a distance-transform watershed
-   (:func:`aop.segmentation.instances.distance_watershed`).
+5. turns the foreground/boundary channels into instances with PlantSeg's recipe: a
+   distance-transform watershed (:func:`aop.segmentation.instances.distance_watershed`, in 3D or
+   per slice with ``stacked``), optionally followed by average-linkage agglomeration on the
+   boundary map (``gasp_beta``, :func:`aop.segmentation.agglomeration.agglomerate_average`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
 
 from aop.errors import AopError
+from aop.segmentation.agglomeration import agglomerate_average
 from aop.segmentation.instances import distance_watershed
 from aop.segmentation.models.base import (
     SegmentationModel,
@@ -79,6 +82,12 @@ class BioImageIOSettings(BaseModel):
     seed_height: float = Field(0.5, gt=0, description="Minimum distance-maximum height (um).")
     alpha: float = Field(1.0, ge=0, le=1, description="Weight of boundaries in the relief.")
     min_size: int = Field(100, ge=0, description="Smallest kept instance, voxels.")
+    stacked: bool = Field(False, description="PlantSeg's per-slice 2D watershed.")
+    gasp_beta: float | None = Field(
+        None, ge=0, le=1, description="Average-linkage agglomeration on the boundary map: merge "
+        "while the mean boundary is below beta (PlantSeg: 0.5); None: off."
+    )
+    gasp_min_size: int = Field(100, ge=0, description="Agglomeration: merge smaller instances.")
 
 
 def _quiet_bioimageio() -> None:
@@ -397,9 +406,15 @@ class BioImageIOModel(SegmentationModel):
                 )
             return output[index]
 
-        return distance_watershed(
+        boundary = channel(s.boundary_channel)
+        if s.gasp_beta is not None and boundary is None:
+            raise AopError(
+                f"model {self.name!r}: setting 'gasp_beta' needs a boundary channel "
+                "(setting 'boundary_channel')"
+            )
+        labels = distance_watershed(
             channel(s.foreground_channel),
-            channel(s.boundary_channel),
+            boundary,
             spacing,
             threshold=s.threshold,
             sigma_seeds=s.sigma_seeds,
@@ -407,7 +422,11 @@ class BioImageIOModel(SegmentationModel):
             seed_height=s.seed_height,
             alpha=s.alpha,
             min_size=s.min_size,
+            stacked=s.stacked,
         )
+        if s.gasp_beta is not None:
+            labels = agglomerate_average(labels, boundary, s.gasp_beta, s.gasp_min_size)
+        return labels
 
 
 class UNet3DSettings(BioImageIOSettings):
