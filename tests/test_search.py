@@ -107,22 +107,27 @@ def shrunk_benchmark():
     return {"shrunk": shrunk}, labels, images
 
 
-def test_gp_with_two_workers_gets_no_duplicates_and_beats_its_start(
-    local_ray, shrunk_benchmark, tmp_path
-):
-    predictions, labels, images = shrunk_benchmark
-    refs = put_benchmark(predictions, labels, images)
-    space = _space(["shrunk"])
-    records = run_search(
-        "gp",
+def _two_worker_search(searcher, benchmark, study_dir, num_samples, seed):
+    """A search over the shrunk benchmark with two trials at a time."""
+    refs = put_benchmark(*benchmark)
+    return run_search(
+        searcher,
         make_trainable(refs, volume_tasks=1),
-        study_dir=tmp_path,
+        study_dir=study_dir,
         param_space={},
-        num_samples=10,
-        searcher=make_searcher("gp", space, seed=1, concurrency=2, n_startup_trials=4),
+        num_samples=num_samples,
+        searcher=make_searcher(
+            searcher, _space(["shrunk"]), seed=seed, concurrency=2, n_startup_trials=4
+        ),
         concurrency=2,
         verbose=0,
     )
+
+
+def test_gp_with_two_workers_gets_no_duplicates_and_beats_its_start(
+    local_ray, shrunk_benchmark, tmp_path
+):
+    records = _two_worker_search("gp", shrunk_benchmark, tmp_path, num_samples=10, seed=1)
     assert len(records) == 10
     assert len({r["trial_id"] for r in records}) == 10
     configs = [tuple(sorted(r["params"].items())) for r in records]
@@ -141,19 +146,7 @@ def test_gp_with_two_workers_gets_no_duplicates_and_beats_its_start(
 
 
 def test_tpe_study_runs_end_to_end_from_its_zero_start(local_ray, shrunk_benchmark, tmp_path):
-    predictions, labels, images = shrunk_benchmark
-    refs = put_benchmark(predictions, labels, images)
-    space = _space(["shrunk"])
-    records = run_search(
-        "tpe",
-        make_trainable(refs, volume_tasks=1),
-        study_dir=tmp_path,
-        param_space={},
-        num_samples=8,
-        searcher=make_searcher("tpe", space, seed=2, concurrency=2, n_startup_trials=4),
-        concurrency=2,
-        verbose=0,
-    )
+    records = _two_worker_search("tpe", shrunk_benchmark, tmp_path, num_samples=8, seed=2)
     assert len(records) == 8 and len({r["trial_id"] for r in records}) == 8
     for r in records:
         assert r["search"] == "tpe" and r["model"] == "shrunk"
