@@ -397,6 +397,25 @@ def _resolve(path: Path, base: Path) -> Path:
     return (base / path).resolve()
 
 
+def _check_model_settings(exp: Experiment, source: str) -> None:
+    """Validate each model's name and settings now (weights are only looked for when it runs)."""
+    from aop.segmentation.models import available_models
+
+    known = available_models()
+    for index, model in enumerate(exp.models):
+        cls = known.get(model.name)
+        if cls is None:
+            raise AopError(
+                f"{source}: models.{index}.name: unknown model {model.name!r} "
+                f"(available: {', '.join(known)})"
+            )
+        try:
+            cls.Settings.model_validate(model.settings)
+        except ValidationError as exc:
+            error = _validation_error("", exc)
+            raise AopError(f"{source}: models.{index}.settings.{str(error)[2:]}") from None
+
+
 def parse_experiment(
     raw: Any, source: str = "<experiment>", base: Path | None = None
 ) -> Experiment:
@@ -407,6 +426,7 @@ def parse_experiment(
         exp = Experiment.model_validate(raw)
     except ValidationError as exc:
         raise _validation_error(source, exc) from None
+    _check_model_settings(exp, source)
     base = Path.cwd() if base is None else base
     if exp.data.benchmark is not None:
         exp.data.benchmark = _resolve(exp.data.benchmark, base)
@@ -415,12 +435,12 @@ def parse_experiment(
     if exp.storage.cache_dir is not None:
         exp.storage.cache_dir = _resolve(exp.storage.cache_dir, base)
     for model in exp.models:
-        for key in ("path", "model"):
-            value = model.settings.get(key)
-            if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
-                resolved = _resolve(Path(value), base)
-                if key == "path" or resolved.exists():
-                    model.settings[key] = str(resolved)
+        # a relative weights path; a registered name (e.g. StarDist's 2D_versatile_fluo) stays
+        value = model.settings.get("model")
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+            resolved = _resolve(Path(value), base)
+            if resolved.exists():
+                model.settings["model"] = str(resolved)
     return exp
 
 

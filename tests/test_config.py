@@ -51,12 +51,16 @@ def test_defaults_follow_the_paper(tmp_path):
 def test_relative_paths_resolve_against_the_experiment_folder(tmp_path):
     raw = _minimal(tmp_path)
     raw["storage"] = {"study_dir": "studies/x", "cache_dir": "shared/cache"}
-    raw["models"] = [{"name": "unet3d", "settings": {"path": "models/u"}}]
-    (tmp_path / "sub").mkdir()
+    raw["models"] = [
+        {"name": "unet3d", "settings": {"model": "models/u"}},
+        {"name": "stardist2d", "settings": {"model": "2D_versatile_fluo"}},  # a registered name
+    ]
+    (tmp_path / "sub" / "models" / "u").mkdir(parents=True)
     exp = load_experiment(_write(tmp_path / "sub" / "e.yaml", raw))
     assert exp.study_dir == tmp_path / "sub" / "studies" / "x"
     assert exp.cache_dir == tmp_path / "sub" / "shared" / "cache"
-    assert exp.models[0].settings["path"] == str(tmp_path / "sub" / "models" / "u")
+    assert exp.models[0].settings["model"] == str(tmp_path / "sub" / "models" / "u")
+    assert exp.models[1].settings["model"] == "2D_versatile_fluo"
 
 
 @pytest.mark.parametrize(
@@ -179,3 +183,25 @@ def test_search_command_reports_a_bad_experiment_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["search", str(good), "--budget", "0"])
     assert result.exit_code == 2 and "--budget must be at least 1" in result.output
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ([{"name": "bioimageo"}], "models.0.name: unknown model 'bioimageo' (available: "),
+        (
+            [{"name": "classical"}, {"name": "bioimageio", "settings": {"gasp_bta": 0.5}}],
+            "models.1.settings.gasp_bta: unknown field",
+        ),
+        (
+            [{"name": "classical", "settings": {"sigma": -1}}],
+            "models.0.settings.sigma: Input should be greater than or equal to 0",
+        ),
+    ],
+)
+def test_model_names_and_settings_are_checked_when_the_file_loads(tmp_path, models, message):
+    raw = _minimal(tmp_path)
+    raw["models"] = models
+    with pytest.raises(AopError) as error:
+        load_experiment(_write(tmp_path / "e.yaml", raw))
+    assert str(error.value).startswith(f"{tmp_path / 'e.yaml'}: {message}")
