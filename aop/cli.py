@@ -542,28 +542,47 @@ def demo(
 # ------------------------------------------------------------------------------------------------
 
 
-def _model_specs(models: str, settings: list[str], config: Path | None) -> list:
-    """Model specs from ``--models a,b``, ``--setting [model.]key=value`` and a YAML file."""
-    import yaml
+def _model_specs(models: str, settings: list[str], config: Path | None) -> dict:
+    """Model specs by key from ``--models a,b``, ``--setting [key.]field=value`` and a YAML file.
 
+    The file is an experiment file (its ``models`` are used, validated and with relative paths
+    resolved) or a list (or ``models:`` list) of ``{name, settings, id}`` entries. A model's key is
+    its ``id``, else its name; ``--setting`` addresses models by key.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from aop.config import ModelConfig, _read_yaml, _validation_error, load_experiment
     from aop.segmentation.models import ModelSpec
 
-    specs: dict[str, dict] = {}
+    entries: list[ModelConfig] = []
     if config is not None:
-        if not config.is_file():
-            raise AopError(f"{config}: file not found")
-        raw = yaml.safe_load(config.read_text()) or {}
-        entries = raw.get("models", raw) if isinstance(raw, dict) else raw
-        if isinstance(entries, dict):
-            entries = [{"name": k, "settings": v or {}} for k, v in entries.items()]
-        for entry in entries:
-            try:
-                spec = ModelSpec(**entry) if isinstance(entry, dict) else ModelSpec(name=entry)
-            except Exception as exc:
-                raise AopError(f"{config}: invalid model entry {entry!r} ({exc})") from None
-            specs[spec.name] = dict(spec.settings)
+        raw = _read_yaml(config)
+        if isinstance(raw, dict) and ("data" in raw or "storage" in raw):
+            entries = list(load_experiment(config).models)
+        else:
+            items = raw.get("models", raw) if isinstance(raw, dict) else raw
+            if isinstance(items, dict):
+                items = [{"name": k, "settings": v or {}} for k, v in items.items()]
+            if not isinstance(items, list):
+                raise AopError(f"{config}: expected a list of models ({{name, settings, id}})")
+            for index, item in enumerate(items):
+                item = item if isinstance(item, dict) else {"name": item}
+                try:
+                    entries.append(ModelConfig.model_validate(item))
+                except ValidationError as exc:
+                    error = str(_validation_error("", exc))[2:]
+                    raise AopError(f"{config}: models.{index}.{error}") from None
+    specs: dict[str, dict] = {}
+    names: dict[str, str] = {}
+    for entry in entries:
+        if entry.key in specs:
+            raise AopError(f"{config}: model key {entry.key!r} appears twice: give each an 'id'")
+        specs[entry.key] = dict(entry.settings)
+        names[entry.key] = entry.name
     for name in [m.strip() for m in models.split(",") if m.strip()]:
-        specs.setdefault(name, {})
+        if name not in specs:
+            specs[name], names[name] = {}, name
     if not specs:
         raise AopError("--models: name at least one model (e.g. --models classical,unet3d)")
     for item in settings:
@@ -576,26 +595,72 @@ def _model_specs(models: str, settings: list[str], config: Path | None) -> list:
                 raise AopError(f"--setting {item!r}: name the model as model.{key}=value")
             model = next(iter(specs))
         if model not in specs:
-            raise AopError(f"--setting {item!r}: model {model!r} is not among --models")
+            raise AopError(f"--setting {item!r}: model {model!r} is not among the models")
         specs[model][field] = yaml.safe_load(value)
-    return [ModelSpec(name=n, settings=s) for n, s in specs.items()]
+    return {key: ModelSpec(name=names[key], settings=s) for key, s in specs.items()}
+
+
+_MODEL_OPTIONS = {
+    "models": "Comma-separated model names, e.g. classical,unet3d.",
+    "setting": "Model setting MODEL.KEY=VALUE or KEY=VALUE (repeatable).",
+    "config": "Experiment file, or a YAML list of {name, settings, id} models.",
+}
+
+
+@app.command()
+def models(
+    models: Annotated[str, typer.Option("--models", help=_MODEL_OPTIONS["models"])] = "",
+    setting: Annotated[
+        list[str] | None, typer.Option("--setting", help=_MODEL_OPTIONS["setting"])
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help=_MODEL_OPTIONS["config"])
+    ] = None,
+) -> None:
+    """Check that each model can run here: libraries, settings and weights (exit 1 if not).
+
+    Without --models or --config: every registered model with its default settings (and the
+    environment variables that point to weights).
+    """
+    from aop.segmentation.models import available_models, build_model
+
+    if not models and config is None:
+        models = ",".join(available_models())
+    specs = _model_specs(models, setting or [], config)
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("model", no_wrap=True)
+    for column in ("adapter", "status", "GPU", "weights / what is missing"):
+        table.add_column(column, overflow="fold")
+    ready = 0
+    for key, spec in specs.items():
+        try:
+            model = build_model(spec)
+        except AopError as exc:
+            reason = str(exc).removeprefix(f"model {spec.name!r}: ")
+            table.add_row(key, spec.name, "[red]not ready[/]", "", reason)
+            continue
+        ready += 1
+        files = ", ".join(str(p) for p in model.weight_files()) or "none needed"
+        gpu = "yes" if type(model).uses_gpu else "no"
+        table.add_row(key, spec.name, "[green]ready[/]", gpu, files)
+    console.print(table)
+    console.print(f"{ready} of {len(specs)} models ready")
+    if ready < len(specs):
+        raise typer.Exit(1)
 
 
 @app.command()
 def predict(
     data: Annotated[Path, typer.Option("--data", help="Data-set folder (images/, dataset.yaml).")],
-    models: Annotated[
-        str, typer.Option("--models", help="Comma-separated model names, e.g. classical,unet3d.")
-    ] = "",
+    models: Annotated[str, typer.Option("--models", help=_MODEL_OPTIONS["models"])] = "",
     cache: Annotated[
         Path, typer.Option("--cache", help="Prediction cache folder (shared storage on a cluster).")
     ] = Path("aop-cache"),
     setting: Annotated[
-        list[str] | None,
-        typer.Option("--setting", help="Model setting MODEL.KEY=VALUE or KEY=VALUE (repeatable)."),
+        list[str] | None, typer.Option("--setting", help=_MODEL_OPTIONS["setting"])
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML list of {name, settings} models.")
+        Path | None, typer.Option("--config", help=_MODEL_OPTIONS["config"])
     ] = None,
     address: Annotated[
         str | None, typer.Option("--address", help="Ray cluster address (default: local Ray).")

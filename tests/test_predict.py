@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from aop.cli import app
 from aop.io import DatasetInfo, load_dataset, write_dataset
 from aop.segmentation.cache import PredictionCache
-from aop.segmentation.models import build_model
+from aop.segmentation.models import ModelSpec, build_model
 from aop.segmentation.predict import predict_dataset
 
 
@@ -84,3 +84,68 @@ def test_aop_predict_cli(ray_local, small_dataset, tmp_path):
               "--setting", "classical.sigmaa=1"],
     )
     assert bad.exit_code == 2 and "sigmaa" in bad.output
+
+
+def test_models_file_with_ids_predicts_each_entry(ray_local, small_dataset, tmp_path):
+    import yaml
+
+    from aop.errors import AopError
+
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump([
+        {"name": "classical", "id": "sharp", "settings": {"sigma": 0.5}},
+        {"name": "classical", "id": "smooth", "settings": {"sigma": 2.0}},
+    ]))
+    cache_root = tmp_path / "cache"
+    result = CliRunner().invoke(
+        app, ["predict", "--config", str(models), "--data", str(small_dataset),
+              "--cache", str(cache_root), "--setting", "smooth.sigma=3.0"],
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list(cache_root.glob("*/*.npz"))) == 6  # two settings x three volumes
+    dataset = load_dataset(small_dataset)
+    sharp = ModelSpec(name="classical", settings={"sigma": 0.5})
+    keyed = predict_dataset(dataset, {"again": sharp}, cache_root, progress=False)
+    assert set(keyed) == {"again"} and set(keyed["again"]) == {"vol0", "vol1", "vol2"}
+    assert len(list(cache_root.glob("*/*.npz"))) == 6  # the "sharp" entries, found again
+    with pytest.raises(AopError, match="'classical' is listed twice"):
+        predict_dataset(dataset, ["classical", "classical"], cache_root, progress=False)
+    models.write_text(yaml.safe_dump([{"name": "classical", "settings": {}, "colour": 1}]))
+    bad = CliRunner().invoke(app, ["predict", "--config", str(models), "--data", "x"])
+    assert bad.exit_code == 2 and "models.yaml: models.0.colour: unknown field" in bad.output
+
+
+def test_aop_models_reports_what_is_missing(tmp_path, monkeypatch):
+    import torch
+    import yaml
+
+    from aop.segmentation.bioimageio_package import write_model_package
+
+    monkeypatch.setenv("COLUMNS", "300")
+    kwargs = {"in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": 1}
+    package = write_model_package(
+        tmp_path / "tiny", torch.nn.Conv3d(**kwargs), callable_name="Conv3d",
+        import_from="torch.nn", kwargs=kwargs, name="tiny conv", description="one conv",
+        min_shape=(8, 8, 8), step=(1, 1, 1), halo=(2, 2, 2),
+    )
+    models = tmp_path / "models.yaml"
+    entries = [
+        {"name": "classical"},
+        {"name": "bioimageio", "id": "tiny", "settings": {"model": str(package)}},
+        {"name": "bioimageio", "id": "gone", "settings": {"model": str(tmp_path / "gone")}},
+    ]
+    models.write_text(yaml.safe_dump(entries))
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", "--config", str(models)])
+    assert result.exit_code == 1, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
+    assert "ready" in rows["classical"] and "none needed" in rows["classical"]
+    assert "ready" in rows["tiny"] and str(package / "weights.pt") in rows["tiny"]
+    assert "not ready" in rows["gone"] and f"put them at {tmp_path / 'gone' / 'rdf.yaml'}" in rows[
+        "gone"
+    ]
+    assert "2 of 3 models ready" in result.output
+    models.write_text(yaml.safe_dump(entries[:2]))
+    assert runner.invoke(app, ["models", "--config", str(models)]).exit_code == 0
+    every = runner.invoke(app, ["models", "--setting", "classical.sigma=1.0"])
+    assert "classical" in every.output and "unet3d" in every.output

@@ -10,12 +10,13 @@ the nodes of a cluster. A worker first looks the volume up in the
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from aop.errors import AopError
 from aop.io import Dataset
 from aop.segmentation.models import ModelSpec, build_model
 
@@ -66,7 +67,7 @@ def _as_spec(model: ModelSpec | str | dict) -> ModelSpec:
 
 def predict_dataset(
     dataset: Dataset,
-    models: Sequence[ModelSpec | str],
+    models: Sequence[ModelSpec | str] | Mapping[str, ModelSpec | str],
     cache_root: str | os.PathLike,
     *,
     address: str | None = None,
@@ -79,8 +80,9 @@ def predict_dataset(
     ----------
     dataset : aop.io.Dataset
         The volumes (their voxel size comes from ``dataset.info.voxel_size``).
-    models : sequence of ModelSpec or str
-        Models by spec or registry name.
+    models : sequence of ModelSpec or str, or mapping of str to ModelSpec
+        Models by spec or registry name; a mapping gives each model its own key (several
+        settings of one adapter, e.g. two BioImage.IO packages, need one).
     cache_root : path
         :class:`~aop.segmentation.cache.PredictionCache` folder (shared storage on a cluster).
     address : str, optional
@@ -94,7 +96,7 @@ def predict_dataset(
     Returns
     -------
     dict
-        Model name -> volume name -> cache entry path (load with
+        Model key (its name for a sequence) -> volume name -> cache entry path (load with
         :meth:`PredictionCache.load <aop.segmentation.cache.PredictionCache.load>`).
 
     Raises
@@ -104,8 +106,19 @@ def predict_dataset(
     """
     import ray
 
-    specs = [_as_spec(m) for m in models]
-    for spec in specs:
+    if isinstance(models, Mapping):
+        keyed = {str(key): _as_spec(m) for key, m in models.items()}
+    else:
+        keyed = {}
+        for m in models:
+            spec = _as_spec(m)
+            if spec.name in keyed:
+                raise AopError(
+                    f"model {spec.name!r} is listed twice: give each entry its own key (an 'id' "
+                    "in a models file)"
+                )
+            keyed[spec.name] = spec
+    for spec in keyed.values():
         build_model(spec)  # fail fast: names, settings, libraries and weights
     cache_root = Path(cache_root).resolve()
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -121,9 +134,9 @@ def predict_dataset(
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     results: dict[str, dict[str, Path]] = {}
-    total = len(rows) * len(specs)
+    total = len(rows) * len(keyed)
     with _Progress(progress, total) as bar:
-        for spec in specs:
+        for key, spec in keyed.items():
             cls = type(build_model(spec))
             use_gpu = gpus > 0 and cls.uses_gpu
             workers = num_workers or (gpus if use_gpu else cpus)
@@ -144,8 +157,8 @@ def predict_dataset(
             entries: dict[str, Path] = {}
             for row in predicted.iter_rows():
                 entries[str(row["name"])] = Path(str(row["entry"]))
-                bar.advance(f"{spec.name}: {row['name']}")
-            results[spec.name] = {name: entries[name] for name in dataset.names}
+                bar.advance(f"{key}: {row['name']}")
+            results[key] = {name: entries[name] for name in dataset.names}
     return results
 
 

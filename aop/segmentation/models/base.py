@@ -83,6 +83,8 @@ class SegmentationModel(ABC):
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(str(part) for part in error["loc"]) or "settings"
+            if error["type"] == "missing":
+                raise AopError(f"model {self.name!r}: setting {field!r} is required") from None
             value = error.get("input")
             raise AopError(
                 f"model {self.name!r}: setting {field!r} = {value!r}: {error['msg']}"
