@@ -600,22 +600,24 @@ def _model_specs(models: str, settings: list[str], config: Path | None) -> dict:
     return {key: ModelSpec(name=names[key], settings=s) for key, s in specs.items()}
 
 
-_MODEL_OPTIONS = {
-    "models": "Comma-separated model names, e.g. classical,unet3d.",
-    "setting": "Model setting MODEL.KEY=VALUE or KEY=VALUE (repeatable).",
-    "config": "Experiment file, or a YAML list of {name, settings, id} models.",
-}
+ModelsOption = Annotated[
+    str, typer.Option("--models", help="Comma-separated model names, e.g. classical,unet3d.")
+]
+SettingOption = Annotated[
+    list[str] | None,
+    typer.Option("--setting", help="Model setting MODEL.KEY=VALUE or KEY=VALUE (repeatable)."),
+]
+ModelsFileOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="Experiment file or YAML list of {name, settings, id} models."),
+]
 
 
 @app.command()
 def models(
-    models: Annotated[str, typer.Option("--models", help=_MODEL_OPTIONS["models"])] = "",
-    setting: Annotated[
-        list[str] | None, typer.Option("--setting", help=_MODEL_OPTIONS["setting"])
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help=_MODEL_OPTIONS["config"])
-    ] = None,
+    models: ModelsOption = "",
+    setting: SettingOption = None,
+    config: ModelsFileOption = None,
 ) -> None:
     """Check that each model can run here: libraries, settings and weights (exit 1 if not).
 
@@ -652,16 +654,12 @@ def models(
 @app.command()
 def predict(
     data: Annotated[Path, typer.Option("--data", help="Data-set folder (images/, dataset.yaml).")],
-    models: Annotated[str, typer.Option("--models", help=_MODEL_OPTIONS["models"])] = "",
+    models: ModelsOption = "",
     cache: Annotated[
         Path, typer.Option("--cache", help="Prediction cache folder (shared storage on a cluster).")
     ] = Path("aop-cache"),
-    setting: Annotated[
-        list[str] | None, typer.Option("--setting", help=_MODEL_OPTIONS["setting"])
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help=_MODEL_OPTIONS["config"])
-    ] = None,
+    setting: SettingOption = None,
+    config: ModelsFileOption = None,
     address: Annotated[
         str | None, typer.Option("--address", help="Ray cluster address (default: local Ray).")
     ] = None,
