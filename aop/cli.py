@@ -573,16 +573,13 @@ def _model_specs(models: str, settings: list[str], config: Path | None) -> dict:
                 except ValidationError as exc:
                     error = str(_validation_error("", exc))[2:]
                     raise AopError(f"{config}: models.{index}.{error}") from None
-    specs: dict[str, dict] = {}
-    names: dict[str, str] = {}
+    specs: dict[str, ModelSpec] = {}
     for entry in entries:
         if entry.key in specs:
             raise AopError(f"{config}: model key {entry.key!r} appears twice: give each an 'id'")
-        specs[entry.key] = dict(entry.settings)
-        names[entry.key] = entry.name
+        specs[entry.key] = ModelSpec(name=entry.name, settings=dict(entry.settings))
     for name in [m.strip() for m in models.split(",") if m.strip()]:
-        if name not in specs:
-            specs[name], names[name] = {}, name
+        specs.setdefault(name, ModelSpec(name=name))
     if not specs:
         raise AopError("--models: name at least one model (e.g. --models classical,unet3d)")
     for item in settings:
@@ -596,8 +593,8 @@ def _model_specs(models: str, settings: list[str], config: Path | None) -> dict:
             model = next(iter(specs))
         if model not in specs:
             raise AopError(f"--setting {item!r}: model {model!r} is not among the models")
-        specs[model][field] = yaml.safe_load(value)
-    return {key: ModelSpec(name=names[key], settings=s) for key, s in specs.items()}
+        specs[model].settings[field] = yaml.safe_load(value)
+    return specs
 
 
 ModelsOption = Annotated[

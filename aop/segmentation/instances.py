@@ -84,18 +84,17 @@ def distance_watershed(
     if not stacked:
         labels = _watershed(foreground, boundary, tuple(spacing), **options)
     else:
-        shape = np.shape(foreground if foreground is not None else boundary)
-        labels = np.zeros(shape, dtype=np.uint64)
-        offset = 0
-        for z in range(shape[0]):
-            plane = _watershed(
+        depth = np.shape(foreground if foreground is not None else boundary)[0]
+        planes = [
+            _watershed(
                 None if foreground is None else foreground[z],
                 None if boundary is None else boundary[z],
                 tuple(spacing[1:]),
                 **options,
-            ).astype(np.uint64)
-            labels[z] = np.where(plane > 0, plane + offset, 0)
-            offset += int(plane.max())
+            )
+            for z in range(depth)
+        ]
+        labels, _ = _separate_slices(np.stack(planes))
     labels, _ = fastremap.renumber(labels, preserve_zero=True)
     return labels.astype(np.uint32, copy=False)
 
@@ -169,15 +168,7 @@ def stitch_slices(slices: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         raise ValueError(f"stitch_slices expects (Z, Y, X) labels, got shape {slices.shape}")
     if not 0 <= threshold < 1:
         raise ValueError(f"stitch_slices: threshold must be in [0, 1), got {threshold}")
-    # give every 2D instance a unique id: renumber each slice and offset it
-    unique = np.zeros(slices.shape, dtype=np.int64)
-    offset = 0
-    for z in range(slices.shape[0]):
-        plane, _ = fastremap.renumber(slices[z], preserve_zero=True, in_place=False)
-        plane = plane.astype(np.int64)
-        count = int(plane.max())
-        unique[z] = np.where(plane > 0, plane + offset, 0)
-        offset += count
+    unique, offset = _separate_slices(slices)
     if offset == 0:
         return np.zeros(slices.shape, dtype=np.uint32)
     sizes = np.bincount(unique.ravel(), minlength=offset + 1)
@@ -206,3 +197,18 @@ def stitch_slices(slices: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     out = lookup[unique]
     out, _ = fastremap.renumber(out, preserve_zero=True)
     return out.astype(np.uint32, copy=False)
+
+
+def _separate_slices(slices: np.ndarray) -> tuple[np.ndarray, int]:
+    """Give every 2D instance of a (Z, Y, X) stack its own id: each slice renumbered, offset.
+
+    Returns the int64 labels (1..count, slice by slice) and ``count``.
+    """
+    unique = np.zeros(slices.shape, dtype=np.int64)
+    offset = 0
+    for z in range(slices.shape[0]):
+        plane, _ = fastremap.renumber(slices[z], preserve_zero=True, in_place=False)
+        plane = plane.astype(np.int64)
+        unique[z] = np.where(plane > 0, plane + offset, 0)
+        offset += int(plane.max())
+    return unique, offset

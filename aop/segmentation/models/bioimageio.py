@@ -119,7 +119,11 @@ def _missing_local_weights(rdf: Path) -> Path | None:
     return None
 
 
-def load_package(source: str | os.PathLike, name: str = "bioimageio") -> Any:
+def load_package(
+    source: str | os.PathLike,
+    name: str = "bioimageio",
+    how: str = "a BioImage.IO package folder with rdf.yaml, or a .zip package",
+) -> Any:
     """Load and validate a BioImage.IO model package with ``bioimageio.core``.
 
     Parameters
@@ -128,6 +132,8 @@ def load_package(source: str | os.PathLike, name: str = "bioimageio") -> Any:
         Package folder, its ``rdf.yaml`` or a ``.zip`` package.
     name : str
         Adapter name used in error messages.
+    how : str
+        Where such a package comes from, for the missing-package message.
 
     Returns
     -------
@@ -147,12 +153,12 @@ def load_package(source: str | os.PathLike, name: str = "bioimageio") -> Any:
     if path.suffix != ".zip":
         rdf = _rdf_path(path)
         if not rdf.is_file():
-            raise missing_weights(name, rdf, "a BioImage.IO package folder with rdf.yaml")
+            raise missing_weights(name, rdf, how)
         if (missing := _missing_local_weights(rdf)) is not None:
             raise missing_weights(name, missing, f"named by {rdf}")
         path = rdf
     elif not path.is_file():
-        raise missing_weights(name, path, "a BioImage.IO .zip package")
+        raise missing_weights(name, path, how)
     descr = load_description(path, format_version="latest", perform_io_checks=True)
     if isinstance(descr, InvalidDescr) or not isinstance(descr, v0_5.ModelDescr):
         reason = _first_error(descr) if isinstance(descr, InvalidDescr) else descr.type
@@ -230,9 +236,7 @@ class BioImageIOModel(SegmentationModel):
         if not source:
             raise AopError(f"model {self.name!r}: no model package given: {self.how_to_get}")
         self.source = Path(source).expanduser()
-        if self.source.suffix != ".zip" and not _rdf_path(self.source).is_file():
-            raise missing_weights(self.name, _rdf_path(self.source), self.how_to_get)
-        self._descr = load_package(self.source, self.name)
+        self._descr = load_package(self.source, self.name, self.how_to_get)
         self._check_tensors(self._descr)
         self._pipeline = None
 
@@ -258,7 +262,7 @@ class BioImageIOModel(SegmentationModel):
     def description(self) -> Any:
         """The validated ``bioimageio.spec`` model description (format 0.5)."""
         if self._descr is None:
-            self._descr = load_package(self.source, self.name)
+            self._descr = load_package(self.source, self.name, self.how_to_get)
         return self._descr
 
     def _space_axes(self, tensor: Any) -> list[Any]:
