@@ -196,7 +196,7 @@ def parse_search_space(raw: Any, source: str = "<search space>") -> SearchSpace:
 def load_search_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file (see :func:`parse_search_space`)."""
     path = Path(path)
-    return parse_search_space(_read_yaml(path), source=str(path))
+    return parse_search_space(read_yaml(path), source=str(path))
 
 
 def full_search_space() -> SearchSpace:
@@ -364,7 +364,8 @@ def _first_message(exc: ValidationError) -> str:
     return msg
 
 
-def _validation_error(source: str, exc: ValidationError) -> AopError:
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``field.path: message; ...`` (no file name)."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
@@ -372,10 +373,15 @@ def _validation_error(source: str, exc: ValidationError) -> AopError:
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         parts.append(f"{loc}: {msg}" if loc else msg)
-    return AopError(f"{source}: " + "; ".join(parts))
+    return "; ".join(parts)
 
 
-def _read_yaml(path: Path) -> Any:
+def _validation_error(source: str, exc: ValidationError) -> AopError:
+    return AopError(f"{source}: {validation_message(exc)}")
+
+
+def read_yaml(path: Path) -> Any:
+    """Read a YAML file; a missing file or bad YAML is an :class:`AopError` naming the file."""
     if not path.is_file():
         raise AopError(f"{path}: file not found")
     try:
@@ -412,8 +418,9 @@ def _check_model_settings(exp: Experiment, source: str) -> None:
         try:
             cls.Settings.model_validate(model.settings)
         except ValidationError as exc:
-            error = _validation_error("", exc)
-            raise AopError(f"{source}: models.{index}.settings.{str(error)[2:]}") from None
+            raise AopError(
+                f"{source}: models.{index}.settings.{validation_message(exc)}"
+            ) from None
 
 
 def parse_experiment(
@@ -463,7 +470,7 @@ def load_experiment(path: str | Path) -> Experiment:
         Missing file, bad YAML, unknown or invalid field; the message names file and field.
     """
     path = Path(path)
-    return parse_experiment(_read_yaml(path), source=str(path), base=path.resolve().parent)
+    return parse_experiment(read_yaml(path), source=str(path), base=path.resolve().parent)
 
 
 def experiment_search_space(exp: Experiment) -> SearchSpace:

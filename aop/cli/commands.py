@@ -1,8 +1,4 @@
-"""The ``aop`` command line: one Typer app.
-
-Each command is a thin wrapper over library functions; user errors (:class:`aop.errors.AopError`)
-print one line and exit with status 2, without a traceback.
-"""
+"""The data-set, scoring, post-processing, model and segmentation-study commands."""
 
 from __future__ import annotations
 
@@ -11,59 +7,10 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
+from aop.cli.app import app, console, err_console  # noqa: F401
 from aop.errors import AopError
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-class _AopGroup(TyperGroup):
-    """Command group that prints an :class:`AopError` as one line and exits with status 2."""
-
-    def invoke(self, ctx):  # type: ignore[no-untyped-def]
-        try:
-            return super().invoke(ctx)
-        except AopError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-
-app = typer.Typer(
-    name="aop",
-    cls=_AopGroup,
-    help="3D data Analysis Optimization Pipeline: find the best segmentation and classification "
-    "pipeline for your 3D microscopy data by Bayesian optimisation.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-
-def main() -> None:
-    """Console entry point (``aop``)."""
-    app()
-
-
-def _version(value: bool) -> None:
-    if value:
-        from aop import __version__
-
-        console.print(f"aop {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
-    ] = False,
-) -> None:
-    """3D data Analysis Optimization Pipeline."""
-
 
 # ------------------------------------------------------------------------------------------------
 # Data sets
@@ -326,7 +273,6 @@ def report(
 def _run_study_command(
     exp: Any, address: str | None, tracking_uri: str | None, quiet: bool
 ) -> None:
-    from aop.analysis.report import load_report, print_report
     from aop.tuning.study import run_study
 
     if address:
@@ -334,7 +280,13 @@ def _run_study_command(
     if tracking_uri:
         exp.tracking.tracking_uri = tracking_uri
     result = run_study(exp, verbose=0 if quiet else 1)
-    print_report(load_report(result.study_dir), console)
+    _print_study_report(result.study_dir)
+
+
+def _print_study_report(study_dir: Path) -> None:
+    from aop.analysis.report import load_report, print_report
+
+    print_report(load_report(study_dir), console)
 
 
 @app.command()
@@ -499,102 +451,19 @@ def demo(
     quiet: Annotated[bool, typer.Option("--quiet", help="No Ray Tune progress table.")] = False,
 ) -> None:
     """Run the embedded demo end to end: synth -> train UNet -> predict -> searches -> report."""
-    from aop.config import PROJECT_ROOT, load_experiment
-    from aop.tuning.benchmark import ensure_benchmark
+    from aop.demo import run_demo
 
-    exp = load_experiment(PROJECT_ROOT / "experiments" / "demo.yaml")
-    exp.storage.study_dir = out.resolve()
-    if budget is not None:
-        if budget < 1:
-            raise AopError(f"--budget must be at least 1, got {budget}")
-        exp.search.budget = budget
-    console.print(f"[bold]1/4[/] synthetic benchmark -> {exp.study_dir / 'benchmark'}")
-    ensure_benchmark(exp)
-    for model in exp.models:
-        if model.name == "unet3d" and "model" not in model.settings:
-            package = exp.study_dir / "models" / "unet3d"
-            if not (package / "rdf.yaml").is_file():
-                from aop.segmentation.unet3d import train_unet
-                from aop.synth import preset_params
-                from aop.synth.dataset import write_synthetic_dataset
-
-                synth = exp.data.synth
-                assert synth is not None
-                train_data = exp.study_dir / "train_data"
-                console.print(f"[bold]2/4[/] training the 3D UNet ({unet_steps} steps): {package}")
-                write_synthetic_dataset(
-                    train_data,
-                    preset_params(synth.preset, **synth.options),
-                    tuple(synth.shape),
-                    2,
-                    synth.seed + 1000,
-                    preset=synth.preset,
-                )
-                train_unet(train_data, package, max_steps=unet_steps, progress=not quiet)
-            model.settings["model"] = str(package)
-    console.print("[bold]3/4[/] predictions, baseline, random search and Bayesian optimisation")
-    _run_study_command(exp, None, None, quiet)
-    console.print("[bold]4/4[/] done; study folder: " + str(exp.study_dir))
+    if budget is not None and budget < 1:
+        raise AopError(f"--budget must be at least 1, got {budget}")
+    study_dir = run_demo(
+        out, budget=budget, unet_steps=unet_steps, quiet=quiet, echo=console.print
+    )
+    _print_study_report(study_dir)
 
 
 # ------------------------------------------------------------------------------------------------
 # Segmentation models: predict a data set into the cache, train aop's own UNet
 # ------------------------------------------------------------------------------------------------
-
-
-def _model_specs(models: str, settings: list[str], config: Path | None) -> dict:
-    """Model specs by key from ``--models a,b``, ``--setting [key.]field=value`` and a YAML file.
-
-    The file is an experiment file (its ``models`` are used, validated and with relative paths
-    resolved) or a list (or ``models:`` list) of ``{name, settings, id}`` entries. A model's key is
-    its ``id``, else its name; ``--setting`` addresses models by key.
-    """
-    import yaml
-    from pydantic import ValidationError
-
-    from aop.config import ModelConfig, _read_yaml, _validation_error, load_experiment
-    from aop.segmentation.models import ModelSpec
-
-    entries: list[ModelConfig] = []
-    if config is not None:
-        raw = _read_yaml(config)
-        if isinstance(raw, dict) and ("data" in raw or "storage" in raw):
-            entries = list(load_experiment(config).models)
-        else:
-            items = raw.get("models", raw) if isinstance(raw, dict) else raw
-            if isinstance(items, dict):
-                items = [{"name": k, "settings": v or {}} for k, v in items.items()]
-            if not isinstance(items, list):
-                raise AopError(f"{config}: expected a list of models ({{name, settings, id}})")
-            for index, item in enumerate(items):
-                item = item if isinstance(item, dict) else {"name": item}
-                try:
-                    entries.append(ModelConfig.model_validate(item))
-                except ValidationError as exc:
-                    error = str(_validation_error("", exc))[2:]
-                    raise AopError(f"{config}: models.{index}.{error}") from None
-    specs: dict[str, ModelSpec] = {}
-    for entry in entries:
-        if entry.key in specs:
-            raise AopError(f"{config}: model key {entry.key!r} appears twice: give each an 'id'")
-        specs[entry.key] = ModelSpec(name=entry.name, settings=dict(entry.settings))
-    for name in [m.strip() for m in models.split(",") if m.strip()]:
-        specs.setdefault(name, ModelSpec(name=name))
-    if not specs:
-        raise AopError("--models: name at least one model (e.g. --models classical,unet3d)")
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise AopError(f"--setting {item!r}: expected [model.]key=value")
-        model, dot, field = key.rpartition(".")
-        if not dot:
-            if len(specs) != 1:
-                raise AopError(f"--setting {item!r}: name the model as model.{key}=value")
-            model = next(iter(specs))
-        if model not in specs:
-            raise AopError(f"--setting {item!r}: model {model!r} is not among the models")
-        specs[model].settings[field] = yaml.safe_load(value)
-    return specs
 
 
 ModelsOption = Annotated[
@@ -622,10 +491,11 @@ def models(
     environment variables that point to weights).
     """
     from aop.segmentation.models import available_models, build_model
+    from aop.segmentation.models.specs import parse_model_specs
 
     if not models and config is None:
         models = ",".join(available_models())
-    specs = _model_specs(models, setting or [], config)
+    specs = parse_model_specs(models, setting or [], config)
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("model", no_wrap=True)
     for column in ("adapter", "status", "GPU", "weights / what is missing"):
@@ -666,9 +536,10 @@ def predict(
 ) -> None:
     """Predict every volume of a data set with each model once, into the prediction cache."""
     from aop.io import load_dataset
+    from aop.segmentation.models.specs import parse_model_specs
     from aop.segmentation.predict import predict_dataset
 
-    specs = _model_specs(models, setting or [], config)
+    specs = parse_model_specs(models, setting or [], config)
     dataset = load_dataset(data)
     if workers is not None and workers < 1:
         raise AopError(f"--workers must be at least 1, got {workers}")
