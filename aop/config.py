@@ -280,10 +280,13 @@ class SearchConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    """MLflow: tracking URI (default ``sqlite:///STUDY_DIR/mlflow.db``) and experiment name."""
+    """MLflow: tracking URI (default ``sqlite:///STUDY_DIR/mlflow.db``) and experiment name.
+
+    The experiment name defaults to the study kind's (``aop-segmentation``, ``aop-classification``).
+    """
 
     tracking_uri: str | None = None
-    experiment: Annotated[str, Field(min_length=1)] = "aop-segmentation"
+    experiment: Annotated[str, Field(min_length=1)] | None = None
 
 
 class StorageConfig(_Strict):
@@ -294,7 +297,7 @@ class StorageConfig(_Strict):
 
 
 class ComparisonConfig(_Strict):
-    """The reference searches: no-post-processing baseline and random search."""
+    """The reference searches: the kind's baseline (if it has one) and random search."""
 
     baseline: bool = True
     random: bool = True
@@ -308,18 +311,56 @@ class RayConfig(_Strict):
     num_cpus: Annotated[int, Field(gt=0)] | None = None
 
 
-class Experiment(_Strict):
-    """A validated segmentation-study experiment file."""
+class BaseExperiment(_Strict):
+    """The fields every study kind's experiment file has.
+
+    A kind's experiment model subclasses this one and adds its own sections (a segmentation
+    study adds ``data`` and ``models``).
+    """
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
-    data: DataConfig
-    models: Annotated[list[ModelConfig], Field(min_length=1)]
+    kind: Annotated[str, Field(min_length=1)] = "segmentation"
     search: SearchConfig = Field(default_factory=SearchConfig)
-    search_space: Path = Path(DEFAULT_SEARCH_SPACE)
+    search_space: Path
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig
     comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @property
+    def study_dir(self) -> Path:
+        return self.storage.study_dir
+
+    @property
+    def tracking_uri(self) -> str:
+        uri = self.tracking.tracking_uri
+        return uri or f"sqlite:///{(self.storage.study_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def random_budget(self) -> int:
+        return self.comparison.random_budget or self.search.budget
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """A plain mapping that :func:`parse_experiment` reads back to an equal object."""
+        return self.model_dump(mode="json")
+
+    def resolve_paths(self, base: Path) -> None:
+        """Resolve relative paths (see the module docstring) in place."""
+        self.search_space = _resolve(self.search_space, base)
+        self.storage.study_dir = _resolve(self.storage.study_dir, base)
+        if self.storage.cache_dir is not None:
+            self.storage.cache_dir = _resolve(self.storage.cache_dir, base)
+
+    def check_names(self, source: str) -> None:
+        """Check names that pydantic cannot (registries); raise a one-line :class:`AopError`."""
+
+
+class Experiment(BaseExperiment):
+    """A validated segmentation-study experiment file."""
+
+    data: DataConfig
+    models: Annotated[list[ModelConfig], Field(min_length=1)]
+    search_space: Path = Path(DEFAULT_SEARCH_SPACE)
 
     @model_validator(mode="after")
     def _unique_models(self) -> Experiment:
@@ -335,25 +376,26 @@ class Experiment(_Strict):
         return [m.key for m in self.models]
 
     @property
-    def study_dir(self) -> Path:
-        return self.storage.study_dir
-
-    @property
     def cache_dir(self) -> Path:
         return self.storage.cache_dir or self.storage.study_dir / "predictions"
 
-    @property
-    def tracking_uri(self) -> str:
-        uri = self.tracking.tracking_uri
-        return uri or f"sqlite:///{(self.storage.study_dir / 'mlflow.db').resolve()}"
+    def check_names(self, source: str) -> None:
+        _check_model_settings(self, source)
 
-    @property
-    def random_budget(self) -> int:
-        return self.comparison.random_budget or self.search.budget
+    def resolve_paths(self, base: Path) -> None:
+        super().resolve_paths(base)
+        if self.data.benchmark is not None:
+            self.data.benchmark = _resolve(self.data.benchmark, base)
+        for model in self.models:
+            # a relative weights path; a registered name (e.g. StarDist's 2D_versatile_fluo) stays
+            value = model.settings.get("model")
+            if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+                resolved = _resolve(Path(value), base)
+                if resolved.exists():
+                    model.settings["model"] = str(resolved)
 
-    def to_yaml_dict(self) -> dict[str, Any]:
-        """A plain mapping that :func:`parse_experiment` reads back to an equal object."""
-        return self.model_dump(mode="json")
+
+SegmentationExperiment = Experiment
 
 
 def _first_message(exc: ValidationError) -> str:
@@ -425,33 +467,33 @@ def _check_model_settings(exp: Experiment, source: str) -> None:
 
 def parse_experiment(
     raw: Any, source: str = "<experiment>", base: Path | None = None
-) -> Experiment:
-    """Validate an experiment mapping; relative paths resolve against ``base`` (see module doc)."""
+) -> BaseExperiment:
+    """Validate an experiment mapping of any study kind (``kind``, default ``segmentation``).
+
+    Every name is checked here, before any work: the kind, the searcher, the models and the
+    search-space parameters; relative paths resolve against ``base`` (see module doc).
+    """
+    from aop.tuning.kinds import get_kind
+    from aop.tuning.searchers import check_searcher
+
     if not isinstance(raw, dict):
         raise AopError(f"{source}: expected a mapping of experiment fields")
+    kind_name = raw.get("kind", "segmentation")
+    if not isinstance(kind_name, str):
+        raise AopError(f"{source}: kind: must be a study kind name, got {kind_name!r}")
+    kind = get_kind(kind_name, field_name=f"{source}: kind")
     try:
-        exp = Experiment.model_validate(raw)
+        exp = kind.experiment_model.model_validate(raw)
     except ValidationError as exc:
         raise _validation_error(source, exc) from None
-    _check_model_settings(exp, source)
-    base = Path.cwd() if base is None else base
-    if exp.data.benchmark is not None:
-        exp.data.benchmark = _resolve(exp.data.benchmark, base)
-    exp.search_space = _resolve(exp.search_space, base)
-    exp.storage.study_dir = _resolve(exp.storage.study_dir, base)
-    if exp.storage.cache_dir is not None:
-        exp.storage.cache_dir = _resolve(exp.storage.cache_dir, base)
-    for model in exp.models:
-        # a relative weights path; a registered name (e.g. StarDist's 2D_versatile_fluo) stays
-        value = model.settings.get("model")
-        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
-            resolved = _resolve(Path(value), base)
-            if resolved.exists():
-                model.settings["model"] = str(resolved)
+    check_searcher(exp.search.searcher, field_name=f"{source}: search.searcher")
+    exp.check_names(source)
+    exp.resolve_paths(Path.cwd() if base is None else base)
+    kind.check(exp, source)
     return exp
 
 
-def load_experiment(path: str | Path) -> Experiment:
+def load_experiment(path: str | Path) -> BaseExperiment:
     """Read and validate an experiment YAML file.
 
     Parameters
@@ -461,8 +503,9 @@ def load_experiment(path: str | Path) -> Experiment:
 
     Returns
     -------
-    Experiment
-        With relative paths resolved (see the module docstring).
+    BaseExperiment
+        The kind's experiment model (:class:`Experiment` for segmentation), with relative paths
+        resolved (see the module docstring).
 
     Raises
     ------

@@ -519,3 +519,23 @@ def write_dataset(
 def to_json(value: Any) -> str:
     """Serialise results with NumPy scalars and paths as plain JSON."""
     return json.dumps(_plain(value), indent=2)
+
+
+def dataset_fingerprint(root: str | os.PathLike) -> str:
+    """SHA-256 (16 hex digits) of a data set's files: manifest and volumes, names and bytes.
+
+    Identifies the data a study ran on (the MLflow parent run's ``dataset.fingerprint`` tag and
+    dataset input digest).
+    """
+    import hashlib
+
+    root = Path(root)
+    if not root.is_dir():
+        raise AopError(f"{root}: data-set folder not found")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):  # noqa: B023
+                digest.update(chunk)
+    return digest.hexdigest()[:16]

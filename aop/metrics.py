@@ -43,6 +43,7 @@ from aop.labels import as_label_array
 
 __all__ = [
     "DEFAULT_AP_THRESHOLDS",
+    "IPQ_SCORES",
     "APResult",
     "IPQResult",
     "OverlapTable",
@@ -259,6 +260,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+IPQ_SCORES = ("ipq", "sq", "rq", "iq")
+"""The four scores of :class:`IPQResult` that a segmentation study records, IPQ first."""
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,9 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
         (SegmentationPipelineModel, dict)
             The python model and ``{artifact key: local path}`` for ``mlflow.pyfunc.log_model``.
         """
+        params = {k: v for k, v in record["params"].items() if k != "model"}
         if model_spec is None:
-            model_name, settings = record["model"], {}
+            model_name, settings = record.get("model") or record["params"]["model"], {}
         elif isinstance(model_spec, Mapping):
             model_name, settings = model_spec["name"], dict(model_spec.get("settings") or {})
         else:
@@ -90,7 +91,7 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
             if _is_path_setting(value):
                 artifacts[f"setting.{key}"] = str(Path(value).resolve())
         packed = [key.removeprefix("setting.") for key in artifacts]
-        model = cls(model_name, settings, record["params"], spacing, packed_settings=packed)
+        model = cls(model_name, settings, params, spacing, packed_settings=packed)
         model.build()  # fail now, with a clear error, rather than at load time
         model._model = None
         return model, artifacts

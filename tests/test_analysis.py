@@ -11,7 +11,6 @@ from matplotlib.image import imread
 from scipy import stats
 
 from aop.analysis import (
-    METRICS,
     append_record,
     best_record,
     compare_searches,
@@ -27,6 +26,7 @@ from aop.analysis.plots import (
     plot_parameter_contour,
 )
 from aop.errors import AopError
+from aop.metrics import IPQ_SCORES as METRICS
 
 KEYS = (
     "erode_dilate", "open_close", "merge_continuity", "merge_smoothness", "merge_area",
@@ -46,8 +46,9 @@ def record(search, trial_id, model, per_volume_ipq, iteration=-1, **param_values
     }
     means = {m: float(np.mean([s[m] for s in per_volume.values()])) for m in METRICS}
     return {
-        "search": search, "trial_id": trial_id, "model": model, "params": params(**param_values),
-        **means, "per_volume": per_volume, "duration_s": 1.5, "node": "n1", "iteration": iteration,
+        "search": search, "trial_id": trial_id,
+        "params": {"model": model, **params(**param_values)}, "metrics": means,
+        "per_volume": per_volume, "duration_s": 1.5, "node": "n1", "iteration": iteration,
     }
 
 
@@ -56,25 +57,39 @@ def record(search, trial_id, model, per_volume_ipq, iteration=-1, **param_values
 
 def test_validate_record_normalises_and_names_bad_fields():
     rec = validate_record(
-        {"search": "gp", "trial_id": 7, "model": "m", "params": {"open_close": 1},
-         "ipq": 1, "sq": 0.5, "rq": 0.5, "iq": 1.0}
+        {"search": "smac", "trial_id": 7, "params": {"encoder": "resnet18", "lr": 1e-3,
+         "layers": 2, "frozen": True}, "metrics": {"val_accuracy": 1}}
     )
-    assert rec["trial_id"] == "7" and rec["ipq"] == 1.0 and isinstance(rec["ipq"], float)
+    assert rec["trial_id"] == "7" and rec["metrics"]["val_accuracy"] == 1.0
+    assert isinstance(rec["metrics"]["val_accuracy"], float)
+    assert rec["params"] == {"encoder": "resnet18", "lr": 1e-3, "layers": 2, "frozen": True}
     assert rec["per_volume"] == {} and rec["iteration"] == -1 and np.isnan(rec["duration_s"])
     good = record("gp", "t", "m", [0.5])
     for broken, message in [
-        ({k: v for k, v in good.items() if k != "sq"}, "missing field 'sq'"),
-        ({**good, "ipq": "high"}, "field 'ipq': expected a number"),
-        ({**good, "ipq": float("nan")}, "finite"),
-        ({**good, "params": {"open_close": True}}, "params.open_close"),
+        ({k: v for k, v in good.items() if k != "metrics"}, "missing field 'metrics'"),
+        ({**good, "metrics": {"ipq": "high"}}, "metrics.ipq: expected a number"),
+        ({**good, "metrics": {"ipq": float("nan")}}, "finite"),
+        ({**good, "metrics": {}}, "field 'metrics' is empty"),
+        ({**good, "params": {"open_close": None}}, "params.open_close"),
         ({**good, "per_volume": {"v0": {"ipq": None}}}, "per_volume.v0.ipq"),
-        ({**good, "model": ""}, "'model' must be a non-empty string"),
+        ({**good, "search": ""}, "'search' must be a non-empty string"),
         ({**good, "iteration": 1.5}, "'iteration' must be an integer"),
     ]:
         with pytest.raises(AopError, match=message):
             validate_record(broken, "results/gp.jsonl line 3")
     with pytest.raises(AopError, match="results/gp.jsonl line 3: expected a JSON object"):
         validate_record([1, 2], "results/gp.jsonl line 3")
+
+
+def test_records_from_before_study_kinds_read_as_segmentation_records():
+    legacy = {"search": "gp", "trial_id": "t", "model": "unet", "params": {"open_close": 1},
+              "ipq": 0.5, "sq": 0.8, "rq": 0.7, "iq": 0.9, "iteration": 2}
+    rec = validate_record(legacy)
+    assert rec["params"] == {"model": "unet", "open_close": 1}
+    assert rec["metrics"] == {"ipq": 0.5, "sq": 0.8, "rq": 0.7, "iq": 0.9}
+    assert "model" not in rec and "ipq" not in rec and rec["iteration"] == 2
+    with pytest.raises(AopError, match="params.open_close: expected a finite number"):
+        validate_record({**legacy, "params": {"open_close": float("inf")}})
 
 
 def test_append_and_read_records_round_trip(tmp_path):

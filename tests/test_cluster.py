@@ -17,6 +17,7 @@ from aop.config import full_search_space
 from aop.synth import simulate
 from aop.synth.damage import damage_labels
 from aop.tuning.searchers import make_searcher
+from aop.tuning.segmentation import tune_space
 from aop.tuning.study import run_search
 from aop.tuning.trainable import make_trainable, put_benchmark, segmentation_trial
 
@@ -51,7 +52,7 @@ def benchmark(two_nodes):
 def _space():
     space = full_search_space()
     space.models = ["split"]
-    return space
+    return tune_space(space)
 
 
 @pytest.mark.slow
@@ -64,7 +65,9 @@ def test_trials_and_volume_tasks_run_on_both_nodes(two_nodes, benchmark, tmp_pat
         study_dir=tmp_path,
         param_space={},
         num_samples=4,
-        searcher=make_searcher("gp", _space(), concurrency=1),
+        searcher=make_searcher(
+            "gp", _space(), metric="ipq", concurrency=1, start_points=_space().start("zeros")
+        ),
         verbose=0,
     )
     assert len(records) == 4
@@ -79,7 +82,7 @@ def test_trials_and_volume_tasks_run_on_both_nodes(two_nodes, benchmark, tmp_pat
         study_dir=tmp_path,
         param_space={},
         num_samples=6,
-        searcher=make_searcher("random", _space(), concurrency=2, start_at_zeros=False),
+        searcher=make_searcher("random", _space(), metric="ipq", concurrency=2),
         concurrency=2,
         verbose=0,
     )
@@ -104,11 +107,13 @@ def test_a_trial_whose_worker_dies_is_retried(two_nodes, benchmark, tmp_path):
         study_dir=tmp_path,
         param_space={"marker": str(tmp_path)},
         num_samples=1,
-        searcher=make_searcher("gp", _space()),
+        searcher=make_searcher(
+            "gp", _space(), metric="ipq", start_points=_space().start("zeros")
+        ),
         max_failures=2,
         verbose=0,
     )
     assert len(records) == 1
     first_pid = int((tmp_path / "split").read_text())
     assert records[0]["params"]["split_threshold"] == 0  # the zero start point, rerun
-    assert np.isfinite(records[0]["ipq"]) and first_pid > 0
+    assert np.isfinite(records[0]["metrics"]["ipq"]) and first_pid > 0

@@ -155,9 +155,9 @@ def test_search_space_models_must_exist_in_the_experiment(tmp_path):
     space_file = _write(tmp_path / "s.yaml", {"models": ["stardist2d"], "parameters": {}})
     raw = _minimal(tmp_path)
     raw["search_space"] = str(space_file)
-    exp = load_experiment(_write(tmp_path / "e.yaml", raw))
+    # found when the experiment file loads, before any work
     with pytest.raises(AopError, match=r"s.yaml: models: 'stardist2d' is not a model"):
-        experiment_search_space(exp)
+        load_experiment(_write(tmp_path / "e.yaml", raw))
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")))

@@ -20,8 +20,8 @@ from aop.tuning.searchers import (
     make_searcher,
     optuna_distributions,
     register_searcher,
-    start_points,
 )
+from aop.tuning.segmentation import tune_space
 from aop.tuning.study import run_search, run_study
 from aop.tuning.trainable import make_trainable, put_benchmark
 
@@ -31,13 +31,22 @@ ZEROS = {name: 0 for name in PARAMETER_RANGES}
 def _space(models):
     space = full_search_space()
     space.models = list(models)
-    return space
+    return tune_space(space)
+
+
+def seven(params):
+    """The post-processing parameters of a record (without the model choice)."""
+    return {k: v for k, v in params.items() if k != "model"}
+
+
+def ipq(record):
+    return record["metrics"]["ipq"]
 
 
 def test_registry_and_unknown_searcher():
-    assert {"gp", "tpe", "random"} <= set(available_searchers())
+    assert {"gp", "tpe", "random", "smac"} <= set(available_searchers())
     with pytest.raises(AopError, match=r"search.searcher: unknown searcher 'cmaes'"):
-        make_searcher("cmaes", _space(["a"]))
+        make_searcher("cmaes", _space(["a"]), metric="ipq")
 
     @register_searcher("gp-test-alias")
     def _alias(request):
@@ -45,7 +54,7 @@ def test_registry_and_unknown_searcher():
 
         return _SEARCHERS["random"](request)
 
-    searcher = make_searcher("gp-test-alias", _space(["a"]), start_at_zeros=False)
+    searcher = make_searcher("gp-test-alias", _space(["a"]), metric="ipq")
     config = searcher.suggest("t0")
     assert set(config) == {"model", *PARAMETER_RANGES}
 
@@ -59,15 +68,19 @@ def test_optuna_space_matches_table_iii():
     narrowed = parse_search_space(
         {"models": ["a"], "parameters": {"open_close": {"low": -2, "high": 2}}}
     )
-    assert set(optuna_distributions(narrowed)) == {"model", "open_close"}
+    dists = optuna_distributions(tune_space(narrowed))
+    assert set(dists) == {"model", "open_close"}
+    assert (dists["open_close"].low, dists["open_close"].high) == (-2, 2)
 
 
 @pytest.mark.parametrize("name", ["gp", "tpe"])
 def test_first_suggestions_are_the_zero_start_of_each_model(name):
     space = _space(["a", "b"])
-    searcher = make_searcher(name, space, seed=3, concurrency=3)
+    searcher = make_searcher(
+        name, space, metric="ipq", seed=3, concurrency=3, start_points=space.start("zeros")
+    )
     first = [searcher.suggest(f"t{i}") for i in range(2)]
-    assert first == start_points(space)
+    assert first == space.start("zeros")
     assert first[0] == {"model": "a", **ZEROS}
     third = searcher.suggest("t2")
     assert third != first[0] and third != first[1]
@@ -78,8 +91,8 @@ def test_first_suggestions_are_the_zero_start_of_each_model(name):
 
 
 def test_random_searcher_is_seeded_and_starts_anywhere():
-    a = [make_searcher("random", _space(["m"]), seed=5, start_at_zeros=False).suggest("x")]
-    b = [make_searcher("random", _space(["m"]), seed=5, start_at_zeros=False).suggest("x")]
+    a = [make_searcher("random", _space(["m"]), metric="ipq", seed=5).suggest("x")]
+    b = [make_searcher("random", _space(["m"]), metric="ipq", seed=5).suggest("x")]
     assert a == b and a[0] != {"model": "m", **ZEROS}
 
 
@@ -110,6 +123,7 @@ def shrunk_benchmark():
 def _two_worker_search(searcher, benchmark, study_dir, num_samples, seed):
     """A search over the shrunk benchmark with two trials at a time."""
     refs = put_benchmark(*benchmark)
+    space = _space(["shrunk"])
     return run_search(
         searcher,
         make_trainable(refs, volume_tasks=1),
@@ -117,7 +131,8 @@ def _two_worker_search(searcher, benchmark, study_dir, num_samples, seed):
         param_space={},
         num_samples=num_samples,
         searcher=make_searcher(
-            searcher, _space(["shrunk"]), seed=seed, concurrency=2, n_startup_trials=4
+            searcher, space, metric="ipq", seed=seed, concurrency=2, n_startup_trials=4,
+            start_points=space.start("zeros"),
         ),
         concurrency=2,
         verbose=0,
@@ -132,14 +147,14 @@ def test_gp_with_two_workers_gets_no_duplicates_and_beats_its_start(
     assert len({r["trial_id"] for r in records}) == 10
     configs = [tuple(sorted(r["params"].items())) for r in records]
     assert len(set(configs)) == len(configs), "parallel workers received a duplicate suggestion"
-    start = [r for r in records if r["params"] == ZEROS]
+    start = [r for r in records if seven(r["params"]) == ZEROS]
     assert len(start) == 1 and start[0]["iteration"] == 0
     # every trial scored both volumes; the mean is the mean of the per-volume values
     for r in records:
         assert set(r["per_volume"]) == {"v0", "v1"}
-        assert r["ipq"] == pytest.approx(np.mean([v["ipq"] for v in r["per_volume"].values()]))
-    best = max(records, key=lambda r: r["ipq"])
-    assert best["ipq"] > start[0]["ipq"] + 0.1
+        assert ipq(r) == pytest.approx(np.mean([v["ipq"] for v in r["per_volume"].values()]))
+    best = max(records, key=ipq)
+    assert ipq(best) > ipq(start[0]) + 0.1
     assert best["params"]["erode_dilate"] > 0  # dilation undoes the shrinking
     lines = (tmp_path / "results" / "gp.jsonl").read_text().splitlines()
     assert [json.loads(line)["trial_id"] for line in lines] == [r["trial_id"] for r in records]
@@ -149,15 +164,15 @@ def test_tpe_study_runs_end_to_end_from_its_zero_start(local_ray, shrunk_benchma
     records = _two_worker_search("tpe", shrunk_benchmark, tmp_path, num_samples=8, seed=2)
     assert len(records) == 8 and len({r["trial_id"] for r in records}) == 8
     for r in records:
-        assert r["search"] == "tpe" and r["model"] == "shrunk"
-        assert set(r["params"]) == set(PARAMETER_RANGES)
+        assert r["search"] == "tpe" and r["params"]["model"] == "shrunk"
+        assert set(r["params"]) == {"model", *PARAMETER_RANGES}
         assert set(r["per_volume"]) == {"v0", "v1"}
-        assert 0.0 <= r["ipq"] <= 1.0
+        assert 0.0 <= ipq(r) <= 1.0
     first = min(records, key=lambda r: r["iteration"])
-    assert first["iteration"] == 0 and first["params"] == ZEROS
-    assert [r for r in records if r["params"] == ZEROS] == [first]
-    best = max(records, key=lambda r: r["ipq"])
-    assert best["ipq"] >= first["ipq"]
+    assert first["iteration"] == 0 and seven(first["params"]) == ZEROS
+    assert [r for r in records if seven(r["params"]) == ZEROS] == [first]
+    best = max(records, key=ipq)
+    assert ipq(best) >= ipq(first)
     lines = (tmp_path / "results" / "tpe.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["trial_id"] for line in lines) == sorted(
         r["trial_id"] for r in records
@@ -183,21 +198,23 @@ def test_run_study_writes_the_study_folder(local_ray, tmp_path):
     study = tmp_path / "study"
     counts = {name: len(recs) for name, recs in result.records.items()}
     assert counts == {"baseline": 2, "random": 4, "gp": 6}
-    baseline_models = sorted(r["model"] for r in result.records["baseline"])
+    baseline_models = sorted(r["params"]["model"] for r in result.records["baseline"])
     assert baseline_models == ["classical", "smooth"]
-    assert all(r["params"] == ZEROS for r in result.records["baseline"])
+    assert all(seven(r["params"]) == ZEROS for r in result.records["baseline"])
     gp = result.records["gp"]
-    assert sorted((r["model"], r["iteration"]) for r in gp if r["params"] == ZEROS) == [
-        ("classical", 0),
-        ("smooth", 1),
+    zero_starts = [
+        (r["params"]["model"], r["iteration"]) for r in gp if seven(r["params"]) == ZEROS
     ]
-    assert not any(r["params"] == ZEROS for r in result.records["random"])
+    assert sorted(zero_starts) == [("classical", 0), ("smooth", 1)]
+    assert not any(seven(r["params"]) == ZEROS for r in result.records["random"])
     for search in ("baseline", "random", "gp"):
         assert (study / "results" / f"{search}.jsonl").is_file()
         assert (study / "tune" / search).is_dir()
     best = yaml.safe_load((study / "best.yaml").read_text())
-    top = max(gp, key=lambda r: r["ipq"])
-    assert best["trial_id"] == top["trial_id"] and best["scores"]["ipq"] == top["ipq"]
+    top = max(gp, key=ipq)
+    assert best["trial_id"] == top["trial_id"] and best["scores"]["ipq"] == ipq(top)
+    assert best["kind"] == "segmentation" and best["model"] == top["params"]["model"]
+    assert best["params"] == seven(top["params"])
     assert best["searches"]["random"]["trials"] == 4
     assert (study / "experiment.yaml").is_file()
     assert (study / "benchmark" / "dataset.yaml").is_file()

@@ -16,16 +16,18 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from aop.io import dataset_fingerprint
+from aop.metrics import IPQ_SCORES
 from aop.segmentation.models import build_model
 from aop.segmentation.postprocess import postprocess
 from aop.tracking import (
+    EXPERIMENT_KIND,
     RUN_ID_FILE,
     StudyTracker,
-    dataset_fingerprint,
     default_tracking_uri,
     flatten,
-    record_from_result,
 )
+from aop.tuning.callbacks import StudyCallback, trial_record
 
 ZEROS = {
     "erode_dilate": 0, "open_close": 0, "merge_continuity": 0.0, "merge_smoothness": 0.0,
@@ -38,11 +40,16 @@ SPACE = {"erode_dilate": {"low": -10, "high": 10}, "models": ["classical"]}
 
 def record(search, trial_id, ipq, model="classical", iteration=0, **params):
     return {
-        "search": search, "trial_id": trial_id, "model": model, "params": {**ZEROS, **params},
-        "ipq": ipq, "sq": 0.9, "rq": ipq + 0.05, "iq": 1.0,
+        "search": search, "trial_id": trial_id, "params": {"model": model, **ZEROS, **params},
+        "metrics": {"ipq": ipq, "sq": 0.9, "rq": ipq + 0.05, "iq": 1.0},
         "per_volume": {"v0": {"ipq": ipq - 0.1, "sq": 0.9}, "v1": {"ipq": ipq + 0.1, "sq": 0.9}},
         "duration_s": 3.25, "node": "node-7", "iteration": iteration,
     }
+
+
+def seven(params):
+    """The post-processing parameters of a record's params (without the model choice)."""
+    return {k: v for k, v in params.items() if k != "model"}
 
 
 def children(client, parent_id):
@@ -103,7 +110,7 @@ def test_study_as_the_mlflow_ui_shows_it(mlflow_server, tmp_path, nuclei_3d, mon
     (bench / "images" / "a.npy").write_bytes(b"123")
     fingerprint = dataset_fingerprint(bench)
     tracker = StudyTracker(study, tracking_uri=mlflow_server, experiment_name="ui-study")
-    parent_id = tracker.start(CONFIG, SPACE, fingerprint)
+    parent_id = tracker.start(CONFIG, SPACE, dataset=bench, description="a study of tests")
     assert (study / RUN_ID_FILE).read_text().strip() == parent_id
 
     trials = [
@@ -121,12 +128,21 @@ def test_study_as_the_mlflow_ui_shows_it(mlflow_server, tmp_path, nuclei_3d, mon
     (study / "plots" / "comparison.png").write_bytes(b"\x89PNG fake bytes")
     tracker.finish(
         best, artifacts=[study / "best.yaml", study / "plots" / "comparison.png"],
-        spacing=(2.0, 1.0, 1.0), model_spec={"name": "classical", "settings": {"sigma": 1.0}},
+        log_pipeline=True, spacing=(2.0, 1.0, 1.0),
+        model_spec={"name": "classical", "settings": {"sigma": 1.0}}, description="done: 0.75",
     )
 
     client = MlflowClient(mlflow_server)  # what the UI reads
+    experiment = client.get_experiment_by_name("ui-study")
+    assert experiment.tags["mlflow.experimentKind"] == EXPERIMENT_KIND  # opens on the runs table
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.info.run_name == "study"
+    assert parent.data.tags["mlflow.note.content"] == "done: 0.75"
+    assert parent.data.tags["mlflow.source.type"] == "LOCAL"
+    assert parent.data.tags["mlflow.source.name"] and parent.data.tags["mlflow.user"]
+    (dataset_input,) = parent.inputs.dataset_inputs  # the runs table's Dataset column
+    assert dataset_input.dataset.name == "bench" and dataset_input.dataset.digest == fingerprint
+    assert dataset_input.tags[0].value == "benchmark"
     assert parent.data.tags["dataset.fingerprint"] == fingerprint
     assert parent.data.tags["aop.version"] and "pipeline.error" not in parent.data.tags
     assert parent.data.params["config.search.budget"] == "4"
@@ -163,7 +179,7 @@ def test_study_as_the_mlflow_ui_shows_it(mlflow_server, tmp_path, nuclei_3d, mon
     model = mlflow.pyfunc.load_model(f"runs:/{parent_id}/pipeline")
     spacing = (2.0, 1.0, 1.0)
     expected = postprocess(
-        build_model("classical", sigma=1.0).predict(image, spacing), image, best["params"],
+        build_model("classical", sigma=1.0).predict(image, spacing), image, seven(best["params"]),
         spacing=spacing,
     )
     labels = model.predict(image)
@@ -171,7 +187,7 @@ def test_study_as_the_mlflow_ui_shows_it(mlflow_server, tmp_path, nuclei_3d, mon
     np.testing.assert_array_equal(labels, expected)
     flat = (1.0, 1.0, 1.0)
     segmented = build_model("classical", sigma=1.0).predict(image, flat)
-    expected_flat = postprocess(segmented, image, best["params"], spacing=flat)
+    expected_flat = postprocess(segmented, image, seven(best["params"]), spacing=flat)
     np.testing.assert_array_equal(model.predict(image, params={"spacing": list(flat)}),
                                   expected_flat)
     assert not np.array_equal(expected_flat, expected)  # the spacing parameter matters
@@ -219,8 +235,8 @@ def test_tracker_errors_are_one_line(tmp_path):
     (tmp_path / "s" / RUN_ID_FILE).write_text("not-a-run\n")
     with pytest.raises(ValueError, match="mlflow_run_id: not an MLflow run id"):
         StudyTracker(tmp_path / "s").start(CONFIG, SPACE)
-    with pytest.raises(ValueError, match="field 'ipq': expected a number, got None"):
-        record_from_result("gp", "x", {"model": "m", **ZEROS}, {"sq": 1.0})
+    with pytest.raises(ValueError, match="metrics.ipq: expected a number, got None"):
+        trial_record("gp", "x", {"model": "m", **ZEROS}, {"ipq": None}, IPQ_SCORES)
 
 
 def test_ray_tune_callback_logs_each_trial_once(mlflow_server, tmp_path, monkeypatch):
@@ -243,6 +259,8 @@ def test_ray_tune_callback_logs_each_trial_once(mlflow_server, tmp_path, monkeyp
     study = tmp_path / "study"
     tracker = StudyTracker(study, tracking_uri=mlflow_server, experiment_name="tune-study")
     parent_id = tracker.start(CONFIG, SPACE)
+    records = study / "results" / "gp.jsonl"
+    callback = StudyCallback(records, "gp", "ipq", IPQ_SCORES, sink=tracker.log_trial)
     keep = KeepTrials()
     monkeypatch.setenv("RAY_raylet_start_wait_time_s", "300")  # a busy 2-core machine is slow
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -254,7 +272,7 @@ def test_ray_tune_callback_logs_each_trial_once(mlflow_server, tmp_path, monkeyp
             param_space=space,
             tune_config=TuneConfig(num_samples=1, max_concurrent_trials=2),
             run_config=RunConfig(name="gp", storage_path=str(tmp_path / "tune"),
-                                 callbacks=[tracker.callback("gp"), keep], verbose=0),
+                                 callbacks=[callback, keep], verbose=0),
         ).fit()
     finally:
         ray.shutdown()
@@ -272,15 +290,18 @@ def test_ray_tune_callback_logs_each_trial_once(mlflow_server, tmp_path, monkeyp
         assert run.data.tags["node"] == "worker-1" and run.data.tags["search"] == "gp"
         assert run.data.params["model"] in ("a", "b") and len(run.data.params) == 8
 
+    assert len(records.read_text().splitlines()) == 4
     # a restored driver (callback unpickled, new client) sees the same trials complete again
-    again = pickle.loads(pickle.dumps(tracker.callback("gp")))
+    again = pickle.loads(pickle.dumps(callback))
+    again.setup()
     for trial in keep.trials:
         again.on_trial_complete(0, keep.trials, trial)
     for trial in keep.trials:
         assert tracker.log_trial(
-            record_from_result("gp", trial.trial_id, trial.config, trial.last_result)
+            trial_record("gp", trial.trial_id, trial.config, trial.last_result, IPQ_SCORES)
         ) is None
     assert len(children(client, parent_id)) == 4
+    assert len(records.read_text().splitlines()) == 4
 
 
 def _bright_box_package(folder: Path) -> Path:
@@ -314,7 +335,7 @@ def test_pipeline_model_packs_a_weights_folder(tmp_path, monkeypatch):
     image[4:12, 4:14, 4:14] = 1.0
     image[4:12, 18:28, 16:28] = 1.0
     direct = build_model("bioimageio", **settings).predict(image, spacing)
-    expected = postprocess(direct, image, best["params"], spacing=spacing)
+    expected = postprocess(direct, image, seven(best["params"]), spacing=spacing)
     assert expected.max() == 2  # two boxes, two instances
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

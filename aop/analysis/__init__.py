@@ -1,4 +1,4 @@
-"""Analysis of a segmentation study: trial records, search comparison, t-tests, plots, report.
+"""Analysis of a study: trial records, search comparison, t-tests, plots, report.
 
 Works on trial records (:mod:`aop.analysis.records`) and imports neither Ray nor MLflow.
 """
@@ -10,7 +10,6 @@ from aop.analysis.compare import (
     significance_stars,
 )
 from aop.analysis.records import (
-    METRICS,
     append_record,
     best_record,
     order_searches,
@@ -20,7 +19,6 @@ from aop.analysis.records import (
 )
 
 __all__ = [
-    "METRICS",
     "SearchComparison",
     "append_record",
     "best_record",

@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from aop.analysis.records import METRICS, best_record, order_searches
+from aop.analysis.records import best_record, order_searches
 from aop.errors import AopError
+from aop.metrics import IPQ_SCORES
 
 __all__ = ["SearchComparison", "compare_searches", "search_sample", "significance_stars"]
 
@@ -45,7 +46,13 @@ def significance_stars(p_value: float) -> str:
     return "n.s."
 
 
-def search_sample(records: Sequence[Mapping[str, Any]], pooled: bool) -> pd.DataFrame:
+def search_sample(
+    records: Sequence[Mapping[str, Any]],
+    pooled: bool,
+    metrics: Sequence[str] = IPQ_SCORES,
+    metric: str = "ipq",
+    mode: str = "max",
+) -> pd.DataFrame:
     """Per-volume scores that represent one search.
 
     Parameters
@@ -53,24 +60,29 @@ def search_sample(records: Sequence[Mapping[str, Any]], pooled: bool) -> pd.Data
     records : sequence of mapping
         Validated trial records of one search.
     pooled : bool
-        True: every record contributes (baseline). False: only the best record (highest mean IPQ).
+        True: every record contributes (baseline). False: only the best record (best ``metric``).
+    metrics : sequence of str
+        The metric columns (default IPQ, SQ, RQ, IQ).
+    metric, mode : str
+        What "best" means.
 
     Returns
     -------
     DataFrame
-        Columns ``model, trial_id, volume, ipq, sq, rq, iq``; one row per (record, volume). A record
+        Columns ``model, trial_id, volume, *metrics``; one row per (record, volume). A record
         without per-volume scores gives one row with ``volume = None`` and its mean scores.
     """
-    chosen = list(records) if pooled else [best_record(records)]
+    chosen = list(records) if pooled else [best_record(records, metric, mode)]
     rows = []
     for record in chosen:
-        base = {"model": record["model"], "trial_id": record["trial_id"]}
+        base = {"model": record["params"].get("model", ""), "trial_id": record["trial_id"]}
         per_volume = record.get("per_volume") or {}
         if not per_volume:
-            rows.append({**base, "volume": None, **{m: record[m] for m in METRICS}})
+            values = record["metrics"]
+            rows.append({**base, "volume": None, **{m: values.get(m, np.nan) for m in metrics}})
         for volume, scores in sorted(per_volume.items()):
-            rows.append({**base, "volume": volume, **{m: scores.get(m, np.nan) for m in METRICS}})
-    return pd.DataFrame(rows, columns=["model", "trial_id", "volume", *METRICS])
+            rows.append({**base, "volume": volume, **{m: scores.get(m, np.nan) for m in metrics}})
+    return pd.DataFrame(rows, columns=["model", "trial_id", "volume", *metrics])
 
 
 def _python(value: Any) -> Any:
@@ -93,7 +105,7 @@ class SearchComparison:
     ----------
     summary : DataFrame
         Indexed by search: ``model`` and ``trial_id`` of the best configuration (pooled searches:
-        ``"all"``), ``n`` (sample size), the means ``ipq sq rq iq``, and ``p_ipq ... p_iq``: the
+        ``"all"``), ``n`` (sample size), the means of the metrics, and ``p_<metric>``: the
         p-value of the paired t-test against the reference search (NaN for the reference).
     tests : DataFrame
         One row per (search_a, search_b, metric) for every pair of searches: ``n_pairs``,
@@ -102,7 +114,7 @@ class SearchComparison:
     samples : dict of DataFrame
         The per-volume sample of each search (see :func:`search_sample`).
     reference : str
-        The search every other search is tested against in ``summary`` (``gp`` when present).
+        The search every other search is tested against in ``summary`` (the main search).
     """
 
     summary: pd.DataFrame
@@ -141,6 +153,8 @@ def compare_searches(
     records_by_search: Mapping[str, Sequence[Mapping[str, Any]]],
     pooled: Iterable[str] = ("baseline",),
     reference: str | None = None,
+    metrics: Sequence[str] = IPQ_SCORES,
+    mode: str = "max",
 ) -> SearchComparison:
     """Compare searches by their mean scores and per-volume paired t-tests.
 
@@ -152,27 +166,36 @@ def compare_searches(
     pooled : iterable of str
         Searches represented by all their records instead of their best one (default: baseline).
     reference : str, optional
-        The search the summary's p-values refer to; default ``gp`` when present, else the last
-        search.
+        The search the summary's p-values refer to, normally the study's main search; default
+        the last search of :func:`aop.analysis.records.order_searches`.
+    metrics : sequence of str
+        The metrics compared; the first one decides each search's best configuration.
+    mode : str
+        ``"max"`` or ``"min"``: the direction of the first metric.
 
     Returns
     -------
     SearchComparison
     """
-    names = order_searches(name for name, recs in records_by_search.items() if recs)
+    names = order_searches(
+        (name for name, recs in records_by_search.items() if recs), main=reference
+    )
     if not names:
         raise AopError("no trial records to compare")
     pooled = set(pooled)
     if reference is None:
-        reference = "gp" if "gp" in names else names[-1]
+        reference = names[-1]
     if reference not in names:
         raise AopError(f"reference search {reference!r} has no records (have: {', '.join(names)})")
-    samples = {name: search_sample(records_by_search[name], name in pooled) for name in names}
+    samples = {
+        name: search_sample(records_by_search[name], name in pooled, metrics, metrics[0], mode)
+        for name in names
+    }
 
     tests = []
     for i, name_a in enumerate(names):
         for name_b in names[i + 1 :]:
-            for metric in METRICS:
+            for metric in metrics:
                 a, b = _paired(samples[name_a], samples[name_b], metric)
                 statistic = p_value = np.nan
                 if len(a) >= 2 and np.ptp(a - b) > 0:
@@ -210,9 +233,9 @@ def compare_searches(
             "trial_id": "all" if is_pooled else sample["trial_id"].iloc[0],
             "n": int(len(sample)),
         }
-        for metric in METRICS:
+        for metric in metrics:
             row[metric] = float(sample[metric].mean())
-        for metric in METRICS:
+        for metric in metrics:
             row[f"p_{metric}"] = (
                 np.nan if name == reference else comparison.p_value(name, reference, metric)
             )

@@ -33,8 +33,9 @@ from aop.analysis.compare import (  # noqa: E402
     compare_searches,
     significance_stars,
 )
-from aop.analysis.records import METRICS, best_record, read_study_records  # noqa: E402
+from aop.analysis.records import best_record, read_study_records  # noqa: E402
 from aop.errors import AopError  # noqa: E402
+from aop.metrics import IPQ_SCORES as METRICS  # noqa: E402
 from aop.segmentation.params import PARAMETER_RANGES  # noqa: E402
 
 __all__ = [
@@ -51,7 +52,10 @@ __all__ = [
 METRIC_COLOURS = {"ipq": "#8c8c8c", "sq": "#e377c2", "rq": "#ff9f40", "iq": "#4a90d9"}
 #: Hatching per search: baseline filled, random search thick stripes, BO thin stripes.
 SEARCH_HATCHES = {"baseline": "", "random": "//", "gp": "\\\\\\\\"}
-SEARCH_LABELS = {"baseline": "baseline", "random": "random search", "gp": "BO (GP)"}
+SEARCH_LABELS = {
+    "baseline": "baseline", "random": "random search", "gp": "BO (GP)", "tpe": "BO (TPE)",
+    "smac": "BO (SMAC)",
+}
 _EXTRA_HATCHES = ("xx", "..", "++", "oo")
 
 
@@ -203,8 +207,11 @@ def choose_contour_parameters(records: Sequence[Mapping[str, Any]]) -> tuple[str
     """
     if not records:
         raise AopError("no trial records to choose contour parameters from")
-    names = list(records[0]["params"])
-    ipq = np.array([r["ipq"] for r in records], dtype=float)
+    names = [
+        name for name, value in records[0]["params"].items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    ]
+    ipq = np.array([r["metrics"]["ipq"] for r in records], dtype=float)
     strength = {}
     for name in names:
         values = np.array([r["params"].get(name, np.nan) for r in records], dtype=float)
@@ -257,8 +264,8 @@ def plot_parameter_contour(
     if not records:
         raise AopError("no trial records for a contour plot")
     best = best_record(records)
-    model = model or best["model"]
-    chosen = [r for r in records if r["model"] == model]
+    model = model or best["params"].get("model")
+    chosen = [r for r in records if r["params"].get("model") == model]
     if not chosen:
         raise AopError(f"no trial records of model {model!r} for a contour plot")
     if x is None or y is None:
@@ -268,7 +275,7 @@ def plot_parameter_contour(
             raise AopError(f"parameter {name!r} is missing from some trial records")
     frame = pd.DataFrame(
         {"x": [r["params"][x] for r in chosen], "y": [r["params"][y] for r in chosen],
-         "ipq": [r["ipq"] for r in chosen]}
+         "ipq": [r["metrics"]["ipq"] for r in chosen]}
     )
     points = frame.groupby(["x", "y"], as_index=False).agg(ipq=("ipq", "mean"), n=("ipq", "size"))
     optimum = best_record(chosen)
@@ -292,7 +299,7 @@ def plot_parameter_contour(
                           color="red", fontsize=7, fontweight="bold", zorder=4)
     axes.scatter([optimum["params"][x]], [optimum["params"][y]], marker="X", s=150, c="red",
                  edgecolors="white", linewidths=1.2, zorder=5,
-                 label=f"optimum (IPQ {optimum['ipq']:.3f})")
+                 label=f"optimum (IPQ {optimum['metrics']['ipq']:.3f})")
     colourbar = figure.colorbar(drawn if drawn is not None else scatter, ax=axes, format="%.2f")
     colourbar.set_label("IPQ")
     for name, axis, set_limits in ((x, axes.xaxis, axes.set_xlim), (y, axes.yaxis, axes.set_ylim)):
@@ -333,8 +340,8 @@ def plot_convergence(
         if not records:
             continue
         if search in pooled:
-            mean = float(np.mean([r["ipq"] for r in records]))
-            best = max(r["ipq"] for r in records)
+            mean = float(np.mean([r["metrics"]["ipq"] for r in records]))
+            best = max(r["metrics"]["ipq"] for r in records)
             axes.axhline(mean, color="#555555", linestyle="--", linewidth=1,
                          label=f"{_label(search)}: mean of models ({mean:.3f})")
             axes.axhline(best, color="#555555", linestyle=":", linewidth=1,
@@ -344,7 +351,7 @@ def plot_convergence(
             enumerate(records), key=lambda item: (item[1]["iteration"] < 0, item[1]["iteration"],
                                                   item[0])
         )
-        ipq = np.array([r["ipq"] for _, r in ordered])
+        ipq = np.array([r["metrics"]["ipq"] for _, r in ordered])
         trials = np.arange(1, len(ipq) + 1)
         colour = colours.get(search) or next(others, "black")
         axes.scatter(trials, ipq, s=10, color=colour, alpha=0.35, linewidths=0)
@@ -366,6 +373,7 @@ def make_study_plots(
     records_by_search: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     contour_parameters: tuple[str, str] | None = None,
     pooled: Sequence[str] = ("baseline",),
+    main: str | None = None,
 ) -> list[Path]:
     """Draw the comparison, convergence and contour plots of a study into ``STUDY_DIR/plots/``.
 
@@ -379,6 +387,8 @@ def make_study_plots(
         The two parameters of the contour plot; default :func:`choose_contour_parameters`.
     pooled : sequence of str
         Searches that are pooled baselines (see :func:`aop.analysis.compare.compare_searches`).
+    main : str, optional
+        The study's main search, the reference of the t-tests.
 
     Returns
     -------
@@ -391,7 +401,7 @@ def make_study_plots(
         records_by_search = read_study_records(study_dir)
     plots = study_dir / "plots"
     written = []
-    comparison = compare_searches(records_by_search, pooled=pooled)
+    comparison = compare_searches(records_by_search, pooled=pooled, reference=main)
     name = study_dir.resolve().name
     for path, draw in (
         (plots / "comparison.png",
@@ -403,9 +413,10 @@ def make_study_plots(
     optimised = _optimisation_records(records_by_search, pooled)
     if optimised:
         best = best_record(optimised)
-        chosen = [r for r in optimised if r["model"] == best["model"]]
+        model = best["params"].get("model")
+        chosen = [r for r in optimised if r["params"].get("model") == model]
         x, y = contour_parameters or choose_contour_parameters(chosen)
         path = plots / f"contour_{x}_{y}.png"
-        plt.close(plot_parameter_contour(optimised, x, y, model=best["model"], path=path))
+        plt.close(plot_parameter_contour(optimised, x, y, model=model, path=path))
         written.append(path)
     return written

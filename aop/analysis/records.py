@@ -1,18 +1,21 @@
-"""Trial records: the one-line-per-trial results of a segmentation study.
+"""Trial records: the one-line-per-trial results of a study, of any study kind.
 
 A trial record is a JSON object with these fields::
 
-    search       name of the search that ran the trial ("baseline", "random", "gp", ...)
+    search       name of the search that ran the trial ("baseline", "random", "gp", "smac", ...)
     trial_id     identifier of the trial, unique within its search
-    model        segmentation model name
-    params       the seven post-processing parameters {name: number}
-    ipq sq rq iq mean scores over the benchmark volumes
-    per_volume   {volume: {"ipq": .., "sq": .., "rq": .., "iq": ..}}      (optional)
-    duration_s   seconds the trial took                                     (optional)
+    params       the trial's configuration {name: number | string | bool}; for a segmentation
+                 study the model choice ("model") and the seven post-processing parameters
+    metrics      the scores the study kind records {name: number}, e.g. ipq sq rq iq (means over
+                 the benchmark volumes) or val_accuracy
+    per_volume   {volume: {metric: value}}                                   (optional)
+    duration_s   seconds the trial took                                      (optional)
     node         host or Ray node that ran it                                (optional)
     iteration    position of the trial in its search, counted from 0        (optional)
 
 A study folder keeps them in ``results/NAME.jsonl``, one line per finished trial of search NAME.
+Records written before study kinds existed (``model`` and ``ipq sq rq iq`` at the top level) are
+read as segmentation records: ``model`` moves into ``params`` and the scores into ``metrics``.
 """
 
 from __future__ import annotations
@@ -26,16 +29,14 @@ from typing import Any
 
 from aop.errors import AopError
 
-METRICS = ("ipq", "sq", "rq", "iq")
-REQUIRED_FIELDS = ("search", "trial_id", "model", "params", *METRICS)
+LEGACY_METRICS = ("ipq", "sq", "rq", "iq")
+REQUIRED_FIELDS = ("search", "trial_id", "params", "metrics")
 OPTIONAL_FIELDS = ("per_volume", "duration_s", "node", "iteration")
 RESULTS_DIR = "results"
-SEARCH_ORDER = ("baseline", "random", "gp")
+COMPARISON_SEARCHES = ("baseline", "random", "grid")
 
 __all__ = [
-    "METRICS",
     "RESULTS_DIR",
-    "SEARCH_ORDER",
     "append_record",
     "best_record",
     "order_searches",
@@ -54,52 +55,71 @@ def _number(value: Any, where: str) -> float:
     return value
 
 
+def _param(value: Any, where: str) -> Any:
+    if isinstance(value, str | bool):
+        return value
+    return _number(value, where) if not isinstance(value, int) else value
+
+
+def _legacy(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A pre-kind segmentation record (top-level ``model`` and scores) in today's layout."""
+    out = {k: v for k, v in record.items() if k not in ("model", *LEGACY_METRICS)}
+    params = record.get("params")
+    if isinstance(params, Mapping) and "model" in record:
+        out["params"] = {"model": record["model"], **params}
+    out["metrics"] = {m: record[m] for m in LEGACY_METRICS if m in record}
+    return out
+
+
 def validate_record(record: Any, where: str = "trial record") -> dict[str, Any]:
     """Check one trial record and return a normalised copy.
 
     Parameters
     ----------
     record : mapping
-        The record, as read from JSON or built by a trial.
+        The record, as read from JSON or built by :func:`aop.tuning.callbacks.trial_record`.
     where : str
         Prefix of error messages, e.g. ``"results/gp.jsonl line 3"``.
 
     Returns
     -------
     dict
-        A copy with scores as floats, ``trial_id`` as a string, ``params`` and ``per_volume`` as
-        plain dicts, and absent optional fields filled (``per_volume={}``, ``duration_s=nan``,
-        ``node=""``, ``iteration=-1``).
+        A copy with metrics as floats, ``trial_id`` as a string, ``params``, ``metrics`` and
+        ``per_volume`` as plain dicts, and absent optional fields filled (``per_volume={}``,
+        ``duration_s=nan``, ``node=""``, ``iteration=-1``).
 
     Raises
     ------
     AopError
-        When a required field is missing, a score is not a finite number, or a field has the wrong
-        type. The message names the field.
+        When a required field is missing, a metric is not a finite number, or a field has the
+        wrong type. The message names the field.
     """
     if not isinstance(record, Mapping):
         raise AopError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "metrics" not in record and any(m in record for m in LEGACY_METRICS):
+        record = _legacy(record)
     for key in REQUIRED_FIELDS:
         if key not in record:
             raise AopError(f"{where}: missing field {key!r}")
     unknown = sorted(set(record) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
     out: dict[str, Any] = {key: record[key] for key in unknown}  # kept, never interpreted
-    for key in ("search", "model"):
-        if not isinstance(record[key], str) or not record[key]:
-            raise AopError(
-                f"{where}: field {key!r} must be a non-empty string, got {record[key]!r}"
-            )
-        out[key] = record[key]
+    if not isinstance(record["search"], str) or not record["search"]:
+        raise AopError(
+            f"{where}: field 'search' must be a non-empty string, got {record['search']!r}"
+        )
+    out["search"] = record["search"]
     if not isinstance(record["trial_id"], str | int) or isinstance(record["trial_id"], bool):
         raise AopError(f"{where}: field 'trial_id' must be a string, got {record['trial_id']!r}")
     out["trial_id"] = str(record["trial_id"])
-    if not isinstance(record["params"], Mapping):
-        raise AopError(f"{where}: field 'params' must be a mapping, got {record['params']!r}")
-    out["params"] = {
-        str(k): _number(v, f"{where}: params.{k}") for k, v in record["params"].items()
+    for key in ("params", "metrics"):
+        if not isinstance(record[key], Mapping):
+            raise AopError(f"{where}: field {key!r} must be a mapping, got {record[key]!r}")
+    out["params"] = {str(k): _param(v, f"{where}: params.{k}") for k, v in record["params"].items()}
+    if not record["metrics"]:
+        raise AopError(f"{where}: field 'metrics' is empty")
+    out["metrics"] = {
+        str(k): _number(v, f"{where}: metrics.{k}") for k, v in record["metrics"].items()
     }
-    for key in METRICS:
-        out[key] = _number(record[key], f"{where}: field {key!r}")
     per_volume = record.get("per_volume") or {}
     if not isinstance(per_volume, Mapping):
         raise AopError(f"{where}: field 'per_volume' must be a mapping, got {per_volume!r}")
@@ -108,9 +128,7 @@ def validate_record(record: Any, where: str = "trial record") -> dict[str, Any]:
         if not isinstance(scores, Mapping):
             raise AopError(f"{where}: per_volume.{volume} must be a mapping, got {scores!r}")
         out["per_volume"][str(volume)] = {
-            m: _number(scores[m], f"{where}: per_volume.{volume}.{m}")
-            for m in METRICS
-            if m in scores
+            str(m): _number(v, f"{where}: per_volume.{volume}.{m}") for m, v in scores.items()
         }
     duration = record.get("duration_s")
     out["duration_s"] = math.nan if duration is None else _number(duration, f"{where}: duration_s")
@@ -161,11 +179,15 @@ def read_records(path: str | os.PathLike, label: str | None = None) -> list[dict
     return records
 
 
-def order_searches(names: Iterable[str]) -> list[str]:
-    """Order search names: baseline, random, gp first, then the others alphabetically."""
+def order_searches(names: Iterable[str], main: str | None = None) -> list[str]:
+    """Order search names: the comparisons (baseline, random, grid), the others, ``main`` last.
+
+    Without ``main`` the remaining searches follow alphabetically.
+    """
     names = set(names)
-    known = [name for name in SEARCH_ORDER if name in names]
-    return known + sorted(names - set(SEARCH_ORDER))
+    known = [name for name in COMPARISON_SEARCHES if name in names and name != main]
+    rest = sorted(names - set(known) - {main})
+    return known + rest + ([main] if main in names else [])
 
 
 def read_study_records(study_dir: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
@@ -225,19 +247,24 @@ def append_record(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def best_record(records: Iterable[Mapping[str, Any]], metric: str = "ipq") -> dict[str, Any]:
-    """Return the record with the highest mean ``metric``; ties go to the earliest record.
+def best_record(
+    records: Iterable[Mapping[str, Any]], metric: str = "ipq", mode: str = "max"
+) -> dict[str, Any]:
+    """Return the record with the best ``metric`` (``mode`` max or min); ties go to the earliest.
 
     Parameters
     ----------
     records : iterable of mapping
         Validated trial records.
     metric : str
-        One of ``ipq``, ``sq``, ``rq``, ``iq``.
+        A key of the records' ``metrics``.
+    mode : str
+        ``"max"`` or ``"min"``.
     """
+    sign = 1.0 if mode == "max" else -1.0
     best = None
     for record in records:
-        if best is None or record[metric] > best[metric]:
+        if best is None or sign * record["metrics"][metric] > sign * best["metrics"][metric]:
             best = record
     if best is None:
         raise AopError("no trial records to choose the best from")

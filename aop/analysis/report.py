@@ -17,13 +17,22 @@ from typing import Any
 import yaml
 
 from aop.analysis.compare import SearchComparison, compare_searches, significance_stars
-from aop.analysis.records import METRICS, best_record, read_study_records
+from aop.analysis.records import best_record, read_study_records
 from aop.errors import AopError
+from aop.metrics import IPQ_SCORES
 
 BEST_FILE = "best.yaml"
 EXPERIMENT_FILE = "experiment.yaml"
+STUDY_FILE = "study.yaml"
 
-__all__ = ["StudyReport", "load_report", "mlflow_ui_command", "print_report"]
+__all__ = [
+    "StudyMeta",
+    "StudyReport",
+    "load_report",
+    "mlflow_ui_command",
+    "print_report",
+    "read_study_meta",
+]
 
 
 @dataclass
@@ -38,13 +47,16 @@ class StudyReport:
     comparison : SearchComparison
         Means and paired t-tests (:func:`aop.analysis.compare.compare_searches`).
     best : dict
-        The best configuration: ``search``, ``trial_id``, ``model``, ``params``, ``scores``.
+        The best configuration: ``search``, ``trial_id``, ``params``, ``scores`` (and ``model``
+        for a segmentation study).
     best_source : str
         ``best.yaml`` when read from that file, else ``results`` (best record of the reference).
     tracking_uri : str
         The study's MLflow store.
     plots : list of Path
         PNG files in ``STUDY_DIR/plots/``.
+    meta : StudyMeta
+        Kind, metric and main search of the study.
     """
 
     study_dir: Path
@@ -54,6 +66,7 @@ class StudyReport:
     best_source: str
     tracking_uri: str
     plots: list[Path] = field(default_factory=list)
+    meta: StudyMeta | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``aop report --json``)."""
@@ -76,6 +89,51 @@ def _read_yaml(path: Path) -> Any:
         raise AopError(f"{path}: not readable YAML ({exc.__class__.__name__})") from None
 
 
+@dataclass
+class StudyMeta:
+    """What a study folder says about its kind (``study.yaml``, written when the study starts).
+
+    Attributes
+    ----------
+    kind : str
+        ``segmentation``, ``classification``, ...
+    metric, mode : str
+        The objective and its direction.
+    metrics : list of str
+        The metric columns to show, objective first.
+    main_search : str or None
+        The search every other search is compared with.
+    pooled : list of str
+        Searches represented by all their records (segmentation: the baseline).
+    """
+
+    kind: str = "segmentation"
+    metric: str = "ipq"
+    mode: str = "max"
+    metrics: list[str] = field(default_factory=lambda: list(IPQ_SCORES))
+    main_search: str | None = None
+    pooled: list[str] = field(default_factory=lambda: ["baseline"])
+
+
+def read_study_meta(study_dir: Path) -> StudyMeta:
+    """The study's :class:`StudyMeta`; a study from before ``study.yaml`` is a segmentation one."""
+    path = study_dir / STUDY_FILE
+    if path.is_file():
+        data = _read_yaml(path)
+        if not isinstance(data, Mapping):
+            raise AopError(f"{path}: expected a mapping (kind, metric, mode, metrics)")
+        known = set(StudyMeta.__dataclass_fields__)
+        return StudyMeta(**{k: v for k, v in data.items() if k in known})
+    meta = StudyMeta()
+    experiment = study_dir / EXPERIMENT_FILE
+    if experiment.is_file():
+        data = _read_yaml(experiment)
+        search = data.get("search") if isinstance(data, Mapping) else None
+        if isinstance(search, Mapping):
+            meta.main_search = search.get("searcher")
+    return meta
+
+
 def _tracking_uri(study_dir: Path) -> str:
     uri = None
     experiment = study_dir / EXPERIMENT_FILE
@@ -91,21 +149,22 @@ def _best_from_file(path: Path) -> dict[str, Any]:
     data = _read_yaml(path)
     if not isinstance(data, Mapping):
         raise AopError(f"{path}: expected a mapping with model, params and scores")
-    for key in ("model", "params"):
-        if key not in data:
-            raise AopError(f"{path}: missing field {key!r}")
+    if "params" not in data:
+        raise AopError(f"{path}: missing field 'params'")
     if not isinstance(data["params"], Mapping):
         raise AopError(f"{path}: field 'params' must be a mapping")
-    scores = data.get("scores") or {m: data[m] for m in METRICS if m in data}
+    scores = data.get("scores") or {m: data[m] for m in IPQ_SCORES if m in data}
     if not isinstance(scores, Mapping):
         raise AopError(f"{path}: field 'scores' must be a mapping")
-    return {
+    best = {
         "search": data.get("search"),
         "trial_id": data.get("trial_id"),
-        "model": data["model"],
         "params": dict(data["params"]),
-        "scores": {m: scores[m] for m in METRICS if m in scores},
+        "scores": dict(scores),
     }
+    if "model" in data:
+        best["model"] = data["model"]
+    return best
 
 
 def load_report(study_dir: str | os.PathLike) -> StudyReport:
@@ -119,23 +178,25 @@ def load_report(study_dir: str | os.PathLike) -> StudyReport:
     """
     study_dir = Path(study_dir)
     records = read_study_records(study_dir)
-    comparison = compare_searches(records)
+    meta = read_study_meta(study_dir)
+    main = meta.main_search if meta.main_search in records else None
+    comparison = compare_searches(
+        records, pooled=meta.pooled, reference=main, metrics=meta.metrics, mode=meta.mode
+    )
     best_file = study_dir / BEST_FILE
     if best_file.is_file():
         best, source = _best_from_file(best_file), BEST_FILE
     else:
-        record = best_record(records[comparison.reference])
-        best = {
-            "search": record["search"],
-            "trial_id": record["trial_id"],
-            "model": record["model"],
-            "params": record["params"],
-            "scores": {m: record[m] for m in METRICS},
-        }
+        record = best_record(records[comparison.reference], meta.metric, meta.mode)
+        params = dict(record["params"])
+        best = {"search": record["search"], "trial_id": record["trial_id"]}
+        if "model" in params and meta.kind == "segmentation":
+            best["model"] = params.pop("model")
+        best.update(params=params, scores=dict(record["metrics"]))
         source = "results"
     plots = sorted((study_dir / "plots").glob("*.png"))
     return StudyReport(
-        study_dir, records, comparison, best, source, _tracking_uri(study_dir), plots
+        study_dir, records, comparison, best, source, _tracking_uri(study_dir), plots, meta
     )
 
 
@@ -170,16 +231,17 @@ def print_report(report: StudyReport, console: Any) -> None:
 
     comparison = report.comparison
     summary = comparison.summary
+    metrics = (report.meta or StudyMeta()).metrics
     table = Table(title=f"Study {report.study_dir}: searches compared", title_justify="left")
-    for column in ("search", "trials", "best model", "n", *[m.upper() for m in METRICS]):
+    for column in ("search", "trials", "best model", "n", *[m.upper() for m in metrics]):
         table.add_column(column, justify="left" if column in ("search", "best model") else "right")
     for search, row in summary.iterrows():
         table.add_row(
             search,
             str(len(report.records[search])),
-            str(row["model"]) if row["model"] != "all" else "all (no post-proc.)",
+            str(row["model"] or "-") if row["model"] != "all" else "all (no post-proc.)",
             str(row["n"]),
-            *[_number(row[m]) for m in METRICS],
+            *[_number(row[m]) for m in metrics],
         )
     console.print(table)
 
@@ -192,7 +254,7 @@ def print_report(report: StudyReport, console: Any) -> None:
         tests.add_column("metric")
         for other in others:
             tests.add_column(f"vs {other}", justify="right")
-        for metric in METRICS:
+        for metric in metrics:
             cells = []
             for other in others:
                 delta = summary.loc[comparison.reference, metric] - summary.loc[other, metric]
@@ -202,10 +264,11 @@ def print_report(report: StudyReport, console: Any) -> None:
         console.print("  difference of means; * p<0.05, ** p<0.01, *** p<0.001, n.s. otherwise")
 
     best = report.best
-    scores = "  ".join(f"{m.upper()} {_number(best['scores'].get(m))}" for m in METRICS)
+    scores = "  ".join(f"{m.upper()} {_number(best['scores'].get(m))}" for m in metrics)
     origin = f"search {best.get('search')}, trial {best.get('trial_id')}"
     console.print(f"\n[bold]Best configuration[/] ({origin}; from {report.best_source})")
-    console.print(f"  model: {best['model']}    {scores}")
+    model = f"model: {best['model']}    " if "model" in best else ""
+    console.print(f"  {model}{scores}")
     params = Table(show_header=True, box=None, padding=(0, 2))
     params.add_column("parameter")
     params.add_column("value", justify="right")

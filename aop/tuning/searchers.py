@@ -7,11 +7,15 @@
     parallel workers do not receive duplicate suggestions.
 ``tpe``
     Hyperopt's tree-structured Parzen estimator through ``HyperOptSearch``.
+``smac``
+    SMAC3's random forest with expected improvement (the paper's classifier BO), through
+    :class:`aop.tuning.smac_search.SMACSearch`.
 ``random``
     Optuna ``RandomSampler`` through ``OptunaSearch`` (seeded, no start point).
 
-Every searcher maximises ``ipq``, is seeded, and (except ``random``) first evaluates the paper's
-start point: every searched parameter at 0, once per model. Add a searcher with::
+A searcher receives the study's :class:`aop.tuning.space.SearchSpace` as Ray Tune domains and
+Ray converts them for its library. It optimises the study kind's metric in its mode, is seeded,
+and (except ``random``) first evaluates the kind's start points. Add a searcher with::
 
     @register_searcher("name")
     def _make(request: SearcherRequest) -> Searcher: ...
@@ -19,17 +23,14 @@ start point: every searched parameter at 0, once per model. Add a searcher with:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from aop.config import SearchSpace
 from aop.errors import AopError
-
-METRIC = "ipq"
-MODE = "max"
+from aop.tuning.space import SearchSpace
 
 
 @dataclass
@@ -39,16 +40,20 @@ class SearcherRequest:
     Attributes
     ----------
     space : SearchSpace
-        Searched ranges and model choice (``space.models`` must be set).
+        The searched domains (``space.domains()``) and constants.
+    metric, mode : str
+        The objective reported by the trainable and ``"max"`` or ``"min"``.
     seed : int
         Random seed of the sampler.
     start_points : list of dict
-        Configurations to evaluate first, in order (model + searched parameters).
+        Configurations to evaluate first, in order (searched parameters).
     n_startup_trials : int
         Random trials before the surrogate model takes over (model-based searchers).
     """
 
     space: SearchSpace
+    metric: str
+    mode: str = "max"
     seed: int = 0
     start_points: list[dict[str, Any]] = field(default_factory=list)
     n_startup_trials: int = 10
@@ -73,31 +78,30 @@ def available_searchers() -> list[str]:
     return sorted(_SEARCHERS)
 
 
-def start_points(space: SearchSpace) -> list[dict[str, Any]]:
-    """The paper's start point, all searched parameters 0, once for each model."""
-    return [{"model": model, **space.zeros()} for model in space.models or []]
+def check_searcher(name: str, field_name: str = "search.searcher") -> None:
+    """Raise an :class:`AopError` naming ``field_name`` unless ``name`` is registered."""
+    if name not in _SEARCHERS:
+        raise AopError(
+            f"{field_name}: unknown searcher {name!r} (known: {', '.join(available_searchers())})"
+        )
 
 
 def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
-    """The search space as Optuna distributions: categorical model, int and float parameters."""
-    import optuna
+    """The searched domains as Optuna distributions, converted by Ray Tune's ``OptunaSearch``."""
+    from ray.tune.search.optuna import OptunaSearch
 
-    dists: dict[str, Any] = {"model": optuna.distributions.CategoricalDistribution(space.models)}
-    for name, (kind, low, high) in space.ranges.items():
-        if kind is int:
-            dists[name] = optuna.distributions.IntDistribution(int(low), int(high))
-        else:
-            dists[name] = optuna.distributions.FloatDistribution(float(low), float(high))
-    return dists
+    return dict(OptunaSearch.convert_search_space(space.domains()))
 
 
 def make_searcher(
     name: str,
     space: SearchSpace,
     *,
+    metric: str,
+    mode: str = "max",
     seed: int = 0,
     concurrency: int = 1,
-    start_at_zeros: bool = True,
+    start_points: Sequence[dict[str, Any]] = (),
     n_startup_trials: int = 10,
 ) -> Searcher:
     """Build the searcher ``name``, limited to ``concurrency`` pending suggestions.
@@ -107,13 +111,15 @@ def make_searcher(
     name : str
         A registered searcher (see :func:`available_searchers`).
     space : SearchSpace
-        With ``space.models`` set.
+        At least one searched parameter.
+    metric, mode : str
+        The objective and its direction.
     seed : int
         Sampler seed.
     concurrency : int
         Maximum number of trials running at once.
-    start_at_zeros : bool
-        Evaluate the all-zero start point of every model first.
+    start_points : sequence of dict
+        Configurations to evaluate first.
     n_startup_trials : int
         Random trials before a model-based searcher starts modelling.
 
@@ -121,17 +127,15 @@ def make_searcher(
     -------
     ray.tune.search.Searcher
     """
-    if name not in _SEARCHERS:
-        raise AopError(
-            f"search.searcher: unknown searcher {name!r} "
-            f"(known: {', '.join(available_searchers())})"
-        )
-    if not space.models:
-        raise AopError("search space: no model to choose from")
+    check_searcher(name)
+    if not space.searched:
+        raise AopError("search space: no searched parameter")
     request = SearcherRequest(
         space=space,
+        metric=metric,
+        mode=mode,
         seed=seed,
-        start_points=start_points(space) if start_at_zeros else [],
+        start_points=[dict(p) for p in start_points],
         n_startup_trials=n_startup_trials,
     )
     return ConcurrencyLimiter(_SEARCHERS[name](request), max_concurrent=concurrency)
@@ -141,11 +145,11 @@ def _optuna_search(request: SearcherRequest, sampler: Any) -> Searcher:
     from ray.tune.search.optuna import OptunaSearch
 
     return OptunaSearch(
-        space=optuna_distributions(request.space),
-        metric=METRIC,
-        mode=MODE,
+        space=OptunaSearch.convert_search_space(request.space.domains()),
+        metric=request.metric,
+        mode=request.mode,
         sampler=sampler,
-        points_to_evaluate=[dict(p) for p in request.start_points] or None,
+        points_to_evaluate=request.start_points or None,
     )
 
 
@@ -172,20 +176,27 @@ def _random(request: SearcherRequest) -> Searcher:
 
 @register_searcher("tpe")
 def _tpe(request: SearcherRequest) -> Searcher:
-    from hyperopt import hp
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    space: dict[str, Any] = {"model": hp.choice("model", list(request.space.models or []))}
-    for name, (kind, low, high) in request.space.ranges.items():
-        if kind is int:
-            space[name] = hp.uniformint(name, int(low), int(high))
-        else:
-            space[name] = hp.uniform(name, float(low), float(high))
     return HyperOptSearch(
-        space=space,
-        metric=METRIC,
-        mode=MODE,
-        points_to_evaluate=[dict(p) for p in request.start_points] or None,
+        space=HyperOptSearch.convert_search_space(request.space.domains()),
+        metric=request.metric,
+        mode=request.mode,
+        points_to_evaluate=request.start_points or None,
         n_initial_points=request.n_startup_trials,
         random_state_seed=request.seed,
+    )
+
+
+@register_searcher("smac")
+def _smac(request: SearcherRequest) -> Searcher:
+    from aop.tuning.smac_search import SMACSearch
+
+    return SMACSearch(
+        space=request.space.domains(),
+        metric=request.metric,
+        mode=request.mode,
+        points_to_evaluate=request.start_points or None,
+        seed=request.seed,
+        n_initial_points=request.n_startup_trials,
     )

@@ -1,96 +1,47 @@
-"""Run a segmentation study: baseline, random search and Bayesian optimisation on Ray Tune.
+"""Run a study of any kind: its comparisons (baseline, random search) and its main search.
 
 Study folder (self-contained)::
 
     STUDY_DIR/experiment.yaml      the validated experiment (copy)
-    STUDY_DIR/benchmark/           the synthetic benchmark, when the experiment has a synth block
-    STUDY_DIR/predictions/         prediction cache (unless storage.cache_dir points elsewhere)
+    STUDY_DIR/study.yaml           kind, objective, metric columns, main search (for reports)
     STUDY_DIR/tune/NAME/           Ray Tune experiment of search NAME (baseline, random, gp, ...)
     STUDY_DIR/mlflow.db            default MLflow store
     STUDY_DIR/results/NAME.jsonl   one trial record per finished trial of search NAME
-    STUDY_DIR/best.yaml            best model, parameters and scores
+    STUDY_DIR/best.yaml            best configuration and scores of the main search
+
+plus what the kind writes (a segmentation study: ``benchmark/``, ``predictions/``, ``plots/``).
+
+The engine knows no kind (:mod:`aop.tuning.kinds`): the kind gives the search space, the
+trainable, the objective and the columns; the main searcher is whatever ``search.searcher`` names.
 
 An interrupted study (driver killed, machine rebooted) continues with :func:`run_study` and
 ``resume=True`` (``aop resume STUDY_DIR``): every search whose Tune experiment exists is restored
-with ``Tuner.restore(..., resume_unfinished=True)``; Ray Tune saved the searcher's state (the
-Optuna study with all its trials) beside it, so the search continues instead of restarting, and
-finished trials are kept.
+with ``Tuner.restore(..., resume_unfinished=True)``; Ray Tune saved the searcher's state beside
+it, so the search continues instead of restarting, and finished trials are kept.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from ray import tune
 from ray.tune import Callback, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 
-from aop.analysis.records import append_record, best_record, read_records
-from aop.config import Experiment, SearchSpace, experiment_search_space, load_experiment
+from aop.analysis.records import best_record, read_records
+from aop.config import BaseExperiment, load_experiment
 from aop.errors import AopError
+from aop.tuning.callbacks import StudyCallback, prune_orphans
+from aop.tuning.kinds import Prepared, StudyKind, get_kind
 from aop.tuning.searchers import make_searcher
-from aop.tuning.trainable import METRICS, BenchmarkRefs, make_trainable, trial_params
+from aop.tuning.space import SearchSpace
 
 EXPERIMENT_FILE = "experiment.yaml"
+STUDY_FILE = "study.yaml"
 BEST_FILE = "best.yaml"
-
-
-# ------------------------------------------------------------------------------------------------
-# Trial records
-# ------------------------------------------------------------------------------------------------
-
-
-def trial_record(
-    search: str, trial_id: str, config: Mapping[str, Any], result: Mapping, iteration: int = -1
-) -> dict:
-    """The trial record (see :mod:`aop.analysis.records`) of one reported trial result."""
-    per_volume: dict[str, dict[str, float]] = {}
-    for key, value in result.items():
-        metric, _, volume = str(key).partition("/")
-        if volume and metric in METRICS:
-            per_volume.setdefault(volume, {})[metric] = float(value)
-    return {
-        "search": search,
-        "trial_id": trial_id,
-        "model": str(config["model"]),
-        "params": trial_params(config),
-        **{m: float(result[m]) for m in METRICS},
-        "per_volume": per_volume,
-        "duration_s": float(result.get("duration_s", result.get("time_total_s", 0.0))),
-        "node": str(result.get("node", "")),
-        "iteration": iteration,
-        "volume_nodes": dict(result.get("volume_nodes", {})),
-    }
-
-
-class TrialRecorder(Callback):
-    """Driver-side Tune callback: append each trial's first result to ``results/NAME.jsonl``.
-
-    A trial already in the file (a trial rerun after a resume) is not written twice.
-    """
-
-    def __init__(self, path: str | os.PathLike, search: str) -> None:
-        self.path = Path(path)
-        self.search = search
-        self._seen: set[str] = set()
-
-    def setup(self, **info: Any) -> None:
-        self._seen = {r["trial_id"] for r in self.records()}
-
-    def records(self) -> list[dict[str, Any]]:
-        return read_records(self.path) if self.path.is_file() else []
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):  # type: ignore[override]
-        if trial.trial_id in self._seen or "ipq" not in result:
-            return
-        position = next((i for i, t in enumerate(trials) if t.trial_id == trial.trial_id), -1)
-        record = trial_record(self.search, trial.trial_id, trial.config, result, position)
-        append_record(self.path, record)
-        self._seen.add(trial.trial_id)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -105,9 +56,11 @@ def run_search(
     study_dir: str | os.PathLike,
     param_space: dict[str, Any],
     num_samples: int,
+    kind: StudyKind | str = "segmentation",
     searcher: Any = None,
     concurrency: int = 1,
     max_failures: int = 2,
+    tracker: Any = None,
     callbacks: Sequence[Callback] = (),
     verbose: int = 1,
 ) -> list[dict[str, Any]]:
@@ -118,35 +71,47 @@ def run_search(
     name : str
         Search name: Tune run ``STUDY_DIR/tune/NAME``, records ``STUDY_DIR/results/NAME.jsonl``.
     trainable
-        The Tune trainable (see :func:`aop.tuning.trainable.make_trainable`).
+        The Tune trainable of the study kind.
     study_dir : path-like
         The study folder.
     param_space : dict
         Constants and, without a searcher, Tune domains (e.g. a grid over models).
     num_samples : int
         Trials to run (with a grid: repeats of the grid).
+    kind : StudyKind or str
+        The study kind: its objective and recorded metrics.
     searcher : ray.tune.search.Searcher, optional
         The search algorithm; ``None`` for Tune's grid/random variant generator.
     concurrency : int
         Trials running at once.
     max_failures : int
         Retries of a trial whose worker died.
+    tracker : StudyTracker, optional
+        Logs each finished trial as an MLflow child run.
     callbacks : sequence of Callback
-        Further driver-side callbacks (e.g. MLflow tracking).
+        Further driver-side callbacks.
 
     Returns
     -------
     list of dict
         The records of ``results/NAME.jsonl``, in file order.
     """
+    kind = get_kind(kind) if isinstance(kind, str) else kind
     study_dir = Path(study_dir).resolve()
     storage = study_dir / "tune"
     # save Tune's experiment state (and the searcher's) at every step, not every few seconds,
     # so that a killed driver loses as little as possible
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    # the classic progress output, so that the CLIReporter below (IPQ columns) is used
+    # the classic progress output, so that the CLIReporter below (the kind's columns) is used
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    recorder = TrialRecorder(study_dir / "results" / f"{name}.jsonl", name)
+    recorder = StudyCallback(
+        study_dir / "results" / f"{name}.jsonl",
+        name,
+        kind.metric,
+        kind.metrics,
+        sink=tracker.log_trial if tracker is not None else None,
+        extras=kind.record_extras,
+    )
     path = storage / name
     if Tuner.can_restore(str(path)):
         tuner = Tuner.restore(
@@ -158,8 +123,8 @@ def run_search(
         )
     else:
         reporter = CLIReporter(
-            metric_columns=["ipq", "sq", "rq", "iq", "node"],
-            parameter_columns=["model", "erode_dilate", "open_close"],
+            metric_columns=[*kind.metrics, "node"],
+            parameter_columns=list(kind.parameter_columns) or None,
             max_report_frequency=30,
         )
         tuner = Tuner(
@@ -184,31 +149,8 @@ def run_search(
         )
     grid = tuner.fit()
     kept = {r.metrics.get("trial_id") for r in grid if r.metrics}
-    return reconcile_records(recorder.path, kept)
-
-
-def reconcile_records(path: Path, trial_ids: set[str]) -> list[dict[str, Any]]:
-    """Keep only the records of trials that Ray Tune's experiment state knows.
-
-    A trial that reported just before the driver was killed, but after Tune last saved its
-    experiment state, is unknown to the restored run: the restored searcher suggests the same
-    configuration again under a new trial id. Its orphaned record is dropped here (the file is
-    rewritten atomically), so every search has exactly its budget of records.
-    """
-    records = read_records(path) if path.is_file() else []
-    kept = [r for r in records if r["trial_id"] in trial_ids]
-    if len(kept) != len(records):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.unlink(missing_ok=True)
-        for record in kept:
-            append_record(tmp, record)
-        os.replace(tmp, path)
-    return kept
-
-
-def baseline_space(space: SearchSpace) -> dict[str, Any]:
-    """Every model with every parameter at 0: the no-post-processing baseline."""
-    return {"model": tune.grid_search(list(space.models or [])), **trial_params({})}
+    prune_orphans(recorder.path, kept, tracker, name)
+    return read_records(recorder.path) if recorder.path.is_file() else []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,9 +170,9 @@ class StudyResult:
     best : dict
         The best record of the main search.
     main_search : str
-        Name of the main (Bayesian) search.
+        Name of the main search (``search.searcher``).
     analysis : Any
-        What the analysis step returned (tables, plot paths), or ``None``.
+        Artifacts the kind wrote after the searches (plot paths).
     """
 
     study_dir: Path
@@ -241,14 +183,22 @@ class StudyResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def save_experiment(exp: Experiment) -> Path:
-    """Write the validated experiment to ``STUDY_DIR/experiment.yaml`` (atomically)."""
+def _write_yaml(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def save_experiment(exp: BaseExperiment) -> Path:
+    """Write the validated experiment and the kind's ``study.yaml`` (atomically)."""
     path = exp.study_dir / EXPERIMENT_FILE
     _write_yaml(path, exp.to_yaml_dict())
+    _write_yaml(exp.study_dir / STUDY_FILE, get_kind(exp.kind).meta(exp))
     return path
 
 
-def load_study_experiment(study_dir: str | os.PathLike) -> Experiment:
+def load_study_experiment(study_dir: str | os.PathLike) -> BaseExperiment:
     """The experiment saved in a study folder (for ``aop resume``)."""
     path = Path(study_dir) / EXPERIMENT_FILE
     if not path.is_file():
@@ -258,18 +208,15 @@ def load_study_experiment(study_dir: str | os.PathLike) -> Experiment:
     return load_experiment(path)
 
 
-def _write_yaml(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+def search_plan(exp: BaseExperiment, kind: StudyKind) -> list[tuple[str, str | None, int]]:
+    """The searches of a study in order: ``(name, searcher or None, budget)``.
 
-
-def search_plan(exp: Experiment) -> list[tuple[str, str | None, int]]:
-    """The searches of a study in order: ``(name, searcher or None, budget)``."""
+    The kind's baseline (when it has one and the experiment asks for it), random search (unless
+    it is the main searcher), then the main search.
+    """
     plan: list[tuple[str, str | None, int]] = []
     main = exp.search.searcher
-    if exp.comparison.baseline:
+    if exp.comparison.baseline and type(kind).baseline_space is not StudyKind.baseline_space:
         plan.append(("baseline", None, 1))
     if exp.comparison.random and main != "random":
         plan.append(("random", "random", exp.random_budget))
@@ -277,21 +224,23 @@ def search_plan(exp: Experiment) -> list[tuple[str, str | None, int]]:
     return plan
 
 
-def write_best(study_dir: Path, records: dict[str, list[dict]], main: str) -> dict[str, Any]:
-    """Write ``best.yaml``: the main search's best trial plus each search's best IPQ."""
-    best = best_record(records[main])
+def write_best(
+    study_dir: Path, kind: StudyKind, records: dict[str, list[dict]], main: str
+) -> dict[str, Any]:
+    """Write ``best.yaml``: the main search's best trial plus each search's best value."""
+    best = best_record(records[main], kind.metric, kind.mode)
     summary = {
+        "kind": kind.name,
         "search": main,
-        "model": best["model"],
-        "params": trial_params(best["params"]),
-        "scores": {m: best[m] for m in METRICS},
-        "per_volume": best["per_volume"],
         "trial_id": best["trial_id"],
+        **kind.best_summary(best),
         "searches": {
             name: {
                 "trials": len(recs),
-                "best_ipq": max(r["ipq"] for r in recs),
-                "best_model": best_record(recs)["model"],
+                f"best_{kind.metric}": best_record(recs, kind.metric, kind.mode)["metrics"][
+                    kind.metric
+                ],
+                "best_params": best_record(recs, kind.metric, kind.mode)["params"],
             }
             for name, recs in records.items()
             if recs
@@ -315,33 +264,31 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def run_searches(
-    exp: Experiment,
-    benchmark: BenchmarkRefs,
+    exp: BaseExperiment,
+    kind: StudyKind,
+    space: SearchSpace,
+    trainable: Any,
     *,
-    callbacks: Callable[[str], Sequence[Callback]] | None = None,
-    trainable: Any = None,
+    tracker: Any = None,
     verbose: int = 1,
     n_startup_trials: int = 10,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run (or continue) every search of the experiment's plan; return ``{search: records}``."""
-    space = experiment_search_space(exp)
-    if trainable is None:
-        trainable = make_trainable(
-            benchmark, cpus=exp.search.resources.cpus, gpu=exp.search.resources.gpu
-        )
     records: dict[str, list[dict[str, Any]]] = {}
-    for name, searcher_name, budget in search_plan(exp):
-        extra = list(callbacks(name)) if callbacks else []
+    for name, searcher_name, budget in search_plan(exp, kind):
         if searcher_name is None:
-            param_space, searcher, samples = baseline_space(space), None, 1
+            param_space, searcher, samples = kind.baseline_space(exp, space) or {}, None, 1
         else:
             param_space = dict(space.fixed)
+            starts = space.start(kind.start_point) if kind.start_point else []
             searcher = make_searcher(
                 searcher_name,
                 space,
+                metric=kind.metric,
+                mode=kind.mode,
                 seed=exp.search.seed,
                 concurrency=exp.search.concurrency,
-                start_at_zeros=name != "random",
+                start_points=starts if name != "random" else [],
                 n_startup_trials=n_startup_trials,
             )
             samples = budget
@@ -351,123 +298,91 @@ def run_searches(
             study_dir=exp.study_dir,
             param_space=param_space,
             num_samples=samples,
+            kind=kind,
             searcher=searcher,
             concurrency=exp.search.concurrency,
             max_failures=exp.search.max_failures,
-            callbacks=extra,
+            tracker=tracker,
             verbose=verbose,
         )
     return records
 
 
-def _tracker(exp: Experiment) -> Any:
+def make_tracker(exp: BaseExperiment, kind: StudyKind) -> Any:
+    """The study's MLflow tracker (experiment ``tracking.experiment``, default the kind's)."""
     from aop.tracking import StudyTracker
 
-    return StudyTracker(exp.study_dir, exp.tracking_uri, exp.tracking.experiment)
-
-
-def default_volume_tasks(exp: Experiment, n_volumes: int) -> int:
-    """Volumes a trial scores at once: all of them, limited by the CPUs left per running trial."""
-    import ray
-
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    per_trial = int(cpus // (exp.search.concurrency * exp.search.resources.cpus))
-    return max(1, min(n_volumes, per_trial))
+    return StudyTracker(
+        exp.study_dir,
+        exp.tracking_uri,
+        exp.tracking.experiment or kind.mlflow_experiment,
+        metric=kind.metric,
+    )
 
 
 def run_study(
-    exp: Experiment,
+    exp: BaseExperiment,
     *,
     verbose: int = 1,
-    analyse: bool = True,
-    trainable_factory: Callable[[BenchmarkRefs], Any] | None = None,
+    prepare: Callable[[BaseExperiment], Prepared] | None = None,
 ) -> StudyResult:
-    """Run or continue a segmentation study: baseline, random search and the main search.
+    """Run or continue a study: the kind's comparisons, then the main search.
 
-    Steps: save ``experiment.yaml``; build or load the benchmark; predict every model once
-    (cache); start or connect to Ray; put the arrays into the object store; run each search of
-    :func:`search_plan` (restoring any that was interrupted); write ``best.yaml``; log to MLflow
-    (parent run + one child run per trial); draw the plots.
+    Steps: save ``experiment.yaml`` and ``study.yaml``; start or connect to Ray; let the kind
+    prepare its data and trainable; open the MLflow parent run; run each search of
+    :func:`search_plan` (restoring any that was interrupted), logging each trial as a child run;
+    write ``best.yaml``; let the kind finish (plots, models); close the parent run.
 
     Parameters
     ----------
-    exp : Experiment
-        The validated experiment.
+    exp : BaseExperiment
+        The validated experiment of any kind.
     verbose : int
         Ray Tune verbosity (0 silent, 1 progress table).
-    analyse : bool
-        Draw the comparison and contour plots into ``STUDY_DIR/plots``.
-    trainable_factory : callable, optional
-        Builds the Tune trainable from the benchmark references (default
-        :func:`aop.tuning.trainable.make_trainable` with the experiment's resources).
+    prepare : callable, optional
+        Replaces the kind's :meth:`StudyKind.prepare` (e.g. a custom trainable).
 
     Returns
     -------
     StudyResult
     """
-    from aop.tracking import dataset_fingerprint
-    from aop.tuning.benchmark import benchmark_dir, load_benchmark
-    from aop.tuning.trainable import put_benchmark
-
+    kind = get_kind(exp.kind)
     study_dir = exp.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     save_experiment(exp)
-    space = experiment_search_space(exp)
-    data = load_benchmark(exp)
+    space = kind.search_space(exp)
     init_ray(exp.ray.address, exp.ray.num_cpus)
-    refs = put_benchmark(
-        data.predictions, data.labels, data.images, {v: data.spacing for v in data.labels}
-    )
-    if trainable_factory is not None:
-        trainable = trainable_factory(refs)
-    else:
-        trainable = make_trainable(
-            refs,
-            cpus=exp.search.resources.cpus,
-            gpu=exp.search.resources.gpu,
-            volume_tasks=default_volume_tasks(exp, len(refs.volumes)),
-        )
-    tracker = _tracker(exp)
+    prepared = (prepare or kind.prepare)(exp)
+    tracker = make_tracker(exp, kind)
     tracker.start(
         exp.to_yaml_dict(),
-        {"models": space.models, "ranges": _plain_ranges(space), "fixed": space.fixed},
-        dataset_fingerprint(benchmark_dir(exp)),
+        space.describe(),
+        dataset=prepared.dataset,
+        description=_description(exp, kind),
     )
-    records = run_searches(
-        exp,
-        refs,
-        callbacks=lambda name: [tracker.callback(name)],
-        trainable=trainable,
-        verbose=verbose,
-    )
-    for name, recs in records.items():
-        drop_orphan_child_runs(tracker, name, {r["trial_id"] for r in recs})
+    records = run_searches(exp, kind, space, prepared.trainable, tracker=tracker, verbose=verbose)
     main = exp.search.searcher
-    best = write_best(study_dir, records, main)
-    plots: list[Path] = []
-    if analyse:
-        from aop.analysis.plots import make_study_plots
-
-        plots = make_study_plots(study_dir, records)
-    spec = next(m for m in exp.models if m.key == best["model"])
+    best = write_best(study_dir, kind, records, main)
+    artifacts = kind.finish(exp, records, best, prepared, tracker)
     tracker.finish(
         best,
-        artifacts=[study_dir / BEST_FILE, *plots],
-        spacing=data.spacing,
-        model_spec={"name": spec.name, "settings": spec.settings},
+        metrics=kind.metrics,
+        artifacts=[study_dir / BEST_FILE, *artifacts],
+        description=_description(exp, kind, best),
     )
-    return StudyResult(study_dir, records, best, main, analysis=plots)
+    return StudyResult(study_dir, records, best, main, analysis=artifacts)
 
 
-def _plain_ranges(space: SearchSpace) -> dict[str, list]:
-    return {name: [kind.__name__, low, high] for name, (kind, low, high) in space.ranges.items()}
-
-
-def drop_orphan_child_runs(tracker: Any, search: str, trial_ids: set[str]) -> int:
-    """Delete MLflow child runs of ``search`` whose trial is not in the Tune run (see above)."""
-    dropped = 0
-    for run in tracker.child_runs(search):
-        if run.data.tags.get("trial_id") not in trial_ids:
-            tracker.client.delete_run(run.info.run_id)
-            dropped += 1
-    return dropped
+def _description(exp: BaseExperiment, kind: StudyKind, best: dict | None = None) -> str:
+    """The parent run's description: kind, budget, and (when done) the best result."""
+    lines = [
+        f"aop {kind.name} study `{exp.name}`: searcher `{exp.search.searcher}`, "
+        f"budget {exp.search.budget} trials, objective {kind.metric} ({kind.mode})."
+    ]
+    if best is not None:
+        params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+        lines.append(
+            f"Best {kind.metric} {best['metrics'][kind.metric]:.4f} "
+            f"(search {best['search']}, trial {best['trial_id']}): {params}."
+        )
+    return "\n\n".join(lines)

@@ -21,8 +21,9 @@ from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from aop.config import parameter_ranges
+from aop.metrics import IPQ_SCORES
 
-METRICS = ("ipq", "sq", "rq", "iq")
+METRICS = IPQ_SCORES
 Scorer = Callable[..., dict[str, float]]
 
 

@@ -1,21 +1,26 @@
-"""MLflow tracking of a segmentation study: one parent run per study, one child run per trial.
+"""MLflow tracking of a study of any kind: one parent run per study, one child run per trial.
+
+This module imports no Ray: the Tune callback that feeds it lives in :mod:`aop.tuning.callbacks`.
 
 What the MLflow UI shows for a study:
 
-- the **parent run** (name: the study folder's name) with tags ``aop.version``, ``aop.git_commit``
-  (when aop runs from a git checkout), ``dataset.fingerprint`` and ``aop.study_dir``; params: the
-  experiment config flattened (``config.<key>``) and the search space flattened (``space.<key>``);
-  artifacts: ``experiment.yaml``, ``search_space.yaml``, ``best.yaml``, ``plots/*.png`` and the
-  best pipeline as an MLflow pyfunc model (``pipeline``, see :mod:`aop.pipeline_model`);
-  metrics: ``best_ipq``, ``best_sq``, ``best_rq``, ``best_iq`` and, per search, ``<search>/ipq``
-  with the trial's iteration as step;
+- the **experiment** (``aop-segmentation``, ``aop-classification``, ...) tagged
+  ``mlflow.experimentKind = custom_model_development``, so the UI opens on its runs table;
+- the **parent run** (name: the study folder's name) with a description (kind, budget, best
+  result), the source and git tags MLflow's fluent API sets (``mlflow.source.name``,
+  ``mlflow.source.type``, ``mlflow.source.git.commit``, ``mlflow.user``), ``aop.version``,
+  ``dataset.fingerprint`` and ``aop.study_dir``; the benchmark as a dataset input (the runs
+  table's Dataset column); params: the experiment config flattened (``config.<key>``) and the
+  search space flattened (``space.<key>``); artifacts: ``experiment.yaml``, ``search_space.yaml``,
+  ``best.yaml``, the kind's plots and models (a segmentation study: the best pipeline as an MLflow
+  pyfunc model, see :mod:`aop.pipeline_model`); metrics: ``best_<metric>`` and, per search,
+  ``<search>/<objective>`` with the trial's iteration as step;
 - one **child run** per finished trial (tag ``mlflow.parentRunId``, tags ``trial_id``, ``search``,
-  ``model``, ``node``, ``iteration``); params: the seven post-processing parameters and ``model``;
-  metrics: ``ipq sq rq iq`` (means over volumes), ``ipq/<volume>`` etc., ``duration_s``.
+  ``node``, ``iteration``, and ``model`` when the trial chose one); params: the trial's
+  configuration; metrics: the kind's metrics, per-volume values (``ipq/<volume>``), ``duration_s``.
 
-All logging happens in the driver process (SQLite stores lock under many concurrent writers): Ray
-Tune trials report their scores and :class:`TrialLoggingCallback` logs them. Child runs are keyed
-by (search, trial_id): a resumed study, a re-run callback or a second
+All logging happens in the driver process (SQLite stores lock under many concurrent writers). Child
+runs are keyed by (search, trial_id): a resumed study, a re-run callback or a second
 :meth:`StudyTracker.log_trial` of the same record adds no child run. The parent run id is kept in
 ``STUDY_DIR/mlflow_run_id`` so that a resumed study logs into the same parent.
 
@@ -26,7 +31,6 @@ pass ``tracking_uri`` (e.g. ``http://host:5000``) to log to an MLflow server ins
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -45,15 +49,25 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from ray.tune import Callback
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NOTE,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
 
-from aop.analysis.records import METRICS, validate_record
+from aop.analysis.records import validate_record
 from aop.errors import AopError
+from aop.io import dataset_fingerprint
 from aop.pipeline_model import SegmentationPipelineModel
 
 RUN_ID_FILE = "mlflow_run_id"
 DEFAULT_EXPERIMENT = "aop-segmentation"
+#: The experiment tag that makes MLflow's UI open an experiment on its runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 _BATCH = 100  # MLflow's limit on params/tags per log_batch call
 
@@ -62,11 +76,9 @@ __all__ = [
     "RUN_ID_FILE",
     "SegmentationPipelineModel",
     "StudyTracker",
-    "TrialLoggingCallback",
     "dataset_fingerprint",
     "default_tracking_uri",
     "flatten",
-    "record_from_result",
 ]
 
 
@@ -102,20 +114,6 @@ def _safe_key(key: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", key)[:250]
 
 
-def dataset_fingerprint(root: str | os.PathLike) -> str:
-    """SHA-256 (16 hex digits) of a data set's files: manifest and volumes, names and bytes."""
-    root = Path(root)
-    if not root.is_dir():
-        raise AopError(f"{root}: data-set folder not found")
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):  # noqa: B023
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def _git_commit() -> str | None:
     package_dir = Path(__file__).resolve().parent
     try:
@@ -131,71 +129,6 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _parameter_keys() -> tuple[str, ...]:
-    from aop.segmentation.params import PARAMETER_RANGES
-
-    return tuple(PARAMETER_RANGES)
-
-
-def record_from_result(
-    search: str,
-    trial_id: str,
-    config: Mapping[str, Any],
-    result: Mapping[str, Any],
-    iteration: int = -1,
-) -> dict[str, Any]:
-    """Build a trial record from a Ray Tune trial's config and last reported result.
-
-    Parameters
-    ----------
-    search : str
-        Name of the search.
-    trial_id : str
-        The Tune trial id.
-    config : mapping
-        The trial's config: ``model`` and the seven parameters, at the top level or under
-        ``params``.
-    result : mapping
-        The last result: ``ipq sq rq iq``, per-volume ``ipq/<volume>`` (etc.), optional ``model``,
-        ``node``, ``duration_s`` (else Tune's ``time_total_s``) and ``iteration``.
-    iteration : int
-        Position of the trial in its search, used when neither the result has an ``iteration``
-        nor the trial id ends in Tune's ``_<index>``.
-
-    Returns
-    -------
-    dict
-        A validated trial record (see :mod:`aop.analysis.records`).
-    """
-    keys = _parameter_keys()
-    source = config.get("params") if isinstance(config.get("params"), Mapping) else config
-    params = {key: source[key] for key in keys if key in source}
-    per_volume: dict[str, dict[str, float]] = {}
-    for name, value in result.items():
-        metric, _, volume = str(name).partition("/")
-        if metric in METRICS and volume:
-            per_volume.setdefault(volume, {})[metric] = value
-    duration = result.get("duration_s", result.get("time_total_s"))
-    record = {
-        "search": search,
-        "trial_id": str(trial_id),
-        "model": result.get("model") or config.get("model"),
-        "params": params,
-        **{metric: result.get(metric) for metric in METRICS},
-        "per_volume": per_volume,
-        "duration_s": duration,
-        "node": result.get("node") or result.get("hostname") or "",
-        "iteration": int(result.get("iteration", _trial_index(str(trial_id), iteration))),
-    }
-    return validate_record(record, f"trial {trial_id} of search {search!r}")
-
-
-def _trial_index(trial_id: str, default: int) -> int:
-    """Tune's trial ids are ``<run>_<index>``: the index is the trial's position in its search."""
-    tail = trial_id.rsplit("_", 1)[-1]
-    return int(tail) if "_" in trial_id and tail.isdigit() else default
-
-
 class StudyTracker:
     """Logs one study to MLflow: a parent run and one child run per trial.
 
@@ -206,7 +139,10 @@ class StudyTracker:
     tracking_uri : str, optional
         MLflow tracking URI; default :func:`default_tracking_uri`.
     experiment_name : str
-        MLflow experiment the parent run belongs to (created when missing).
+        MLflow experiment the parent run belongs to (created when missing, tagged so that the UI
+        opens on its runs table).
+    metric : str
+        The study's objective: the parent run's per-search metric ``<search>/<metric>``.
 
     Notes
     -----
@@ -219,10 +155,12 @@ class StudyTracker:
         study_dir: str | os.PathLike,
         tracking_uri: str | None = None,
         experiment_name: str = DEFAULT_EXPERIMENT,
+        metric: str = "ipq",
     ) -> None:
         self.study_dir = Path(study_dir).resolve()
         self.tracking_uri = tracking_uri or default_tracking_uri(self.study_dir)
         self.experiment_name = experiment_name
+        self.metric = metric
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
         self._client: MlflowClient | None = None
@@ -269,9 +207,17 @@ class StudyTracker:
             location = None
             if _is_local_store(self.tracking_uri):
                 location = (self.study_dir / "mlartifacts").as_uri()
-            return self.client.create_experiment(self.experiment_name, artifact_location=location)
+            return self.client.create_experiment(
+                self.experiment_name,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            self.client.set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
         return experiment.experiment_id
 
     def _log_batch(
@@ -305,6 +251,9 @@ class StudyTracker:
         config: Mapping[str, Any],
         search_space: Mapping[str, Any],
         dataset_fingerprint: str | None = None,
+        *,
+        dataset: str | os.PathLike | None = None,
+        description: str | None = None,
     ) -> str:
         """Create the study's parent run, or reopen the one named in ``STUDY_DIR/mlflow_run_id``.
 
@@ -315,7 +264,13 @@ class StudyTracker:
         search_space : mapping
             The search space; logged as ``space.*`` params and as ``search_space.yaml``.
         dataset_fingerprint : str, optional
-            Identifies the benchmark data set (see :func:`dataset_fingerprint`).
+            Identifies the benchmark data set (see :func:`aop.io.dataset_fingerprint`); computed
+            from ``dataset`` when that is given.
+        dataset : path-like, optional
+            The data-set folder the study runs on: logged as the run's dataset input (name,
+            fingerprint as digest, folder as source), so the runs table's Dataset column names it.
+        description : str, optional
+            The run's description (``mlflow.note.content``).
 
         Returns
         -------
@@ -356,12 +311,17 @@ class StudyTracker:
                 self.client.update_run(run.info.run_id, status="RUNNING")
         self.parent_run_id = run.info.run_id
 
-        tags = {"aop.version": __version__}
+        if dataset is not None and dataset_fingerprint is None:
+            dataset_fingerprint = dataset_fingerprint_of(dataset)
+        tags = {"aop.version": __version__, **_source_tags()}
         commit = _git_commit()
         if commit:
             tags["aop.git_commit"] = commit
+            tags[MLFLOW_GIT_COMMIT] = commit
         if dataset_fingerprint:
             tags["dataset.fingerprint"] = dataset_fingerprint
+        if description:
+            tags[MLFLOW_RUN_NOTE] = description
         params = {**flatten(dict(config), "config"), **flatten(dict(search_space), "space")}
         existing = run.data.params
         params = {k: v for k, v in params.items() if k not in existing}
@@ -374,49 +334,82 @@ class StudyTracker:
             space_file = Path(tmp) / "search_space.yaml"
             space_file.write_text(yaml.safe_dump(_plain(search_space), sort_keys=False))
             self.client.log_artifact(self.parent_run_id, str(space_file))
+        if dataset is not None and dataset_fingerprint and not run.inputs.dataset_inputs:
+            self._log_dataset(Path(dataset), dataset_fingerprint)
         return self.parent_run_id
+
+    def _log_dataset(self, root: Path, digest: str) -> None:
+        """The data set as the parent run's MLflow dataset input (role ``benchmark``)."""
+        from mlflow.entities import Dataset as DatasetEntity
+        from mlflow.entities import DatasetInput, InputTag
+
+        info = root / "dataset.yaml"
+        name = root.name
+        if info.is_file():
+            data = yaml.safe_load(info.read_text(encoding="utf-8")) or {}
+            name = str(data.get("name") or name) if isinstance(data, dict) else name
+        volumes = sorted(p.name for p in (root / "images").glob("*")) if root.is_dir() else []
+        entity = DatasetEntity(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": root.resolve().as_uri()}),
+            profile=json.dumps({"volumes": len(volumes)}),
+        )
+        self.client.log_inputs(
+            self._require_parent(),
+            datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", "benchmark")])],
+        )
 
     def finish(
         self,
         best: Mapping[str, Any],
         artifacts: Iterable[str | os.PathLike] = (),
-        log_pipeline: bool = True,
+        log_pipeline: bool = False,
         spacing: tuple[float, float, float] | None = None,
         model_spec: Any = None,
+        *,
+        metrics: Iterable[str] | None = None,
+        description: str | None = None,
     ) -> None:
         """Log the best configuration and the study's artifacts, and mark the parent run finished.
 
         Parameters
         ----------
         best : mapping
-            The best trial record: metrics ``best_ipq`` etc. (step = number of child runs, so a
-            resumed study adds a point), tags ``best.search``, ``best.trial_id``, ``best.model``,
+            The best trial record: metrics ``best_<metric>`` (step = number of child runs, so a
+            resumed study adds a point), tags ``best.search``, ``best.trial_id``,
             ``best.<parameter>``.
         artifacts : iterable of path
             Files to log (``best.yaml``, plots...). A file inside the study folder keeps its
             relative folder (``plots/x.png`` -> artifact ``plots/x.png``); others land at the root.
         log_pipeline : bool
-            Also log the best pipeline as the pyfunc model ``pipeline``
-            (:meth:`log_pipeline_model`). A failure there is a warning and the tag
-            ``pipeline.error``, never a lost study.
+            Also log the best segmentation pipeline as the pyfunc model ``pipeline``
+            (:meth:`log_pipeline_model`, through :meth:`log_model_safely`).
         spacing : tuple of 3 floats, optional
             Default voxel size of the pipeline model.
         model_spec : ModelSpec or mapping, optional
             Registry name and settings of the best model (the record's ``model`` is the study's
             model id); default: the record's ``model`` as registry name, no settings.
+        metrics : iterable of str, optional
+            The metrics logged as ``best_<metric>`` (default: all of the record's).
+        description : str, optional
+            The run's final description (kind, budget, best result).
         """
         run_id = self._require_parent()
         best = validate_record(best, "best configuration")
         step = len(self._logged_keys())
         timestamp = _now_ms()
-        metrics = [Metric(f"best_{m}", best[m], timestamp, step) for m in METRICS]
+        names = list(metrics) if metrics is not None else list(best["metrics"])
+        logged = [Metric(f"best_{m}", best["metrics"][m], timestamp, step) for m in names]
         tags = {
             "best.search": best["search"],
             "best.trial_id": best["trial_id"],
-            "best.model": best["model"],
             **{f"best.{k}": _param_text(k, v) for k, v in best["params"].items()},
         }
-        self._log_batch(run_id, metrics=metrics, tags=tags)
+        if description:
+            tags[MLFLOW_RUN_NOTE] = description
+        self._log_batch(run_id, metrics=logged, tags=tags)
         for path in artifacts:
             path = Path(path).resolve()
             if not path.is_file():
@@ -427,13 +420,24 @@ class StudyTracker:
                 folder = None if str(relative) == "." else relative.as_posix()
             self.client.log_artifact(run_id, str(path), folder)
         if log_pipeline:
-            try:
-                self.log_pipeline_model(best, spacing=spacing, model_spec=model_spec)
-            except Exception as exc:  # noqa: BLE001  (a finished study must not be lost)
-                message = f"{type(exc).__name__}: {exc}"[:_MAX_PARAM_LENGTH]
-                warnings.warn(f"pipeline model not logged: {message}", stacklevel=2)
-                self.client.set_tag(run_id, "pipeline.error", message)
+            self.log_model_safely(
+                lambda: self.log_pipeline_model(best, spacing=spacing, model_spec=model_spec)
+            )
         self._terminate(run_id)
+
+    def log_model_safely(self, log: Any, tag: str = "pipeline") -> Any:
+        """Call ``log()`` (a model logger); a failure is a warning and the tag ``<tag>.error``.
+
+        A finished study must not be lost because its model could not be packed.
+        """
+        run_id = self._require_parent()
+        try:
+            return log()
+        except Exception as exc:  # noqa: BLE001  (a finished study must not be lost)
+            message = f"{type(exc).__name__}: {exc}"[:_MAX_PARAM_LENGTH]
+            warnings.warn(f"{tag} model not logged: {message}", stacklevel=2)
+            self.client.set_tag(run_id, f"{tag}.error", message)
+            return None
 
     def log_pipeline_model(
         self,
@@ -547,10 +551,11 @@ class StudyTracker:
             MLFLOW_PARENT_RUN_ID: parent,
             "search": record["search"],
             "trial_id": record["trial_id"],
-            "model": record["model"],
             "node": record["node"],
             "iteration": str(record["iteration"]),
         }
+        if "model" in record["params"]:
+            tags["model"] = str(record["params"]["model"])
         run = self.client.create_run(
             self.experiment_id,
             start_time=start,
@@ -558,8 +563,7 @@ class StudyTracker:
             run_name=f"{record['search']}-{record['trial_id']}",
         )
         params = {k: _param_text(k, v) for k, v in record["params"].items()}
-        params["model"] = record["model"]
-        metrics = [Metric(m, record[m], end, 0) for m in METRICS]
+        metrics = [Metric(m, v, end, 0) for m, v in record["metrics"].items()]
         for volume, scores in record["per_volume"].items():
             metrics += [Metric(_safe_key(f"{m}/{volume}"), v, end, 0) for m, v in scores.items()]
         if math.isfinite(duration):
@@ -567,16 +571,12 @@ class StudyTracker:
         self._log_batch(run.info.run_id, params=params, metrics=metrics)
         self._terminate(run.info.run_id, end_time=end)
         step = max(record["iteration"], 0)
-        self.client.log_batch(
-            parent, metrics=[Metric(_safe_key(f"{record['search']}/ipq"), record["ipq"], end, step)]
-        )
+        if self.metric in record["metrics"]:
+            value = record["metrics"][self.metric]
+            name = _safe_key(f"{record['search']}/{self.metric}")
+            self.client.log_batch(parent, metrics=[Metric(name, value, end, step)])
         logged.add(key)
         return run.info.run_id
-
-    def callback(self, search: str) -> TrialLoggingCallback:
-        """A Ray Tune callback that logs every completed trial of ``search`` as a child run."""
-        self._require_parent()
-        return TrialLoggingCallback(self, search)
 
     def prune_trials(self, search: str, keep: Iterable[str]) -> int:
         """Delete the child runs of ``search`` whose trial id is not in ``keep``.
@@ -609,37 +609,6 @@ class StudyTracker:
         return list(self.client.search_runs([self.experiment_id], query, max_results=50000))
 
 
-class TrialLoggingCallback(Callback):
-    """Ray Tune callback: each completed trial becomes one MLflow child run of the study.
-
-    Runs in the Tune driver. The trial record is built by :func:`record_from_result` from the
-    trial's config and last result; :meth:`StudyTracker.log_trial` skips trials already logged, so
-    restoring an experiment never duplicates child runs.
-
-    Parameters
-    ----------
-    tracker : StudyTracker
-        A tracker whose parent run exists (after :meth:`StudyTracker.start`).
-    search : str
-        Name of the search ("random", "gp", ...).
-    """
-
-    def __init__(self, tracker: StudyTracker, search: str) -> None:
-        self.tracker = tracker
-        self.search = search
-        self._completed = 0
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        if "ipq" not in result:
-            return  # a trial that never reported a score
-        record = record_from_result(
-            self.search, trial.trial_id, trial.config, result, iteration=self._completed
-        )
-        self._completed += 1
-        self.tracker.log_trial(record)
-
-
 # -- helpers --------------------------------------------------------------------------------------
 
 
@@ -647,14 +616,34 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _param_text(key: str, value: float) -> str:
+def _param_text(key: str, value: Any) -> str:
     """A parameter as its search space types it: ``-1`` for a radius, ``0.0`` for a weight."""
     from aop.segmentation.params import PARAMETER_RANGES
 
-    kind = PARAMETER_RANGES.get(key, (float,))[0]
+    if isinstance(value, str | bool):
+        return str(value)
+    kind = PARAMETER_RANGES.get(key, (type(value),))[0]
     if kind is int and float(value).is_integer():
         return str(int(value))
-    return repr(float(value))
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _source_tags() -> dict[str, str]:
+    """The source tags MLflow's fluent API sets on a run: entry point, source type, user."""
+    import getpass
+    import sys
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001  (no user name in some containers)
+        user = "unknown"
+    entry = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "aop"
+    return {MLFLOW_SOURCE_NAME: entry or "aop", MLFLOW_SOURCE_TYPE: "LOCAL", MLFLOW_USER: user}
+
+
+def dataset_fingerprint_of(root: str | os.PathLike) -> str:
+    """:func:`aop.io.dataset_fingerprint` (named apart from ``start``'s argument)."""
+    return dataset_fingerprint(root)
 
 
 def _plain(value: Any) -> Any:

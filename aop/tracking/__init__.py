@@ -1,0 +1,23 @@
+"""MLflow tracking of studies (imports no Ray): see :mod:`aop.tracking.client`."""
+
+from aop.tracking.client import (
+    DEFAULT_EXPERIMENT,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    RUN_ID_FILE,
+    SegmentationPipelineModel,
+    StudyTracker,
+    default_tracking_uri,
+    flatten,
+)
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
+    "RUN_ID_FILE",
+    "SegmentationPipelineModel",
+    "StudyTracker",
+    "default_tracking_uri",
+    "flatten",
+]

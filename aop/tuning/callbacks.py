@@ -1,0 +1,165 @@
+"""Driver-side Ray Tune callbacks: one trial record per finished trial, to disk and to MLflow.
+
+:func:`trial_record` is the only place a trial record is built (:mod:`aop.analysis.records` has
+the format). :class:`StudyCallback` appends it to ``results/SEARCH.jsonl`` and hands it to the
+MLflow tracker (a child run), both from the Tune driver, so the SQLite store sees one writer.
+After a search, :func:`prune_orphans` drops the records and child runs of trials that the
+restored Tune run does not know (see there).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from aop.analysis.records import append_record, read_records, validate_record
+
+RecordSink = Callable[[dict[str, Any]], Any]
+
+
+def _is_param(value: Any) -> bool:
+    return isinstance(value, str | bool | int | float) and value is not None
+
+
+def trial_record(
+    search: str,
+    trial_id: str,
+    config: Mapping[str, Any],
+    result: Mapping[str, Any],
+    metrics: Sequence[str],
+    iteration: int = -1,
+    extras: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The trial record of one finished trial.
+
+    Parameters
+    ----------
+    search : str
+        Name of the search.
+    trial_id : str
+        The Tune trial id.
+    config : mapping
+        The trial's configuration (searched parameters and constants; nested values are left
+        out).
+    result : mapping
+        The trial's last reported result: the ``metrics``, optional per-volume values
+        ``<metric>/<volume>``, ``duration_s`` (else Tune's ``time_total_s``) and ``node``.
+    metrics : sequence of str
+        The study kind's recorded metrics.
+    iteration : int
+        Position of the trial in its search.
+    extras : sequence of str
+        Further result keys the kind keeps in its records as they are (e.g. ``volume_nodes``).
+
+    Returns
+    -------
+    dict
+        A validated record (see :mod:`aop.analysis.records`).
+    """
+    wanted = set(metrics)
+    per_volume: dict[str, dict[str, float]] = {}
+    for key, value in result.items():
+        metric, _, volume = str(key).partition("/")
+        if volume and metric in wanted:
+            per_volume.setdefault(volume, {})[metric] = float(value)
+    record = {
+        "search": search,
+        "trial_id": str(trial_id),
+        "params": {k: v for k, v in config.items() if _is_param(v)},
+        "metrics": {m: result[m] for m in metrics if m in result},
+        "per_volume": per_volume,
+        "duration_s": result.get("duration_s", result.get("time_total_s")),
+        "node": str(result.get("node") or result.get("hostname") or ""),
+        "iteration": int(iteration),
+        **{key: result[key] for key in extras if key in result},
+    }
+    return validate_record(record, f"trial {trial_id} of search {search!r}")
+
+
+class StudyCallback(Callback):
+    """Record every finished trial of one search: a line in ``results/NAME.jsonl``, then ``sink``.
+
+    A trial already in the file (a trial re-run after a resume) is not recorded twice. A trial
+    whose last result lacks the objective (it never reported) is skipped.
+
+    Parameters
+    ----------
+    path : path-like
+        The search's ``.jsonl`` file.
+    search : str
+        Search name.
+    metric : str
+        The objective; a result without it is not a finished trial.
+    metrics : sequence of str
+        The metrics recorded.
+    sink : callable, optional
+        Called with each new record (e.g. :meth:`aop.tracking.StudyTracker.log_trial`).
+    extras : sequence of str
+        Result keys kept in the records as they are (see :func:`trial_record`).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        search: str,
+        metric: str,
+        metrics: Sequence[str],
+        sink: RecordSink | None = None,
+        extras: Sequence[str] = (),
+    ) -> None:
+        self.path = Path(path)
+        self.search = search
+        self.metric = metric
+        self.metrics = tuple(metrics)
+        self.extras = tuple(extras)
+        self.sink = sink
+        self._seen: set[str] = set()
+
+    def setup(self, **info: Any) -> None:
+        self._seen = {r["trial_id"] for r in self.records()}
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_records(self.path) if self.path.is_file() else []
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # type: ignore[override]
+        result = trial.last_result or {}
+        if trial.trial_id in self._seen or self.metric not in result:
+            return
+        position = next((i for i, t in enumerate(trials) if t.trial_id == trial.trial_id), -1)
+        record = trial_record(
+            self.search, trial.trial_id, trial.config, result, self.metrics, position, self.extras
+        )
+        append_record(self.path, record)
+        self._seen.add(trial.trial_id)
+        if self.sink is not None:
+            self.sink(record)
+
+
+def prune_orphans(path: Path, trial_ids: set[str], tracker: Any = None, search: str = "") -> int:
+    """Keep only the records (and MLflow child runs) of trials that Ray Tune's state knows.
+
+    A trial that finished just before the driver was killed, but after Tune last saved its
+    experiment state, is unknown to the restored run: the restored searcher suggests the same
+    configuration again under a new trial id. Its orphaned record is dropped (the file is
+    rewritten atomically) and so is its child run, so every search has exactly its budget.
+
+    Returns
+    -------
+    int
+        Records dropped.
+    """
+    records = read_records(path) if path.is_file() else []
+    kept = [r for r in records if r["trial_id"] in trial_ids]
+    if len(kept) != len(records):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        for record in kept:
+            append_record(tmp, record)
+        os.replace(tmp, path)
+    if tracker is not None:
+        tracker.prune_trials(search, {r["trial_id"] for r in kept})
+    return len(records) - len(kept)
