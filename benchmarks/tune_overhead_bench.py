@@ -23,6 +23,7 @@ from ray import tune  # noqa: E402
 
 from aop.config import full_search_space  # noqa: E402
 from aop.tuning.searchers import make_searcher  # noqa: E402
+from aop.tuning.segmentation import tune_space  # noqa: E402
 from aop.tuning.study import run_search  # noqa: E402
 
 
@@ -32,8 +33,9 @@ def trivial_trial(config: dict) -> None:
 
 
 def trials_per_second(n_trials: int, concurrency: int, searcher: str) -> float:
-    space = full_search_space()
-    space.models = ["a", "b"]
+    table = full_search_space()
+    table.models = ["a", "b"]
+    space = tune_space(table)
     with tempfile.TemporaryDirectory() as study:
         start = time.perf_counter()
         records = run_search(
@@ -42,7 +44,7 @@ def trials_per_second(n_trials: int, concurrency: int, searcher: str) -> float:
             study_dir=study,
             param_space={},
             num_samples=n_trials,
-            searcher=make_searcher(searcher, space, concurrency=concurrency, start_at_zeros=False),
+            searcher=make_searcher(searcher, space, metric="ipq", concurrency=concurrency),
             concurrency=concurrency,
             verbose=0,
         )

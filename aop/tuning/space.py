@@ -161,7 +161,7 @@ def describe_domain(domain: Domain) -> dict[str, Any]:
     """``{"choice": [...]}``, ``{"int": [low, high], "log": bool}`` or ``{"float": ...}``."""
     if isinstance(domain, Categorical):
         return {"choice": list(domain.categories)}
-    log = type(domain.get_sampler()).__name__ == "LogUniform"
+    log = "LogUniform" in type(domain.get_sampler()).__name__
     if isinstance(domain, Integer):
         return {"int": [int(domain.lower), int(domain.upper) - 1], "log": log}
     if isinstance(domain, Float):

@@ -1,0 +1,185 @@
+"""The study engine with a second study kind (tests/toy_kind.py): every searcher, report, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from typer.testing import CliRunner
+
+import toy_kind
+from aop.analysis.report import load_report
+from aop.cli import app
+from aop.config import load_experiment
+from aop.errors import AopError
+from aop.tracking import StudyTracker
+from aop.tuning.kinds import available_kinds, get_kind
+from aop.tuning.space import parse_space
+from aop.tuning.study import run_study
+
+TESTS = Path(__file__).resolve().parent
+AOP = [sys.executable, "-c", "import toy_kind; from aop.cli import main; main()"]
+SEARCHERS = ["random", "tpe", "gp", "smac"]
+
+
+def _experiment(tmp_path: Path, searcher: str, budget: int, **extra) -> Path:
+    space = tmp_path / "toy_space.yaml"
+    space.write_text(yaml.safe_dump(toy_kind.SPACE, sort_keys=False))
+    raw = {
+        "name": f"toy-{searcher}",
+        "kind": "toy",
+        "search": {"searcher": searcher, "budget": budget, "seed": 1, "concurrency": 2},
+        "search_space": str(space),
+        "storage": {"study_dir": str(tmp_path / "study")},
+        "comparison": {"random": False},
+        "ray": {"num_cpus": 2},
+        **extra,
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    lines = path.read_text().split("\n")
+    return [json.loads(line) for line in lines[:-1] if line.strip()]  # complete lines only
+
+
+def test_the_toy_kind_is_registered_and_its_names_are_checked_on_load(tmp_path):
+    assert {"segmentation", "toy"} <= set(available_kinds())
+    kind = get_kind("toy")
+    assert (kind.metric, kind.mode, kind.mlflow_experiment) == ("score", "max", "aop-toy")
+    exp = load_experiment(_experiment(tmp_path, "gp", 4))
+    space = kind.search_space(exp)
+    assert space.searched == ["encoder", "head", "lr", "layers"] and space.fixed == {"width": 64}
+    assert space.start("default") == [{"encoder": "a", "head": "mlp", "lr": 1e-3, "layers": 1}]
+
+    bad_space = {**toy_kind.SPACE, "parameters": {**toy_kind.SPACE["parameters"], "depht": 3}}
+    (tmp_path / "toy_space.yaml").write_text(yaml.safe_dump(bad_space, sort_keys=False))
+    with pytest.raises(AopError, match=r"toy_space.yaml: parameters.depht: unknown parameter"):
+        load_experiment(tmp_path / "toy.yaml")
+    raw = yaml.safe_load((tmp_path / "toy.yaml").read_text())
+    for field, value, message in [
+        ("kind", "toyy", r"bad.yaml: kind: unknown study kind 'toyy' \(known: .*toy"),
+        ("search", {"searcher": "smak"}, r"bad.yaml: search.searcher: unknown searcher 'smak'"),
+        ("toy", {"delay": -1}, r"bad.yaml: toy.delay: Input should be greater than or equal"),
+        ("models", [], r"bad.yaml: models: unknown field"),
+    ]:
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**raw, field: value}))
+        with pytest.raises(AopError, match=message):
+            load_experiment(tmp_path / "bad.yaml")
+
+
+def test_a_misspelled_searcher_stops_the_command_before_any_work(tmp_path):
+    path = _experiment(tmp_path, "gpp", 4)
+    result = CliRunner().invoke(app, ["search", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "search.searcher: unknown searcher 'gpp'" in lines[0]
+    assert not (tmp_path / "study").exists()  # nothing written
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("searcher", SEARCHERS)
+def test_every_searcher_runs_the_toy_study_through_the_engine(local_ray, tmp_path, searcher):
+    exp = load_experiment(_experiment(tmp_path, searcher, 8))
+    result = run_study(exp, verbose=0)
+    records = result.records[searcher]
+    assert list(result.records) == [searcher] and len(records) == 8
+    assert len({r["trial_id"] for r in records}) == 8
+    space = parse_space(toy_kind.SPACE)
+    for record in records:
+        params = record["params"]
+        assert space.contains(params) and params["width"] == 64
+        assert isinstance(params["layers"], int) and 1e-4 <= params["lr"] <= 1e-1
+        assert record["metrics"]["score"] == pytest.approx(toy_kind.toy_score(params))
+        assert record["metrics"]["loss"] == pytest.approx(1 - record["metrics"]["score"])
+    configs = {tuple(sorted(r["params"].items())) for r in records}
+    assert len(configs) == 8, "a duplicate suggestion"
+    first = min(records, key=lambda r: r["iteration"])
+    if searcher != "random":
+        assert first["iteration"] == 0 and first["params"] == {**space.start("default")[0],
+                                                                "width": 64}
+    best = yaml.safe_load((exp.study_dir / "best.yaml").read_text())
+    top = max(records, key=lambda r: r["metrics"]["score"])
+    assert best["kind"] == "toy" and best["search"] == searcher
+    assert best["trial_id"] == top["trial_id"] and best["scores"]["score"] == pytest.approx(
+        top["metrics"]["score"])
+    meta = yaml.safe_load((exp.study_dir / "study.yaml").read_text())
+    assert meta["metric"] == "score" and meta["metrics"] == ["score", "loss"]
+
+    tracker = StudyTracker(exp.study_dir, experiment_name="aop-toy")
+    runs = tracker.child_runs(searcher)
+    assert len(runs) == 8
+    assert {r.data.params["encoder"] for r in runs} <= {"a", "b", "c"}
+    parent = tracker.client.get_run(tracker.parent_run_id)
+    assert parent.data.metrics["best_score"] == pytest.approx(top["metrics"]["score"])
+    assert "searcher" in parent.data.tags["mlflow.note.content"]
+    experiment = tracker.client.get_experiment(parent.info.experiment_id)
+    assert experiment.name == "aop-toy"
+
+    report = load_report(exp.study_dir)  # the report reads study.yaml: no segmentation columns
+    assert report.meta.metrics == ["score", "loss"] and report.comparison.reference == searcher
+    assert report.best["scores"]["score"] == pytest.approx(top["metrics"]["score"])
+    assert "model" not in report.best
+
+
+@pytest.mark.slow
+def test_a_killed_toy_study_resumes_to_its_exact_budget(tmp_path):
+    budget = 12
+    experiment = _experiment(tmp_path, "smac", budget, toy={"delay": 0.6})
+    study = tmp_path / "study"
+    results = study / "results" / "smac.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get(
+        "PYTHONPATH", "")])}
+    driver = subprocess.Popen(
+        [*AOP, "search", str(experiment), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while len(_records(results)) < 4 and driver.poll() is None:
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.1)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    before = _records(results)
+    assert 4 <= len(before) < budget, "the study was not interrupted"
+
+    done = subprocess.run(
+        [*AOP, "resume", str(study), "--quiet"], capture_output=True, text=True, timeout=400,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = _records(results)
+    ids = [r["trial_id"] for r in after]
+    assert len(after) == budget and len(set(ids)) == budget
+    kept = [r["trial_id"] for r in before if r["trial_id"] in ids]
+    assert ids[: len(kept)] == kept and len(kept) >= len(before) - 2  # two workers
+    starts = [r for r in after if r["params"]["lr"] == 1e-3 and r["params"]["encoder"] == "a"
+              and r["params"]["head"] == "mlp" and r["params"]["layers"] == 1]
+    assert len(starts) == 1  # the start point once: the search continued, it did not restart
+    configs = {tuple(sorted(r["params"].items())) for r in after}
+    assert len(configs) == budget
+    runs = StudyTracker(study, experiment_name="aop-toy").child_runs("smac")
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(ids)  # no duplicate runs
+    best = yaml.safe_load((study / "best.yaml").read_text())
+    assert math.isclose(best["scores"]["score"], max(r["metrics"]["score"] for r in after))

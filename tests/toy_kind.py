@@ -1,0 +1,85 @@
+"""A toy second study kind for the engine's tests: categorical, log-scale and integer parameters.
+
+Importing this module registers the kind ``toy``. Its trial needs no data: the score is a fixed
+function of the configuration, with interactions between the parameters and its optimum at
+``encoder=b, head=attention, lr=1e-2, layers=3``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+from pydantic import Field
+from ray import cloudpickle, tune
+
+from aop.config import BaseExperiment, _Strict
+from aop.tuning.kinds import Prepared, StudyKind, load_space_file, register_kind
+
+PARAMETERS = {
+    "encoder": "which encoder",
+    "head": "which head",
+    "lr": "learning rate (log scale)",
+    "layers": "number of layers",
+    "width": "layer width (fixed in the tests' space)",
+}
+ENCODER = {"a": 0.2, "b": 0.5, "c": 0.35}
+
+
+def toy_score(config: dict) -> float:
+    """The toy objective in [0, 1]: maximal at encoder b, attention head, lr 1e-2, 3 layers."""
+    lr_term = math.exp(-((math.log10(config["lr"]) + 2.0) ** 2))  # 1 at lr = 1e-2
+    head = 0.2 if config["head"] == "attention" else 0.1 * (config["encoder"] == "a")
+    layers = 0.1 * (config["layers"] / 3) if config["head"] == "attention" else 0.03
+    return ENCODER[config["encoder"]] * 0.6 + 0.2 * lr_term + head + layers
+
+
+def toy_trial(config: dict, delay: float = 0.0) -> None:
+    """Ray Tune function trainable of the toy kind."""
+    time.sleep(delay)
+    score = toy_score(config)
+    tune.report({"score": score, "loss": 1.0 - score, "node": "toy"})
+
+
+class ToySettings(_Strict):
+    delay: float = Field(default=0.0, ge=0)
+
+
+class ToyExperiment(BaseExperiment):
+    toy: ToySettings = Field(default_factory=ToySettings)
+
+
+@register_kind
+class ToyKind(StudyKind):
+    """The toy study kind: no data, no baseline, objective ``score``."""
+
+    name = "toy"
+    metric = "score"
+    mode = "max"
+    metrics = ("score", "loss")
+    parameter_columns = ("encoder", "head", "lr", "layers")
+    experiment_model = ToyExperiment
+    start_point = "default"
+
+    def search_space(self, exp):
+        return load_space_file(Path(exp.search_space), allowed=PARAMETERS)
+
+    def prepare(self, exp):
+        trainable = tune.with_parameters(toy_trial, delay=exp.toy.delay)
+        return Prepared(trainable=tune.with_resources(trainable, {"cpu": 1}))
+
+
+SPACE = {
+    "parameters": {
+        "encoder": {"choice": ["a", "b", "c"]},
+        "head": {"choice": ["mlp", "attention"]},
+        "lr": {"float": [1.0e-4, 1.0e-1], "log": True},
+        "layers": {"int": [1, 3]},
+        "width": 64,
+    },
+    "start": {"default": {"encoder": "a", "head": "mlp", "lr": 1.0e-3, "layers": 1}},
+}
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
