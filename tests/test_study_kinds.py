@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import ray
+import toy_kind
 import yaml
 from typer.testing import CliRunner
 
-import toy_kind
 from aop.analysis.report import load_report
 from aop.cli import app
 from aop.config import load_experiment
