@@ -157,8 +157,11 @@ def test_label_check_can_be_skipped_and_bad_columns_are_named(dataset):
 
 def test_replace_keeps_other_sources(dataset):
     append_annotations(dataset, [_row(), _row("a", 3, "schwann", source="truth")])
-    assert replace_annotations(dataset, [_row("a", 3), _row("b", 7)], "spread") == 2
-    assert replace_annotations(dataset, [_row("b", 7, "schwann")], "spread") == 1
+    spread = [_row("a", 3, source="spread"), {"volume": "b", "label": 7, "class": "myotube"}]
+    assert replace_annotations(dataset, spread, "spread") == 2
+    assert replace_annotations(dataset, [_row("b", 7, "schwann", source="spread")], "spread") == 1
+    with pytest.raises(AopError, match="new row 1: source 'manual' is not 'spread'"):
+        replace_annotations(dataset, [_row("b", 7)], "spread")
     frame = read_annotations(dataset)
     assert frame["source"].tolist() == ["manual", "truth", "spread"]
     assert frame.loc[2, "class"] == "schwann"
