@@ -103,7 +103,7 @@ def instance_crops(
     >>> crops, ids = instance_crops(labels, image, size=(4, 8, 8), method="distance", sigma=1.0)
     >>> crops.shape, ids.tolist()
     ((1, 1, 4, 8, 8), [1])
-    >>> [round(float(v), 3) for v in crops[0, 0, 2, 4, :3]]  # 2, 1 and 0 µm from the instance: 5 exp(-d)
+    >>> [round(float(v), 3) for v in crops[0, 0, 2, 4, :3]]  # 2, 1, 0 µm away: 5 exp(-d)
     [0.677, 1.839, 5.0]
     """
     size = _check_size(size)
