@@ -9,7 +9,7 @@ Columns of :func:`instance_features` (lengths in the units of ``spacing``, µm b
 
 ========================  =====================================================================
 ``label``                 the instance id
-``volume``                voxel count times the voxel volume (µm³)
+``instance_volume``       voxel count times the voxel volume (µm³)
 ``surface_area``          area of the marching-cubes mesh (level 0.5) of the binary mask (µm²)
 ``equivalent_diameter``   diameter of the ball of the same volume (µm)
 ``axis_major``,           full lengths of the principal axes of the ellipsoid with the same
@@ -162,7 +162,7 @@ def instance_features(
     >>> labels = np.zeros((10, 20, 20), np.uint8)
     >>> labels[2:8, 4:10, 4:10] = 1; labels[2:8, 12:18, 4:16] = 2
     >>> table = instance_features(labels, spacing=(2.0, 1.0, 1.0))
-    >>> table[["label", "volume", "elongation"]].round(2).values.tolist()
+    >>> table[["label", "instance_volume", "elongation"]].round(2).values.tolist()
     [[1.0, 432.0, 2.0], [2.0, 864.0, 2.02]]
     """
     labels, image = check_labels_image(labels, image)
@@ -194,7 +194,7 @@ def instance_features(
         sphericity = np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area
     table: dict[str, np.ndarray] = {
         "label": ids,
-        "volume": volume,
+        "instance_volume": volume,
         "surface_area": area,
         "equivalent_diameter": raw["equivalent_diameter_area"],
         "axis_major": axes[0],
