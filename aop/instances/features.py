@@ -24,7 +24,8 @@ Columns of :func:`instance_features` (lengths in the units of ``spacing``, µm b
 ``ch{c}_p10/p50/p90``     10th, 50th and 90th percentiles of channel ``c`` inside the instance
 ========================  =====================================================================
 
-The channel columns appear only when an image is given.
+The channel columns appear only when an image is given. Marching cubes on a binary mask follows
+the voxel steps: a ball's area comes out about 8 % too large (its sphericity about 0.92).
 """
 
 from __future__ import annotations
