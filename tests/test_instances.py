@@ -250,12 +250,12 @@ def test_synthetic_classes_keep_the_geometry_and_write_the_truth(classes_data):
     shares = truth["class"].value_counts(normalize=True)
     assert set(shares.index) == {"myotube", "schwann", "debris", "other"}
     assert shares.min() > 0.03
-    params = preset_params("core_shell", spacing=(2.0, 1.0, 1.0))  # about 10 cells
+    params = preset_params("core_shell", spacing=(2.0, 1.0, 1.0))  # about 20 cells
     image, labels, classes = simulate_classes(
-        (48, 96, 96), CLASS_PRESETS["core_shell"], seed=2, params=params
+        (64, 128, 128), CLASS_PRESETS["core_shell"], seed=2, params=params
     )
-    _, plain_labels = simulate((48, 96, 96), seed=2, params=params)
-    assert np.array_equal(labels, plain_labels) and image.shape == (3, 48, 96, 96)
+    _, plain_labels = simulate((64, 128, 128), seed=2, params=params)
+    assert np.array_equal(labels, plain_labels) and image.shape == (3, 64, 128, 128)
     assert len(classes) == labels.max()
     # core cells carry marker a more than outer-shell cells, which lie outside the core
     names = np.array([c.name for c in CLASS_PRESETS["core_shell"].classes])[classes]
