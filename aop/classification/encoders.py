@@ -31,8 +31,8 @@ Weights
 ``pretrained=True`` loads ImageNet weights through timm's own mechanism (its Hugging Face hub cache,
 ``HF_HOME``; a connected cluster fills it on first use), or from a local file given as ``weights``
 (passed to timm as ``pretrained_cfg_overlay=dict(file=weights)``). ``cellpose_sam`` loads a
-CellposeSAM model file: ``weights`` is a file path or a Cellpose model name (``cpsam``, ``cpsam_v2``)
-looked up in ``$CELLPOSE_LOCAL_MODELS_PATH`` (default ``~/.cellpose/models``).
+CellposeSAM model file: ``weights`` is a file path or a Cellpose model name (``cpsam``,
+``cpsam_v2``) looked up in ``$CELLPOSE_LOCAL_MODELS_PATH`` (default ``~/.cellpose/models``).
 :func:`check_pretrained_weights` is the check a study runs at load time: it returns where the
 weights are, or raises one :class:`~aop.errors.AopError` line saying which file to put where.
 
@@ -104,8 +104,8 @@ def register_encoder(
     """Register a 2D encoder builder under ``name`` (decorator).
 
     The builder is called as ``builder(in_chans, crop_size, pretrained, weights)`` and returns an
-    ``nn.Module`` mapping ``(B, in_chans, Y, X)`` to features (channels-first maps, NHWC maps, tokens
-    or vectors: :class:`SliceEncoder` normalises them) with an attribute ``num_features``.
+    ``nn.Module`` mapping ``(B, in_chans, Y, X)`` to features (channels-first maps, NHWC maps,
+    tokens or vectors: :class:`SliceEncoder` normalises them) with an attribute ``num_features``.
 
     Examples
     --------
@@ -251,7 +251,9 @@ def _cellpose_sam(
             "encoder 'cellpose_sam': needs the cellpose package (pip install 'aop[cellpose]')"
         ) from exc
     if in_chans > 3:
-        raise AopError(f"encoder 'cellpose_sam': takes at most 3 channels, the crops have {in_chans}")
+        raise AopError(
+            f"encoder 'cellpose_sam': takes at most 3 channels, the crops have {in_chans}"
+        )
     if crop_size[1] % 8 or crop_size[2] % 8:
         raise AopError(
             f"encoder 'cellpose_sam': crop size (y, x) must be multiples of 8, got {crop_size[1:]}"
@@ -282,7 +284,8 @@ class SliceEncoder(nn.Module):
     -----
     The backbone's output is brought to channels-first maps ``(B, F, h, w)``: NHWC maps (timm's
     ``output_fmt == "NHWC"``) are permuted; tokens ``(B, L, F)`` lose their prefix (class) tokens
-    and are laid out on their square grid (or as an ``L x 1`` column); vectors become ``1 x 1`` maps.
+    and are laid out on their square grid (or as an ``L x 1`` column); vectors become ``1 x 1``
+    maps.
     """
 
     def __init__(self, backbone: nn.Module, name: str = "") -> None:
@@ -338,8 +341,8 @@ def build_encoder(
         Load pretrained weights (ImageNet for timm, CellposeSAM's own for ``cellpose_sam``);
         otherwise the network's random initialisation.
     weights : path-like, optional
-        A local weights file (timm: ``pretrained_cfg_overlay=dict(file=...)``; cellpose: a model file
-        or name). Only used when ``pretrained``.
+        A local weights file (timm: ``pretrained_cfg_overlay=dict(file=...)``; cellpose: a model
+        file or name). Only used when ``pretrained``.
 
     Examples
     --------
@@ -450,10 +453,11 @@ def check_pretrained_weights(
 
     Examples
     --------
-    >>> check_pretrained_weights("test_resnet", "/nonexistent/w.pth")
-    Traceback (most recent call last):
-    ...
-    aop.errors.AopError: encoder 'test_resnet': pretrained weights not found: put the weights at /nonexistent/w.pth
+    >>> try:
+    ...     check_pretrained_weights("test_resnet", "/nonexistent/w.pth")
+    ... except AopError as error:
+    ...     print(error)
+    encoder 'test_resnet': pretrained weights not found: put the weights at /nonexistent/w.pth
     """
     location = locate_pretrained_weights(name, weights)
     if location.available:

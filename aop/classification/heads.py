@@ -37,7 +37,8 @@ def linear_layers(
 
     Examples
     --------
-    >>> [m.out_features for m in linear_layers(64, 3, depth=3, width=16) if hasattr(m, "out_features")]
+    >>> layers = linear_layers(64, 3, depth=3, width=16)
+    >>> [m.out_features for m in layers if isinstance(m, nn.Linear)]
     [16, 16, 3]
     """
     if depth < 1 or width < 1:

@@ -11,9 +11,9 @@ Pretraining (paper III-B.3)
 - ``full``: the encoder starts from its pretrained weights (ImageNet for timm encoders, Cellpose's
   own for ``cellpose_sam``), 80 % of its parameters are frozen from the input side
   (:mod:`aop.classification.module`), and it trains on the manual labels.
-- ``semi``: two trainings. First the whole network (nothing frozen) trains on the semi-supervised set:
-  the manual training split plus the pseudo-labelled crops from label spreading (validated on the
-  manual validation split). Then a new network starts from that training's best weights, 80 % of
+- ``semi``: two trainings. First the whole network (nothing frozen) trains on the semi-supervised
+  set: the manual training split plus the pseudo-labelled crops from label spreading (validated on
+  the manual validation split). Then a new network starts from that training's best weights, 80 % of
   the encoder frozen, and trains on the manual labels. The first training starts from random
   initialisation: the semi-supervised set *is* this option's pretraining, in place of ImageNet,
   which keeps it a distinct option from ``full`` and needs no weights file.
@@ -27,7 +27,8 @@ Example
 >>> import numpy as np, tempfile
 >>> rng = np.random.default_rng(0)
 >>> labels = np.repeat([0, 1], 24)
->>> crops = rng.normal(size=(48, 1, 2, 32, 32)).astype(np.float32) + labels[:, None, None, None, None]
+>>> crops = rng.normal(size=(48, 1, 2, 32, 32)).astype(np.float32)
+>>> crops += labels[:, None, None, None, None]
 >>> config = ClassifierConfig(encoder="test_resnet", max_epochs=1, batch_size=16)
 >>> result = train_classifier(config, crops, labels, out_dir=tempfile.mkdtemp())
 >>> 0.0 <= result.val_accuracy <= 1.0
