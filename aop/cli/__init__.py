@@ -5,7 +5,8 @@ import line here.
 """
 
 from aop.cli import (
-    commands,  # noqa: F401  (registers the commands)
+    classification,  # noqa: F401  (aop analyze)
+    commands,  # noqa: F401  (data sets, scoring, post-processing, models, segmentation study)
     instances,  # noqa: F401  (aop instances, aop spread)
 )
 from aop.cli.app import app, main

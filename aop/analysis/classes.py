@@ -1,0 +1,262 @@
+"""The end of the pipeline (paper Fig. 1, step 8): class counts and instance volumes per class.
+
+Reads a data set's class table ``DATASET/annotations.csv`` (columns ``volume, label, class, source,
+annotator, time``; sources ``manual``, ``spread``, ``truth``, ``predicted``) and its instance
+labels ``labels/<volume>.*`` with the data set's voxel size, and gives
+
+- ``counts``: instances per class in each volume (one row per volume, one column per class, and
+  ``total``);
+- ``instances``: one row per instance: ``volume, label, class, source, voxels, volume_um3``;
+- ``summary``: per class the number of instances, their share, and the mean, standard deviation,
+  median, minimum and maximum instance volume in µm³.
+
+An instance with rows from several sources gets the class of the first source in ``sources``
+(default: ``manual`` first, then ``predicted`` by the classifier, then ``truth`` of synthetic data,
+then ``spread`` pseudo-labels); an instance without any row is ``unclassified``. Instance volume is
+its voxel count times the voxel volume ``z * y * x`` of ``dataset.yaml``'s ``voxel_size`` (µm).
+
+:func:`write_class_analysis` writes ``class_counts.csv``, ``instance_volumes.csv``, ``summary.csv``,
+``class_counts.png`` (stacked bars per volume) and ``volume_distributions.png`` (box plots per
+class), each atomically.
+
+Example
+-------
+>>> result = class_analysis("data/classes")                       # doctest: +SKIP
+>>> result.summary[["class", "instances", "mean_um3"]]            # doctest: +SKIP
+>>> write_class_analysis(result, "data/classes/analysis")         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from aop.errors import AopError  # noqa: E402
+
+__all__ = [
+    "ANNOTATION_COLUMNS",
+    "DEFAULT_SOURCES",
+    "UNCLASSIFIED",
+    "ClassAnalysis",
+    "class_analysis",
+    "read_class_rows",
+    "write_class_analysis",
+]
+
+#: Columns of ``annotations.csv`` (the format is owned by :mod:`aop.instances.annotations`).
+ANNOTATION_COLUMNS = ("volume", "label", "class", "source", "annotator", "time")
+#: Which source decides an instance's class when it has several rows, first wins.
+DEFAULT_SOURCES = ("manual", "predicted", "truth", "spread")
+#: The class of an instance without any row.
+UNCLASSIFIED = "unclassified"
+
+
+def read_class_rows(dataset_dir: str | os.PathLike) -> pd.DataFrame:
+    """The rows of ``DATASET/annotations.csv`` (volume, label, class, source), checked for form.
+
+    This is the only place that reads the file here; an empty frame when it does not exist.
+
+    Raises
+    ------
+    AopError
+        An unreadable file, a missing column, or a label that is not a non-negative integer,
+        naming the file (and the row).
+    """
+    path = Path(dataset_dir) / "annotations.csv"
+    columns = ["volume", "label", "class", "source"]
+    if not path.is_file():
+        dtypes = {c: "int64" if c == "label" else "str" for c in columns}
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
+    try:
+        table = pd.read_csv(path, dtype={"volume": str, "class": str, "source": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise AopError(f"{path}: not a readable CSV table ({type(exc).__name__})") from exc
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        expected = ", ".join(ANNOTATION_COLUMNS)
+        raise AopError(f"{path}: missing column {missing[0]!r} (expected {expected})")
+    labels = pd.to_numeric(table["label"], errors="coerce")
+    bad = labels.isna() | (labels < 0) | (labels != labels.round())
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        value = table["label"].iloc[row]
+        raise AopError(f"{path}: row {row + 2}: label {value!r} is not an instance id")
+    table["label"] = labels.astype("int64")
+    for column in ("volume", "class", "source"):
+        empty = table[column].isna()
+        if empty.any():
+            row = int(np.flatnonzero(empty.to_numpy())[0])
+            raise AopError(f"{path}: row {row + 2}: empty {column!r}")
+    return table[columns].reset_index(drop=True)
+
+
+@dataclass
+class ClassAnalysis:
+    """Class counts per volume, instance volumes and the per-class summary of a data set."""
+
+    counts: pd.DataFrame
+    instances: pd.DataFrame
+    summary: pd.DataFrame
+    classes: list[str]
+
+
+def _instance_voxels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import fastremap
+
+    ids, counts = fastremap.unique(labels, return_counts=True)
+    keep = ids != 0
+    return ids[keep].astype(np.int64), counts[keep].astype(np.int64)
+
+
+def class_analysis(
+    dataset_dir: str | os.PathLike, *, sources: Sequence[str] = DEFAULT_SOURCES
+) -> ClassAnalysis:
+    """Class counts, instance volumes in µm³ and a summary for a classified data set.
+
+    Parameters
+    ----------
+    dataset_dir : path-like
+        A data set (``images/``, ``labels/``, ``dataset.yaml``) with ``annotations.csv``.
+    sources : sequence of str
+        The sources whose rows count, in order of precedence (see the module docstring).
+
+    Raises
+    ------
+    AopError
+        A data set without labels, a row naming an unknown volume or a label absent from its
+        volume, or an unknown source.
+    """
+    from aop.io import load_dataset
+
+    root = Path(dataset_dir)
+    dataset = load_dataset(root, require_labels=True, validate=False)
+    unknown = [s for s in sources if s not in DEFAULT_SOURCES]
+    if unknown:
+        known = ", ".join(DEFAULT_SOURCES)
+        raise AopError(f"sources: unknown source {unknown[0]!r} (known: {known})")
+    rows = read_class_rows(root)
+    names = set(dataset.names)
+    for i, volume in enumerate(rows["volume"]):
+        if volume not in names:
+            raise AopError(f"{root / 'annotations.csv'}: row {i + 2}: unknown volume {volume!r}")
+    voxel_um3 = float(np.prod(dataset.info.voxel_size))
+    tables = []
+    for name in dataset.names:
+        ids, voxels = _instance_voxels(dataset.labels(name))
+        tables.append(pd.DataFrame({"volume": name, "label": ids, "voxels": voxels}))
+    instances = pd.concat(tables, ignore_index=True)
+    known = set(zip(instances["volume"], instances["label"], strict=True))
+    for i, (volume, label) in enumerate(zip(rows["volume"], rows["label"], strict=True)):
+        if (volume, int(label)) not in known:
+            raise AopError(
+                f"{root / 'annotations.csv'}: row {i + 2}: label {label} not in labels/{volume}"
+            )
+    rank = {s: i for i, s in enumerate(sources)}
+    chosen = rows[rows["source"].isin(rank)].copy()
+    chosen["rank"] = chosen["source"].map(rank)
+    # The first row of the best-ranked source wins (a later manual row replaces nothing).
+    chosen = chosen.sort_values(["rank"], kind="stable").drop_duplicates(["volume", "label"])
+    instances = instances.merge(
+        chosen[["volume", "label", "class", "source"]], on=["volume", "label"], how="left"
+    )
+    instances["class"] = instances["class"].fillna(UNCLASSIFIED)
+    instances["source"] = instances["source"].fillna("")
+    instances["volume_um3"] = instances["voxels"] * voxel_um3
+    instances = instances[["volume", "label", "class", "source", "voxels", "volume_um3"]]
+
+    classes = sorted(set(instances["class"]) - {UNCLASSIFIED})
+    if (instances["class"] == UNCLASSIFIED).any():
+        classes.append(UNCLASSIFIED)
+    counts = (
+        pd.crosstab(instances["volume"], instances["class"])
+        .reindex(index=dataset.names, columns=classes, fill_value=0)
+        .astype("int64")
+    )
+    counts["total"] = counts.sum(axis=1)
+    counts = counts.reset_index().rename(columns={"index": "volume"})
+    counts.columns.name = None
+
+    grouped = instances.groupby("class")["volume_um3"]
+    summary = pd.DataFrame(
+        {
+            "class": classes,
+            "instances": [int(grouped.size().get(c, 0)) for c in classes],
+        }
+    )
+    summary["fraction"] = summary["instances"] / max(len(instances), 1)
+    for column, how in (("mean_um3", "mean"), ("std_um3", "std"), ("median_um3", "median"),
+                        ("min_um3", "min"), ("max_um3", "max")):
+        values = grouped.agg(how)
+        summary[column] = [float(values.get(c, np.nan)) for c in classes]
+    return ClassAnalysis(counts=counts, instances=instances, summary=summary, classes=classes)
+
+
+def _atomic(path: Path, write) -> None:  # type: ignore[no-untyped-def]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plot_counts(result: ClassAnalysis) -> plt.Figure:
+    counts = result.counts.set_index("volume")[result.classes]
+    figure, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(counts) + 2), 3.5))
+    bottom = np.zeros(len(counts))
+    colours = plt.get_cmap("tab10")
+    for i, name in enumerate(result.classes):
+        ax.bar(counts.index, counts[name], bottom=bottom, label=name, color=colours(i % 10))
+        bottom += counts[name].to_numpy()
+    ax.set_ylabel("instances")
+    ax.set_title("class counts per volume")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize="small", frameon=False, bbox_to_anchor=(1.0, 1.0), loc="upper left")
+    return figure
+
+
+def _plot_volumes(result: ClassAnalysis) -> plt.Figure:
+    figure, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(result.classes) + 2), 3.5))
+    data = [
+        result.instances.loc[result.instances["class"] == c, "volume_um3"].to_numpy()
+        for c in result.classes
+    ]
+    ax.boxplot(data, showfliers=True)
+    ax.set_xticks(range(1, len(result.classes) + 1), result.classes, rotation=30)
+    ax.set_ylabel("instance volume (µm³)")
+    ax.set_title("instance volume per class")
+    return figure
+
+
+def write_class_analysis(result: ClassAnalysis, out_dir: str | os.PathLike) -> list[Path]:
+    """Write the tables (CSV) and the two plots (PNG) into ``out_dir``; return the paths."""
+    out = Path(out_dir)
+    paths = []
+    for name, table in (("class_counts.csv", result.counts),
+                        ("instance_volumes.csv", result.instances),
+                        ("summary.csv", result.summary)):
+        _atomic(out / name, lambda tmp, t=table: t.to_csv(tmp, index=False))
+        paths.append(out / name)
+    plots = (("class_counts.png", _plot_counts), ("volume_distributions.png", _plot_volumes))
+    for name, plot in plots:
+        figure = plot(result)
+        try:
+            _atomic(out / name, lambda tmp, f=figure: f.savefig(tmp, dpi=120, bbox_inches="tight"))
+        finally:
+            plt.close(figure)
+        paths.append(out / name)
+    return paths

@@ -1,0 +1,103 @@
+"""Inference speed of an encoder + head in instances per second (Table IV of the paper).
+
+The paper gives seconds per image; aop measures instances (crops) per second at batch 1 and batch
+32 on the current device, which also shows what batching buys. Weights are random: speed does not
+depend on them.
+
+Example
+-------
+>>> speed = inference_speed("test_resnet", in_chans=1, crop_size=(2, 32, 32), batch_sizes=(1,),
+...                         repeats=1, warmup=0)
+>>> speed["instances_per_s"][1] > 0
+True
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from aop.classification.module import CropClassifier
+
+__all__ = ["inference_speed"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def inference_speed(
+    encoder: str,
+    *,
+    head: str = "slice",
+    in_chans: int = 3,
+    crop_size: Sequence[int] = (16, 64, 64),
+    num_classes: int = 4,
+    batch_sizes: Sequence[int] = (1, 32),
+    repeats: int = 5,
+    warmup: int = 1,
+    device: str | torch.device | None = None,
+    model: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """Instances per second of ``encoder`` + ``head`` at each batch size, on ``device``.
+
+    Parameters
+    ----------
+    encoder, head : str
+        The classifier to time (ignored when ``model`` is given).
+    in_chans, crop_size, num_classes
+        Crop channels, crop size ``(Z, Y, X)`` and classes.
+    batch_sizes : sequence of int
+        Batch sizes to time (Table IV of aop: 1 and 32).
+    repeats, warmup : int
+        Timed and untimed forward passes per batch size; the median of the timed ones counts.
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU. On CUDA the forward runs in float16 autocast, as
+        the study trains (``16-mixed``).
+    model : nn.Module, optional
+        An already built classifier.
+
+    Returns
+    -------
+    dict
+        ``encoder``, ``head``, ``device``, ``parameters`` (encoder + head), ``crop_size``,
+        ``seconds_per_batch`` and ``instances_per_s`` keyed by batch size.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if model is None:
+        model = CropClassifier(
+            encoder, in_chans=in_chans, crop_size=crop_size, num_classes=num_classes, head=head
+        )
+    model = model.to(device).eval()
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else None
+    seconds: dict[int, float] = {}
+    with torch.inference_mode():
+        for batch in batch_sizes:
+            x = torch.randn(int(batch), in_chans, *crop_size, device=device)
+            times = []
+            for i in range(warmup + repeats):
+                _sync(device)
+                start = time.perf_counter()
+                if autocast is not None:
+                    with autocast:
+                        model(x)
+                else:
+                    model(x)
+                _sync(device)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+            times.sort()
+            seconds[int(batch)] = times[len(times) // 2]
+    return {
+        "encoder": encoder,
+        "head": head,
+        "device": str(device),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "crop_size": list(crop_size),
+        "seconds_per_batch": seconds,
+        "instances_per_s": {b: b / s for b, s in seconds.items()},
+    }

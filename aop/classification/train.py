@@ -1,0 +1,410 @@
+"""One classifier training for one configuration: what a trial of the classifier study runs.
+
+:func:`train_classifier` trains :class:`~aop.classification.module.CropClassifier` with Lightning
+on crops the caller has already computed and preprocessed (``mask`` or ``distance``), with
+``EarlyStopping`` on ``val_acc`` and a ``ModelCheckpoint`` of the best epoch (plus ``last.ckpt``),
+then evaluates the best checkpoint once on the test split. Callers add their own callbacks (a Ray
+Tune report callback) and logger (Lightning's MLflow logger), and resume from a checkpoint path.
+
+Pretraining (paper III-B.3)
+---------------------------
+- ``full``: the encoder starts from its pretrained weights (ImageNet for timm encoders, Cellpose's
+  own for ``cellpose_sam``), 80 % of its parameters are frozen from the input side
+  (:mod:`aop.classification.module`), and it trains on the manual labels.
+- ``semi``: two trainings. First the whole network (nothing frozen) trains on the semi-supervised
+  set: the manual training split plus the pseudo-labelled crops from label spreading (validated on
+  the manual validation split). Then a new network starts from that training's best weights, 80 % of
+  the encoder frozen, and trains on the manual labels. The first training starts from random
+  initialisation: the semi-supervised set *is* this option's pretraining, in place of ImageNet,
+  which keeps it a distinct option from ``full`` and needs no weights file.
+- ``none``: random initialisation (each network's own initialiser, as timm or Cellpose define it),
+  nothing frozen, manual labels only. Not ImageNet weights: the paper trains this option
+  "exclusively on the manually annotated dataset", so no knowledge from other data enters, and it
+  runs where no weights file exists.
+
+Example
+-------
+>>> import numpy as np, tempfile
+>>> rng = np.random.default_rng(0)
+>>> labels = np.repeat([0, 1], 24)
+>>> crops = rng.normal(size=(48, 1, 2, 32, 32)).astype(np.float32)
+>>> crops += labels[:, None, None, None, None]
+>>> config = ClassifierConfig(encoder="test_resnet", max_epochs=1, batch_size=16)
+>>> result = train_classifier(config, crops, labels, out_dir=tempfile.mkdtemp())
+>>> 0.0 <= result.val_accuracy <= 1.0
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from aop.classification.data import CropDataModule, SplitConfig, check_crops
+from aop.classification.encoders import encoder_entry
+from aop.classification.module import CropClassifier, predict_proba
+from aop.errors import AopError
+
+__all__ = [
+    "ClassifierConfig",
+    "ClassifierResult",
+    "StageResult",
+    "classification_metrics",
+    "train_classifier",
+]
+
+PRETRAINING = ("full", "semi", "none")
+
+
+class ClassifierConfig(BaseModel):
+    """One trial's classifier configuration (the study's search space samples these fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoder: str = Field("resnet18", description="Registered encoder or timm model name.")
+    head: Literal["slice", "volume"] = "slice"
+    pretraining: Literal["full", "semi", "none"] = "none"
+    preprocessing: Literal["mask", "distance"] = Field(
+        "mask", description="How the caller made the crops (recorded; not applied here)."
+    )
+    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
+    head_depth: int = Field(2, ge=1, le=8, description="Linear layers of the head.")
+    head_width: int = Field(128, ge=1, le=4096, description="Width of the head's hidden layers.")
+    batch_size: int = Field(16, ge=1)
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(5, ge=1, description="Epochs without better val_acc before stopping.")
+    freeze_fraction: float = Field(
+        0.8, ge=0, le=1, description="Encoder share frozen for full and semi (the paper: 0.8)."
+    )
+    seed: int = 0
+    weights: str | None = Field(None, description="Local pretrained weights file (full).")
+    class_weights: list[float] | Literal["balanced"] | None = Field(
+        None, description="Cross-entropy class weights, or 'balanced' (from the training split)."
+    )
+    augment: bool = True
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str) -> str:
+        try:
+            encoder_entry(value)
+        except AopError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+@dataclass
+class StageResult:
+    """One Lightning training of a configuration (``semi`` has two)."""
+
+    stage: str
+    epochs: int
+    n_train: int
+    best_val_accuracy: float
+    checkpoint: Path
+    frozen_parameters: int
+    encoder_parameters: int
+
+
+@dataclass
+class ClassifierResult:
+    """What :func:`train_classifier` returns.
+
+    ``val_accuracy`` is the best validation accuracy of the final training (the study's objective),
+    ``test`` the metrics of its best checkpoint on the test split (:func:`classification_metrics`),
+    ``checkpoint_path`` that checkpoint (``CropClassifier.load_from_checkpoint`` reloads it).
+    """
+
+    config: ClassifierConfig
+    val_accuracy: float
+    test: dict[str, Any]
+    checkpoint_path: Path
+    stages: list[StageResult] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    split_sizes: dict[str, int] = field(default_factory=dict)
+
+
+def classification_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    class_names: Sequence[str],
+) -> dict[str, Any]:
+    """Accuracy, per-class precision, recall, F1 and support, and the confusion matrix.
+
+    The confusion matrix (scikit-learn) has true classes as rows and predictions as columns, in the
+    order of ``class_names``; a class without predictions gets precision 0.
+
+    Examples
+    --------
+    >>> m = classification_metrics([0, 0, 1, 1], [0, 1, 1, 1], ["a", "b"])
+    >>> m["accuracy"], m["per_class"]["b"]["precision"], m["confusion_matrix"]
+    (0.75, 0.6666666666666666, [[1, 1], [0, 2]])
+    """
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(len(class_names)))
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) == 0:
+        return {"accuracy": float("nan"), "n": 0, "per_class": {}, "confusion_matrix": [],
+                "class_names": list(class_names)}
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
+    }
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "n": int(len(y_true)),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "class_names": list(class_names),
+    }
+
+
+def _precision(precision: str | None, accelerator: str) -> str:
+    if precision is not None:
+        return precision
+    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    return "16-mixed" if on_gpu else "32-true"
+
+
+def _class_weights(config: ClassifierConfig, labels: np.ndarray, num_classes: int):  # type: ignore[no-untyped-def]
+    if config.class_weights is None:
+        return None
+    if config.class_weights == "balanced":
+        counts = np.bincount(labels, minlength=num_classes).astype(float)
+        # scikit-learn's "balanced": n_samples / (n_classes * count); absent classes get 0.
+        with np.errstate(divide="ignore"):
+            weights = np.where(counts > 0, len(labels) / (num_classes * counts), 0.0)
+        return [float(w) for w in weights]
+    if len(config.class_weights) != num_classes:
+        raise AopError(
+            f"class_weights: {len(config.class_weights)} values for {num_classes} classes"
+        )
+    return [float(w) for w in config.class_weights]
+
+
+def _checkpoint_stage(path: Path) -> str:
+    if not path.is_file():
+        raise AopError(f"{path}: checkpoint to resume from not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        return str(checkpoint["hyper_parameters"]["stage"])
+    except Exception as exc:  # noqa: BLE001  (any unreadable checkpoint is the same user error)
+        raise AopError(f"{path}: not a classifier checkpoint ({type(exc).__name__})") from exc
+
+
+def train_classifier(
+    config: ClassifierConfig,
+    crops: np.ndarray,
+    labels: np.ndarray,
+    *,
+    out_dir: str | os.PathLike,
+    split: SplitConfig | tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    pseudo: tuple[np.ndarray, np.ndarray] | None = None,
+    class_names: Sequence[str] | None = None,
+    callbacks: Sequence[Callback] = (),
+    logger: Any = None,
+    resume_from: str | os.PathLike | None = None,
+    accelerator: str = "auto",
+    devices: Any = "auto",
+    precision: str | None = None,
+    num_workers: int = 0,
+    enable_progress_bar: bool = False,
+) -> ClassifierResult:
+    """Train one configuration and evaluate its best checkpoint on the test split.
+
+    Parameters
+    ----------
+    config : ClassifierConfig
+        The configuration (encoder, head, pretraining, learning rate, head size, epochs, ...).
+    crops : ndarray
+        float32 ``(N, C, Z, Y, X)``, preprocessing already applied.
+    labels : ndarray
+        Manual class indices ``(N,)``.
+    out_dir : path-like
+        Checkpoints go to ``out_dir/<stage>/best.ckpt`` and ``last.ckpt``.
+    split : SplitConfig or (train, val, test) indices, optional
+        Stratified split of the manual labels (default :class:`SplitConfig` with the config's seed).
+    pseudo : (crops, labels), optional
+        Pseudo-labelled crops of instances without a manual label (label spreading); required by
+        ``semi``. They must not include the manual validation or test instances.
+    class_names : sequence of str, optional
+        Names of the classes (default ``class_0``, ...).
+    callbacks, logger
+        Extra Lightning callbacks and a logger, passed to every ``Trainer`` (both trainings of
+        ``semi``; ``pl_module.hparams.stage`` tells which).
+    resume_from : path-like, optional
+        A checkpoint of this training (``best.ckpt``/``last.ckpt`` or a Tune checkpoint's file):
+        training continues from its epoch, in its stage.
+    accelerator, devices, precision
+        ``Trainer`` arguments; ``precision`` defaults to ``"16-mixed"`` on a GPU, ``"32-true"``
+        otherwise.
+    num_workers : int
+        Data-loader workers.
+    enable_progress_bar : bool
+        Lightning's progress bar.
+
+    Returns
+    -------
+    ClassifierResult
+
+    Raises
+    ------
+    AopError
+        Bad crops or labels, ``semi`` without pseudo labels, a missing weights file for ``full``,
+        an unreadable checkpoint.
+    """
+    crops = check_crops(crops, labels, "crops")
+    labels = np.asarray(labels, dtype=np.int64)
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+    if class_names is not None:
+        if len(class_names) < num_classes:
+            raise AopError(f"class_names: {len(class_names)} names for label {num_classes - 1}")
+        num_classes = len(class_names)
+    class_names = list(class_names) if class_names is not None else [
+        f"class_{i}" for i in range(num_classes)
+    ]
+    if num_classes < 2:
+        raise AopError(f"labels: need at least 2 classes, got {num_classes}")
+    if config.pretraining == "semi":
+        if pseudo is None or len(pseudo[1]) == 0:
+            raise AopError("pretraining 'semi': needs pseudo-labelled crops (label spreading)")
+        if np.asarray(pseudo[1]).max() >= num_classes:
+            raise AopError(f"pseudo labels: class {np.asarray(pseudo[1]).max()} out of range")
+    out_dir = Path(out_dir)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    split = split if split is not None else SplitConfig(seed=config.seed)
+    data = CropDataModule(
+        crops, labels, split=split, batch_size=config.batch_size, augment=config.augment,
+        seed=config.seed, num_workers=num_workers,
+    )
+    weights = _class_weights(config, labels[data.train_index], num_classes)
+
+    # (stage, pretrained encoder, frozen fraction, training data)
+    plan: list[tuple[str, bool, float, CropDataModule]] = []
+    if config.pretraining == "semi":
+        semi_data = CropDataModule(
+            crops, labels, split=(data.train_index, data.val_index, data.test_index),
+            extra_train=(check_crops(pseudo[0], pseudo[1], "pseudo-labelled crops"),
+                         np.asarray(pseudo[1], np.int64)),
+            batch_size=config.batch_size, augment=config.augment, seed=config.seed,
+            num_workers=num_workers,
+        )
+        plan += [("semi", False, 0.0, semi_data), ("manual", False, config.freeze_fraction, data)]
+    elif config.pretraining == "full":
+        plan.append(("manual", True, config.freeze_fraction, data))
+    else:
+        plan.append(("manual", False, 0.0, data))
+
+    resume = Path(resume_from) if resume_from is not None else None
+    resume_stage = _checkpoint_stage(resume) if resume is not None else None
+    if resume_stage is not None and resume_stage not in [s[0] for s in plan]:
+        raise AopError(f"{resume}: checkpoint of stage {resume_stage!r}, not of this configuration")
+    if resume_stage == "manual" and len(plan) == 2:
+        plan = plan[1:]  # the semi-supervised training finished before the checkpoint was saved
+
+    stages: list[StageResult] = []
+    init_state: dict[str, torch.Tensor] | None = None
+    best_path = Path()
+    for stage, pretrained, freeze, stage_data in plan:
+        model = CropClassifier(
+            config.encoder,
+            in_chans=crops.shape[1],
+            crop_size=crops.shape[2:],
+            num_classes=num_classes,
+            head=config.head,
+            head_depth=config.head_depth,
+            head_width=config.head_width,
+            lr=config.lr,
+            class_weights=weights,
+            freeze_fraction=freeze,
+            class_names=class_names,
+            stage=stage,
+            pretrained=pretrained,
+            weights=config.weights,
+        )
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        checkpoint = ModelCheckpoint(
+            dirpath=out_dir / stage, filename="best", monitor="val_acc", mode="max",
+            save_last=True, enable_version_counter=False,
+        )
+        stopping = EarlyStopping(monitor="val_acc", mode="max", patience=config.patience)
+        trainer = L.Trainer(
+            max_epochs=config.max_epochs,
+            callbacks=[stopping, checkpoint, *callbacks],
+            logger=logger if logger is not None else False,
+            accelerator=accelerator,
+            devices=devices,
+            precision=_precision(precision, accelerator),
+            enable_progress_bar=enable_progress_bar,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+        )
+        ckpt_path = str(resume) if resume is not None and stage == resume_stage else None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*number of training batches.*")
+            _quiet_lightning()
+            trainer.fit(model, datamodule=stage_data, ckpt_path=ckpt_path)
+        best_path = Path(checkpoint.best_model_path or checkpoint.last_model_path)
+        best_score = checkpoint.best_model_score
+        stages.append(
+            StageResult(
+                stage=stage,
+                epochs=int(trainer.current_epoch),
+                n_train=len(stage_data.train_dataset()),
+                best_val_accuracy=float(best_score) if best_score is not None else float("nan"),
+                checkpoint=best_path,
+                frozen_parameters=model.frozen_parameter_count(),
+                encoder_parameters=model.plan.total,
+            )
+        )
+        best = torch.load(best_path, map_location="cpu", weights_only=False)
+        init_state = best["state_dict"]
+
+    final = CropClassifier.load_from_checkpoint(best_path, map_location="cpu")
+    probabilities = predict_proba(final, crops[data.test_index], batch_size=config.batch_size)
+    test = classification_metrics(
+        labels[data.test_index], probabilities.argmax(axis=1), class_names
+    )
+    return ClassifierResult(
+        config=config,
+        val_accuracy=stages[-1].best_val_accuracy,
+        test=test,
+        checkpoint_path=best_path,
+        stages=stages,
+        class_names=class_names,
+        split_sizes={
+            "train": len(data.train_index),
+            "val": len(data.val_index),
+            "test": len(data.test_index),
+            "pseudo": 0 if pseudo is None else len(pseudo[1]),
+        },
+    )
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,45 @@
+"""The classification-stage commands: ``aop analyze``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from aop.cli.app import app, console, err_console  # noqa: F401
+
+
+@app.command()
+def analyze(
+    data: Annotated[
+        Path, typer.Argument(help="Classified data set (labels/, dataset.yaml, annotations.csv).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default DATA/analysis).")
+    ] = None,
+    sources: Annotated[
+        str,
+        typer.Option(
+            "--sources", help="Sources that decide an instance's class, first wins (comma list)."
+        ),
+    ] = "manual,predicted,truth,spread",
+) -> None:
+    """Class counts per volume, instance volumes per class in µm³ and a summary (CSV + PNG)."""
+    from aop.analysis.classes import class_analysis, write_class_analysis
+
+    order = [s.strip() for s in sources.split(",") if s.strip()]
+    result = class_analysis(data, sources=order)
+    out_dir = out if out is not None else data / "analysis"
+    paths = write_class_analysis(result, out_dir)
+    table = Table(title=f"{data}: {len(result.instances)} instances")
+    for column in ("class", "instances", "fraction", "mean µm³", "median µm³"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in result.summary.itertuples(index=False):
+        table.add_row(
+            row[0], str(row.instances), f"{row.fraction:.3f}", f"{row.mean_um3:.1f}",
+            f"{row.median_um3:.1f}",
+        )
+    console.print(table)
+    console.print(f"wrote {len(paths)} files to {out_dir}")
