@@ -297,11 +297,12 @@ class StorageConfig(_Strict):
 
 
 class ComparisonConfig(_Strict):
-    """The reference searches: the kind's baseline (if it has one) and random search."""
+    """The reference searches: the kind's baseline and grid (if it has them), random search."""
 
     baseline: bool = True
     random: bool = True
     random_budget: Annotated[int, Field(gt=0)] | None = None
+    grid: bool = False
 
 
 class RayConfig(_Strict):

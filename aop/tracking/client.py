@@ -568,6 +568,8 @@ class StudyTracker:
             metrics += [Metric(_safe_key(f"{m}/{volume}"), v, end, 0) for m, v in scores.items()]
         if math.isfinite(duration):
             metrics.append(Metric("duration_s", duration, end, 0))
+        for name, points in (record.get("curves") or {}).items():  # training curves, per step
+            metrics += [Metric(_safe_key(f"curve/{name}"), v, end, int(k)) for k, v in points]
         self._log_batch(run.info.run_id, params=params, metrics=metrics)
         self._terminate(run.info.run_id, end_time=end)
         step = max(record["iteration"], 0)

@@ -9,6 +9,7 @@ restored Tune run does not know (see there).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,25 @@ def _is_param(value: Any) -> bool:
     return isinstance(value, str | bool | int | float) and value is not None
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """A JSON value with non-finite numbers as None (records are JSON without NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "tolist"):  # NumPy arrays and scalars
+        return _json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
 def trial_record(
     search: str,
     trial_id: str,
@@ -33,6 +53,7 @@ def trial_record(
     metrics: Sequence[str],
     iteration: int = -1,
     extras: Sequence[str] = (),
+    curves: Mapping[str, Sequence[Sequence[float]]] | None = None,
 ) -> dict[str, Any]:
     """The trial record of one finished trial.
 
@@ -54,6 +75,8 @@ def trial_record(
         Position of the trial in its search.
     extras : sequence of str
         Further result keys the kind keeps in its records as they are (e.g. ``volume_nodes``).
+    curves : mapping, optional
+        ``{metric: [[step, value], ...]}``: the history of metrics reported repeatedly.
 
     Returns
     -------
@@ -64,19 +87,21 @@ def trial_record(
     per_volume: dict[str, dict[str, float]] = {}
     for key, value in result.items():
         metric, _, volume = str(key).partition("/")
-        if volume and metric in wanted:
+        if volume and metric in wanted and _finite(value):
             per_volume.setdefault(volume, {})[metric] = float(value)
     record = {
         "search": search,
         "trial_id": str(trial_id),
         "params": {k: v for k, v in config.items() if _is_param(v)},
-        "metrics": {m: result[m] for m in metrics if m in result},
+        "metrics": {m: result[m] for m in metrics if _finite(result.get(m))},
         "per_volume": per_volume,
         "duration_s": result.get("duration_s", result.get("time_total_s")),
         "node": str(result.get("node") or result.get("hostname") or ""),
         "iteration": int(iteration),
-        **{key: result[key] for key in extras if key in result},
+        **{key: _json_safe(result[key]) for key in extras if key in result},
     }
+    if curves:
+        record["curves"] = {m: [[int(a), float(b)] for a, b in v] for m, v in curves.items()}
     return validate_record(record, f"trial {trial_id} of search {search!r}")
 
 
@@ -100,6 +125,8 @@ class StudyCallback(Callback):
         Called with each new record (e.g. :meth:`aop.tracking.StudyTracker.log_trial`).
     extras : sequence of str
         Result keys kept in the records as they are (see :func:`trial_record`).
+    curves : sequence of str
+        Metrics whose every reported value is kept, one step per report (training curves).
     """
 
     def __init__(
@@ -110,14 +137,17 @@ class StudyCallback(Callback):
         metrics: Sequence[str],
         sink: RecordSink | None = None,
         extras: Sequence[str] = (),
+        curves: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
         self.search = search
         self.metric = metric
         self.metrics = tuple(metrics)
         self.extras = tuple(extras)
+        self.curves = tuple(curves)
         self.sink = sink
         self._seen: set[str] = set()
+        self._history: dict[str, dict[str, list[list[float]]]] = {}
 
     def setup(self, **info: Any) -> None:
         self._seen = {r["trial_id"] for r in self.records()}
@@ -125,13 +155,23 @@ class StudyCallback(Callback):
     def records(self) -> list[dict[str, Any]]:
         return read_records(self.path) if self.path.is_file() else []
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # type: ignore[override]
+        if not self.curves:
+            return
+        history = self._history.setdefault(trial.trial_id, {})
+        step = int(result.get("training_iteration", len(history.get(self.metric, [])) + 1))
+        for name in self.curves:
+            if _finite(result.get(name)):
+                history.setdefault(name, []).append([step, float(result[name])])
+
     def on_trial_complete(self, iteration, trials, trial, **info):  # type: ignore[override]
         result = trial.last_result or {}
         if trial.trial_id in self._seen or self.metric not in result:
             return
         position = next((i for i, t in enumerate(trials) if t.trial_id == trial.trial_id), -1)
         record = trial_record(
-            self.search, trial.trial_id, trial.config, result, self.metrics, position, self.extras
+            self.search, trial.trial_id, trial.config, result, self.metrics, position, self.extras,
+            self._history.pop(trial.trial_id, None),
         )
         append_record(self.path, record)
         self._seen.add(trial.trial_id)

@@ -77,6 +77,9 @@ class StudyKind(ABC):
         Comparison searches represented by all their trials (a baseline over a grid).
     record_extras : tuple of str
         Result keys kept in the trial records as they are (e.g. ``volume_nodes``).
+    curves : tuple of str
+        Metrics a trial reports repeatedly (per epoch): their history goes into the record
+        (``curves``) and the trial's MLflow child run, one step per report.
     """
 
     name: ClassVar[str]
@@ -88,6 +91,7 @@ class StudyKind(ABC):
     start_point: ClassVar[str | None] = "default"
     pooled: ClassVar[tuple[str, ...]] = ()
     record_extras: ClassVar[tuple[str, ...]] = ()
+    curves: ClassVar[tuple[str, ...]] = ()
 
     @property
     def mlflow_experiment(self) -> str:
@@ -105,6 +109,10 @@ class StudyKind(ABC):
 
     def baseline_space(self, exp: BaseExperiment, space: SearchSpace) -> dict[str, Any] | None:
         """The param space of the ``baseline`` comparison (a grid); None: the kind has none."""
+        return None
+
+    def grid_space(self, exp: BaseExperiment, space: SearchSpace) -> dict[str, Any] | None:
+        """The param space of the ``grid`` comparison (every combination); None: none."""
         return None
 
     # -- running ----------------------------------------------------------------------------------

@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ray.tune import Callback, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
+from ray.tune import (
+    Callback,
+    CheckpointConfig,
+    CLIReporter,
+    FailureConfig,
+    RunConfig,
+    TuneConfig,
+    Tuner,
+)
 
 from aop.analysis.records import best_record, read_records
 from aop.config import BaseExperiment, load_experiment
@@ -104,6 +112,8 @@ def run_search(
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     # the classic progress output, so that the CLIReporter below (the kind's columns) is used
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # the records and MLflow are the study's results: no TensorBoard/CSV files per trial
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     recorder = StudyCallback(
         study_dir / "results" / f"{name}.jsonl",
         name,
@@ -111,6 +121,7 @@ def run_search(
         kind.metrics,
         sink=tracker.log_trial if tracker is not None else None,
         extras=kind.record_extras,
+        curves=kind.curves,
     )
     path = storage / name
     if Tuner.can_restore(str(path)):
@@ -142,6 +153,8 @@ def run_search(
                 name=name,
                 storage_path=str(storage),
                 failure_config=FailureConfig(max_failures=max_failures),
+                # a trial resumes from its newest checkpoint; older ones only take disk space
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
                 callbacks=[recorder, *callbacks],
                 progress_reporter=reporter,
                 verbose=verbose,
@@ -218,6 +231,10 @@ def search_plan(exp: BaseExperiment, kind: StudyKind) -> list[tuple[str, str | N
     main = exp.search.searcher
     if exp.comparison.baseline and type(kind).baseline_space is not StudyKind.baseline_space:
         plan.append(("baseline", None, 1))
+    if exp.comparison.grid:
+        if type(kind).grid_space is StudyKind.grid_space:
+            raise AopError(f"comparison.grid: a {kind.name} study has no grid comparison")
+        plan.append(("grid", None, 1))
     if exp.comparison.random and main != "random":
         plan.append(("random", "random", exp.random_budget))
     plan.append((main, main, exp.search.budget))
@@ -260,7 +277,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        # "local": a new Ray for this study, never a cluster that happens to run on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def run_searches(
@@ -277,7 +295,8 @@ def run_searches(
     records: dict[str, list[dict[str, Any]]] = {}
     for name, searcher_name, budget in search_plan(exp, kind):
         if searcher_name is None:
-            param_space, searcher, samples = kind.baseline_space(exp, space) or {}, None, 1
+            grid = kind.grid_space if name == "grid" else kind.baseline_space
+            param_space, searcher, samples = grid(exp, space) or {}, None, 1
         else:
             param_space = dict(space.fixed)
             starts = space.start(kind.start_point) if kind.start_point else []

@@ -1,0 +1,188 @@
+"""Results of a classifier-design study like the paper's (Fig. 6, Table IV, the correlation).
+
+From the trial records (``params``: encoder, head, pretraining, preprocessing; ``metrics``:
+``val_accuracy``) this module writes into the study folder:
+
+- ``plots/fig6_encoder_head_preprocessing.png``: mean validation accuracy per encoder, one bar per
+  (head, preprocessing);
+- ``plots/fig6_encoder_pretraining.png``: heatmap of the mean validation accuracy, encoder x
+  pretraining;
+- ``plots/confusion.png``: the best trial's confusion matrix on the test split;
+- ``tables/trials.csv``, ``tables/encoders.csv`` (mean accuracy and parameter count per encoder),
+  ``tables/inference.csv`` (Table IV: instances per second at batch 1 and 32 on this device, for the
+  encoders the study trained) and ``tables/correlation.yaml`` (Pearson r and p between the encoder
+  parameter count and the mean validation accuracy).
+
+Imports neither Ray nor MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+__all__ = ["trials_table", "encoder_table", "write_classifier_results"]
+
+
+def trials_table(records_by_search: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
+    """One row per trial: search, trial id, the configuration and the metrics."""
+    rows = []
+    for search, records in records_by_search.items():
+        for record in records:
+            rows.append({"search": search, "trial_id": record["trial_id"], **record["params"],
+                         **record["metrics"]})
+    return pd.DataFrame(rows)
+
+
+def _parameter_count(encoder: str, in_chans: int, crop_size: tuple[int, int, int]) -> int:
+    from aop.classification.encoders import build_encoder
+
+    built = build_encoder(encoder, in_chans=in_chans, crop_size=crop_size)
+    return int(sum(p.numel() for p in built.parameters()))
+
+
+def encoder_table(
+    trials: pd.DataFrame, in_chans: int, crop_size: tuple[int, int, int]
+) -> pd.DataFrame:
+    """Mean and best validation accuracy and the parameter count of each encoder."""
+    grouped = trials.groupby("encoder")["val_accuracy"].agg(["mean", "max", "size"])
+    grouped["parameters"] = [
+        _parameter_count(str(e), in_chans, crop_size) for e in grouped.index
+    ]
+    return grouped.rename(columns={"mean": "mean_val_accuracy", "max": "best_val_accuracy",
+                                   "size": "trials"}).reset_index()
+
+
+def _save(figure: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    figure.savefig(tmp, dpi=150, bbox_inches="tight")
+    plt.close(figure)
+    os.replace(tmp, path)
+    return path
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_encoder_head_preprocessing(trials: pd.DataFrame, path: Path) -> Path:
+    """Fig. 6 (left): mean validation accuracy per encoder, a bar per (head, preprocessing)."""
+    table = trials.groupby(["encoder", "head", "preprocessing"])["val_accuracy"].mean()
+    table = table.unstack(["head", "preprocessing"])
+    figure, axes = plt.subplots(figsize=(1.8 + 1.3 * len(table.index), 3.8))
+    width = 0.8 / max(1, len(table.columns))
+    for i, column in enumerate(table.columns):
+        x = np.arange(len(table.index)) + (i - (len(table.columns) - 1) / 2) * width
+        axes.bar(x, table[column].to_numpy(), width, label=f"{column[0]} / {column[1]}")
+    axes.set_xticks(range(len(table.index)), [str(e) for e in table.index], rotation=20)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("mean validation accuracy")
+    axes.legend(title="head / preprocessing", fontsize=8, frameon=False)
+    axes.spines[["top", "right"]].set_visible(False)
+    return _save(figure, path)
+
+
+def plot_encoder_pretraining(trials: pd.DataFrame, path: Path) -> Path:
+    """Fig. 6 (right): heatmap of the mean validation accuracy, encoder x pretraining."""
+    table = trials.pivot_table(index="encoder", columns="pretraining", values="val_accuracy",
+                               aggfunc="mean")
+    figure, axes = plt.subplots(figsize=(1.6 + 1.2 * len(table.columns), 1.2 + 0.5 * len(table)))
+    image = axes.imshow(table.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    axes.set_xticks(range(len(table.columns)), list(table.columns))
+    axes.set_yticks(range(len(table.index)), list(table.index))
+    for (i, j), value in np.ndenumerate(table.to_numpy()):
+        if np.isfinite(value):
+            axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                      color="white" if value < 0.6 else "black")
+    figure.colorbar(image, ax=axes, label="mean validation accuracy")
+    return _save(figure, path)
+
+
+def plot_confusion(test: Mapping[str, Any], path: Path) -> Path | None:
+    """The confusion matrix of the test split (rows: truth, columns: prediction)."""
+    matrix = np.asarray(test.get("confusion_matrix") or [], dtype=float)
+    names = list(test.get("class_names") or [])
+    if matrix.size == 0:
+        return None
+    figure, axes = plt.subplots(figsize=(1.5 + 0.7 * len(names), 1.2 + 0.7 * len(names)))
+    axes.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        axes.text(j, i, f"{int(value)}", ha="center", va="center", fontsize=9)
+    axes.set_xticks(range(len(names)), names, rotation=30)
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"test accuracy {test.get('accuracy', float('nan')):.3f}", fontsize=10)
+    return _save(figure, path)
+
+
+def write_classifier_results(
+    study_dir: str | os.PathLike,
+    records_by_search: Mapping[str, Sequence[Mapping[str, Any]]],
+    best: Mapping[str, Any],
+    crop_shape: Sequence[int],
+    classes: Sequence[str],
+    measure_inference: bool = True,
+) -> list[Path]:
+    """Write the study's plots and tables (see the module docstring); return their paths."""
+    from scipy import stats
+
+    study_dir = Path(study_dir)
+    trials = trials_table(records_by_search)
+    written = [_write(trials, study_dir / "tables" / "trials.csv")]
+    in_chans = int(crop_shape[0])
+    crop_size = (int(crop_shape[1]), int(crop_shape[2]), int(crop_shape[3]))
+    encoders = encoder_table(trials, in_chans, crop_size)
+    written.append(_write(encoders, study_dir / "tables" / "encoders.csv"))
+    if {"head", "preprocessing"} <= set(trials):
+        written.append(plot_encoder_head_preprocessing(
+            trials, study_dir / "plots" / "fig6_encoder_head_preprocessing.png"))
+    if "pretraining" in trials:
+        written.append(plot_encoder_pretraining(
+            trials, study_dir / "plots" / "fig6_encoder_pretraining.png"))
+    confusion = plot_confusion(best.get("test") or {}, study_dir / "plots" / "confusion.png")
+    if confusion is not None:
+        written.append(confusion)
+    r = p = float("nan")
+    if len(encoders) >= 3 and encoders["mean_val_accuracy"].nunique() > 1:
+        result = stats.pearsonr(encoders["parameters"], encoders["mean_val_accuracy"])
+        r, p = float(result.statistic), float(result.pvalue)
+    correlation = {"pearson_r": r, "p_value": p, "encoders": int(len(encoders)),
+                   "what": "encoder parameter count vs mean validation accuracy"}
+    path = study_dir / "tables" / "correlation.yaml"
+    path.write_text(yaml.safe_dump(correlation, sort_keys=False))
+    written.append(path)
+    if measure_inference:
+        from aop.classification.inference import inference_speed
+
+        rows = []
+        for encoder in encoders["encoder"]:
+            speed = inference_speed(
+                str(encoder), head=str(best["params"].get("head", "slice")), in_chans=in_chans,
+                crop_size=crop_size, num_classes=len(classes),
+                repeats=3,
+            )
+            rows.append({
+                "encoder": encoder, "device": speed["device"],
+                "parameters": speed["parameters"],
+                "instances_per_s_batch_1": speed["instances_per_s"][1],
+                "instances_per_s_batch_32": speed["instances_per_s"][32],
+            })
+        written.append(_write(pd.DataFrame(rows), study_dir / "tables" / "inference.csv"))
+    return written
