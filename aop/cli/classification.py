@@ -43,3 +43,27 @@ def analyze(
         )
     console.print(table)
     console.print(f"wrote {len(paths)} files to {out_dir}")
+
+
+@app.command()
+def classify(
+    source: Annotated[
+        str, typer.Argument(help="Classification study folder, or an MLflow model URI.")
+    ],
+    data: Annotated[Path, typer.Option("--data", help="Segmented data set (images/, labels/).")],
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (default: local Ray).")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Actors holding the model.")] = 1,
+    gpus_per_worker: Annotated[
+        float, typer.Option("--gpus-per-worker", help="GPUs per actor (0: CPU).")
+    ] = 0.0,
+) -> None:
+    """Classify every instance: source=predicted rows in annotations.csv, predictions.csv."""
+    from aop.classify import classify_dataset
+
+    count = classify_dataset(
+        source, data, address=address, workers=workers, gpus_per_worker=gpus_per_worker
+    )
+    console.print(f"classified {count} instances; wrote {data / 'annotations.csv'} and "
+                  f"{data / 'predictions.csv'}")

@@ -385,10 +385,18 @@ class ClassificationKind(StudyKind):
             classes=prepared.context["classes"],
         )
         if checkpoint is not None:
+            metadata = {
+                "crop_size": list(exp.crops.size),
+                "target_spacing": list(exp.crops.target_spacing)
+                if exp.crops.target_spacing else None,
+                "preprocessing": str(best["params"].get("preprocessing", "mask")),
+                "sigma": exp.crops.sigma,
+                "classes": list(prepared.context["classes"]),
+            }
             tracker.log_model_safely(
                 lambda: log_classifier_model(
                     tracker, checkpoint, prepared.context["crop_shape"],
-                    registered_name=f"aop-{exp.name}-classifier",
+                    registered_name=f"aop-{exp.name}-classifier", metadata=metadata,
                 ),
                 tag="classifier",
             )
@@ -403,9 +411,17 @@ def best_checkpoint(study_dir: Path, record: Mapping[str, Any]) -> Path | None:
 
 
 def log_classifier_model(
-    tracker: Any, checkpoint: Path, crop_shape: Sequence[int], registered_name: str
+    tracker: Any,
+    checkpoint: Path,
+    crop_shape: Sequence[int],
+    registered_name: str,
+    metadata: Mapping[str, Any] | None = None,
 ) -> str:
-    """Log a trial's best checkpoint with ``mlflow.pytorch.log_model`` and register it."""
+    """Log a trial's best checkpoint with ``mlflow.pytorch.log_model`` and register it.
+
+    ``metadata`` (crop size, preprocessing, classes) lets ``aop classify MODEL_URI`` crop as the
+    study did.
+    """
     import mlflow
     import torch
     from mlflow.models import infer_signature
@@ -422,7 +438,7 @@ def log_classifier_model(
     with _tracking_uri(tracker.tracking_uri), mlflow.start_run(run_id=run_id, nested=True):
         mlflow.pytorch.log_model(
             model, name="classifier", signature=signature, input_example=example,
-            registered_model_name=registered_name,
+            registered_model_name=registered_name, metadata=dict(metadata or {}),
         )
     tracker.client.update_run(run_id, status="RUNNING")
     return f"runs:/{run_id}/classifier"

@@ -1,0 +1,194 @@
+"""Classify every instance of a segmented data set with a study's best classifier (Ray Data).
+
+``aop classify STUDY_DIR|MODEL_URI --data DIR``: each volume's instances are cropped as the study
+cropped them (size, voxel size, ``mask``/``distance`` preprocessing) and classified by an actor
+pool that holds the model (GPU actors where there are GPUs). Every instance gets a class and its
+probability, written into the data set's ``annotations.csv`` as ``source=predicted`` rows (replacing
+the previous predicted rows, all or nothing; manual, spread and truth rows are kept) and, with the
+probability of every class, into ``predictions.csv`` beside it.
+
+The model comes from a classification study folder (its best trial's checkpoint and its experiment)
+or from an MLflow model URI (``runs:/...``, ``models:/NAME/VERSION``) logged by a study, whose
+metadata carries the crop settings and class names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from aop.errors import AopError
+
+
+@dataclass
+class ClassifierSource:
+    """Where the classifier is and how its crops are made."""
+
+    checkpoint: Path | None
+    model_uri: str | None
+    crop_size: tuple[int, int, int]
+    target_spacing: tuple[float, float, float] | None
+    method: str
+    sigma: float
+    classes: list[str]
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "crop_size": list(self.crop_size),
+            "target_spacing": list(self.target_spacing) if self.target_spacing else None,
+            "preprocessing": self.method,
+            "sigma": self.sigma,
+            "classes": list(self.classes),
+        }
+
+    def load(self) -> Any:
+        if self.checkpoint is not None:
+            from aop.classification.module import CropClassifier
+
+            return CropClassifier.load_from_checkpoint(str(self.checkpoint), map_location="cpu")
+        import mlflow.pytorch
+
+        return mlflow.pytorch.load_model(self.model_uri, map_location="cpu")
+
+
+def classifier_source(source: str | os.PathLike) -> ClassifierSource:
+    """A study folder's best classifier, or an MLflow model URI with aop's metadata."""
+    text = str(source)
+    if "://" in text or text.startswith("models:/"):
+        from mlflow.models import get_model_info
+
+        try:
+            meta = get_model_info(text).metadata or {}
+        except Exception as exc:  # noqa: BLE001  (MLflow raises many kinds)
+            raise AopError(f"{text}: cannot read the model ({type(exc).__name__})") from None
+        if "crop_size" not in meta:
+            raise AopError(f"{text}: not a classifier logged by an aop study (no crop metadata)")
+        return ClassifierSource(
+            None, text, tuple(meta["crop_size"]),
+            tuple(meta["target_spacing"]) if meta.get("target_spacing") else None,
+            meta["preprocessing"], float(meta["sigma"]), list(meta["classes"]),
+        )
+    from aop.tuning.classification import best_checkpoint
+
+    study = Path(source)
+    best_file = study / "best.yaml"
+    experiment = study / "experiment.yaml"
+    if not best_file.is_file() or not experiment.is_file():
+        raise AopError(f"{study}: not a finished study folder (no best.yaml or experiment.yaml)")
+    best = yaml.safe_load(best_file.read_text())
+    if best.get("kind") != "classification":
+        raise AopError(f"{study}: a {best.get('kind', 'segmentation')} study, not a classification "
+                       "study")
+    checkpoint = best_checkpoint(study, best)
+    if checkpoint is None:
+        raise AopError(f"{study}/tune/{best['search']}/{best['trial_id']}: no best.ckpt of the "
+                       "best trial")
+    exp = yaml.safe_load(experiment.read_text())
+    crops = exp.get("crops") or {}
+    classes = list((best.get("test") or {}).get("class_names") or [])
+    return ClassifierSource(
+        checkpoint, None, tuple(crops.get("size", (8, 32, 32))),
+        tuple(crops["target_spacing"]) if crops.get("target_spacing") else None,
+        str(best["params"].get("preprocessing", "mask")), float(crops.get("sigma", 2.0)),
+        classes,
+    )
+
+
+class _VolumeClassifier:
+    """Ray Data actor: holds the model, classifies the instances of one volume per row."""
+
+    def __init__(self, source: ClassifierSource, root: str, device: str) -> None:
+        from aop.io import load_dataset
+
+        self.source = source
+        self.model = source.load().eval()
+        self.dataset = load_dataset(root, require_labels=True)
+        self.device = device
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from aop.classification.module import predict_proba
+        from aop.instances.crops import instance_crops
+
+        out: dict[str, list] = {"volume": [], "label": [], "proba": []}
+        for volume in batch["volume"]:
+            volume = str(volume)
+            labels = self.dataset.labels(volume)
+            if not labels.any():
+                continue
+            crops, ids = instance_crops(
+                labels, self.dataset.image(volume), size=self.source.crop_size,
+                spacing=self.dataset.info.voxel_size, target_spacing=self.source.target_spacing,
+                method=self.source.method, sigma=self.source.sigma,
+            )
+            proba = predict_proba(self.model, crops, device=self.device)
+            out["volume"] += [volume] * len(ids)
+            out["label"] += [int(i) for i in ids]
+            out["proba"] += [np.asarray(p, dtype=np.float32) for p in proba]
+        return {k: np.asarray(v) for k, v in out.items()}
+
+
+def classify_dataset(
+    source: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    address: str | None = None,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    annotator: str = "aop classify",
+    progress: Callable[[str], object] | None = None,
+) -> int:
+    """Classify every instance of ``data``; write ``source=predicted`` rows. Returns the count."""
+    import ray
+
+    from aop.instances.annotations import read_classes, replace_annotations
+    from aop.io import load_dataset
+
+    if workers < 1:
+        raise AopError(f"workers: must be at least 1, got {workers}")
+    if gpus_per_worker < 0:
+        raise AopError(f"gpus per worker: must be >= 0, got {gpus_per_worker}")
+    classifier = classifier_source(source)
+    dataset = load_dataset(data, require_labels=True)
+    declared = [c.name for c in read_classes(data)]
+    if declared and classifier.classes and declared != classifier.classes:
+        raise AopError(
+            f"{data}/dataset.yaml: classes {declared} differ from the classifier's "
+            f"{classifier.classes}"
+        )
+    classes = classifier.classes or declared
+    if not ray.is_initialized():
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
+    items = ray.data.from_items([{"volume": v} for v in dataset.names])
+    device = "cuda" if gpus_per_worker > 0 else "cpu"
+    results = items.map_batches(
+        _VolumeClassifier,
+        fn_constructor_args=(classifier, str(Path(data).resolve()), device),
+        batch_size=1,
+        concurrency=workers,
+        num_gpus=gpus_per_worker or None,
+    ).take_all()
+    import pandas as pd
+
+    rows, table = [], []
+    for r in results:
+        proba = np.asarray(r["proba"], dtype=float)
+        name = classes[int(proba.argmax())]
+        rows.append({"volume": r["volume"], "label": int(r["label"]), "class": name,
+                     "source": "predicted", "annotator": annotator})
+        table.append({"volume": r["volume"], "label": int(r["label"]), "class": name,
+                      "probability": float(proba.max()),
+                      **{f"p_{c}": float(v) for c, v in zip(classes, proba, strict=True)}})
+    replace_annotations(data, rows, source="predicted")
+    path = Path(data) / "predictions.csv"
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame(table).sort_values(["volume", "label"]).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    if progress is not None:
+        progress(f"classified {len(rows)} instances of {len(dataset.names)} volumes")
+    return len(rows)
