@@ -11,7 +11,9 @@ Volumes are NumPy arrays in (Z, Y, X) or (C, Z, Y, X) order. Supported formats:
 
 A data set is a folder::
 
-    dataset.yaml        name, voxel_size [z, y, x], channel_names, and free-form provenance
+    dataset.yaml        name, voxel_size [z, y, x], channel_names, optional instance classes
+                        ([{name, key}], read and written by aop.instances.annotations) and
+                        free-form provenance
     images/NAME.tif     one volume per file
     labels/NAME.tif     optional instance labels, matched to images by NAME
 
@@ -290,14 +292,18 @@ class DatasetInfo:
     voxel_size: Spacing = (1.0, 1.0, 1.0)
     channel_names: list[str] = field(default_factory=lambda: ["channel0"])
     provenance: dict[str, Any] = field(default_factory=dict)
+    classes: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "voxel_size": [float(v) for v in self.voxel_size],
             "channel_names": list(self.channel_names),
-            "provenance": _plain(self.provenance),
         }
+        if self.classes:  # only data sets with instance classes carry the key
+            out["classes"] = [{str(k): str(v) for k, v in c.items()} for c in self.classes]
+        out["provenance"] = _plain(self.provenance)
+        return out
 
 
 @dataclass(frozen=True)
@@ -387,7 +393,7 @@ def _read_info(root: Path) -> DatasetInfo:
         raise AopError(f"{info_path}: not valid YAML ({exc.__class__.__name__})") from exc
     if not isinstance(raw, dict):
         raise AopError(f"{info_path}: expected a mapping of keys, got {type(raw).__name__}")
-    known = {"name", "voxel_size", "channel_names", "provenance"}
+    known = {"name", "voxel_size", "channel_names", "provenance", "classes"}
     unknown = sorted(set(raw) - known)
     if unknown:
         known_keys = ", ".join(sorted(known))
@@ -409,6 +415,7 @@ def _read_info(root: Path) -> DatasetInfo:
         voxel_size=tuple(float(v) for v in voxel_size),  # type: ignore[arg-type]
         channel_names=channels,
         provenance=raw.get("provenance") or {},
+        classes=list(raw.get("classes") or []),  # validated by aop.instances.annotations
     )
 
 
@@ -481,6 +488,7 @@ def write_dataset(
     root: str | os.PathLike,
     volumes: Iterable[tuple[str, np.ndarray, np.ndarray | None]],
     info: DatasetInfo,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Write a data-set folder: ``images/``, ``labels/`` and ``dataset.yaml``.
 
@@ -495,6 +503,9 @@ def write_dataset(
         Consumed lazily, so a generator can simulate one volume at a time.
     info : DatasetInfo
         Written to ``dataset.yaml``.
+    files : dict of str to str, optional
+        Further text files (name relative to ``root`` -> contents), written after the volumes, so
+        a generator may fill the dict while it yields (for example ``annotations.csv``).
     """
     import shutil
 
@@ -507,6 +518,8 @@ def write_dataset(
             if labels is not None:
                 write_volume(tmp / "labels" / f"{name}.tif", labels, info.voxel_size)
         (tmp / DATASET_FILE).write_text(yaml.safe_dump(info.to_dict(), sort_keys=False))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
