@@ -268,6 +268,10 @@ def create_app(
             json.dumps(value), media_type="application/json", headers={"cache-control": "no-store"}
         )
 
+    @api.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
     @api.get("/api/state")
     def state() -> Response:
         return _json(session.state())

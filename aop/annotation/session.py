@@ -461,7 +461,7 @@ class AnnotationSession:
             key = (self.boxes[i].volume, self.boxes[i].label)
             if current is not None:
                 if current == cls:
-                    return {"state": self.state(), "item": self.info(i)}
+                    return self._answer(client, i)
                 table.remove_annotations(self.root, [key])
                 del self._manual[i]
             self._append(i, cls)
@@ -469,7 +469,7 @@ class AnnotationSession:
             state.skipped.discard(i)
             self._leases.pop(i, None)
             self._maybe_respread()
-            return {"state": self.state(), "item": self.info(i)}
+            return self._answer(client, i)
 
     def _append(self, i: int, cls: str) -> None:
         box = self.boxes[i]
@@ -488,6 +488,10 @@ class AnnotationSession:
             raise RequestError(f"not saved: {exc}", 409) from None
         self._manual[i] = cls
 
+    def _answer(self, client: str, i: int) -> dict[str, Any]:
+        """Answer to a key press on ``i``: progress, ``i`` as it is now, and ``client``'s next."""
+        return {"state": self.state(), "item": self.info(i), "next": self.next_for(client)}
+
     def skip(self, client: str, volume: Any, label: Any) -> dict[str, Any]:
         """Pass over an instance for now (nothing is written)."""
         with self._lock:
@@ -496,7 +500,7 @@ class AnnotationSession:
             state.skipped.add(i)
             state.history.append((self.boxes[i].volume, self.boxes[i].label, None, None))
             self._leases.pop(i, None)
-            return {"state": self.state(), "item": self.info(i)}
+            return self._answer(client, i)
 
     def undo(self, client: str) -> dict[str, Any]:
         """Take back ``client``'s last key press; returns the instance to show again.

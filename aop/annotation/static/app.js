@@ -143,7 +143,9 @@ function showAt(index, fresh) {
   show(fresh);
 }
 
-async function goNext() {
+// The next instance: forward in this page's trail, else the server's next unannotated one (which an
+// annotate or skip answer already carries as `next`).
+async function goNext(answer) {
   if (at < trail.length - 1) {
     const next = trail[at + 1];
     const data = await api(`/api/instance/${key(next)}?client=${clientId}`);
@@ -151,7 +153,8 @@ async function goNext() {
     showAt(at + 1, data.item);
     return;
   }
-  const data = await api(`/api/next?client=${clientId}`);
+  const data = answer && "next" in answer ? { item: answer.next, state: answer.state }
+                                          : await api(`/api/next?client=${clientId}`);
   state = data.state;
   if (data.item) {
     trail = trail.slice(0, at + 1);
@@ -193,15 +196,16 @@ async function annotate(cls) {
   if (!item) return;
   const body = { client: clientId, volume: item.volume, label: item.label, class: cls };
   if (item.class) body.previous = item.class;
+  let data;
   try {
-    const data = await api("/api/annotate", body);
+    data = await api("/api/annotate", body);
     state = data.state;
     say(`${item.volume} · label ${item.label}: ${cls}`);
   } catch (error) {
     say(error.message, true);
     if (!error.message.includes("already annotated")) return;
   }
-  await goNext();
+  await goNext(data);
 }
 
 async function skip() {
@@ -209,7 +213,7 @@ async function skip() {
   const data = await api("/api/skip", { client: clientId, volume: item.volume, label: item.label });
   state = data.state;
   say(`skipped ${item.volume} · label ${item.label}`);
-  await goNext();
+  await goNext(data);
 }
 
 async function undo() {
