@@ -4,7 +4,11 @@ A stage adds its commands in a module of this package that registers them on ``a
 import line here.
 """
 
-from aop.cli import annotation, commands  # noqa: F401  (registers the commands)
+from aop.cli import (
+    annotation,  # noqa: F401  (aop annotate)
+    commands,  # noqa: F401  (registers the commands)
+    instances,  # noqa: F401  (aop instances, aop spread)
+)
 from aop.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -184,11 +184,20 @@ def synth(
     layout: Annotated[
         str | None, typer.Option("--layout", help="uniform, spheroid or core_shell.")
     ] = None,
+    classes: Annotated[
+        bool,
+        typer.Option(
+            "--classes",
+            help="Instance classes with marker channels (presets myotube, core_shell); the truth "
+            "goes to annotations.csv.",
+        ),
+    ] = False,
 ) -> None:
     """Simulate a synthetic 3D benchmark: fluorescent objects with perfect instance labels."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from aop.synth import PRESETS, preset_params
+    from aop.synth.classes import class_set
     from aop.synth.dataset import write_synthetic_dataset
 
     if n_volumes < 1:
@@ -223,7 +232,14 @@ def synth(
         params = preset_params(preset, **{k: v for k, v in overrides.items() if v is not None})
         with progress:
             root = write_synthetic_dataset(
-                out, params, shape, n_volumes, seed, preset=preset, on_volume=advance
+                out,
+                params,
+                shape,
+                n_volumes,
+                seed,
+                preset=preset,
+                on_volume=advance,
+                classes=class_set(preset) if classes else None,
             )
     except AopError as exc:  # name the command-line option rather than the parameter
         message = str(exc)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aop.errors import AopError
+from aop.instances.annotations import ANNOTATIONS_FILE, COLUMNS
 from aop.io import DatasetInfo, write_dataset
+from aop.synth.classes import ClassSet, simulate_classes
 from aop.synth.params import SimulationParams, check_shape
 from aop.synth.simulate import simulate
 
@@ -32,6 +36,7 @@ def write_synthetic_dataset(
     *,
     preset: str | None = None,
     on_volume: Callable[[str, int], None] | None = None,
+    classes: ClassSet | None = None,
 ) -> Path:
     """Simulate ``n_volumes`` volumes and write them as a data set (``aop.io`` layout).
 
@@ -55,6 +60,11 @@ def write_synthetic_dataset(
         Preset name, recorded in the provenance.
     on_volume : callable, optional
         Called as ``on_volume(name, n_objects)`` after each volume is simulated.
+    classes : ClassSet, optional
+        Simulate instance classes (:func:`aop.synth.classes.simulate_classes`): the images get
+        one channel per marker (C, Z, Y, X), ``dataset.yaml`` declares the classes (keys 1, 2,
+        ...) and the channel names, and ``annotations.csv`` holds each instance's class with
+        ``source=truth``. Without it the outputs are those of earlier versions, bit for bit.
     """
     shape = check_shape(shape)
     if isinstance(n_volumes, bool) or not isinstance(n_volumes, int) or n_volumes < 1:
@@ -62,22 +72,36 @@ def write_synthetic_dataset(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise AopError(f"seed must be a non-negative integer, got {seed!r}")
     seeds = volume_seeds(seed, n_volumes)
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     names = [f"synth_{i:03d}" for i in range(n_volumes)]
     volumes_record: dict[str, dict[str, Any]] = {}
+    files: dict[str, str] = {}
+    truth: list[str] = []
 
     def generate() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         for name, volume_seed in zip(names, seeds, strict=True):
-            image, labels = simulate(shape, seed=volume_seed, params=params)
+            if classes is None:
+                image, labels = simulate(shape, seed=volume_seed, params=params)
+            else:
+                image, labels, ids = simulate_classes(
+                    shape, classes, seed=volume_seed, params=params
+                )
+                truth.extend(
+                    f"{name},{label},{classes.classes[k].name},truth,aop.synth,{stamp}"
+                    for label, k in enumerate(ids, start=1)
+                )
             n_objects = int(labels.max())
             volumes_record[name] = {"seed": volume_seed, "n_objects": n_objects}
             if on_volume is not None:
                 on_volume(name, n_objects)
             yield name, image, labels
+        if classes is not None:
+            files[ANNOTATIONS_FILE] = "\n".join([",".join(COLUMNS), *truth]) + "\n"
 
     from aop import __version__
 
     provenance: dict[str, Any] = {
-        "generator": "aop.synth.simulate",
+        "generator": "aop.synth.simulate" if classes is None else "aop.synth.simulate_classes",
         "aop_version": __version__,
         "preset": preset,
         "shape": list(shape),
@@ -91,4 +115,10 @@ def write_synthetic_dataset(
         channel_names=["fluorescence"],
         provenance=provenance,
     )
-    return write_dataset(root, generate(), info)
+    if classes is not None:
+        if len(classes.classes) > 9:
+            raise AopError("at most nine synthetic classes (keys 1..9)")
+        info.channel_names = list(classes.channel_names)
+        info.classes = [{"name": c.name, "key": str(i + 1)} for i, c in enumerate(classes.classes)]
+        provenance["classes"] = [asdict(c) for c in classes.classes]
+    return write_dataset(root, generate(), info, files)

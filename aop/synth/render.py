@@ -157,6 +157,7 @@ def render_image(
     brightness: np.ndarray,
     params: SimulationParams,
     rng: np.random.Generator,
+    texture: np.ndarray | None = None,
 ) -> np.ndarray:
     """Turn a label volume into a noisy, blurred fluorescence image.
 
@@ -170,6 +171,8 @@ def render_image(
         Texture, point-spread function, background and noise settings.
     rng : numpy.random.Generator
         Source of texture and noise.
+    texture : ndarray, shape (N,), optional
+        Texture amplitude of each object (instance classes); default ``params.texture`` for all.
 
     Returns
     -------
@@ -179,15 +182,19 @@ def render_image(
     spacing = np.asarray(params.spacing, dtype=float)
     lookup = np.concatenate([[0.0], brightness]).astype(np.float32)
     image = lookup[labels]
-    if params.texture > 0:
-        texture = rng.standard_normal(labels.shape, dtype=np.float32)
+    if params.texture > 0 if texture is None else bool(np.any(texture > 0)):
+        field = rng.standard_normal(labels.shape, dtype=np.float32)
         sigma = params.texture_scale / spacing
-        ndi.gaussian_filter(texture, sigma, output=texture, truncate=_TRUNCATE)
-        texture *= np.float32(params.texture / smoothed_noise_std(sigma))
-        texture += 1.0
-        np.maximum(texture, 0.0, out=texture)
-        image *= texture
-        del texture
+        ndi.gaussian_filter(field, sigma, output=field, truncate=_TRUNCATE)
+        if texture is None:
+            field *= np.float32(params.texture / smoothed_noise_std(sigma))
+        else:
+            amplitude = np.concatenate([[0.0], texture]) / smoothed_noise_std(sigma)
+            field *= amplitude.astype(np.float32)[labels]
+        field += 1.0
+        np.maximum(field, 0.0, out=field)
+        image *= field
+        del field
     sigma = np.asarray(params.psf_sigma, dtype=float) / spacing
     if np.any(sigma > 0):
         ndi.gaussian_filter(image, sigma, output=image, mode="nearest", truncate=_TRUNCATE)

@@ -1,0 +1,135 @@
+"""``aop instances`` (per-instance feature table) and ``aop spread`` (label spreading)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aop.cli.app import app, console, err_console
+from aop.errors import AopError
+
+_DATA = Annotated[
+    Path, typer.Argument(help="Data-set folder (images/, labels/, dataset.yaml, annotations.csv).")
+]
+
+
+def _features_with_progress(data: Path):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from aop.instances.features import dataset_features
+    from aop.io import load_dataset
+
+    n_volumes = len(load_dataset(data, require_labels=True, validate=False))
+    progress = Progress(
+        TextColumn("features"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        console=err_console,
+        transient=True,
+    )
+    task = progress.add_task("", total=n_volumes)
+
+    def advance(name: str, count: int) -> None:
+        progress.update(task, advance=1, description=f"{name}: {count} instances")
+
+    with progress:
+        return dataset_features(data, on_volume=advance)
+
+
+def write_table(frame, out: Path, as_csv: bool) -> None:  # type: ignore[no-untyped-def]
+    """Write a table as Parquet (pyarrow) or CSV, atomically (a temporary file renamed)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        if as_csv:
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, engine="pyarrow", index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@app.command("instances")
+def instances(
+    data: _DATA,
+    out: Annotated[Path, typer.Option("--out", help="Feature table to write (.parquet).")],
+    as_csv: Annotated[bool, typer.Option("--csv", help="Write CSV instead of Parquet.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
+    ] = False,
+) -> None:
+    """Features of every instance of a data set: one row per (volume, label)."""
+    if out.exists() and not overwrite:
+        raise AopError(f"{out}: exists (give --overwrite to replace it)")
+    table = _features_with_progress(data)
+    write_table(table, out, as_csv)
+    n_volumes = table["volume"].nunique()
+    console.print(
+        f"wrote {len(table)} instances of {n_volumes} volume(s), {table.shape[1] - 2} features, "
+        f"to {out}"
+    )
+
+
+@app.command("spread")
+def spread(
+    data: _DATA,
+    features: Annotated[
+        Path | None,
+        typer.Option("--features", help="Feature table from `aop instances` (default: computed)."),
+    ] = None,
+    gamma: Annotated[
+        float | None, typer.Option("--gamma", help="RBF kernel width (default: by CV).")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option("--alpha", help="Clamping factor in (0, 1) (default: by CV).")
+    ] = None,
+    n_components: Annotated[
+        float,
+        typer.Option("--n-components", help="PCA variance fraction (< 1) or component count."),
+    ] = 0.95,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the cross-validation.")] = 0,
+) -> None:
+    """Label spreading: pseudo-labels (source=spread) for every instance without a manual label."""
+    import pandas as pd
+
+    from aop.instances.annotations import read_annotations, replace_annotations
+    from aop.instances.spread import spread_labels
+
+    annotations = read_annotations(data)
+    if features is None:
+        table = _features_with_progress(data)
+    else:
+        if not features.is_file():
+            raise AopError(f"{features}: file not found")
+        try:
+            reader = pd.read_csv if features.suffix.lower() == ".csv" else pd.read_parquet
+            table = reader(features)
+        except Exception as exc:  # pyarrow and pandas raise many types for corrupt files
+            raise AopError(f"{features}: cannot read table ({type(exc).__name__})") from None
+    components: float | int = n_components if n_components < 1 else int(n_components)
+    result = spread_labels(
+        table, annotations, gamma=gamma, alpha=alpha, n_components=components, seed=seed
+    )
+    manual = annotations[annotations["source"] == "manual"]
+    done = set(zip(manual["volume"].astype(str), manual["label"], strict=True))
+    pairs = zip(result["volume"].astype(str), result["label"], strict=True)
+    keep = [(volume, int(label)) not in done for volume, label in pairs]
+    rows = result.loc[keep, ["volume", "label", "class"]].assign(annotator="aop spread")
+    written = replace_annotations(data, rows, "spread")
+    attrs = result.attrs
+    cv = "" if pd.isna(attrs["cv_accuracy"]) else f", CV accuracy {attrs['cv_accuracy']:.3f}"
+    console.print(
+        f"spread {len(manual)} manual labels to {written} instances "
+        f"(gamma {attrs['gamma']:.4g}, alpha {attrs['alpha']:g}, {attrs['n_components']} "
+        f"components{cv})"
+    )
+    counts = rows["class"].value_counts().sort_index()
+    console.print(", ".join(f"{name}: {count}" for name, count in counts.items()))
