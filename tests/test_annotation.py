@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.ndimage as ndi
 from annotation_helpers import CLASSES, SPACING, copy_dataset, make_dataset
@@ -99,11 +100,15 @@ def test_channel_limits_are_percentiles():
     assert channel_limits(np.ones((2, 4, 4)))[0].tolist() == [1.0, 2.0]  # flat: still high > low
 
 
-def test_render_views_outlines_and_contrast(base):
+@pytest.mark.parametrize("where", ["largest", "edge"])
+def test_render_views_outlines_and_contrast(base, where):
     image, _ = read_volume(base / "images" / "vol_0.tif")
     labels, _ = read_volume(base / "labels" / "vol_0.tif")
     boxes = index_instances(labels, "vol_0")
-    box = max(boxes, key=lambda b: b.voxels)
+    if where == "largest":
+        box = max(boxes, key=lambda b: b.voxels)
+    else:  # touches the volume's x = 0 face: its views reach past the edge
+        box = next(b for b in boxes if b.bbox[2] == 0)
     limits = channel_limits(image)
     z = box.bbox[0]
     shown = render_instance(
@@ -115,18 +120,25 @@ def test_render_views_outlines_and_contrast(base):
     assert views == [(c, v) for c in ("dapi", "actin") for v in ("xy", "yz", "max", "xz")]
     xy = next(p for p in shown.panels if p["view"] == "xy" and p["channel"] == "actin")
     xz = next(p for p in shown.panels if p["view"] == "xz")
-    # the crop: the box padded by its extent (at least 2 z, 8 y and x voxels), clipped
-    pads = [max(m, box.bbox[a + 3] - box.bbox[a]) for a, m in zip(range(3), (2, 8, 8), strict=True)]
-    lo = [max(0, box.bbox[a] - pads[a]) for a in range(3)]
-    hi = [min(labels.shape[a], box.bbox[a + 3] + pads[a]) for a in range(3)]
-    zs, ys, xs = (slice(lo[a], hi[a]) for a in range(3))
-    scale = xy["width"] // (xs.stop - xs.start)
-    assert xy["height"] == scale * (ys.stop - ys.start)
+    # the window: the box padded by its extent (at least 2 z, 8 y and x voxels), square in y and
+    # x, not clipped; past the volume's edge it shows background (the low limit, label 0)
+    z0, y0, x0, z1, y1, x1 = box.bbox
+    side = max(y1 - y0, x1 - x0)
+    pads = [max(2, z1 - z0), max(8, side), max(8, side)]
+    centred = [y0 - (side - (y1 - y0)) // 2, x0 - (side - (x1 - x0)) // 2]
+    lo = [z0 - pads[0], centred[0] - pads[1], centred[1] - pads[2]]
+    hi = [z1 + pads[0], lo[1] + side + 2 * pads[1], lo[2] + side + 2 * pads[2]]
+    margin = max(pads) * 2
+    padded_labels = np.pad(labels, margin)
+    padded_image = np.pad(image[1], margin, constant_values=limits[1, 0])
+    ys, xs = (slice(lo[a] + margin, hi[a] + margin) for a in (1, 2))
+    scale = xy["width"] // (hi[2] - lo[2])
+    assert xy["height"] == scale * (hi[1] - lo[1])
     # side views are stretched along z by the voxel size (2 / 1 here)
-    assert xz["height"] == round((zs.stop - zs.start) * scale * SPACING[0] / SPACING[2])
+    assert xz["height"] == round((hi[0] - lo[0]) * scale * SPACING[0] / SPACING[2])
     panel = picture[xy["y"] : xy["y"] + xy["height"], xy["x"] : xy["x"] + xy["width"]]
-    crop_labels = labels[z, ys, xs]
-    crop_image = image[1, z, ys, xs]
+    crop_labels = padded_labels[z + margin, ys, xs]
+    crop_image = padded_image[z + margin, ys, xs]
     expected = np.clip((crop_image - limits[1, 0]) * 255 / (limits[1, 1] - limits[1, 0]), 0, 255)
     expected = np.repeat(np.repeat(expected.astype(np.uint8), scale, 0), scale, 1)
     big_labels = np.repeat(np.repeat(crop_labels, scale, 0), scale, 1)
@@ -137,6 +149,8 @@ def test_render_views_outlines_and_contrast(base):
     own = big_labels == box.label
     assert yellow.any() and np.all(own[yellow])  # the outline lies on the instance ...
     assert not yellow[ndi.binary_erosion(own)].any()  # ... on its edge only
+    rows, cols = np.nonzero(own)  # and the instance sits in the middle of the view
+    assert abs(cols.mean() - xy["width"] / 2) < 0.25 * xy["width"]
     neighbours = (big_labels > 0) & ~own
     if neighbours.any():
         tint = np.abs(panel.astype(float) - 0.55 * NEIGHBOUR_COLOUR).max(axis=2)
@@ -472,3 +486,22 @@ def test_cli_killed_and_restarted_resumes(data):
         assert session.next_for("p")["label"] == 4
     finally:
         session.close()
+
+
+def test_features_table_from_a_file(data, tmp_path):
+    session = AnnotationSession(data, classes=CLASSES, suggest=False)
+    keys = [(b.volume, b.label) for b in session.boxes]
+    session.close()
+    table = pd.DataFrame(
+        {"volume": [v for v, _ in keys], "label": [n for _, n in keys], "size": np.arange(72.0)}
+    )
+    table.to_parquet(tmp_path / "features.parquet")
+    session = AnnotationSession(data, features=tmp_path / "features.parquet")
+    assert session.features["size"].tolist() == list(range(72)) and session.spread is None
+    session.close()
+    table.iloc[:-1].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(AopError, match="short.csv: no row for volume 'vol_1' label 36"):
+        AnnotationSession(data, features=tmp_path / "short.csv")
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(AopError, match="broken.parquet: cannot read table"):
+        AnnotationSession(data, features=tmp_path / "broken.parquet")

@@ -36,6 +36,7 @@ __all__ = [
     "crop_box",
     "index_instances",
     "render_instance",
+    "take",
 ]
 
 INSTANCE_COLOUR = np.array([255, 214, 0], dtype=np.float32)
@@ -138,27 +139,53 @@ def channel_limits(
 
 def crop_box(
     box: InstanceBox,
-    shape: Sequence[int],
     context: float = 1.0,
     min_pad: Sequence[int] = (2, 8, 8),
 ) -> tuple[slice, slice, slice]:
     """The neighbourhood shown around an instance: its bounding box padded on every side.
 
-    Each axis is padded by ``context`` times the box's extent (at least ``min_pad``) and clipped to
-    the volume ``shape``.
+    In y and x the window is square: the larger of the two extents, centred on the box. Each axis
+    is padded by ``context`` times that extent (at least ``min_pad``). The window is not clipped to
+    the volume: beyond the volume's edge it shows background, so an instance at the edge stays in
+    the middle of its views (see :func:`take`).
 
     Examples
     --------
-    >>> b = InstanceBox("v", 1, (5, 20, 20), (4, 16, 16, 7, 24, 24), 100)
-    >>> crop_box(b, (10, 64, 64))
+    >>> crop_box(InstanceBox("v", 1, (5, 20, 20), (4, 16, 16, 7, 24, 24), 100))
     (slice(1, 10, None), slice(8, 32, None), slice(8, 32, None))
+    >>> crop_box(InstanceBox("v", 2, (1, 3, 60), (0, 0, 58, 3, 6, 64), 80))
+    (slice(-3, 6, None), slice(-8, 14, None), slice(50, 72, None))
     """
-    slices = []
-    for axis in range(3):
-        lo, hi = box.bbox[axis], box.bbox[axis + 3]
-        pad = max(int(min_pad[axis]), int(round(context * (hi - lo))))
-        slices.append(slice(max(0, lo - pad), min(int(shape[axis]), hi + pad)))
+    z0, y0, x0, z1, y1, x1 = box.bbox
+    pad_z = max(int(min_pad[0]), int(round(context * (z1 - z0))))
+    side = max(y1 - y0, x1 - x0)
+    slices = [slice(z0 - pad_z, z1 + pad_z)]
+    for axis, (lo, hi) in ((1, (y0, y1)), (2, (x0, x1))):
+        pad = max(int(min_pad[axis]), int(round(context * side)))
+        start = lo - (side - (hi - lo)) // 2 - pad
+        slices.append(slice(start, start + side + 2 * pad))
     return tuple(slices)  # type: ignore[return-value]
+
+
+def take(array: np.ndarray, window: Sequence[slice], fill: float = 0) -> np.ndarray:
+    """``array[window]`` for a window that may reach past the array's edges (filled with ``fill``).
+
+    Examples
+    --------
+    >>> take(np.arange(4), [slice(-1, 3)], fill=-1)
+    array([-1,  0,  1,  2])
+    """
+    shape = tuple(s.stop - s.start for s in window)
+    out = np.full(shape, fill, dtype=np.result_type(array.dtype, np.min_scalar_type(fill)))
+    inside = tuple(
+        slice(max(0, s.start), min(n, s.stop)) for s, n in zip(window, array.shape, strict=True)
+    )
+    if all(i.stop > i.start for i in inside):
+        target = tuple(
+            slice(i.start - s.start, i.stop - s.start) for i, s in zip(inside, window, strict=True)
+        )
+        out[target] = array[inside]
+    return out
 
 
 @dataclass(frozen=True)
@@ -234,7 +261,7 @@ def render_instance(
         Row captions.
     context : float
         Neighbourhood shown around the bounding box, as a multiple of its extent (see
-        :func:`crop_box`).
+        :func:`crop_box`; past the volume's edge the views show background).
     min_size : int
         The ``xy`` view is enlarged by an integer factor (at most ``max_scale``) until its longer
         side has at least this many pixels.
@@ -259,9 +286,7 @@ def render_instance(
     z = zc if z is None else int(z)
     if not 0 <= z < n_z:
         raise AopError(f"z={z} is outside the volume (0..{n_z - 1})")
-    zs, ys, xs = crop_box(box, labels.shape, context)
-    yc = min(max(yc, 0), labels.shape[1] - 1)
-    xc = min(max(xc, 0), labels.shape[2] - 1)
+    zs, ys, xs = crop_box(box, context)
     ny, nx, nz = ys.stop - ys.start, xs.stop - xs.start, zs.stop - zs.start
     scale = int(np.clip(np.ceil(min_size / max(ny, nx)), 1, max_scale))
     z_ratio = float(spacing[0]) / float(spacing[2]) if spacing[2] > 0 else 1.0
@@ -269,11 +294,14 @@ def render_instance(
     h_z = max(1, int(round(nz * scale * z_ratio)))
     names = list(channel_names or [])
     names += [f"channel{c}" for c in range(len(names), image.shape[0])]
+    # the centroid's row and column inside the window (it lies inside the bounding box's window)
+    yi, xi = min(max(yc - ys.start, 0), ny - 1), min(max(xc - xs.start, 0), nx - 1)
+    at_z = (slice(z, z + 1), ys, xs)
 
-    lab_crop = labels[zs, ys, xs]
-    lab_xy = _resize(labels[z, ys, xs], h_xy, w_xy)
-    lab_yz = _resize(labels[zs, ys, xc].T, h_xy, h_z)
-    lab_xz = _resize(labels[zs, yc, xs], h_z, w_xy)
+    lab_crop = take(labels, (zs, ys, xs))
+    lab_xy = _resize(take(labels, at_z)[0], h_xy, w_xy)
+    lab_yz = _resize(lab_crop[:, :, xi].T, h_xy, h_z)
+    lab_xz = _resize(lab_crop[:, yi, :], h_z, w_xy)
     own = (lab_crop == box.label).any(axis=0)
     others = np.where(lab_crop == box.label, 0, lab_crop).max(axis=0)
     lab_max = _resize(np.where(own, box.label, others), h_xy, w_xy)
@@ -286,23 +314,24 @@ def render_instance(
     captions: list[tuple[int, int, str]] = []
     z_row = int(round((z - zs.start + 0.5) * scale * z_ratio)) if zs.start <= z < zs.stop else None
     for c, channel in enumerate(image):
-        lim = limits[c] if limits is not None else channel_limits(channel[zs, ys, xs])[0]
+        crop = take(channel.astype(np.float32, copy=False), (zs, ys, xs), np.nan)
+        if limits is not None:
+            lim = limits[c]
+        else:
+            lim = channel_limits(crop[np.isfinite(crop)].reshape(1, 1, -1))[0]
+        crop = np.nan_to_num(crop, nan=float(lim[0]))
+        plane = take(channel, at_z, float(lim[0]))[0]
         top = c * (row_height + GAP) + CAPTION_HEIGHT
         views = {
-            "xy": (_to_uint8(_resize(channel[z, ys, xs], h_xy, w_xy), lim), lab_xy, 0, 0),
-            "yz": (
-                _to_uint8(_resize(channel[zs, ys, xc].T, h_xy, h_z), lim),
-                lab_yz,
-                0,
-                w_xy + GAP,
-            ),
+            "xy": (_to_uint8(_resize(plane, h_xy, w_xy), lim), lab_xy, 0, 0),
+            "yz": (_to_uint8(_resize(crop[:, :, xi].T, h_xy, h_z), lim), lab_yz, 0, w_xy + GAP),
             "max": (
-                _to_uint8(_resize(channel[zs, ys, xs].max(axis=0), h_xy, w_xy), lim),
+                _to_uint8(_resize(crop.max(axis=0), h_xy, w_xy), lim),
                 lab_max,
                 0,
                 w_xy + GAP + h_z + GAP,
             ),
-            "xz": (_to_uint8(_resize(channel[zs, yc, xs], h_z, w_xy), lim), lab_xz, h_xy + GAP, 0),
+            "xz": (_to_uint8(_resize(crop[:, yi, :], h_z, w_xy), lim), lab_xz, h_xy + GAP, 0),
         }
         for view, (grey, lab, dy, dx) in views.items():
             rgb = _overlay(grey, lab, box.label)

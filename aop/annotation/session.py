@@ -141,6 +141,9 @@ class AnnotationSession:
         Volumes (image and labels) kept in memory.
     lease_s : float
         How long a page holds the instance it shows.
+    features : DataFrame, str or Path, optional
+        The instance features for label spreading, as a table or a file written by
+        ``aop instances`` (``.parquet`` or ``.csv``); computed from the data set when omitted.
     progress : callable, optional
         Called with one line of text while the session opens (indexing, features).
 
@@ -164,6 +167,7 @@ class AnnotationSession:
         cache_size: int = 512,
         volumes_in_memory: int = 2,
         lease_s: float = 300.0,
+        features: pd.DataFrame | str | Path | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         if order not in ORDERS:
@@ -216,10 +220,7 @@ class AnnotationSession:
         self._spread_count = -1
         self._spread_thread: threading.Thread | None = None
         if suggest or order == "uncertain":
-            from aop.instances.features import dataset_features
-
-            say(f"instance features of {len(self.boxes)} instances (label spreading)")
-            self.features = dataset_features(self.root)
+            self.features = self._features(features, say)
             self._respread()
 
     # ---------------------------------------------------------------------------------------------
@@ -235,6 +236,36 @@ class AnnotationSession:
                 f"{labels.shape}"
             )
         return labels
+
+    def _features(
+        self, given: pd.DataFrame | str | Path | None, say: Callable[[str], None]
+    ) -> pd.DataFrame:
+        if given is None:
+            from aop.instances.features import dataset_features
+
+            say(f"instance features of {len(self.boxes)} instances (label spreading)")
+            return dataset_features(self.root)
+        where = "features"
+        if not isinstance(given, pd.DataFrame):
+            path = Path(given)
+            where = str(path)
+            if not path.is_file():
+                raise AopError(f"{path}: file not found")
+            try:
+                reader = pd.read_csv if path.suffix.lower() == ".csv" else pd.read_parquet
+                given = reader(path)
+            except Exception as exc:  # pyarrow and pandas raise many types for corrupt files
+                raise AopError(f"{path}: cannot read table ({type(exc).__name__})") from None
+        if not {"volume", "label"} <= set(given.columns):
+            raise AopError(f"{where}: expected columns volume and label (a table of aop instances)")
+        keys = set(zip(given["volume"].astype(str), given["label"].astype(int), strict=True))
+        for box in self.boxes:
+            if (box.volume, box.label) not in keys:
+                raise AopError(
+                    f"{where}: no row for volume {box.volume!r} label {box.label} "
+                    "(the labels changed since; compute the features again)"
+                )
+        return given
 
     def _volume(self, name: str) -> _Volume:
         with self._volume_lock:

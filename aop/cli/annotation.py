@@ -39,6 +39,10 @@ def annotate(
         bool,
         typer.Option("--suggest/--no-suggest", help="Show label-spreading suggestions."),
     ] = True,
+    features: Annotated[
+        Path | None,
+        typer.Option("--features", help="Feature table from `aop instances` (default: computed)."),
+    ] = None,
     host: Annotated[
         str,
         typer.Option("--host", help="Address to listen on; any but loopback requires a token."),
@@ -62,6 +66,7 @@ def annotate(
         order=order,
         respread_every=respread_every,
         suggest=suggest,
+        features=features,
         progress=lambda line: err_console.print(line, highlight=False),
     )
     try:
