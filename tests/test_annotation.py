@@ -234,6 +234,17 @@ def test_session_resumes_from_file(data):
         assert [c["count"] for c in state["classes"]] == [0, 3, 0]
     finally:
         session.close()
+    rest = [(b.volume, b.label) for b in session.boxes if (b.volume, b.label) not in
+            {("vol_0", 1), ("vol_0", 2), ("vol_0", 4)}]
+    append_annotations(
+        data, [{"volume": v, "label": n, "class": "debris", "source": "manual"} for v, n in rest]
+    )
+    session = AnnotationSession(data, suggest=False)
+    try:
+        assert session.next_for("page") is None  # all done
+        assert session.state()["done"] == session.state()["total"] == 72
+    finally:
+        session.close()
 
 
 def test_session_bad_arguments(data):

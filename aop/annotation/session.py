@@ -244,7 +244,9 @@ class AnnotationSession:
             from aop.instances.features import dataset_features
 
             say(f"instance features of {len(self.boxes)} instances (label spreading)")
-            return dataset_features(self.root)
+            return dataset_features(
+                self.root, on_volume=lambda name, n: say(f"features: {name} ({n} instances)")
+            )
         where = "features"
         if not isinstance(given, pd.DataFrame):
             path = Path(given)
