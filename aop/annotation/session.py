@@ -30,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +213,7 @@ class AnnotationSession:
         self._cache_size = int(cache_size)
         self._picture_lock = threading.Lock()
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aop-prefetch")
+        self._pending: dict[tuple[int, int | None], Future] = {}
 
         self.features: pd.DataFrame | None = None
         self.spread: pd.DataFrame | None = None
@@ -418,8 +419,11 @@ class AnnotationSession:
         item["upcoming"] = [
             {"volume": self.boxes[j].volume, "label": self.boxes[j].label} for j in upcoming
         ]
-        for j in [i, *upcoming]:
-            self._renderer.submit(self._picture_quietly, j)
+        with self._picture_lock:
+            for j in upcoming:  # the page asks for `i` itself at once
+                key = (j, None)
+                if key not in self._pictures and key not in self._pending:
+                    self._pending[key] = self._renderer.submit(self._prefetch, j)
         return item
 
     # ---------------------------------------------------------------------------------------------
@@ -436,12 +440,21 @@ class AnnotationSession:
             z = None
         return self._picture(i, z)
 
-    def _picture(self, i: int, z: int | None) -> bytes:
+    def _picture(self, i: int, z: int | None, *, prefetching: bool = False) -> bytes:
         key = (i, z)
         with self._picture_lock:
             if key in self._pictures:
                 self._pictures.move_to_end(key)
                 return self._pictures[key]
+            pending = None if prefetching else self._pending.get(key)
+        # a prefetch already drawing this picture is waited for; one still queued is not
+        if pending is not None and (pending.running() or pending.done()):
+            try:
+                png = pending.result()
+                if png is not None:
+                    return png
+            except AopError:
+                pass
         box = self.boxes[i]
         volume = self._volume(box.volume)
         png = render_instance(
@@ -459,11 +472,14 @@ class AnnotationSession:
                 self._pictures.popitem(last=False)
         return png
 
-    def _picture_quietly(self, i: int) -> None:
+    def _prefetch(self, i: int) -> bytes | None:
         try:
-            self._picture(i, None)
+            return self._picture(i, None, prefetching=True)
         except AopError:
-            pass  # the page's own request reports the problem
+            return None  # the page's own request reports the problem
+        finally:
+            with self._picture_lock:
+                self._pending.pop((i, None), None)
 
     # ---------------------------------------------------------------------------------------------
     # key presses
