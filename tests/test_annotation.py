@@ -395,6 +395,9 @@ def test_host_header_checked_on_loopback(served):
     _, server, client = served
     assert client.get("/api/state", headers={"host": "evil.example:80"}).status_code == 403
     assert client.get("/api/state", headers={"host": f"localhost:{server.port}"}).status_code == 200
+    # an SSH forward may arrive on another local port
+    assert client.get("/api/state", headers={"host": "127.0.0.1:9999"}).status_code == 200
+    assert client.get("/api/state", headers={"host": "127.0.0.1.evil.example"}).status_code == 403
 
 
 def test_token_required_off_loopback(data):

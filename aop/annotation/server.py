@@ -148,8 +148,9 @@ class _Guard:
         await self.app(scope, body_receive, send_with_headers)
 
     def _refusal(self, scope: dict, headers: dict[str, str]) -> JSONResponse | None:
-        if self.allowed_hosts is not None and headers.get("host", "") not in self.allowed_hosts:
-            return _error(403, f"host {headers.get('host', '')!r} refused (this server is local)")
+        host = headers.get("host", "")
+        if self.allowed_hosts is not None and _host_name(host) not in self.allowed_hosts:
+            return _error(403, f"host {host!r} refused (this server is local)")
         if self.token is None:
             return None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -190,6 +191,13 @@ class _Guard:
         return b"".join(chunks), None
 
 
+def _host_name(host: str) -> str:
+    """The name part of a ``Host`` header (``[::1]:8765`` -> ``[::1]``, ``a:80`` -> ``a``)."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
 def _replay(body: bytes) -> Any:
     sent = False
 
@@ -219,7 +227,8 @@ def create_app(
     token : str, optional
         Required on every request when given (see the module docstring).
     allowed_hosts : set of str, optional
-        Accepted ``Host`` headers (``127.0.0.1:PORT`` ...); any when None.
+        Accepted host names of the ``Host`` header, any port (``127.0.0.1``, ``localhost``); any
+        host when None.
     max_body : int
         Largest request body, in bytes.
 
@@ -359,7 +368,8 @@ class AnnotationServer:
         allowed = None
         if is_loopback(host):
             shown = f"[{host}]" if ":" in host else host
-            allowed = {f"{name}:{self.port}" for name in (shown, "localhost", "127.0.0.1", "[::1]")}
+            # any port: an SSH forward may arrive on another local port
+            allowed = {shown, "localhost", "127.0.0.1", "[::1]"}
         app = create_app(session, token=token, allowed_hosts=allowed, max_body=max_body)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)

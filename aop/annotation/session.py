@@ -218,6 +218,7 @@ class AnnotationSession:
         self.features: pd.DataFrame | None = None
         self.spread: pd.DataFrame | None = None
         self.spread_generation = 0
+        self.spread_error: str | None = None
         self._spread_count = -1
         self._spread_thread: threading.Thread | None = None
         if suggest or order == "uncertain":
@@ -345,6 +346,7 @@ class AnnotationSession:
                 "bad_segmentation": counts[table.BAD_SEGMENTATION],
                 "channels": self.channel_names,
                 "spread_generation": self.spread_generation,
+                "spread_error": self.spread_error,
             }
 
     def info(self, i: int) -> dict[str, Any]:
@@ -402,9 +404,12 @@ class AnnotationSession:
             return None
 
     def _hold(self, state: _Client, client: str, i: int) -> None:
+        """``client`` now shows ``i``: it holds ``i`` unless another page holds it already."""
         for j in [j for j, (c, _) in self._leases.items() if c == client]:
             del self._leases[j]
-        self._leases[i] = (client, time.monotonic() + self.lease_s)
+        holder = self._leases.get(i)
+        if holder is None or holder[1] <= time.monotonic():
+            self._leases[i] = (client, time.monotonic() + self.lease_s)
 
     def _with_upcoming(self, client: str, i: int) -> dict[str, Any]:
         """Info of ``i`` plus the instances the page is likely to show next (prefetched)."""
@@ -618,7 +623,12 @@ class AnnotationSession:
             },
             columns=list(table.COLUMNS),
         )
-        spread = spread_labels(self.features, frame).set_index(["volume", "label"])
+        try:
+            spread = spread_labels(self.features, frame).set_index(["volume", "label"])
+        except AopError as exc:  # shown on the page; the last good spread stays in use
+            self.spread_error = str(exc)
+            return
+        self.spread_error = None
         with self._lock:
             self.spread = spread
             self._spread_count = len(manual)

@@ -102,6 +102,8 @@ function drawItem() {
     b.textContent = s.class;
     text.append(b, ` confidence ${(100 * s.confidence).toFixed(0)} %`);
     $("suggestion").dataset.class = s.class;
+  } else if (state && state.spread_error) {
+    text.textContent = `label spreading failed: ${state.spread_error}`;
   } else {
     text.textContent = "none yet (label spreading needs two classes)";
     $("suggestion").dataset.class = "";
