@@ -217,6 +217,15 @@ def test_session_order_undo_relabel_and_two_pages(data):
             session.undo("a")
         assert session.undo("b")["item"]["label"] == 2  # undoing a skip shows it again
         assert session.state()["done"] == 0
+        # a skipped instance comes round again once no other is left
+        for box in session.boxes[3:]:
+            session.annotate("a", box.volume, box.label, "debris")
+        session.skip("a", "vol_0", 3)
+        assert session.next_for("a")["label"] == 1  # page b holds 2; 1 was undone, then 3 again
+        session.annotate("a", "vol_0", 1, "debris")
+        assert session.next_for("a")["label"] == 3
+        session.annotate("a", "vol_0", 3, "debris")
+        assert session.next_for("a") is None  # page b still holds 2
     finally:
         session.close()
 

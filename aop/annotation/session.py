@@ -15,8 +15,8 @@ Rules the page relies on:
   (conflict) unless the request names that class as ``previous`` (a deliberate relabel, after
   browsing back), which swaps the row.
 - Undo takes back this page's last key press (class, relabel or skip) if nobody changed that
-  instance since; skips live only in the server's memory, so a restarted server shows skipped
-  instances again.
+  instance since. A skipped instance comes round again once no other is left; skips live only in
+  the server's memory, so a restarted server shows skipped instances again.
 - With ``order="uncertain"`` the unannotated instances are sorted most uncertain first by label
   spreading (:func:`aop.instances.spread.spread_labels` on
   :func:`aop.instances.features.dataset_features`), spread again after every ``respread_every``
@@ -389,18 +389,23 @@ class AnnotationSession:
             return self._with_upcoming(client, i)
 
     def next_for(self, client: str) -> dict[str, Any] | None:
-        """The first instance of the order without a manual class that ``client`` may take."""
+        """The first instance of the order without a manual class that ``client`` may take.
+
+        Instances ``client`` skipped come round again once no other is left.
+        """
         with self._lock:
             state = self._client(client)
             now = time.monotonic()
-            for i in self._order:
-                if i in self._manual or i in state.skipped:
-                    continue
-                holder = self._leases.get(i)
-                if holder is not None and holder[0] != client and holder[1] > now:
-                    continue
-                self._hold(state, client, i)
-                return self._with_upcoming(client, i)
+            for passed in (state.skipped, set()):
+                for i in self._order:
+                    if i in self._manual or i in passed:
+                        continue
+                    holder = self._leases.get(i)
+                    if holder is not None and holder[0] != client and holder[1] > now:
+                        continue
+                    state.skipped.discard(i)
+                    self._hold(state, client, i)
+                    return self._with_upcoming(client, i)
             return None
 
     def _hold(self, state: _Client, client: str, i: int) -> None:

@@ -83,7 +83,12 @@ function drawItem() {
     $("instance-class").textContent = "";
     $("picture").removeAttribute("src");
     $("suggestion-text").textContent = "–";
-    say(`Every instance has a class (${state ? state.total : 0}). u undoes the last one.`);
+    if (state && state.done < state.total) {
+      say(`No instance left for this page: the other ${state.total - state.done} are shown on ` +
+          "another page.");
+    } else {
+      say(`Every instance has a class (${state ? state.total : 0}). u undoes the last one.`);
+    }
     drawState();
     return;
   }
