@@ -217,15 +217,24 @@ def test_session_order_undo_relabel_and_two_pages(data):
             session.undo("a")
         assert session.undo("b")["item"]["label"] == 2  # undoing a skip shows it again
         assert session.state()["done"] == 0
-        # a skipped instance comes round again once no other is left
-        for box in session.boxes[3:]:
-            session.annotate("a", box.volume, box.label, "debris")
-        session.skip("a", "vol_0", 3)
-        assert session.next_for("a")["label"] == 1  # page b holds 2; 1 was undone, then 3 again
-        session.annotate("a", "vol_0", 1, "debris")
+    finally:
+        session.close()
+
+
+def test_skipped_instances_come_round_again(tmp_path):
+    data = make_dataset(tmp_path / "small", n_volumes=1, n_objects=4)
+    session = AnnotationSession(data, classes=CLASSES, suggest=False)
+    try:
+        assert session.next_for("b")["label"] == 1  # page b holds 1 from now on
+        assert session.next_for("a")["label"] == 2
+        session.skip("a", "vol_0", 2)
         assert session.next_for("a")["label"] == 3
         session.annotate("a", "vol_0", 3, "debris")
-        assert session.next_for("a") is None  # page b still holds 2
+        assert session.next_for("a")["label"] == 4
+        session.annotate("a", "vol_0", 4, "debris")
+        assert session.next_for("a")["label"] == 2  # no other left: the skipped one again
+        session.annotate("a", "vol_0", 2, "debris")
+        assert session.next_for("a") is None  # page b still holds 1
     finally:
         session.close()
 
@@ -518,13 +527,15 @@ def test_features_table_from_a_file(data, tmp_path):
     table = pd.DataFrame(
         {"volume": [v for v, _ in keys], "label": [n for _, n in keys], "size": np.arange(72.0)}
     )
-    table.to_parquet(tmp_path / "features.parquet")
-    session = AnnotationSession(data, features=tmp_path / "features.parquet")
+    table.to_csv(tmp_path / "features.csv", index=False)  # as `aop instances --csv` writes it
+    session = AnnotationSession(data, features=tmp_path / "features.csv")
     assert session.features["size"].tolist() == list(range(72)) and session.spread is None
     session.close()
     table.iloc[:-1].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(AopError, match="short.csv: no row for volume 'vol_1' label 36"):
         AnnotationSession(data, features=tmp_path / "short.csv")
-    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
-    with pytest.raises(AopError, match="broken.parquet: cannot read table"):
-        AnnotationSession(data, features=tmp_path / "broken.parquet")
+    table.rename(columns={"label": "id"}).to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(AopError, match="other.csv: expected columns volume and label"):
+        AnnotationSession(data, features=tmp_path / "other.csv")
+    with pytest.raises(AopError, match="missing.parquet: file not found"):
+        AnnotationSession(data, features=tmp_path / "missing.parquet")
