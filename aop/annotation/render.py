@@ -216,15 +216,20 @@ def _resize(panel: np.ndarray, height: int, width: int) -> np.ndarray:
     return panel[rows[:, None], cols[None, :]]
 
 
-def _overlay(grey: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
-    """RGB panel with instance and neighbour outlines (1 pixel, drawn at display resolution)."""
-    rgb = np.repeat(grey[..., None].astype(np.float32), 3, axis=2)
+def _outlines(labels: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Outline pixels (1 pixel, at display resolution) of the instance and of its neighbours."""
     edges = find_boundaries(labels, mode="inner") & (labels > 0)
     own = edges & (labels == label)
-    others = edges & ~own
-    rgb[others] = 0.45 * rgb[others] + 0.55 * NEIGHBOUR_COLOUR
-    rgb[own] = INSTANCE_COLOUR
-    return rgb.astype(np.uint8)
+    return own, edges & ~own
+
+
+def _overlay(grey: np.ndarray, outlines: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """RGB panel: the instance's outline in yellow, its neighbours' blended in cyan."""
+    own, others = outlines
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    rgb[others] = (0.45 * rgb[others] + 0.55 * NEIGHBOUR_COLOUR).astype(np.uint8)
+    rgb[own] = INSTANCE_COLOUR.astype(np.uint8)
+    return rgb
 
 
 def render_instance(
@@ -305,6 +310,10 @@ def render_instance(
     own = (lab_crop == box.label).any(axis=0)
     others = np.where(lab_crop == box.label, 0, lab_crop).max(axis=0)
     lab_max = _resize(np.where(own, box.label, others), h_xy, w_xy)
+    outlines = {  # the same for every channel
+        view: _outlines(lab, box.label)
+        for view, lab in (("xy", lab_xy), ("yz", lab_yz), ("max", lab_max), ("xz", lab_xz))
+    }
 
     row_height = CAPTION_HEIGHT + h_xy + GAP + h_z
     width = w_xy + GAP + h_z + GAP + w_xy
@@ -323,18 +332,17 @@ def render_instance(
         plane = take(channel, at_z, float(lim[0]))[0]
         top = c * (row_height + GAP) + CAPTION_HEIGHT
         views = {
-            "xy": (_to_uint8(_resize(plane, h_xy, w_xy), lim), lab_xy, 0, 0),
-            "yz": (_to_uint8(_resize(crop[:, :, xi].T, h_xy, h_z), lim), lab_yz, 0, w_xy + GAP),
+            "xy": (_to_uint8(_resize(plane, h_xy, w_xy), lim), 0, 0),
+            "yz": (_to_uint8(_resize(crop[:, :, xi].T, h_xy, h_z), lim), 0, w_xy + GAP),
             "max": (
                 _to_uint8(_resize(crop.max(axis=0), h_xy, w_xy), lim),
-                lab_max,
                 0,
                 w_xy + GAP + h_z + GAP,
             ),
-            "xz": (_to_uint8(_resize(crop[:, yi, :], h_z, w_xy), lim), lab_xz, h_xy + GAP, 0),
+            "xz": (_to_uint8(_resize(crop[:, yi, :], h_z, w_xy), lim), h_xy + GAP, 0),
         }
-        for view, (grey, lab, dy, dx) in views.items():
-            rgb = _overlay(grey, lab, box.label)
+        for view, (grey, dy, dx) in views.items():
+            rgb = _overlay(grey, outlines[view])
             if z_row is not None and view == "xz":
                 rgb[min(z_row, rgb.shape[0] - 1), :: max(2, scale)] = (255, 64, 64)
             if z_row is not None and view == "yz":
