@@ -638,12 +638,8 @@ class AnnotationSession:
             self.spread = spread
             self._spread_count = len(manual)
             if self.order_kind == "uncertain":
-                uncertainty = np.array(
-                    [
-                        spread["uncertainty"].get((b.volume, b.label), 0.0)
-                        for b in self.boxes
-                    ]
-                )
+                keys = pd.MultiIndex.from_tuples([(b.volume, b.label) for b in self.boxes])
+                uncertainty = spread["uncertainty"].reindex(keys).fillna(0.0).to_numpy()
                 # most uncertain first; ties keep the sequential order (stable sort)
                 self._order = [int(i) for i in np.argsort(-uncertainty, kind="stable")]
                 self._position = {i: p for p, i in enumerate(self._order)}
