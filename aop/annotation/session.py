@@ -13,7 +13,8 @@ Rules the page relies on:
   seconds), so two pages on one server show, and write, different instances.
 - An instance gets at most one manual row: annotating one that already has a class is refused
   (conflict) unless the request names that class as ``previous`` (a deliberate relabel, after
-  browsing back), which swaps the row.
+  browsing back), which swaps the row: two atomic writes (remove, then append), so a crash
+  between them leaves the instance unannotated, never the file corrupt.
 - Undo takes back this page's last key press (class, relabel or skip) if nobody changed that
   instance since. A skipped instance comes round again once no other is left; skips live only in
   the server's memory, so a restarted server shows skipped instances again.
