@@ -5,7 +5,8 @@ import line here.
 """
 
 from aop.cli import (
-    classification,  # noqa: F401  (aop analyze)
+    annotation,  # noqa: F401  (aop annotate)
+    classification,  # noqa: F401  (aop analyze, aop classify)
     commands,  # noqa: F401  (data sets, scoring, post-processing, models, segmentation study)
     instances,  # noqa: F401  (aop instances, aop spread)
 )
