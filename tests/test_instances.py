@@ -263,6 +263,16 @@ def test_synthetic_classes_keep_the_geometry_and_write_the_truth(classes_data):
     assert marker[names == "core"].mean() > marker[names == "outer_shell"].mean()
 
 
+def test_synth_without_classes_writes_no_class_table(tmp_path):
+    params = preset_params("nuclei", n_objects=2)
+    root = write_synthetic_dataset(tmp_path / "plain", params, (8, 32, 32), 1, seed=0)
+    assert not (root / "annotations.csv").exists()
+    assert "classes" not in (root / "dataset.yaml").read_text()
+    assert load_dataset(root).info.channel_names == ["fluorescence"]
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "n"), "--classes"])
+    assert result.exit_code == 2 and "preset 'nuclei' has no instance classes" in result.output
+
+
 def _truth_labels(root, features):
     truth = read_annotations(root).set_index(["volume", "label"])["class"]
     return truth.loc[list(zip(features["volume"], features["label"], strict=True))].to_numpy()

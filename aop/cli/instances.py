@@ -133,3 +133,52 @@ def spread(
     )
     counts = rows["class"].value_counts().sort_index()
     console.print(", ".join(f"{name}: {count}" for name, count in counts.items()))
+
+
+@app.command("segment")
+def segment(
+    source: Annotated[
+        str, typer.Argument(help="Study folder (its best pipeline) or an MLflow model URI.")
+    ],
+    data: Annotated[Path, typer.Option("--data", help="Data set to segment (images/).")],
+    out: Annotated[Path, typer.Option("--out", help="Output data set (labels/ written there).")],
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (default: local Ray).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Actors holding the model.")
+    ] = None,
+    gpus_per_worker: Annotated[
+        float, typer.Option("--gpus-per-worker", help="GPUs per actor (0: CPU only).")
+    ] = 0.0,
+) -> None:
+    """Apply the best segmentation pipeline to every volume; a rerun skips finished volumes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from aop.io import load_dataset
+    from aop.segmentation.apply import apply_pipeline
+
+    total = len(load_dataset(data, validate=False))
+    progress = Progress(
+        TextColumn("segmenting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        console=err_console,
+        transient=True,
+    )
+    labels = out / "labels"
+    before = len(list(labels.glob("*.tif"))) if labels.is_dir() else 0
+    task = progress.add_task("", total=total, completed=before)
+    with progress:
+        done = apply_pipeline(
+            source,
+            data,
+            out,
+            address=address,
+            num_workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            on_volume=lambda name: progress.update(task, advance=1, description=name),
+        )
+    skipped = total - len(done)
+    console.print(f"segmented {len(done)} volume(s) into {out / 'labels'} ({skipped} already done)")

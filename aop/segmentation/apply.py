@@ -1,0 +1,237 @@
+"""Apply a study's best pipeline (its MLflow pyfunc model) to every volume of a data set (Ray Data).
+
+One Ray Data row per volume (its name and file path); a pool of actors each loads the MLflow model
+once (:class:`PipelineWorker`), reads its volumes itself (tifffile or Zarr through
+:func:`aop.io.read_volume`, so the driver never holds a volume) and writes ``labels/NAME.tif``
+into the output data set atomically. A rerun skips the volumes whose labels are already written,
+so an interrupted run continues where it stopped. On a GPU cluster each actor takes
+``gpus_per_worker`` GPUs.
+
+The output data set has ``labels/``, a ``dataset.yaml`` copied from the input (with the
+provenance of the segmentation added) and ``images/`` as links to the input images (copies where
+the file system has no links), so ``aop instances OUT`` works on it directly. Ray and MLflow are
+imported inside the functions; nothing here is imported by the core.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from aop.errors import AopError
+
+__all__ = ["PipelineWorker", "apply_pipeline", "resolve_model"]
+
+PIPELINE_NAME = "pipeline"
+ACTOR_START_TIMEOUT_S = 600
+
+
+def resolve_model(source: str | os.PathLike) -> tuple[str, str | None]:
+    """The model URI and tracking URI of ``source``: a study folder or an MLflow model URI.
+
+    A study folder (it holds ``mlflow_run_id``) gives ``runs:/<parent run>/pipeline`` in the
+    study's default SQLite store; anything else is taken as a model URI (``runs:/``,
+    ``models:/``, a local model folder) in the current tracking URI.
+
+    Raises
+    ------
+    AopError
+        For a folder that is neither a study nor an MLflow model.
+    """
+    from aop.tracking import RUN_ID_FILE, default_tracking_uri
+
+    path = Path(source)
+    if path.is_dir():
+        if (path / RUN_ID_FILE).is_file():
+            run_id = (path / RUN_ID_FILE).read_text(encoding="utf-8").strip()
+            return f"runs:/{run_id}/{PIPELINE_NAME}", default_tracking_uri(path)
+        if (path / "MLmodel").is_file():
+            return str(path.resolve()), None
+        raise AopError(f"{path}: neither a study folder ({RUN_ID_FILE}) nor an MLflow model")
+    text = str(source)
+    if "://" in text or text.startswith(("runs:/", "models:/")):
+        return text, None
+    raise AopError(f"{source}: no such study folder or model URI")
+
+
+class PipelineWorker:
+    """Ray Data actor: holds the pipeline model; (name, path) rows in, (name, node) rows out."""
+
+    def __init__(
+        self,
+        model_uri: str,
+        tracking_uri: str | None,
+        labels_dir: str,
+        spacing: tuple[float, float, float],
+    ) -> None:
+        import mlflow
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        self.model = mlflow.pyfunc.load_model(model_uri)
+        self.labels_dir = Path(labels_dir)
+        self.spacing = [float(s) for s in spacing]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import ray
+
+        from aop.io import read_volume, write_volume
+
+        names = []
+        for name, path in zip(batch["name"], batch["path"], strict=True):
+            image, _ = read_volume(str(path))
+            labels = self.model.predict(image, params={"spacing": self.spacing})
+            write_volume(self.labels_dir / f"{name}.tif", np.asarray(labels), tuple(self.spacing))
+            names.append(str(name))
+        node = ray.get_runtime_context().get_node_id()
+        return {"name": np.asarray(names), "node": np.asarray([node] * len(names))}
+
+
+def _prepare_output(dataset: Any, out: Path, model_uri: str) -> None:
+    """Create the output data set's ``dataset.yaml`` and ``images/`` links (once)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(exist_ok=True)
+    images = out / "images"
+    images.mkdir(exist_ok=True)
+    for entry in dataset.entries:
+        target = images / entry.image_path.name
+        if target.exists() or target.is_symlink():
+            continue
+        try:
+            target.symlink_to(entry.image_path.resolve())
+        except OSError:
+            shutil.copy2(entry.image_path, target)
+    info = out / "dataset.yaml"
+    if not info.exists():
+        raw = dataset.info.to_dict()  # voxel size, channel names, classes
+        raw["name"] = out.name
+        raw["provenance"] = {
+            "segmented_from": str(dataset.root.resolve()),
+            "pipeline": model_uri,
+            "source_provenance": raw["provenance"],
+        }
+        tmp = out / ".dataset.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+        os.replace(tmp, info)
+
+
+def apply_pipeline(
+    source: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    address: str | None = None,
+    num_workers: int | None = None,
+    gpus_per_worker: float = 0.0,
+    on_volume: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """Segment every volume of ``data`` with the pipeline of ``source`` into the data set ``out``.
+
+    Parameters
+    ----------
+    source : str or path-like
+        A study folder or an MLflow model URI (:func:`resolve_model`).
+    data : str or path-like
+        The input data set (``images/``; its voxel size is passed to the pipeline).
+    out : str or path-like
+        The output data set; ``labels/NAME.tif`` already there are kept and skipped.
+    address : str, optional
+        Ray cluster address; None starts (or reuses) a local Ray.
+    num_workers : int, optional
+        Actors holding the model (default: one per GPU with ``gpus_per_worker``, else one per
+        CPU; at most one per volume).
+    gpus_per_worker : float
+        GPUs each actor takes.
+    on_volume : callable, optional
+        Called with each volume's name once its labels are written (progress).
+
+    Returns
+    -------
+    dict of str to str
+        Volume name -> id of the Ray node that segmented it, for the volumes done in this run.
+
+    Raises
+    ------
+    AopError
+        For a missing data set, study or model, or a negative ``gpus_per_worker``.
+    """
+    import ray
+
+    from aop.io import load_dataset
+
+    if gpus_per_worker < 0:
+        raise AopError(f"gpus_per_worker must be non-negative, got {gpus_per_worker}")
+    model_uri, tracking_uri = resolve_model(source)
+    dataset = load_dataset(data, validate=False)
+    out = Path(out)
+    if out.resolve() == dataset.root.resolve():
+        raise AopError(f"{out}: the output must be another folder than the input data set")
+    _load_check(model_uri, tracking_uri)
+    _prepare_output(dataset, out, model_uri)
+    labels_dir = (out / "labels").resolve()
+    done = {p.name for p in labels_dir.iterdir()} if labels_dir.is_dir() else set()
+    rows = [
+        {"name": e.name, "path": str(e.image_path.resolve())}
+        for e in dataset.entries
+        if f"{e.name}.tif" not in done
+    ]
+    if not rows:
+        return {}
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_workers, log_to_driver=False, include_dashboard=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S  # every actor holds the model before work
+    resources = ray.cluster_resources()
+    if gpus_per_worker > 0:
+        default = int(resources.get("GPU", 0) // gpus_per_worker)
+        if default < 1:
+            raise AopError(f"gpus_per_worker {gpus_per_worker}: the cluster has no such GPUs")
+    else:
+        default = int(resources.get("CPU", 1))
+    workers = max(1, min(num_workers or default, len(rows)))
+    spacing = tuple(float(s) for s in dataset.info.voxel_size)
+    segmented = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        PipelineWorker,
+        fn_constructor_kwargs={
+            "model_uri": model_uri,
+            "tracking_uri": tracking_uri,
+            "labels_dir": str(labels_dir),
+            "spacing": spacing,
+        },
+        batch_size=1,
+        concurrency=workers,
+        num_gpus=gpus_per_worker,
+        num_cpus=1,
+    )
+    nodes: dict[str, str] = {}
+    for row in segmented.iter_rows():
+        nodes[str(row["name"])] = str(row["node"])
+        if on_volume is not None:
+            on_volume(str(row["name"]))
+    return nodes
+
+
+def _load_check(model_uri: str, tracking_uri: str | None) -> None:
+    """Fail in the driver, in one line, when the model cannot be found (before any worker)."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    try:
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        mlflow.models.get_model_info(model_uri)
+    except Exception as exc:  # noqa: BLE001  (MLflow raises many types for a missing model)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AopError(f"{model_uri}: cannot load the pipeline model ({reason})") from None
+    finally:
+        mlflow.set_tracking_uri(previous)
