@@ -232,15 +232,18 @@ def print_report(report: StudyReport, console: Any) -> None:
     comparison = report.comparison
     summary = comparison.summary
     metrics = (report.meta or StudyMeta()).metrics
+    segmentation = (report.meta or StudyMeta()).kind == "segmentation"
     table = Table(title=f"Study {report.study_dir}: searches compared", title_justify="left")
-    for column in ("search", "trials", "best model", "n", *[m.upper() for m in metrics]):
+    columns = ["search", "trials", *(["best model", "n"] if segmentation else []),
+               *[m.upper() for m in metrics]]
+    for column in columns:
         table.add_column(column, justify="left" if column in ("search", "best model") else "right")
     for search, row in summary.iterrows():
+        model = str(row["model"] or "-") if row["model"] != "all" else "all (no post-proc.)"
         table.add_row(
             search,
             str(len(report.records[search])),
-            str(row["model"] or "-") if row["model"] != "all" else "all (no post-proc.)",
-            str(row["n"]),
+            *([model, str(row["n"])] if segmentation else []),
             *[_number(row[m]) for m in metrics],
         )
     console.print(table)
