@@ -30,8 +30,10 @@ A search-space file lists the model choice and the seven post-processing paramet
 
 Every validation error is an :class:`aop.errors.AopError` whose one-line message names the file and
 the dotted field, e.g. ``experiments/x.yaml: search.budget: Input should be greater than 0``.
-Relative paths in an experiment file are resolved against the experiment file's folder first, then
-the current directory, then the project root (where ``search_spaces/`` lives).
+Relative paths in an experiment file: outputs (``storage.study_dir``, ``storage.cache_dir``) are
+relative to the experiment file's folder, always; inputs (``data.benchmark``, ``search_space``,
+model weights) are looked for in the experiment file's folder first, then the current directory,
+then the project root (where ``search_spaces/`` lives).
 """
 
 from __future__ import annotations
@@ -381,11 +383,22 @@ def _validation_error(source: str, exc: ValidationError) -> AopError:
 
 
 def read_yaml(path: Path) -> Any:
-    """Read a YAML file; a missing file or bad YAML is an :class:`AopError` naming the file."""
+    """Read a YAML file; a missing, unreadable, binary or bad file is one :class:`AopError` line."""
+    path = Path(path)
+    if path.is_dir():
+        raise AopError(f"{path}: is a folder, not a YAML file")
     if not path.is_file():
         raise AopError(f"{path}: file not found")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise AopError(f"{path}: not a text file (not UTF-8; expected YAML)") from None
+    except OSError as exc:
+        raise AopError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if "\x00" in text:
+        raise AopError(f"{path}: not a text file (binary data; expected YAML)")
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -438,9 +451,10 @@ def parse_experiment(
     if exp.data.benchmark is not None:
         exp.data.benchmark = _resolve(exp.data.benchmark, base)
     exp.search_space = _resolve(exp.search_space, base)
-    exp.storage.study_dir = _resolve(exp.storage.study_dir, base)
+    # outputs: relative to the experiment file's folder, never searched for
+    exp.storage.study_dir = (base / exp.storage.study_dir.expanduser()).resolve()
     if exp.storage.cache_dir is not None:
-        exp.storage.cache_dir = _resolve(exp.storage.cache_dir, base)
+        exp.storage.cache_dir = (base / exp.storage.cache_dir.expanduser()).resolve()
     for model in exp.models:
         # a relative weights path; a registered name (e.g. StarDist's 2D_versatile_fluo) stays
         value = model.settings.get("model")

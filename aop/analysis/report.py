@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from aop.analysis.compare import SearchComparison, compare_searches, significance_stars
 from aop.analysis.records import METRICS, best_record, read_study_records
+from aop.config import read_yaml
 from aop.errors import AopError
 
 BEST_FILE = "best.yaml"
@@ -69,18 +68,11 @@ class StudyReport:
         }
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise AopError(f"{path}: not readable YAML ({exc.__class__.__name__})") from None
-
-
 def _tracking_uri(study_dir: Path) -> str:
     uri = None
     experiment = study_dir / EXPERIMENT_FILE
     if experiment.is_file():
-        data = _read_yaml(experiment)
+        data = read_yaml(experiment)
         tracking = data.get("tracking") if isinstance(data, Mapping) else None
         if isinstance(tracking, Mapping):
             uri = tracking.get("tracking_uri")
@@ -88,7 +80,7 @@ def _tracking_uri(study_dir: Path) -> str:
 
 
 def _best_from_file(path: Path) -> dict[str, Any]:
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise AopError(f"{path}: expected a mapping with model, params and scores")
     for key in ("model", "params"):

@@ -32,6 +32,8 @@ def write_synthetic_dataset(
     *,
     preset: str | None = None,
     on_volume: Callable[[str, int], None] | None = None,
+    overwrite: bool = False,
+    overwrite_hint: str = "overwrite=True",
 ) -> Path:
     """Simulate ``n_volumes`` volumes and write them as a data set (``aop.io`` layout).
 
@@ -42,7 +44,8 @@ def write_synthetic_dataset(
     Parameters
     ----------
     root : str or path-like
-        Destination folder (replaced if it exists).
+        Destination folder: new, empty, or (with ``overwrite``) an earlier aop data set; see
+        :mod:`aop.outputs`. Checked before anything is simulated.
     params : SimulationParams
         Parameters shared by all volumes.
     shape : (int, int, int)
@@ -55,12 +58,19 @@ def write_synthetic_dataset(
         Preset name, recorded in the provenance.
     on_volume : callable, optional
         Called as ``on_volume(name, n_objects)`` after each volume is simulated.
+    overwrite : bool
+        Replace an earlier data set written by aop.
+    overwrite_hint : str
+        How a refusal names the way to allow replacing (``--overwrite`` on the command line).
     """
     shape = check_shape(shape)
     if isinstance(n_volumes, bool) or not isinstance(n_volumes, int) or n_volumes < 1:
         raise AopError(f"n_volumes must be a positive integer, got {n_volumes!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise AopError(f"seed must be a non-negative integer, got {seed!r}")
+    from aop.resources import check_synth_memory
+
+    check_synth_memory(shape, n_objects=params.n_objects)
     seeds = volume_seeds(seed, n_volumes)
     names = [f"synth_{i:03d}" for i in range(n_volumes)]
     volumes_record: dict[str, dict[str, Any]] = {}
@@ -91,4 +101,6 @@ def write_synthetic_dataset(
         channel_names=["fluorescence"],
         provenance=provenance,
     )
-    return write_dataset(root, generate(), info)
+    return write_dataset(
+        root, generate(), info, overwrite=overwrite, overwrite_hint=overwrite_hint
+    )
