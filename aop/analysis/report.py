@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from aop.analysis.compare import SearchComparison, compare_searches, significance_stars
-from aop.analysis.records import METRICS, best_record, read_study_records
+from aop.analysis.records import (
+    METRICS,
+    RESULTS_DIR,
+    best_record,
+    read_study_records,
+    torn_last_line,
+)
 from aop.config import read_yaml
 from aop.errors import AopError
 
@@ -44,6 +50,11 @@ class StudyReport:
         The study's MLflow store.
     plots : list of Path
         PNG files in ``STUDY_DIR/plots/``.
+    problems : list of str
+        Why the study is incomplete (searches short of their budget, no ``best.yaml``) and
+        warnings (torn last lines of results files); empty for a finished study.
+    complete : bool
+        Every search has its budget of trials and ``best.yaml`` exists.
     """
 
     study_dir: Path
@@ -53,6 +64,8 @@ class StudyReport:
     best_source: str
     tracking_uri: str
     plots: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    complete: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``aop report --json``)."""
@@ -65,6 +78,8 @@ class StudyReport:
             "tracking_uri": self.tracking_uri,
             "mlflow_ui": mlflow_ui_command(self.tracking_uri),
             "plots": [str(p) for p in self.plots],
+            "complete": self.complete,
+            "problems": list(self.problems),
         }
 
 
@@ -110,7 +125,15 @@ def load_report(study_dir: str | os.PathLike) -> StudyReport:
         ``experiment.yaml`` (one line naming the file).
     """
     study_dir = Path(study_dir)
-    records = read_study_records(study_dir)
+    try:
+        records = read_study_records(study_dir)
+    except AopError as exc:
+        if "no trial records" in str(exc) or "no results folder" in str(exc):
+            raise AopError(
+                f"{study_dir}: study failed or incomplete: no trial has finished yet "
+                "(continue it with aop resume)"
+            ) from None
+        raise
     comparison = compare_searches(records)
     best_file = study_dir / BEST_FILE
     if best_file.is_file():
@@ -126,9 +149,43 @@ def load_report(study_dir: str | os.PathLike) -> StudyReport:
         }
         source = "results"
     plots = sorted((study_dir / "plots").glob("*.png"))
+    torn = [
+        f"{RESULTS_DIR}/{path.name}: last line is cut off (an interrupted write); not counted"
+        for path in sorted((study_dir / RESULTS_DIR).glob("*.jsonl"))
+        if torn_last_line(path)
+    ]
+    short = _short_searches(study_dir, records)
+    if not best_file.is_file() and (study_dir / EXPERIMENT_FILE).is_file():
+        short.append(f"no {BEST_FILE} (the study has not finished)")
     return StudyReport(
-        study_dir, records, comparison, best, source, _tracking_uri(study_dir), plots
-    )
+        study_dir, records, comparison, best, source, _tracking_uri(study_dir), plots,
+        problems=short + torn, complete=not short,
+    )  # fmt: skip
+
+
+def _short_searches(study_dir: Path, records: Mapping[str, list]) -> list[str]:
+    """Searches of the saved experiment with fewer finished trials than their budget."""
+    path = study_dir / EXPERIMENT_FILE
+    data = read_yaml(path) if path.is_file() else None
+    if not isinstance(data, Mapping):
+        return []
+    search = data.get("search") if isinstance(data.get("search"), Mapping) else {}
+    comparison = data.get("comparison") if isinstance(data.get("comparison"), Mapping) else {}
+    models = data.get("models") if isinstance(data.get("models"), list) else []
+    main = str(search.get("searcher", "gp"))
+    budget = search.get("budget", 120)
+    expected: dict[str, Any] = {}
+    if comparison.get("baseline", True):
+        expected["baseline"] = len(models)
+    if comparison.get("random", True) and main != "random":
+        expected["random"] = comparison.get("random_budget") or budget
+    expected[main] = budget
+    short = []
+    for name, wanted in expected.items():
+        have = len(records.get(name, []))
+        if isinstance(wanted, int) and have < wanted:
+            short.append(f"search {name}: {have} of {wanted} trials finished")
+    return short
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:
@@ -193,10 +250,19 @@ def print_report(report: StudyReport, console: Any) -> None:
         console.print(tests)
         console.print("  difference of means; * p<0.05, ** p<0.01, *** p<0.001, n.s. otherwise")
 
+    for problem in report.problems:
+        console.print(f"[bold yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
     best = report.best
     scores = "  ".join(f"{m.upper()} {_number(best['scores'].get(m))}" for m in METRICS)
     origin = f"search {best.get('search')}, trial {best.get('trial_id')}"
-    console.print(f"\n[bold]Best configuration[/] ({origin}; from {report.best_source})")
+    if report.complete:
+        console.print(f"\n[bold]Best configuration[/] ({origin}; from {report.best_source})")
+    else:
+        console.print(
+            f"\n[bold yellow]Study incomplete[/] (continue it with aop resume "
+            f"{report.study_dir}); best so far ({origin}; from {report.best_source})",
+            soft_wrap=True,
+        )
     console.print(f"  model: {best['model']}    {scores}")
     params = Table(show_header=True, box=None, padding=(0, 2))
     params.add_column("parameter")

@@ -249,13 +249,36 @@ def save_experiment(exp: Experiment) -> Path:
 
 
 def load_study_experiment(study_dir: str | os.PathLike) -> Experiment:
-    """The experiment saved in a study folder (for ``aop resume``)."""
-    path = Path(study_dir) / EXPERIMENT_FILE
+    """The experiment saved in a study folder (for ``aop resume``).
+
+    The folder given wins over the ``storage.study_dir`` stored in the file, so a moved or copied
+    study resumes where it is now; paths that pointed inside the stored folder (the prediction
+    cache, the benchmark, an SQLite tracking store) move with it.
+    """
+    folder = Path(study_dir)
+    if not folder.is_dir():
+        raise AopError(f"{folder}: study folder not found")
+    path = folder / EXPERIMENT_FILE
     if not path.is_file():
         raise AopError(
             f"{path}: not a study folder (no {EXPERIMENT_FILE}; start one with aop search)"
         )
-    return load_experiment(path)
+    exp = load_experiment(path)
+    old, new = exp.storage.study_dir, folder.resolve()
+    if old != new:
+
+        def moved(value: Path | None) -> Path | None:
+            if value is not None and (value == old or old in value.parents):
+                return new / value.relative_to(old)
+            return value
+
+        exp.storage.study_dir = new
+        exp.storage.cache_dir = moved(exp.storage.cache_dir)
+        exp.data.benchmark = moved(exp.data.benchmark)
+        uri = exp.tracking.tracking_uri
+        if uri and uri.startswith("sqlite:///"):
+            exp.tracking.tracking_uri = f"sqlite:///{moved(Path(uri[len('sqlite:///'):]))}"
+    return exp
 
 
 def _write_yaml(path: Path, data: Any) -> None:
@@ -312,6 +335,35 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def check_study(exp: Experiment) -> None:
+    """Find every error of a study request before any work or output (``experiment.yaml``).
+
+    Checks the search space against Table III and the experiment's models, the synth block's
+    parameters and memory, the benchmark folder, the study folder (see :mod:`aop.outputs`) and
+    that an MLflow server given by URI answers within seconds.
+    """
+    from aop.outputs import claim_folder, prepare_output
+    from aop.resources import check_synth_memory, check_tracking_uri
+
+    experiment_search_space(exp)
+    synth = exp.data.synth
+    if synth is not None:
+        from aop.synth import preset_params
+
+        try:
+            params = preset_params(synth.preset, **synth.options)
+        except AopError as exc:
+            raise AopError(f"data.synth: {exc}") from None
+        check_synth_memory(tuple(synth.shape), params.n_objects)
+    elif exp.data.benchmark is not None and not exp.data.benchmark.is_dir():
+        raise AopError(f"data.benchmark: {exp.data.benchmark}: folder not found")
+    if exp.study_dir.is_dir() and any(exp.study_dir.iterdir()):
+        claim_folder(exp.study_dir, "study")  # refuses a folder of the user's files
+    else:
+        prepare_output(exp.study_dir, kind="study")
+    check_tracking_uri(exp.tracking_uri)
 
 
 def run_searches(
@@ -405,12 +457,13 @@ def run_study(
     -------
     StudyResult
     """
+    from aop.outputs import claim_folder
     from aop.tracking import dataset_fingerprint
     from aop.tuning.benchmark import benchmark_dir, load_benchmark
     from aop.tuning.trainable import put_benchmark
 
-    study_dir = exp.study_dir
-    study_dir.mkdir(parents=True, exist_ok=True)
+    check_study(exp)
+    study_dir = claim_folder(exp.study_dir, "study")
     save_experiment(exp)
     space = experiment_search_space(exp)
     data = load_benchmark(exp)
