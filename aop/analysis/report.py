@@ -130,7 +130,7 @@ def load_report(study_dir: str | os.PathLike) -> StudyReport:
     except AopError as exc:
         if "no trial records" in str(exc) or "no results folder" in str(exc):
             raise AopError(
-                f"{study_dir}: study failed or incomplete: no trial has finished yet "
+                f"{study_dir}: no trial records: the study failed or has not finished "
                 "(continue it with aop resume)"
             ) from None
         raise
