@@ -406,10 +406,9 @@ def _read_info(root: Path) -> DatasetInfo:
     info_path = root / DATASET_FILE
     if not info_path.exists():
         return DatasetInfo(name=root.name)
-    try:
-        raw = yaml.safe_load(info_path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise AopError(f"{info_path}: not valid YAML ({exc.__class__.__name__})") from exc
+    from aop.config import read_yaml
+
+    raw = read_yaml(info_path) or {}
     if not isinstance(raw, dict):
         raise AopError(f"{info_path}: expected a mapping of keys, got {type(raw).__name__}")
     known = {"name", "voxel_size", "channel_names", "provenance"}
@@ -496,7 +495,7 @@ def _validate_entry(root: Path, entry: VolumeEntry) -> None:
         return
     label_rel = str(entry.label_path.relative_to(root))
     labels, _ = read_volume(entry.label_path)
-    as_label_array(labels, label_rel)
+    as_label_array(labels, label_rel, allow_bool=False)
     spatial = image.shape[-3:]
     if labels.shape != spatial:
         raise AopError(f"{label_rel}: shape {labels.shape} does not match image {spatial}")

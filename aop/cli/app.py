@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 from typing import Annotated
 
 import click
@@ -72,8 +73,19 @@ def _quiet_libraries() -> None:
     """Hide MLflow's (and its dependencies') warnings, which otherwise precede an error line."""
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"mlflow(\..*)?")
-    warnings.filterwarnings("ignore", message=r".*mlflow.*", category=FutureWarning)
+    # MLflow issues some warnings under its own ``simplefilter("once")``, which a filter here cannot
+    # override: drop them where they are shown instead
+    if getattr(warnings.showwarning, "_aop_quiet", False):
+        return
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if "mlflow" in Path(str(filename)).parts:
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    show._aop_quiet = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 app = typer.Typer(

@@ -105,6 +105,7 @@ def score(
     from rich.progress import Progress
 
     from aop.io import read_volume
+    from aop.labels import as_label_array
     from aop.metrics import evaluate, mean_scores
 
     if not 0.0 <= iou_threshold <= 1.0:
@@ -116,6 +117,8 @@ def score(
         for name, gt_path, pred_path in pairs:
             gt_labels, _ = read_volume(gt_path)
             pred_labels, _ = read_volume(pred_path)
+            as_label_array(gt_labels, str(gt_path), allow_bool=False)
+            as_label_array(pred_labels, str(pred_path), allow_bool=False)
             if gt_labels.shape != pred_labels.shape:
                 raise AopError(
                     f"{pred_path}: shape {pred_labels.shape} does not match ground truth "
@@ -420,6 +423,7 @@ def postprocess(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from aop.io import read_volume, write_volume
+    from aop.labels import as_label_array
     from aop.outputs import atomic_output, prepare_output
     from aop.resources import check_postprocess_memory, volume_shape
     from aop.segmentation import postprocess as engine
@@ -458,6 +462,7 @@ def postprocess(
         voxel = tuple(spacing) if spacing is not None else (pred_spacing or image_spacing)
         if labels.ndim == 2 and voxel is not None and len(voxel) == 3:
             voxel = voxel[1:]
+        as_label_array(labels, str(pred), allow_bool=False)
         prepared = engine.check_labels(labels, name=str(pred))
         progress.update(task, advance=1, description="post-processing")
         result = engine.postprocess(prepared, intensities, values, voxel)

@@ -112,24 +112,24 @@ def train_unet(
     Path
         The package folder.
     """
-    import lightning as L
-    import torch
-    from monai.losses import DiceLoss
-    from monai.networks.nets import UNet
-
     from aop.io import load_dataset
-    from aop.segmentation.bioimageio_package import write_model_package
+    from aop.outputs import prepare_output
 
     if max_steps < 1:
         raise AopError(f"--max-steps must be at least 1, got {max_steps}")
     if any(p % 4 for p in patch):
         raise AopError(f"patch {tuple(patch)} must be multiples of 4 (two 2x poolings)")
-    from aop.outputs import prepare_output
-
     prepare_output(
         out, inputs=[data], overwrite=overwrite, kind="folder", overwrite_hint=overwrite_hint
     )
     dataset = load_dataset(data, require_labels=True)
+    import lightning as L
+    import torch
+    from monai.losses import DiceLoss
+    from monai.networks.nets import UNet
+
+    from aop.segmentation.bioimageio_package import write_model_package
+
     images, targets = [], []
     for name in dataset.names:
         image = dataset.image(name)

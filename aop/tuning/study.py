@@ -337,12 +337,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
-def check_study(exp: Experiment) -> None:
+def check_study(exp: Experiment, *, check_models: bool = True) -> None:
     """Find every error of a study request before any work or output (``experiment.yaml``).
 
     Checks the search space against Table III and the experiment's models, the synth block's
-    parameters and memory, the benchmark folder, the study folder (see :mod:`aop.outputs`) and
-    that an MLflow server given by URI answers within seconds.
+    parameters and memory, the benchmark folder, the study folder (see :mod:`aop.outputs`), that
+    an MLflow server given by URI answers within seconds and (``check_models``) that every model
+    can be built: libraries, settings, weights.
     """
     from aop.outputs import claim_folder, prepare_output
     from aop.resources import check_synth_memory, check_tracking_uri
@@ -364,6 +365,14 @@ def check_study(exp: Experiment) -> None:
     else:
         prepare_output(exp.study_dir, kind="study")
     check_tracking_uri(exp.tracking_uri)
+    if check_models:
+        from aop.segmentation.models import ModelSpec, build_model
+
+        for index, model in enumerate(exp.models):
+            try:
+                build_model(ModelSpec(name=model.name, settings=model.settings))
+            except AopError as exc:
+                raise AopError(f"models.{index} ({model.key}): {exc}") from None
 
 
 def run_searches(
