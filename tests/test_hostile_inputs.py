@@ -14,6 +14,7 @@ work), ``validation`` (config errors before any output), ``study`` (relocatable 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ from typer.testing import CliRunner
 
 from aop.cli import app
 from aop.io import DatasetInfo, read_volume, write_dataset, write_volume
-from aop.outputs import MARKER
+from aop.outputs import MARKER, atomic_output, is_aop_output, prepare_output
 from aop.synth import preset_params
 from aop.synth.dataset import write_synthetic_dataset
 
@@ -330,3 +331,181 @@ def test_the_suite_covers_every_class_and_command():
     commands = {case[2].split()[0] for case in CASES}
     assert {"synth", "train-unet", "postprocess", "predict", "search", "resume", "report",
             "models", "info", "score", "demo"} <= commands  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# Output policy: what is allowed, atomicity, stale temporaries
+# ------------------------------------------------------------------------------------------------
+
+
+def test_overwrite_replaces_only_aop_output(tmp_path):
+    out = tmp_path / "ds"
+    result = _invoke(["synth", "--out", str(out), "--n-volumes", "1", "--shape", "1", "24", "24"])
+    assert result.exit_code == 0, result.output
+    assert is_aop_output(out) and (out / MARKER).is_file()
+    # one z-slice reads back as a 3D volume, image and labels
+    assert read_volume(out / "images" / "synth_000.tif")[0].shape == (1, 24, 24)
+    assert read_volume(out / "labels" / "synth_000.tif")[0].shape == (1, 24, 24)
+    first = (out / "dataset.yaml").read_text()
+    argv = ["synth", "--out", str(out), "--n-volumes", "2", "--shape", "4", "24", "24"]
+    assert _invoke(argv).exit_code == 2  # without --overwrite: refused, unchanged
+    assert (out / "dataset.yaml").read_text() == first
+    assert _invoke([*argv, "--overwrite"]).exit_code == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["synth_000.tif", "synth_001.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no temporary left beside it
+    # an empty folder is fine to write into (nothing to lose)
+    (tmp_path / "empty").mkdir()
+    assert _invoke(["synth", "--out", str(tmp_path / "empty"), *argv[3:]]).exit_code == 0
+
+
+def test_postprocess_overwrite_keeps_a_normal_file_mode(workspace, tmp_path):
+    out = tmp_path / "fixed.tif"
+    pp = ["postprocess", str(workspace / "pred.tif"), str(workspace / "image.tif"), "--out"]
+    assert _invoke([*pp, str(out)]).exit_code == 0
+    assert is_aop_output(out)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    assert _invoke([*pp, str(out), "--erode-dilate", "1", "--overwrite"]).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.tif"]
+
+
+def test_a_failed_write_leaves_nothing_and_stale_temporaries_are_cleaned(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_output(target, kind="folder") as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    # what a SIGKILLed aop leaves: a temporary of a process that no longer runs on this host
+    stale = tmp_path / f".out.aop-tmp-{socket.gethostname()}-999999999-abc123"
+    stale.mkdir()
+    (stale / "images").mkdir()
+    foreign = tmp_path / ".out.aop-tmp-otherhost-12-abc"  # maybe alive on another node: kept
+    foreign.mkdir()
+    user_hidden = tmp_path / ".out.backup"  # not aop's naming: kept
+    user_hidden.mkdir()
+    with atomic_output(target, kind="folder") as tmp:
+        (tmp / "done.txt").write_text("done")
+    assert not stale.exists() and foreign.exists() and user_hidden.exists()
+    assert (target / "done.txt").read_text() == "done"
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.system(f"mount -t tmpfs -o size=64k tmpfs {mount} 2>/dev/null") != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        argv = ["synth", "--out", str(mount / "ds"), "--n-volumes", "1"]
+        argv += ["--shape", "16", "64", "64"]
+        result = _invoke(argv)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "no space left on the device" in lines[0], result.output
+        assert list(mount.iterdir()) == []
+    finally:
+        os.system(f"umount {mount}")
+
+
+def test_prepare_output_refuses_inputs_and_their_parents(tmp_path):
+    data = tmp_path / "in.tif"
+    data.write_text("x")
+    for path, kind in ((data, "file"), (tmp_path, "folder")):
+        with pytest.raises(Exception, match="input"):
+            prepare_output(path, inputs=[data], kind=kind)
+    link = tmp_path / "link.tif"
+    link.symlink_to(data)
+    with pytest.raises(Exception, match="one of the inputs"):
+        prepare_output(link, inputs=[data])
+
+
+# ------------------------------------------------------------------------------------------------
+# Studies: the folder given wins; relative study_dir is relative to the experiment file
+# ------------------------------------------------------------------------------------------------
+
+
+def test_relative_study_dir_is_relative_to_the_experiment_file(tmp_path, monkeypatch):
+    from aop.config import load_experiment
+
+    project = tmp_path / "project"
+    (project / "experiments").mkdir(parents=True)
+    path = _yaml(project / "experiments" / "e.yaml", _experiment("../studies/e"))
+    elsewhere = tmp_path / "elsewhere"  # outside the repository and the project
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (elsewhere / "studies" / "e").mkdir(parents=True)  # a decoy beside the current folder
+    exp = load_experiment(Path("..") / "project" / "experiments" / "e.yaml")
+    assert exp.study_dir == (project / "studies" / "e").resolve()
+    assert exp.cache_dir == (project / "studies" / "e" / "predictions").resolve()
+    assert load_experiment(path).study_dir == exp.study_dir
+
+
+def test_resume_uses_the_folder_given_not_the_stored_study_dir(tmp_path):
+    from aop.config import parse_experiment
+    from aop.tuning.study import load_study_experiment, save_experiment
+
+    original = tmp_path / "original"
+    raw = _experiment(str(original))
+    raw["tracking"] = {"tracking_uri": f"sqlite:///{original}/mlflow.db", "experiment": "x"}
+    raw["storage"]["cache_dir"] = str(original / "predictions")
+    exp = parse_experiment(raw, base=tmp_path)
+    original.mkdir()
+    save_experiment(exp)
+    moved = tmp_path / "moved"
+    shutil.copytree(original, moved)
+    shutil.rmtree(original)
+    again = load_study_experiment(moved)
+    assert again.study_dir == moved.resolve()
+    assert again.cache_dir == moved.resolve() / "predictions"
+    assert again.tracking_uri == f"sqlite:///{moved.resolve()}/mlflow.db"
+    assert not original.exists()
+
+
+def _study_with_records(root: Path, n_gp: int, torn: bool = False) -> Path:
+    from aop.analysis.records import append_record
+
+    root.mkdir()
+    (root / MARKER).write_text("{}\n")
+    _yaml(root / "experiment.yaml", _experiment(str(root), search={"searcher": "gp", "budget": 4}))
+    zeros = {"erode_dilate": 0, "open_close": 0, "merge_continuity": 0.0, "merge_smoothness": 0.0,
+             "merge_area": 0.0, "split_sigma": 0.0, "split_threshold": 0.0}  # fmt: skip
+    for i in range(n_gp):
+        append_record(root / "results" / "gp.jsonl", {
+            "search": "gp", "trial_id": f"t{i}", "model": "classical", "params": zeros,
+            "ipq": 0.5 + i / 10, "sq": 0.8, "rq": 0.7, "iq": 1.0,
+        })  # fmt: skip
+    if torn:
+        with open(root / "results" / "gp.jsonl", "a") as handle:
+            handle.write('{"search": "gp", "trial_id": "t9", "mod')
+    return root
+
+
+def test_report_says_a_study_is_incomplete_and_counts_a_torn_line(tmp_path):
+    study = _study_with_records(tmp_path / "s", 2, torn=True)
+    result = _invoke(["report", str(study)])
+    assert result.exit_code == 0, result.output
+    assert "search gp: 2 of 4 trials finished" in result.output
+    assert "no best.yaml (the study has not finished)" in result.output
+    assert "results/gp.jsonl: last line is cut off" in result.output
+    assert "Study incomplete" in result.output and "Best configuration" not in result.output
+    data = json.loads(_invoke(["report", str(study), "--json"]).output)
+    assert data["complete"] is False and len(data["problems"]) == 3
+    assert data["trials"] == {"gp": 2}
+
+
+# ------------------------------------------------------------------------------------------------
+# Tracebacks on request only
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["--debug", "AOP_DEBUG"])
+def test_debug_shows_the_traceback(workspace, monkeypatch, how):
+    argv = ["search", str(workspace / "binary.yaml")]
+    if how == "AOP_DEBUG":
+        monkeypatch.setenv("AOP_DEBUG", "1")
+    else:
+        argv = ["--debug", *argv]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 1
+    assert "not a text file" in str(result.exception)
+    assert type(result.exception).__name__ == "AopError"
