@@ -637,7 +637,19 @@ class TrialLoggingCallback(Callback):
             self.search, trial.trial_id, trial.config, result, iteration=self._completed
         )
         self._completed += 1
-        self.tracker.log_trial(record)
+        try:
+            # MLflow's client already waits and retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, with
+            # backoff) while a server is away; if it stays away, the trial is in results/*.jsonl
+            # and the end of the study (or aop resume) logs it
+            self.tracker.log_trial(record)
+        except Exception as exc:  # MlflowException, connection errors: never lose the study
+            self.tracker._logged = None  # re-read (and clean half-written runs) next time
+            warnings.warn(
+                f"MLflow: trial {trial.trial_id} of {self.search} not logged yet "
+                f"({type(exc).__name__}); it is logged when {self.tracker.tracking_uri} answers "
+                "again (at the end of the study or by aop resume)",
+                stacklevel=2,
+            )
 
 
 # -- helpers --------------------------------------------------------------------------------------

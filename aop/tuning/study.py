@@ -504,6 +504,7 @@ def run_study(
     )
     for name, recs in records.items():
         drop_orphan_child_runs(tracker, name, {r["trial_id"] for r in recs})
+    log_missing_trials(exp, records)
     main = exp.search.searcher
     best = write_best(study_dir, records, main)
     plots: list[Path] = []
@@ -519,6 +520,30 @@ def run_study(
         model_spec={"name": spec.name, "settings": spec.settings},
     )
     return StudyResult(study_dir, records, best, main, analysis=plots)
+
+
+def log_missing_trials(exp: Experiment, records: Mapping[str, Sequence[Mapping]]) -> int:
+    """Log to MLflow every trial record that has no child run yet (e.g. the server was away).
+
+    Child runs are keyed by (search, trial_id), so nothing is logged twice.
+
+    Raises
+    ------
+    AopError
+        One line when the tracking server still does not answer (the study stays resumable).
+    """
+    from aop.resources import check_tracking_uri
+
+    try:
+        check_tracking_uri(exp.tracking_uri)
+    except AopError as exc:
+        missing = sum(len(recs) for recs in records.values())
+        raise AopError(
+            f"{exc}; up to {missing} finished trials are safe in {exp.study_dir}/results: run "
+            f"aop resume {exp.study_dir} when the server is back to log them"
+        ) from None
+    tracker = _tracker(exp)  # fresh: re-reads which trials are logged
+    return sum(tracker.log_trial(r) is not None for recs in records.values() for r in recs)
 
 
 def _plain_ranges(space: SearchSpace) -> dict[str, list]:
