@@ -155,12 +155,8 @@ def _writable_parent(path: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise AopError(f"{path}: cannot write: {existing} is a file, not a folder")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AopError(os_error_message(parent, exc)) from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise AopError(f"{path}: cannot write: folder {parent} is not writable")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AopError(f"{path}: cannot write: folder {existing} is not writable")
 
 
 def _clean_stale(path: Path) -> None:
@@ -223,7 +219,8 @@ def prepare_output(
     Returns
     -------
     Path
-        The absolute output path; its parent folder exists and is writable.
+        The absolute output path; its nearest existing parent folder is writable (missing
+        parents are created only when the output is written).
 
     Raises
     ------
@@ -351,10 +348,10 @@ def atomic_output(
         if check
         else Path(os.path.abspath(path))
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
     folder = kind != "file" or target.name.lower().endswith(".zarr")
     suffix = "".join(target.suffixes[-2:]) if target.suffixes else ""
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         if folder:
             tmp = Path(tempfile.mkdtemp(prefix=_tmp_name(target), suffix=suffix, dir=target.parent))
             os.chmod(tmp, _umask_mode(0o777))
@@ -407,6 +404,7 @@ def claim_folder(
     *,
     inputs: Iterable[str | os.PathLike] = (),
     recognise: Iterable[str] = (),
+    dry_run: bool = False,
 ) -> Path:
     """Make sure ``path`` is a folder aop may write into, and mark it as aop's.
 
@@ -425,6 +423,8 @@ def claim_folder(
         :func:`prepare_output`); only checked when the folder is new.
     recognise : iterable of str
         Entry names that identify an unmarked older aop folder of this kind.
+    dry_run : bool
+        Only check; create and mark nothing.
 
     Returns
     -------
@@ -454,6 +454,8 @@ def claim_folder(
             )
     else:
         prepare_output(target, inputs=inputs, kind="folder")
+    if dry_run:
+        return target
     try:
         target.mkdir(parents=True, exist_ok=True)
         write_marker(target, str(kind))

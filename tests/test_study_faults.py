@@ -95,11 +95,6 @@ def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path)
         server = _start_server(tmp_path, port)  # ... and comes back on the same store
         output, _ = driver.communicate(timeout=400)
         assert driver.returncode == 0, output.decode()[-3000:]
-    finally:
-        _kill(driver)
-        _kill(server) if server.poll() is None else None
-    server = _start_server(tmp_path, port)
-    try:
         client = MlflowClient(tracking_uri=uri)
         parent = (study / "mlflow_run_id").read_text().strip()
         runs = client.search_runs(
@@ -113,4 +108,36 @@ def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path)
         assert sorted(logged) == sorted(recorded)  # every trial once: none lost, none twice
         assert all(run.info.status == "FINISHED" for run in runs)
     finally:
+        _kill(driver)
         _kill(server)
+
+
+def test_trials_missing_from_mlflow_are_logged_once_and_a_dead_server_is_one_line(tmp_path):
+    from aop.config import parse_experiment
+    from aop.errors import AopError
+    from aop.tracking import StudyTracker
+    from aop.tuning.study import log_missing_trials
+
+    zeros = {"erode_dilate": 0, "open_close": 0, "merge_continuity": 0.0, "merge_smoothness": 0.0,
+             "merge_area": 0.0, "split_sigma": 0.0, "split_threshold": 0.0}  # fmt: skip
+    records = {"random": [
+        {"search": "random", "trial_id": f"t{i}", "model": "classical", "params": zeros,
+         "ipq": 0.1 * i, "sq": 0.5, "rq": 0.5, "iq": 1.0} for i in range(3)
+    ]}  # fmt: skip
+    raw = {
+        "name": "faults", "data": {"synth": {"n_volumes": 1, "shape": [8, 16, 16]}},
+        "models": [{"name": "classical"}], "storage": {"study_dir": str(tmp_path / "s")},
+        "tracking": {"experiment": "faults"},
+    }  # fmt: skip
+    exp = parse_experiment(raw, base=tmp_path)
+    tracker = StudyTracker(exp.study_dir, exp.tracking_uri, "faults")
+    tracker.start({}, {})
+    tracker.log_trial(records["random"][0])  # logged before the server went away
+    assert log_missing_trials(exp, records) == 2  # the two the outage missed
+    assert log_missing_trials(exp, records) == 0  # a second resume adds nothing
+    assert sorted(StudyTracker(exp.study_dir, exp.tracking_uri, "faults").logged_trials()) == [
+        "t0", "t1", "t2"
+    ]
+    exp.tracking.tracking_uri = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(AopError, match=r"MLflow server not reachable.*run aop resume"):
+        log_missing_trials(exp, records)

@@ -364,6 +364,10 @@ def check_study(exp: Experiment, *, check_models: bool = True) -> None:
         claim_folder(exp.study_dir, "study")  # refuses a folder of the user's files
     else:
         prepare_output(exp.study_dir, kind="study")
+    if exp.storage.cache_dir is not None:
+        from aop.segmentation.predict import CACHE_LAYOUT
+
+        claim_folder(exp.cache_dir, "prediction cache", recognise=CACHE_LAYOUT, dry_run=True)
     check_tracking_uri(exp.tracking_uri)
     if check_models:
         from aop.segmentation.models import ModelSpec, build_model
