@@ -30,8 +30,10 @@ A search-space file lists the model choice and the seven post-processing paramet
 
 Every validation error is an :class:`aop.errors.AopError` whose one-line message names the file and
 the dotted field, e.g. ``experiments/x.yaml: search.budget: Input should be greater than 0``.
-Relative paths in an experiment file are resolved against the experiment file's folder first, then
-the current directory, then the project root (where ``search_spaces/`` lives).
+Relative paths in an experiment file: outputs (``storage.study_dir``, ``storage.cache_dir``) are
+relative to the experiment file's folder, always; inputs (``data.benchmark``, ``search_space``,
+model weights) are looked for in the experiment file's folder first, then the current directory,
+then the project root (where ``search_spaces/`` lives).
 """
 
 from __future__ import annotations
@@ -346,11 +348,15 @@ class BaseExperiment(_Strict):
         return self.model_dump(mode="json")
 
     def resolve_paths(self, base: Path) -> None:
-        """Resolve relative paths (see the module docstring) in place."""
+        """Resolve relative paths (see the module docstring) in place.
+
+        Inputs (the search space) are looked for; outputs (the study folder, the prediction
+        cache) are relative to the experiment file's folder, never searched for.
+        """
         self.search_space = _resolve(self.search_space, base)
-        self.storage.study_dir = _resolve(self.storage.study_dir, base)
+        self.storage.study_dir = (base / self.storage.study_dir.expanduser()).resolve()
         if self.storage.cache_dir is not None:
-            self.storage.cache_dir = _resolve(self.storage.cache_dir, base)
+            self.storage.cache_dir = (base / self.storage.cache_dir.expanduser()).resolve()
 
     def check_names(self, source: str) -> None:
         """Check names that pydantic cannot (registries); raise a one-line :class:`AopError`."""
@@ -424,11 +430,22 @@ def _validation_error(source: str, exc: ValidationError) -> AopError:
 
 
 def read_yaml(path: Path) -> Any:
-    """Read a YAML file; a missing file or bad YAML is an :class:`AopError` naming the file."""
+    """Read a YAML file; a missing, unreadable, binary or bad file is one :class:`AopError` line."""
+    path = Path(path)
+    if path.is_dir():
+        raise AopError(f"{path}: is a folder, not a YAML file")
     if not path.is_file():
         raise AopError(f"{path}: file not found")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise AopError(f"{path}: not a text file (not UTF-8; expected YAML)") from None
+    except OSError as exc:
+        raise AopError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if "\x00" in text:
+        raise AopError(f"{path}: not a text file (binary data; expected YAML)")
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

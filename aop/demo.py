@@ -44,8 +44,11 @@ def train_demo_unets(
                 2,
                 synth.seed + 1000,
                 preset=synth.preset,
+                overwrite=True,  # scratch data of this demo, from an interrupted run
             )
-            train_unet(train_data, package, max_steps=unet_steps, progress=not quiet)
+            train_unet(
+                train_data, package, max_steps=unet_steps, progress=not quiet, overwrite=True
+            )
         model.settings["model"] = str(package)
 
 
@@ -72,13 +75,16 @@ def run_demo(
     echo : callable
         Prints one progress line (rich markup allowed).
     """
+    from aop.outputs import claim_folder
     from aop.tuning.benchmark import ensure_benchmark
-    from aop.tuning.study import run_study
+    from aop.tuning.study import check_study, run_study
 
     exp = load_experiment(DEMO_EXPERIMENT)
     exp.storage.study_dir = Path(out).resolve()
     if budget is not None:
         exp.search.budget = budget
+    check_study(exp, check_models=False)  # the demo's unet3d is trained below
+    claim_folder(exp.study_dir, "study")
     echo(f"[bold]1/4[/] synthetic benchmark -> {exp.study_dir / 'benchmark'}")
     ensure_benchmark(exp)
     train_demo_unets(exp, unet_steps, quiet, echo)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import yaml
 
 from aop.errors import AopError
 from aop.labels import as_label_array
+from aop.outputs import TIFF_SOFTWARE
 
 Spacing = tuple[float, float, float]
 
@@ -186,8 +186,13 @@ def write_volume(
     spacing: Spacing | None = None,
     *,
     compression: str | None = "zlib",
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
 ) -> Path:
-    """Write a volume atomically (a temporary file renamed into place).
+    """Write a volume atomically (a temporary sibling renamed into place).
+
+    The output policy of :mod:`aop.outputs` applies: an existing file that aop did not write is
+    refused, replacing aop's own needs ``overwrite=True``, and the output may not be an input.
 
     Parameters
     ----------
@@ -200,45 +205,64 @@ def write_volume(
         Voxel size (z, y, x) stored in the file's metadata (TIFF and Zarr).
     compression : str or None
         TIFF compression codec.
+    overwrite : bool
+        Replace an existing volume that aop wrote.
+    inputs : iterable of path-like
+        Input files of the request; writing over one of them is refused.
 
     Returns
     -------
     Path
         The written path.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "one_slice.tif"
+    >>> _ = write_volume(out, np.zeros((1, 4, 4), np.uint16))
+    >>> read_volume(out)[0].shape
+    (1, 4, 4)
     """
+    from aop.outputs import atomic_output
+
     path = Path(path)
     suffix = _suffix(path)
     data = np.asarray(data)
     axes = {2: "YX", 3: "ZYX", 4: "CZYX"}.get(data.ndim)
     if axes is None:
         raise AopError(f"{path}: cannot write a {data.ndim}D array (expected YX, ZYX or CZYX)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".zarr":
-        _write_zarr(path, data, spacing, axes)
-        return path
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        if suffix == ".npy":
-            np.save(tmp_name, data)
-        else:
-            _write_tiff(tmp_name, data, spacing, axes, compression)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
+        _write_to(tmp, suffix, data, spacing, axes, compression)
     return path
 
 
-# OME-XML has no 64-bit integer pixel types; those are written as tifffile "shaped" TIFFs whose JSON
-# description carries the voxel size instead.
+def _write_to(
+    path: Path,
+    suffix: str,
+    data: np.ndarray,
+    spacing: Spacing | None,
+    axes: str,
+    compression: str | None,
+) -> None:
+    """Write ``data`` to a fresh path (no checks, no temporary file)."""
+    if suffix == ".zarr":
+        _write_zarr(path, data, spacing, axes)
+    elif suffix == ".npy":
+        np.save(path, data)
+    else:
+        _write_tiff(str(path), data, spacing, axes, compression)
+
+
+# OME-XML has no 64-bit integer pixel types, and readers squeeze its axes of length 1 (one z-slice
+# would read back as 2D); those are written as tifffile "shaped" TIFFs, whose JSON description keeps
+# the shape and carries the voxel size.
 _OME_DTYPES = {"int8", "int16", "int32", "uint8", "uint16", "uint32", "float32", "float64", "bool"}
 
 
 def _write_tiff(
     path: str, data: np.ndarray, spacing: Spacing | None, axes: str, compression: str | None
 ) -> None:
-    if data.dtype.name in _OME_DTYPES:
+    if data.dtype.name in _OME_DTYPES and (data.ndim < 3 or 1 not in data.shape):
         metadata: dict[str, Any] = {"axes": axes}
         if spacing is not None:
             z, y, x = (float(s) for s in spacing)
@@ -249,17 +273,20 @@ def _write_tiff(
         if spacing is not None:
             shaped["spacing"] = [float(s) for s in spacing]
         options = {"shaped": True, "metadata": shaped}
-    tifffile.imwrite(path, data, compression=compression, photometric="minisblack", **options)
+    tifffile.imwrite(
+        path,
+        data,
+        compression=compression,
+        photometric="minisblack",
+        software=TIFF_SOFTWARE,
+        **options,
+    )
 
 
 def _write_zarr(path: Path, data: np.ndarray, spacing: Spacing | None, axes: str) -> None:
-    import shutil
-
     import zarr
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    root = zarr.open_group(str(tmp), mode="w")
+    root = zarr.open_group(str(path), mode="w")
     chunks = tuple(min(s, 64) for s in data.shape)
     root.create_array("0", shape=data.shape, dtype=data.dtype, chunks=chunks)[...] = data
     scale = [1.0] * data.ndim
@@ -275,8 +302,6 @@ def _write_zarr(path: Path, data: np.ndarray, spacing: Spacing | None, axes: str
             ],
         }
     ]
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -387,10 +412,9 @@ def _read_info(root: Path) -> DatasetInfo:
     info_path = root / DATASET_FILE
     if not info_path.exists():
         return DatasetInfo(name=root.name)
-    try:
-        raw = yaml.safe_load(info_path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise AopError(f"{info_path}: not valid YAML ({exc.__class__.__name__})") from exc
+    from aop.config import read_yaml
+
+    raw = read_yaml(info_path) or {}
     if not isinstance(raw, dict):
         raise AopError(f"{info_path}: expected a mapping of keys, got {type(raw).__name__}")
     known = {"name", "voxel_size", "channel_names", "provenance", "classes"}
@@ -478,7 +502,7 @@ def _validate_entry(root: Path, entry: VolumeEntry) -> None:
         return
     label_rel = str(entry.label_path.relative_to(root))
     labels, _ = read_volume(entry.label_path)
-    as_label_array(labels, label_rel)
+    as_label_array(labels, label_rel, allow_bool=False)
     spatial = image.shape[-3:]
     if labels.shape != spatial:
         raise AopError(f"{label_rel}: shape {labels.shape} does not match image {spatial}")
@@ -489,11 +513,17 @@ def write_dataset(
     volumes: Iterable[tuple[str, np.ndarray, np.ndarray | None]],
     info: DatasetInfo,
     files: dict[str, str] | None = None,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite_hint: str = "overwrite=True",
 ) -> Path:
     """Write a data-set folder: ``images/``, ``labels/`` and ``dataset.yaml``.
 
     The folder is built beside ``root`` and renamed into place only when complete, so an interrupted
-    write leaves no half-written data set. An existing ``root`` is replaced.
+    write leaves no half-written data set. The output policy of :mod:`aop.outputs` applies: a
+    folder holding files aop did not write is refused, and replacing an earlier aop data set needs
+    ``overwrite=True``. The check runs before the first volume is generated.
 
     Parameters
     ----------
@@ -506,27 +536,37 @@ def write_dataset(
     files : dict of str to str, optional
         Further text files (name relative to ``root`` -> contents), written after the volumes, so
         a generator may fill the dict while it yields (for example ``annotations.csv``).
+    overwrite : bool
+        Replace an earlier data set written by aop.
+    inputs : iterable of path-like
+        Inputs of the request; the data set may not be, or hold, one of them.
+    overwrite_hint : str
+        How a refusal names the way to allow replacing.
     """
-    import shutil
+    from aop.outputs import atomic_output
 
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with atomic_output(
+        root, kind="dataset", overwrite=overwrite, inputs=inputs, overwrite_hint=overwrite_hint
+    ) as tmp:
         for name, image, labels in volumes:
-            write_volume(tmp / "images" / f"{name}.tif", image, info.voxel_size)
+            image = np.asarray(image)
+            axes = {3: "ZYX", 4: "CZYX"}.get(image.ndim)
+            if axes is None:
+                raise AopError(f"{name}: image must be 3D (Z, Y, X) or 4D, got {image.shape}")
+            (tmp / "images").mkdir(exist_ok=True)
+            _write_to(tmp / "images" / f"{name}.tif", ".tif", image, info.voxel_size, axes, "zlib")
             if labels is not None:
-                write_volume(tmp / "labels" / f"{name}.tif", labels, info.voxel_size)
+                labels = np.asarray(labels)
+                if labels.dtype.kind == "b":
+                    raise AopError(f"{name}: labels are a boolean mask, not instance labels")
+                (tmp / "labels").mkdir(exist_ok=True)
+                _write_to(
+                    tmp / "labels" / f"{name}.tif", ".tif", labels, info.voxel_size, "ZYX", "zlib"
+                )
         (tmp / DATASET_FILE).write_text(yaml.safe_dump(info.to_dict(), sort_keys=False))
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+    return Path(root)
 
 
 def to_json(value: Any) -> str:

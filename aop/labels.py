@@ -12,7 +12,7 @@ import numpy as np
 from aop.errors import AopError
 
 
-def as_label_array(labels: Any, name: str = "labels") -> np.ndarray:
+def as_label_array(labels: Any, name: str = "labels", *, allow_bool: bool = True) -> np.ndarray:
     """Validate instance labels and return them as a non-negative integer array.
 
     Integer arrays are returned as they are (no copy), booleans as a ``uint8`` copy, and floats
@@ -24,6 +24,9 @@ def as_label_array(labels: Any, name: str = "labels") -> np.ndarray:
         Instance labels, 0 = background.
     name : str
         What to call the array (a file name, ``gt``, ``pred``) in the error message.
+    allow_bool : bool
+        Accept a boolean mask as one instance (``True`` = label 1). Label *files* are read with
+        ``False``: a boolean volume there is a foreground mask, not instance labels, and is refused.
 
     Raises
     ------
@@ -33,6 +36,11 @@ def as_label_array(labels: Any, name: str = "labels") -> np.ndarray:
     labels = np.asarray(labels)
     kind = labels.dtype.kind
     if kind == "b":
+        if not allow_bool:
+            raise AopError(
+                f"{name}: labels are a boolean mask, not instance labels (label its connected "
+                "components first, e.g. skimage.measure.label)"
+            )
         return labels.astype(np.uint8)
     if kind == "f":
         if labels.size and not np.all(np.isfinite(labels)):

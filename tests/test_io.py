@@ -132,7 +132,7 @@ def test_interrupted_dataset_write_leaves_nothing(tmp_path: Path) -> None:
 
 def test_shape_mismatch_names_the_file(tmp_path: Path) -> None:
     root = _make_dataset(tmp_path / "ds")
-    write_volume(root / "labels" / "vol_01.tif", np.zeros((3, 16, 16), np.uint32))
+    write_volume(root / "labels" / "vol_01.tif", np.zeros((3, 16, 16), np.uint32), overwrite=True)
     with pytest.raises(AopError) as info:
         load_dataset(root)
     expected = "labels/vol_01.tif: shape (3, 16, 16) does not match image (4, 16, 16)"
@@ -148,7 +148,7 @@ def test_shape_mismatch_names_the_file(tmp_path: Path) -> None:
 )
 def test_bad_labels_are_named(tmp_path: Path, labels: np.ndarray, message: str) -> None:
     root = _make_dataset(tmp_path / "ds")
-    write_volume(root / "labels" / "vol_00.tif", labels)
+    write_volume(root / "labels" / "vol_00.tif", labels, overwrite=True)
     with pytest.raises(AopError, match=message):
         load_dataset(root)
 
@@ -157,7 +157,7 @@ def test_non_finite_image_is_named(tmp_path: Path) -> None:
     root = _make_dataset(tmp_path / "ds")
     image = np.zeros((4, 16, 16), np.float32)
     image[0, 0, 0] = np.nan
-    write_volume(root / "images" / "vol_01.tif", image)
+    write_volume(root / "images" / "vol_01.tif", image, overwrite=True)
     with pytest.raises(AopError, match="images/vol_01.tif: image has non-finite values"):
         load_dataset(root)
 
@@ -216,7 +216,7 @@ def test_cli_info_and_error_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["info", str(root)])
     assert result.exit_code == 0, result.output
     assert "vol_00" in result.output and "(4, 16, 16)" in result.output
-    write_volume(root / "labels" / "vol_00.tif", np.zeros((4, 16, 15), np.uint32))
+    write_volume(root / "labels" / "vol_00.tif", np.zeros((4, 16, 15), np.uint32), overwrite=True)
     result = runner.invoke(app, ["info", str(root)])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]

@@ -29,11 +29,12 @@ def _conv(weights=None) -> torch.nn.Conv3d:
     return net.eval()
 
 
-def _package(folder, net=None):
+def _package(folder, net=None, overwrite=False):
     return write_model_package(
         folder, net if net is not None else _conv(), callable_name="Conv3d",
         import_from="torch.nn", kwargs=CONV_KWARGS, name="tiny conv", description="one conv",
         voxel_size=SPACING, min_shape=(8, 8, 8), step=(1, 1, 1), halo=(2, 2, 2),
+        overwrite=overwrite,
     )
 
 
@@ -254,7 +255,7 @@ def test_model_ships_to_workers_without_its_network(tmp_path):
     np.testing.assert_allclose(pickle.loads(state).probabilities(image, SPACING), before)
     identity = model.identity()
     shutil.copy(package / "rdf.yaml", tmp_path / "rdf.bak")
-    _package(package, _conv(weights=([1.0, 1.0], [0.0, 0.0])))  # new weights, same folder
+    _package(package, _conv(weights=([1.0, 1.0], [0.0, 0.0])), overwrite=True)  # same folder
     assert build_model("bioimageio", model=str(package)).identity() != identity
 
 

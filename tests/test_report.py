@@ -112,7 +112,7 @@ def test_report_plots_option_draws_into_the_study(study):
         (lambda s: (s / "results" / "gp.jsonl").write_text("{oops\n") and s,
          "results/gp.jsonl line 1: not valid JSON"),
         (lambda s: (s / "best.yaml").write_text("model: [unclosed\n") and s,
-         "best.yaml: not readable"),
+         "best.yaml: not valid YAML"),
         (lambda s: (s / "best.yaml").write_text("model: unet\n") and s,
          "best.yaml: missing field 'params'"),
     ],

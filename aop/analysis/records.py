@@ -42,6 +42,7 @@ __all__ = [
     "order_searches",
     "read_records",
     "read_study_records",
+    "torn_last_line",
     "validate_record",
 ]
 
@@ -177,6 +178,21 @@ def read_records(path: str | os.PathLike, label: str | None = None) -> list[dict
             raise AopError(f"{label} line {number}: not valid JSON") from None
         records.append(validate_record(value, f"{label} line {number}"))
     return records
+
+
+def torn_last_line(path: str | os.PathLike) -> bool:
+    """Whether a ``.jsonl`` file ends in a line cut off by an interrupted write (not counted)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not text or text.endswith("\n"):
+        return False
+    try:
+        json.loads(text.rsplit("\n", 1)[-1])
+    except json.JSONDecodeError:
+        return True
+    return False
 
 
 def order_searches(names: Iterable[str], main: str | None = None) -> list[str]:

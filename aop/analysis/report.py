@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from aop.analysis.compare import SearchComparison, compare_searches, significance_stars
-from aop.analysis.records import best_record, read_study_records
+from aop.analysis.records import (
+    RESULTS_DIR,
+    best_record,
+    read_study_records,
+    torn_last_line,
+)
+from aop.config import read_yaml
 from aop.errors import AopError
 from aop.metrics import IPQ_SCORES
 
@@ -57,6 +61,11 @@ class StudyReport:
         PNG files in ``STUDY_DIR/plots/``.
     meta : StudyMeta
         Kind, metric and main search of the study.
+    problems : list of str
+        Why the study is incomplete (searches short of their budget, no ``best.yaml``) and
+        warnings (torn last lines of results files); empty for a finished study.
+    complete : bool
+        Every search has its budget of trials and ``best.yaml`` exists.
     """
 
     study_dir: Path
@@ -67,6 +76,8 @@ class StudyReport:
     tracking_uri: str
     plots: list[Path] = field(default_factory=list)
     meta: StudyMeta | None = None
+    problems: list[str] = field(default_factory=list)
+    complete: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``aop report --json``)."""
@@ -79,14 +90,9 @@ class StudyReport:
             "tracking_uri": self.tracking_uri,
             "mlflow_ui": mlflow_ui_command(self.tracking_uri),
             "plots": [str(p) for p in self.plots],
+            "complete": self.complete,
+            "problems": list(self.problems),
         }
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise AopError(f"{path}: not readable YAML ({exc.__class__.__name__})") from None
 
 
 @dataclass
@@ -119,7 +125,7 @@ def read_study_meta(study_dir: Path) -> StudyMeta:
     """The study's :class:`StudyMeta`; a study from before ``study.yaml`` is a segmentation one."""
     path = study_dir / STUDY_FILE
     if path.is_file():
-        data = _read_yaml(path)
+        data = read_yaml(path)
         if not isinstance(data, Mapping):
             raise AopError(f"{path}: expected a mapping (kind, metric, mode, metrics)")
         known = set(StudyMeta.__dataclass_fields__)
@@ -127,7 +133,7 @@ def read_study_meta(study_dir: Path) -> StudyMeta:
     meta = StudyMeta()
     experiment = study_dir / EXPERIMENT_FILE
     if experiment.is_file():
-        data = _read_yaml(experiment)
+        data = read_yaml(experiment)
         search = data.get("search") if isinstance(data, Mapping) else None
         if isinstance(search, Mapping):
             meta.main_search = search.get("searcher")
@@ -138,7 +144,7 @@ def _tracking_uri(study_dir: Path) -> str:
     uri = None
     experiment = study_dir / EXPERIMENT_FILE
     if experiment.is_file():
-        data = _read_yaml(experiment)
+        data = read_yaml(experiment)
         tracking = data.get("tracking") if isinstance(data, Mapping) else None
         if isinstance(tracking, Mapping):
             uri = tracking.get("tracking_uri")
@@ -146,7 +152,7 @@ def _tracking_uri(study_dir: Path) -> str:
 
 
 def _best_from_file(path: Path) -> dict[str, Any]:
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise AopError(f"{path}: expected a mapping with model, params and scores")
     if "params" not in data:
@@ -177,7 +183,15 @@ def load_report(study_dir: str | os.PathLike) -> StudyReport:
         ``experiment.yaml`` (one line naming the file).
     """
     study_dir = Path(study_dir)
-    records = read_study_records(study_dir)
+    try:
+        records = read_study_records(study_dir)
+    except AopError as exc:
+        if "no trial records" in str(exc) or "no results folder" in str(exc):
+            raise AopError(
+                f"{study_dir}: no trial records: the study failed or has not finished "
+                "(continue it with aop resume)"
+            ) from None
+        raise
     meta = read_study_meta(study_dir)
     main = meta.main_search if meta.main_search in records else None
     comparison = compare_searches(
@@ -195,9 +209,43 @@ def load_report(study_dir: str | os.PathLike) -> StudyReport:
         best.update(params=params, scores=dict(record["metrics"]))
         source = "results"
     plots = sorted((study_dir / "plots").glob("*.png"))
+    torn = [
+        f"{RESULTS_DIR}/{path.name}: last line is cut off (an interrupted write); not counted"
+        for path in sorted((study_dir / RESULTS_DIR).glob("*.jsonl"))
+        if torn_last_line(path)
+    ]
+    short = _short_searches(study_dir, records)
+    if not best_file.is_file() and (study_dir / EXPERIMENT_FILE).is_file():
+        short.append(f"no {BEST_FILE} (the study has not finished)")
     return StudyReport(
-        study_dir, records, comparison, best, source, _tracking_uri(study_dir), plots, meta
-    )
+        study_dir, records, comparison, best, source, _tracking_uri(study_dir), plots, meta,
+        problems=short + torn, complete=not short,
+    )  # fmt: skip
+
+
+def _short_searches(study_dir: Path, records: Mapping[str, list]) -> list[str]:
+    """Searches of the saved experiment with fewer finished trials than their budget."""
+    path = study_dir / EXPERIMENT_FILE
+    data = read_yaml(path) if path.is_file() else None
+    if not isinstance(data, Mapping):
+        return []
+    search = data.get("search") if isinstance(data.get("search"), Mapping) else {}
+    comparison = data.get("comparison") if isinstance(data.get("comparison"), Mapping) else {}
+    models = data.get("models") if isinstance(data.get("models"), list) else []
+    main = str(search.get("searcher", "gp"))
+    budget = search.get("budget", 120)
+    expected: dict[str, Any] = {}
+    if comparison.get("baseline", True):
+        expected["baseline"] = len(models)
+    if comparison.get("random", True) and main != "random":
+        expected["random"] = comparison.get("random_budget") or budget
+    expected[main] = budget
+    short = []
+    for name, wanted in expected.items():
+        have = len(records.get(name, []))
+        if isinstance(wanted, int) and have < wanted:
+            short.append(f"search {name}: {have} of {wanted} trials finished")
+    return short
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:
@@ -266,10 +314,19 @@ def print_report(report: StudyReport, console: Any) -> None:
         console.print(tests)
         console.print("  difference of means; * p<0.05, ** p<0.01, *** p<0.001, n.s. otherwise")
 
+    for problem in report.problems:
+        console.print(f"[bold yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
     best = report.best
     scores = "  ".join(f"{m.upper()} {_number(best['scores'].get(m))}" for m in metrics)
     origin = f"search {best.get('search')}, trial {best.get('trial_id')}"
-    console.print(f"\n[bold]Best configuration[/] ({origin}; from {report.best_source})")
+    if report.complete:
+        console.print(f"\n[bold]Best configuration[/] ({origin}; from {report.best_source})")
+    else:
+        console.print(
+            f"\n[bold yellow]Study incomplete[/] (continue it with aop resume "
+            f"{report.study_dir}); best so far ({origin}; from {report.best_source})",
+            soft_wrap=True,
+        )
     model = f"model: {best['model']}    " if "model" in best else ""
     console.print(f"  {model}{scores}")
     params = Table(show_header=True, box=None, padding=(0, 2))

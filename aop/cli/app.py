@@ -1,14 +1,21 @@
 """The ``aop`` Typer app, its error handling and its consoles.
 
 Commands live in the modules of :mod:`aop.cli` and register themselves on :data:`app`; each is a
-thin wrapper over library functions. User errors (:class:`aop.errors.AopError`) print one line and
-exit with status 2, without a traceback.
+thin wrapper over library functions. User errors (:class:`aop.errors.AopError`, and operating-system
+errors such as a full disk or a read-only folder) print one line and exit with status 2, without a
+traceback; any other exception prints one line and exits with status 1. ``aop --debug ...`` or
+``AOP_DEBUG=1`` shows the traceback instead (for bug reports).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
+from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -17,17 +24,68 @@ from aop.errors import AopError
 
 console = Console()
 err_console = Console(stderr=True)
+DEBUG_ENV = "AOP_DEBUG"
+_debug = {"on": False}
+
+
+def debug_enabled() -> bool:
+    """Whether tracebacks are shown: ``--debug`` was given or ``AOP_DEBUG`` is set (not 0)."""
+    value = os.environ.get(DEBUG_ENV, "").strip().lower()
+    return _debug["on"] or value not in ("", "0", "false", "no")
+
+
+def _one_line(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
 class _AopGroup(TyperGroup):
-    """Command group that prints an :class:`AopError` as one line and exits with status 2."""
+    """Command group that turns every exception into one line (see the module docstring)."""
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
         except AopError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            if debug_enabled():
+                raise
+            _one_line(str(exc))
             raise typer.Exit(2) from None
+        except OSError as exc:
+            if debug_enabled():
+                raise
+            from aop.outputs import os_error_message
+
+            _one_line(os_error_message(exc.filename or "aop", exc))
+            raise typer.Exit(2) from None
+        except Exception as exc:
+            if debug_enabled():
+                raise
+            text = " ".join(str(exc).split())[:300]
+            _one_line(
+                f"{type(exc).__name__}: {text} (an aop bug? rerun with --debug or "
+                f"{DEBUG_ENV}=1 for the traceback and report it)"
+            )
+            raise typer.Exit(1) from None
+
+
+def _quiet_libraries() -> None:
+    """Hide MLflow's (and its dependencies') warnings, which otherwise precede an error line."""
+    for name in ("mlflow", "alembic", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # MLflow issues some warnings under its own ``simplefilter("once")``, which a filter here cannot
+    # override: drop them where they are shown instead
+    if getattr(warnings.showwarning, "_aop_quiet", False):
+        return
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if "mlflow" in Path(str(filename)).parts:
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    show._aop_quiet = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 app = typer.Typer(
@@ -59,5 +117,12 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help=f"Show tracebacks (for bug reports; or {DEBUG_ENV}=1)."),
+    ] = False,
 ) -> None:
     """3D data Analysis Optimization Pipeline."""
+    _debug["on"] = debug
+    if not debug_enabled():
+        _quiet_libraries()

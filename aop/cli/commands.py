@@ -12,6 +12,10 @@ from rich.table import Table
 from aop.cli.app import app, console, err_console  # noqa: F401
 from aop.errors import AopError
 
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an earlier output of aop at --out.")
+]
+
 # ------------------------------------------------------------------------------------------------
 # Data sets
 # ------------------------------------------------------------------------------------------------
@@ -101,6 +105,7 @@ def score(
     from rich.progress import Progress
 
     from aop.io import read_volume
+    from aop.labels import as_label_array
     from aop.metrics import evaluate, mean_scores
 
     if not 0.0 <= iou_threshold <= 1.0:
@@ -112,6 +117,8 @@ def score(
         for name, gt_path, pred_path in pairs:
             gt_labels, _ = read_volume(gt_path)
             pred_labels, _ = read_volume(pred_path)
+            as_label_array(gt_labels, str(gt_path), allow_bool=False)
+            as_label_array(pred_labels, str(pred_path), allow_bool=False)
             if gt_labels.shape != pred_labels.shape:
                 raise AopError(
                     f"{pred_path}: shape {pred_labels.shape} does not match ground truth "
@@ -156,7 +163,9 @@ def score(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Data-set folder to write (replaced).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Data-set folder to write (new, empty or aop's own).")
+    ],
     n_volumes: Annotated[int, typer.Option("--n-volumes", help="Number of volumes.")] = 3,
     shape: Annotated[
         tuple[int, int, int] | None,
@@ -192,6 +201,7 @@ def synth(
             "goes to annotations.csv.",
         ),
     ] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Simulate a synthetic 3D benchmark: fluorescent objects with perfect instance labels."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -232,15 +242,10 @@ def synth(
         params = preset_params(preset, **{k: v for k, v in overrides.items() if v is not None})
         with progress:
             root = write_synthetic_dataset(
-                out,
-                params,
-                shape,
-                n_volumes,
-                seed,
-                preset=preset,
-                on_volume=advance,
+                out, params, shape, n_volumes, seed, preset=preset, on_volume=advance,
                 classes=class_set(preset) if classes else None,
-            )
+                overwrite=overwrite, overwrite_hint="--overwrite",
+            )  # fmt: skip
     except AopError as exc:  # name the command-line option rather than the parameter
         message = str(exc)
         for field in overrides:
@@ -329,9 +334,13 @@ def search(
         typer.Option("--budget", help="Trials of the main search (overrides search.budget)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No Ray Tune progress table.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier study in the study folder.")
+    ] = False,
 ) -> None:
     """Run a segmentation study: baseline, random search and Bayesian optimisation (Ray Tune)."""
     from aop.config import load_experiment
+    from aop.outputs import discard_output, prepare_output
 
     exp = load_experiment(experiment)
     if study_dir is not None:
@@ -340,6 +349,13 @@ def search(
         if budget < 1:
             raise AopError(f"--budget must be at least 1, got {budget}")
         exp.search.budget = budget
+    inputs = [experiment, *([exp.data.benchmark] if exp.data.benchmark else [])]
+    prepare_output(
+        exp.study_dir, inputs=inputs, overwrite=overwrite, kind="study",
+        overwrite_hint="--overwrite (or continue it with aop resume)",
+    )  # fmt: skip
+    if overwrite:
+        discard_output(exp.study_dir)
     _run_study_command(exp, address, tracking_uri, quiet)
 
 
@@ -411,11 +427,15 @@ def postprocess(
         Path | None,
         typer.Option(help="Also write the adjacency graph of PRED with f_c, f_s, f_r as CSV."),
     ] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Apply the seven post-processing parameters to a label volume (atomic write to --out)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from aop.io import read_volume, write_volume
+    from aop.labels import as_label_array
+    from aop.outputs import atomic_output, prepare_output
+    from aop.resources import check_postprocess_memory, volume_shape
     from aop.segmentation import postprocess as engine
 
     values = _postprocess_values(
@@ -429,6 +449,17 @@ def postprocess(
             "split_threshold": split_threshold,
         }
     )
+    inputs = [pred, image]
+    outputs = [out, *([features] if features is not None else [])]
+    for path in outputs:
+        prepare_output(path, inputs=inputs, overwrite=overwrite, overwrite_hint="--overwrite")
+    if features is not None and Path(features).absolute() == Path(out).absolute():
+        raise AopError(f"{features}: --features and --out name the same file")
+    if not pred.exists():
+        raise AopError(f"{pred}: file not found")
+    shape = volume_shape(pred)
+    if shape is not None:
+        check_postprocess_memory(shape)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task(f"reading {pred.name}", total=3)
@@ -441,15 +472,19 @@ def postprocess(
         voxel = tuple(spacing) if spacing is not None else (pred_spacing or image_spacing)
         if labels.ndim == 2 and voxel is not None and len(voxel) == 3:
             voxel = voxel[1:]
+        as_label_array(labels, str(pred), allow_bool=False)
         prepared = engine.check_labels(labels, name=str(pred))
         progress.update(task, advance=1, description="post-processing")
         result = engine.postprocess(prepared, intensities, values, voxel)
         progress.update(task, advance=1, description=f"writing {out.name}")
-        write_volume(out, result, spacing=pred_spacing if spacing is None else tuple(spacing))
+        write_volume(
+            out, result, spacing=pred_spacing if spacing is None else tuple(spacing),
+            overwrite=overwrite, inputs=inputs,
+        )  # fmt: skip
         if features is not None:
             table = engine.adjacency_features(prepared, intensities, voxel)
-            table.to_csv(features.with_name(features.name + ".part"), index=False)
-            features.with_name(features.name + ".part").replace(features)
+            with atomic_output(features, overwrite=overwrite, inputs=inputs) as tmp:
+                table.to_csv(tmp, index=False)
         progress.update(task, advance=1)
     before = len(engine.relabel_consecutive(prepared)[1]) - 1
     console.print(f"{pred.name}: {before} instances -> {int(result.max())}; wrote {out}")
@@ -575,9 +610,12 @@ def train_unet_command(
     out: Annotated[Path, typer.Option("--out", help="BioImage.IO package folder to write.")],
     max_steps: Annotated[int, typer.Option("--max-steps", help="Optimiser steps.")] = 300,
     seed: Annotated[int, typer.Option("--seed", help="Seed of weights and crops.")] = 0,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Train aop's small 3D UNet (foreground + boundary) and save it for the unet3d model."""
     from aop.segmentation.unet3d import train_unet
 
-    package = train_unet(data, out, max_steps=max_steps, seed=seed)
+    package = train_unet(
+        data, out, max_steps=max_steps, seed=seed, overwrite=overwrite, overwrite_hint="--overwrite"
+    )
     console.print(f"saved {package}; use it with --models unet3d --setting model={package}")

@@ -10,7 +10,6 @@ runs through the same code path as PlantSeg's.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,13 +47,15 @@ def write_model_package(
     sigmoid: bool = True,
     documentation: str = "",
     citation: tuple[str, str] = UNET_CITATION,
+    overwrite: bool = False,
 ) -> Path:
     """Save ``network`` as a BioImage.IO model package folder (written beside, renamed in).
 
     Parameters
     ----------
     folder : path
-        Destination folder; replaced when it exists.
+        Destination folder: new, empty, or (with ``overwrite``) an earlier aop package
+        (:mod:`aop.outputs`).
     network : torch.nn.Module
         The network, already trained; switched to evaluation mode.
     callable_name, import_from, kwargs
@@ -79,6 +80,8 @@ def write_model_package(
         README text.
     citation : (str, str)
         Text and DOI of the reference to cite.
+    overwrite : bool
+        Replace an earlier package written by aop.
 
     Returns
     -------
@@ -99,12 +102,15 @@ def write_model_package(
     from aop.segmentation.models.bioimageio import _quiet_bioimageio
 
     _quiet_bioimageio()
+    from aop.outputs import atomic_output
+
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     network.eval()
-    files = Path(tempfile.mkdtemp(prefix=f".{folder.name}.files.", dir=folder.parent))
-    out = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with (
+        atomic_output(folder, kind="folder", overwrite=overwrite) as out,
+        tempfile.TemporaryDirectory(prefix="aop-package-") as sources,
+    ):
+        files = Path(sources)
         torch.save(network.state_dict(), files / "weights.pt")
         test_input = np.random.default_rng(0).random((1, 1, *min_shape), dtype=np.float32)
         low, high = np.percentile(test_input, percentiles)
@@ -193,12 +199,4 @@ def write_model_package(
             where = ".".join(str(part) for part in error["loc"])
             raise AopError(f"{folder}: invalid model package: {where}: {error['msg']}") from None
         save_bioimageio_package_as_folder(model, output_path=out)
-        if folder.exists():
-            shutil.rmtree(folder)
-        out.rename(folder)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(files, ignore_errors=True)
     return folder

@@ -57,6 +57,10 @@ class CachedPredictor:
         }
 
 
+# the two-hex-digit shard folders of a prediction cache written before caches were marked
+CACHE_LAYOUT = tuple(f"{i:02x}" for i in range(256))
+
+
 def _as_spec(model: ModelSpec | str | dict) -> ModelSpec:
     if isinstance(model, ModelSpec):
         return model
@@ -120,8 +124,11 @@ def predict_dataset(
             keyed[spec.name] = spec
     for spec in keyed.values():
         build_model(spec)  # fail fast: names, settings, libraries and weights
-    cache_root = Path(cache_root).resolve()
-    cache_root.mkdir(parents=True, exist_ok=True)
+    from aop.outputs import claim_folder
+    from aop.resources import check_prediction_memory
+
+    cache_root = claim_folder(cache_root, "prediction cache", recognise=CACHE_LAYOUT)
+    check_prediction_memory(dataset, num_workers)
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)

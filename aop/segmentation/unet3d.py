@@ -78,6 +78,8 @@ def train_unet(
     learning_rate: float = 3e-3,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
+    overwrite_hint: str = "overwrite=True",
 ) -> Path:
     """Train the UNet on a labelled data set and write it as a BioImage.IO package.
 
@@ -86,7 +88,8 @@ def train_unet(
     data : path
         Data-set folder with ``images/`` and ``labels/`` (e.g. written by ``aop synth``).
     out : path
-        Package folder to write (replaced when it exists; written beside and renamed in).
+        Package folder to write: new, empty, or (with ``overwrite``) an earlier aop package
+        (checked before training; written beside and renamed in, see :mod:`aop.outputs`).
     max_steps : int
         Optimiser steps.
     patch : (int, int, int)
@@ -99,25 +102,34 @@ def train_unet(
         Seed of weights and crops.
     progress : bool
         Show Lightning's progress bar.
+    overwrite : bool
+        Replace an earlier package written by aop.
+    overwrite_hint : str
+        How a refusal names the way to allow replacing.
 
     Returns
     -------
     Path
         The package folder.
     """
-    import lightning as L
-    import torch
-    from monai.losses import DiceLoss
-    from monai.networks.nets import UNet
-
     from aop.io import load_dataset
-    from aop.segmentation.bioimageio_package import write_model_package
+    from aop.outputs import prepare_output
 
     if max_steps < 1:
         raise AopError(f"--max-steps must be at least 1, got {max_steps}")
     if any(p % 4 for p in patch):
         raise AopError(f"patch {tuple(patch)} must be multiples of 4 (two 2x poolings)")
+    prepare_output(
+        out, inputs=[data], overwrite=overwrite, kind="folder", overwrite_hint=overwrite_hint
+    )
     dataset = load_dataset(data, require_labels=True)
+    import lightning as L
+    import torch
+    from monai.losses import DiceLoss
+    from monai.networks.nets import UNet
+
+    from aop.segmentation.bioimageio_package import write_model_package
+
     images, targets = [], []
     for name in dataset.names:
         image = dataset.image(name)
@@ -179,4 +191,5 @@ def train_unet(
         min_shape=(20, 20, 20),
         step=STEP,
         halo=HALO,
+        overwrite=overwrite,
     )

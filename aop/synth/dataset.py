@@ -37,6 +37,8 @@ def write_synthetic_dataset(
     preset: str | None = None,
     on_volume: Callable[[str, int], None] | None = None,
     classes: ClassSet | None = None,
+    overwrite: bool = False,
+    overwrite_hint: str = "overwrite=True",
 ) -> Path:
     """Simulate ``n_volumes`` volumes and write them as a data set (``aop.io`` layout).
 
@@ -47,7 +49,8 @@ def write_synthetic_dataset(
     Parameters
     ----------
     root : str or path-like
-        Destination folder (replaced if it exists).
+        Destination folder: new, empty, or (with ``overwrite``) an earlier aop data set; see
+        :mod:`aop.outputs`. Checked before anything is simulated.
     params : SimulationParams
         Parameters shared by all volumes.
     shape : (int, int, int)
@@ -65,12 +68,19 @@ def write_synthetic_dataset(
         one channel per marker (C, Z, Y, X), ``dataset.yaml`` declares the classes (keys 1, 2,
         ...) and the channel names, and ``annotations.csv`` holds each instance's class with
         ``source=truth``. Without it the outputs are those of earlier versions, bit for bit.
+    overwrite : bool
+        Replace an earlier data set written by aop.
+    overwrite_hint : str
+        How a refusal names the way to allow replacing (``--overwrite`` on the command line).
     """
     shape = check_shape(shape)
     if isinstance(n_volumes, bool) or not isinstance(n_volumes, int) or n_volumes < 1:
         raise AopError(f"n_volumes must be a positive integer, got {n_volumes!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise AopError(f"seed must be a non-negative integer, got {seed!r}")
+    from aop.resources import check_synth_memory
+
+    check_synth_memory(shape, n_objects=params.n_objects)
     seeds = volume_seeds(seed, n_volumes)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     names = [f"synth_{i:03d}" for i in range(n_volumes)]
@@ -121,4 +131,6 @@ def write_synthetic_dataset(
         info.channel_names = list(classes.channel_names)
         info.classes = [{"name": c.name, "key": str(i + 1)} for i, c in enumerate(classes.classes)]
         provenance["classes"] = [asdict(c) for c in classes.classes]
-    return write_dataset(root, generate(), info, files)
+    return write_dataset(
+        root, generate(), info, files, overwrite=overwrite, overwrite_hint=overwrite_hint
+    )

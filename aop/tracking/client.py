@@ -521,6 +521,10 @@ class StudyTracker:
             self._logged = logged
         return self._logged
 
+    def forget_logged(self) -> None:
+        """Forget which trials are logged: the next call asks the store again."""
+        self._logged = None
+
     def logged_trials(self, search: str | None = None) -> set[str]:
         """Trial ids that have a child run (of one search, or of all)."""
         return {t for s, t in self._logged_keys() if search is None or s == search}

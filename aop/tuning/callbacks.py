@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -175,8 +176,22 @@ class StudyCallback(Callback):
         )
         append_record(self.path, record)
         self._seen.add(trial.trial_id)
-        if self.sink is not None:
+        if self.sink is None:
+            return
+        try:
+            # MLflow's client already waits and retries while a server is away; if it stays
+            # away, the record is safe on disk and the end of the study (or aop resume) logs it
             self.sink(record)
+        except Exception as exc:  # noqa: BLE001  (a lost tracking server must not stop a study)
+            forget = getattr(getattr(self.sink, "__self__", None), "forget_logged", None)
+            if forget is not None:
+                forget()  # re-read which trials are logged (and clean half-written runs)
+            warnings.warn(
+                f"MLflow: trial {trial.trial_id} of {self.search} not logged yet "
+                f"({type(exc).__name__}); it is logged when the tracking server answers again "
+                "(at the end of the study or by aop resume)",
+                stacklevel=2,
+            )
 
 
 def prune_orphans(path: Path, trial_ids: set[str], tracker: Any = None, search: str = "") -> int:

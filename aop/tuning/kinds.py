@@ -107,6 +107,9 @@ class StudyKind(ABC):
     def search_space(self, exp: BaseExperiment) -> SearchSpace:
         """The experiment's search space, validated (one-line :class:`AopError` per error)."""
 
+    def preflight(self, exp: BaseExperiment) -> None:  # noqa: B027  (optional hook)
+        """Checks before any output (data present, memory, models buildable); one-line errors."""
+
     def baseline_space(self, exp: BaseExperiment, space: SearchSpace) -> dict[str, Any] | None:
         """The param space of the ``baseline`` comparison (a grid); None: the kind has none."""
         return None

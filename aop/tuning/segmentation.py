@@ -56,6 +56,35 @@ class SegmentationKind(StudyKind):
     def search_space(self, exp: Experiment) -> generic.SearchSpace:  # type: ignore[override]
         return tune_space(experiment_search_space(exp))
 
+    def preflight(self, exp: Experiment) -> None:  # type: ignore[override]
+        """Before any output: synth parameters and memory, the benchmark, the cache, the models."""
+        from aop.errors import AopError
+        from aop.outputs import claim_folder
+        from aop.resources import check_synth_memory
+
+        synth = exp.data.synth
+        if synth is not None:
+            from aop.synth import preset_params
+
+            try:
+                params = preset_params(synth.preset, **synth.options)
+            except AopError as exc:
+                raise AopError(f"data.synth: {exc}") from None
+            check_synth_memory(tuple(synth.shape), params.n_objects)
+        elif exp.data.benchmark is not None and not exp.data.benchmark.is_dir():
+            raise AopError(f"data.benchmark: {exp.data.benchmark}: folder not found")
+        if exp.storage.cache_dir is not None:
+            from aop.segmentation.predict import CACHE_LAYOUT
+
+            claim_folder(exp.cache_dir, "prediction cache", recognise=CACHE_LAYOUT, dry_run=True)
+        from aop.segmentation.models import ModelSpec, build_model
+
+        for index, model in enumerate(exp.models):
+            try:
+                build_model(ModelSpec(name=model.name, settings=model.settings))
+            except AopError as exc:
+                raise AopError(f"models.{index} ({model.key}): {exc}") from None
+
     def baseline_space(
         self, exp: Experiment, space: generic.SearchSpace  # type: ignore[override]
     ) -> dict[str, Any]:

@@ -23,7 +23,7 @@ it, so the search continues instead of restarting, and finished trials are kept.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,13 +212,38 @@ def save_experiment(exp: BaseExperiment) -> Path:
 
 
 def load_study_experiment(study_dir: str | os.PathLike) -> BaseExperiment:
-    """The experiment saved in a study folder (for ``aop resume``)."""
-    path = Path(study_dir) / EXPERIMENT_FILE
+    """The experiment saved in a study folder (for ``aop resume``).
+
+    The folder given wins over the ``storage.study_dir`` stored in the file, so a moved or copied
+    study resumes where it is now; paths that pointed inside the stored folder (the prediction
+    cache, the benchmark, an SQLite tracking store) move with it.
+    """
+    folder = Path(study_dir)
+    if not folder.is_dir():
+        raise AopError(f"{folder}: study folder not found")
+    path = folder / EXPERIMENT_FILE
     if not path.is_file():
         raise AopError(
             f"{path}: not a study folder (no {EXPERIMENT_FILE}; start one with aop search)"
         )
-    return load_experiment(path)
+    exp = load_experiment(path)
+    old, new = exp.storage.study_dir, folder.resolve()
+    if old != new:
+
+        def moved(value: Path | None) -> Path | None:
+            if value is not None and (value == old or old in value.parents):
+                return new / value.relative_to(old)
+            return value
+
+        exp.storage.study_dir = new
+        exp.storage.cache_dir = moved(exp.storage.cache_dir)
+        data = getattr(exp, "data", None)
+        if getattr(data, "benchmark", None) is not None:
+            data.benchmark = moved(data.benchmark)
+        uri = exp.tracking.tracking_uri
+        if uri and uri.startswith("sqlite:///"):
+            exp.tracking.tracking_uri = f"sqlite:///{moved(Path(uri[len('sqlite:///'):]))}"
+    return exp
 
 
 def search_plan(exp: BaseExperiment, kind: StudyKind) -> list[tuple[str, str | None, int]]:
@@ -279,6 +304,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         # "local": a new Ray for this study, never a cluster that happens to run on this machine
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def check_study(exp: BaseExperiment, kind: StudyKind) -> None:
+    """Find every error of a study request before any work or output (``experiment.yaml``).
+
+    Checks the study folder (see :mod:`aop.outputs`: a folder of the user's files is refused),
+    that an MLflow server given by URI answers within seconds, and what the kind checks before
+    its work (:meth:`aop.tuning.kinds.StudyKind.preflight`: data, memory, models).
+    """
+    from aop.outputs import claim_folder, prepare_output
+    from aop.resources import check_tracking_uri
+
+    kind.search_space(exp)
+    kind.preflight(exp)
+    if exp.study_dir.is_dir() and any(exp.study_dir.iterdir()):
+        claim_folder(exp.study_dir, "study")  # refuses a folder of the user's files
+    else:
+        prepare_output(exp.study_dir, kind="study")
+    check_tracking_uri(exp.tracking_uri)
 
 
 def run_searches(
@@ -365,9 +409,11 @@ def run_study(
     -------
     StudyResult
     """
+    from aop.outputs import claim_folder
+
     kind = get_kind(exp.kind)
-    study_dir = exp.study_dir
-    study_dir.mkdir(parents=True, exist_ok=True)
+    check_study(exp, kind)
+    study_dir = claim_folder(exp.study_dir, "study")
     save_experiment(exp)
     space = kind.search_space(exp)
     init_ray(exp.ray.address, exp.ray.num_cpus)
@@ -380,6 +426,7 @@ def run_study(
         description=_description(exp, kind),
     )
     records = run_searches(exp, kind, space, prepared.trainable, tracker=tracker, verbose=verbose)
+    log_missing_trials(exp, kind, records)
     main = exp.search.searcher
     best = write_best(study_dir, kind, records, main)
     artifacts = kind.finish(exp, records, best, prepared, tracker)
@@ -405,3 +452,29 @@ def _description(exp: BaseExperiment, kind: StudyKind, best: dict | None = None)
             f"(search {best['search']}, trial {best['trial_id']}): {params}."
         )
     return "\n\n".join(lines)
+
+
+def log_missing_trials(
+    exp: BaseExperiment, kind: StudyKind, records: Mapping[str, Sequence[Mapping]]
+) -> int:
+    """Log to MLflow every trial record that has no child run yet (e.g. the server was away).
+
+    Child runs are keyed by (search, trial_id), so nothing is logged twice.
+
+    Raises
+    ------
+    AopError
+        One line when the tracking server still does not answer (the study stays resumable).
+    """
+    from aop.resources import check_tracking_uri
+
+    try:
+        check_tracking_uri(exp.tracking_uri)
+    except AopError as exc:
+        missing = sum(len(recs) for recs in records.values())
+        raise AopError(
+            f"{exc}; up to {missing} finished trials are safe in {exp.study_dir}/results: run "
+            f"aop resume {exp.study_dir} when the server is back to log them"
+        ) from None
+    tracker = make_tracker(exp, kind)  # fresh: re-reads which trials are logged
+    return sum(tracker.log_trial(r) is not None for recs in records.values() for r in recs)

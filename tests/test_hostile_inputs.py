@@ -1,0 +1,511 @@
+"""Hostile and careless inputs against every command: one line, the right exit code, no damage.
+
+Each row of :data:`CASES` is ``(class, id, argv, exit code, message regex, guarded paths, absent
+paths, environment)``. ``{W}`` in an argument is the workspace folder. After the command, every
+guarded path must be byte-for-byte unchanged (files, names and modes of a whole tree) and every
+absent path must not exist. The output must be exactly one line starting with ``error:`` when the
+exit code is 2 (a user error), and must hold no traceback.
+
+Classes: ``output`` (never destroy what aop did not create), ``resources`` (refuse impossible
+work), ``validation`` (config errors before any output), ``study`` (relocatable studies, report),
+``oneline`` (one line, never a traceback).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+from typer.testing import CliRunner
+
+from aop.cli import app
+from aop.io import DatasetInfo, read_volume, write_dataset, write_volume
+from aop.outputs import MARKER, atomic_output, is_aop_output, prepare_output
+from aop.synth import preset_params
+from aop.synth.dataset import write_synthetic_dataset
+
+SHAPE = (8, 24, 24)
+
+
+def _experiment(study: str, **changes) -> dict:
+    raw = {
+        "name": "hostile",
+        "data": {"synth": {"n_volumes": 1, "shape": list(SHAPE), "seed": 0}},
+        "models": [{"name": "classical"}],
+        "search": {"searcher": "random", "budget": 2},
+        "storage": {"study_dir": study},
+        "comparison": {"baseline": False, "random": False},
+        "ray": {"num_cpus": 1},
+    }
+    for key, value in changes.items():
+        section, _, field = key.partition(".")
+        if field:
+            raw.setdefault(section, {})[field] = value
+        else:
+            raw[section] = value
+    return raw
+
+
+def _yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """Users' files, aop outputs and broken inputs; built once, guarded by every case."""
+    w = tmp_path_factory.mktemp("hostile")
+    user = w / "user_dir"
+    user.mkdir()
+    (user / "notes.txt").write_text("a user's notes\n")
+    (user / "thesis.docx").write_bytes(b"\x00precious")
+    zarr_like = w / "user.zarr"
+    zarr_like.mkdir()
+    (zarr_like / "keep.txt").write_text("not a zarr store\n")
+    (w / "user.txt").write_text("a user's file\n")
+    (w / "user.csv").write_text("a,b\n1,2\n")
+    tifffile.imwrite(w / "user.tif", np.ones((2, 8, 8), np.uint16))  # not written by aop
+    np.save(w / "user.npy", np.ones((2, 8, 8), np.uint16))
+    write_synthetic_dataset(w / "ds", preset_params("nuclei"), SHAPE, 1, 0)
+    image, _ = read_volume(w / "ds" / "images" / "synth_000.tif")
+    labels, _ = read_volume(w / "ds" / "labels" / "synth_000.tif")
+    write_volume(w / "pred.tif", labels, (1.0, 1.0, 1.0))
+    write_volume(w / "image.tif", image, (1.0, 1.0, 1.0))
+    write_volume(w / "earlier_out.tif", labels)
+    mask = labels > 0
+    tifffile.imwrite(w / "mask.tif", mask)
+    bool_ds = w / "bool_ds"
+    write_dataset(bool_ds, [("v", image, labels)], DatasetInfo("b"))
+    tifffile.imwrite(bool_ds / "labels" / "v.tif", mask)
+    (w / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (w / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    binary_ds = w / "binary_ds"
+    shutil.copytree(w / "ds", binary_ds)
+    (binary_ds / "dataset.yaml").write_bytes(b"\xff\xfe\x00\x01")
+    # experiments whose errors must show before any output
+    _yaml(w / "good.yaml", _experiment("studies/good"))
+    space = w / "space_wide.yaml"
+    _yaml(space, {"parameters": {"erode_dilate": {"low": -3, "high": 50}}})
+    _yaml(w / "wide.yaml", _experiment("studies/wide", search_space=str(space)))
+    space = w / "space_models.yaml"
+    _yaml(space, {"models": ["nonexistent"], "parameters": {"open_close": {"low": -1, "high": 1}}})
+    _yaml(w / "models.yaml", _experiment("studies/models", search_space=str(space)))
+    space = w / "space_reversed.yaml"
+    _yaml(space, {"parameters": {"split_sigma": {"low": 0.9, "high": 0.1}}})
+    _yaml(w / "reversed.yaml", _experiment("studies/reversed", search_space=str(space)))
+    synth = {"n_volumes": 1, "shape": list(SHAPE), "options": {"bogus_option": 1}}
+    _yaml(w / "synthopt.yaml", _experiment("studies/synthopt", data={"synth": synth}))
+    synth = {"n_volumes": 1, "shape": [5000, 5000, 5000]}
+    _yaml(w / "huge.yaml", _experiment("studies/huge", data={"synth": synth}))
+    _yaml(w / "nobench.yaml", _experiment("studies/nobench", data={"benchmark": "missing_bench"}))
+    _yaml(w / "noweights.yaml", _experiment("studies/noweights", models=[{"name": "unet3d"}]))
+    _yaml(w / "user_study.yaml", _experiment("user_dir"))
+    _yaml(w / "self_study.yaml", _experiment("."))
+    # a closed local port: nothing listens there
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tracking = {"tracking_uri": f"http://127.0.0.1:{port}", "experiment": "x"}
+    _yaml(w / "deadserver.yaml", _experiment("studies/deadserver", tracking=tracking))
+    # an earlier study (aop's own) and a non-study folder
+    old = w / "old_study"
+    old.mkdir()
+    (old / MARKER).write_text("{}\n")
+    _yaml(old / "experiment.yaml", _experiment(str(old)))
+    (old / "results").mkdir()
+    _yaml(w / "old.yaml", _experiment("old_study"))
+    broken = w / "broken_study"
+    broken.mkdir()
+    (broken / "experiment.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    return w
+
+
+def _files(root: Path) -> dict[str, tuple[str, int]]:
+    """Relative path -> (sha256 or 'dir', mode) of every entry under ``root`` (itself included)."""
+    if not root.exists():
+        return {}
+    entries = [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]
+    out = {}
+    for path in entries:
+        digest = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        out[str(path.relative_to(root.parent))] = (digest, path.stat().st_mode)
+    return out
+
+
+D, R, V, S, T = "output", "resources", "validation", "study", "oneline"
+ONE = "synth --n-volumes 1 --shape 8 24 24"
+
+CASES = [
+    # --- output: never destroy what aop did not create --------------------------------------
+    (D, "synth-into-user-folder", f"{ONE} --out {{W}}/user_dir", 2,
+     r"user_dir: folder holds files aop did not write \(notes.txt", ["user_dir"], [], {}),
+    (D, "synth-into-user-folder-overwrite", f"{ONE} --out {{W}}/user_dir --overwrite", 2,
+     r"holds files aop did not write", ["user_dir"], [], {}),
+    (D, "synth-into-current-folder", f"{ONE} --out .", 2,
+     r"current folder", ["user_dir"], [], {"cwd": "user_dir"}),
+    (D, "synth-over-earlier-dataset", f"{ONE} --out {{W}}/ds", 2,
+     r"ds: holds an earlier aop output; pass --overwrite", ["ds"], [], {}),
+    (D, "synth-onto-a-file", f"{ONE} --out {{W}}/user.txt", 2,
+     r"user.txt: exists and is a file, not a folder", ["user.txt"], [], {}),
+    (D, "synth-below-a-file", f"{ONE} --out {{W}}/user.txt/sub", 2,
+     r"user.txt is a file, not a folder", ["user.txt"], [], {}),
+    (D, "synth-into-read-only-folder", f"{ONE} --out /sys/aop_hostile_ds", 2,
+     r"/sys/aop_hostile_ds: cannot write", [], ["/sys/aop_hostile_ds"], {}),
+    (D, "train-unet-into-user-folder", "train-unet --data {W}/ds --out {W}/user_dir --max-steps 1",
+     2, r"holds files aop did not write", ["user_dir", "ds"], [], {}),
+    (D, "train-unet-into-its-input", "train-unet --data {W}/ds --out {W}/ds --max-steps 1", 2,
+     r"output is one of the inputs", ["ds"], [], {}),
+    (D, "train-unet-around-its-input", "train-unet --data {W}/ds --out {W} --max-steps 1", 2,
+     r"output folder holds the input", ["ds", "user_dir"], [], {}),
+    (D, "postprocess-onto-its-input", "postprocess {W}/pred.tif {W}/image.tif --out {W}/pred.tif",
+     2, r"pred.tif: output is one of the inputs", ["pred.tif"], [], {}),
+    (D, "postprocess-onto-its-image", "postprocess {W}/pred.tif {W}/image.tif --out {W}/image.tif",
+     2, r"image.tif: output is one of the inputs", ["image.tif"], [], {}),
+    (D, "postprocess-onto-user-tiff", "postprocess {W}/pred.tif {W}/image.tif --out {W}/user.tif",
+     2, r"user.tif: file exists and was not written by aop", ["user.tif"], [], {}),
+    (D, "postprocess-onto-user-npy", "postprocess {W}/pred.tif {W}/image.tif --out {W}/user.npy",
+     2, r"user.npy: file exists and was not written by aop", ["user.npy"], [], {}),
+    (D, "postprocess-onto-user-zarr",
+     "postprocess {W}/pred.tif {W}/image.tif --out {W}/user.zarr --overwrite", 2,
+     r"user.zarr: folder holds files aop did not write", ["user.zarr"], [], {}),
+    (D, "postprocess-onto-a-folder", "postprocess {W}/pred.tif {W}/image.tif --out {W}/user_dir",
+     2, r"user_dir: exists and is a folder", ["user_dir"], [], {}),
+    (D, "postprocess-over-earlier-output",
+     "postprocess {W}/pred.tif {W}/image.tif --out {W}/earlier_out.tif", 2,
+     r"earlier_out.tif: holds an earlier aop output; pass --overwrite", ["earlier_out.tif"], [],
+     {}),
+    (D, "postprocess-features-onto-user-csv",
+     "postprocess {W}/pred.tif {W}/image.tif --out {W}/new.tif --features {W}/user.csv", 2,
+     r"user.csv: file exists and was not written by aop", ["user.csv"], ["new.tif"], {}),
+    (D, "postprocess-into-read-only-folder",
+     "postprocess {W}/pred.tif {W}/image.tif --out /sys/aop_hostile/out.tif", 2,
+     r"cannot write", [], ["/sys/aop_hostile"], {}),
+    (D, "predict-cache-in-user-folder",
+     "predict --models classical --data {W}/ds --cache {W}/user_dir", 2,
+     r"user_dir: folder holds files aop did not write", ["user_dir"], [], {}),
+    (D, "search-into-user-folder", "search {W}/user_study.yaml", 2,
+     r"user_dir: folder holds files aop did not write", ["user_dir"], [], {}),
+    (D, "search-into-its-own-folder", "search {W}/self_study.yaml", 2,
+     r"holds the input|holds the current folder|holds files aop did not write", ["good.yaml"],
+     [], {}),
+    (D, "search-over-earlier-study", "search {W}/old.yaml", 2,
+     r"old_study: holds an earlier aop output; pass --overwrite \(or continue it with aop resume",
+     ["old_study"], [], {}),
+    (D, "demo-into-user-folder", "demo --out {W}/user_dir --budget 1", 2,
+     r"holds files aop did not write", ["user_dir"], [], {}),
+    # --- resources: refuse impossible work before starting it -------------------------------
+    (R, "synth-allocation-bomb", "synth --out {W}/bomb --shape 10000 10000 10000", 2,
+     r"needs about 28\.0 TB of memory, more than the .* available", [], ["bomb"], {}),
+    (R, "synth-over-memory-limit", f"{ONE} --out {{W}}/limited", 2,
+     r"simulating a volume of shape \[8, 24, 24\] needs about .* more than the 1\.0 kB",
+     [], ["limited"], {"AOP_MEMORY_LIMIT": "1K"}),
+    (R, "synth-bad-memory-limit", f"{ONE} --out {{W}}/limited", 2,
+     r"AOP_MEMORY_LIMIT='lots': expected bytes", [], ["limited"], {"AOP_MEMORY_LIMIT": "lots"}),
+    (R, "postprocess-over-memory-limit",
+     "postprocess {W}/pred.tif {W}/image.tif --out {W}/pp.tif", 2,
+     r"post-processing a volume of shape \[8, 24, 24\] needs about 645\.1 kB",
+     ["pred.tif"], ["pp.tif"], {"AOP_MEMORY_LIMIT": "100K"}),
+    (R, "predict-over-memory-limit",
+     "predict --models classical --data {W}/ds --cache {W}/cache_limited --workers 1", 2,
+     r"predicting .*ds with 1 worker\(s\) needs about 184\.3 kB", ["ds"], [],
+     {"AOP_MEMORY_LIMIT": "10K"}),
+    (R, "search-huge-synth", "search {W}/huge.yaml", 2,
+     r"needs about 3\.5 TB of memory", [], ["studies/huge"], {}),
+    (R, "search-dead-tracking-server", "search {W}/deadserver.yaml", 2,
+     r"tracking URI http://127\.0\.0\.1:\d+: MLflow server not reachable", [],
+     ["studies/deadserver"], {}),
+    (R, "search-dead-tracking-option", "search {W}/good.yaml --tracking-uri http://127.0.0.1:1",
+     2, r"MLflow server not reachable", [], ["studies/good"], {}),
+    # --- validation: every config error before any work or output ---------------------------
+    (V, "search-range-outside-table-iii", "search {W}/wide.yaml", 2,
+     r"space_wide.yaml: parameters.erode_dilate.high: 50.0 is outside \[-10, 10\]", [],
+     ["studies/wide"], {}),
+    (V, "search-space-unknown-model", "search {W}/models.yaml", 2,
+     r"models: 'nonexistent' is not a model of the experiment", [], ["studies/models"], {}),
+    (V, "search-space-reversed-range", "search {W}/reversed.yaml", 2,
+     r"parameters.split_sigma: low \(0.9\) must be < high", [], ["studies/reversed"], {}),
+    (V, "search-unknown-synth-option", "search {W}/synthopt.yaml", 2,
+     r"data.synth: .*bogus_option", [], ["studies/synthopt"], {}),
+    (V, "search-missing-benchmark", "search {W}/nobench.yaml", 2,
+     r"data.benchmark: .*missing_bench: folder not found", [], ["studies/nobench"], {}),
+    (V, "search-model-without-weights", "search {W}/noweights.yaml", 2,
+     r"models.0 \(unet3d\): model 'unet3d': no model package given", [], ["studies/noweights"],
+     {}),
+    (V, "search-zero-budget", "search {W}/good.yaml --budget 0", 2,
+     r"--budget must be at least 1", [], ["studies/good"], {}),
+    (V, "synth-negative-seed", f"{ONE} --out {{W}}/neg --seed -1", 2,
+     r"--seed must be non-negative", [], ["neg"], {}),
+    (V, "postprocess-out-of-range", "postprocess {W}/pred.tif {W}/image.tif --out {W}/r.tif "
+     "--erode-dilate 11", 2, r"--erode-dilate: 11 is outside \[-10, 10\]", [], ["r.tif"], {}),
+    # --- study: relocatable studies, report on incomplete studies ---------------------------
+    (S, "resume-not-a-study", "resume {W}/user_dir", 2,
+     r"user_dir/experiment.yaml: not a study folder", ["user_dir"], [], {}),
+    (S, "resume-missing-folder", "resume {W}/no_such_study", 2,
+     r"no_such_study: study folder not found", [], ["no_such_study"], {}),
+    (S, "report-no-trials", "report {W}/old_study", 2,
+     r"no trial records: the study failed or has not finished", ["old_study"], [], {}),
+    # --- oneline: one line, never a traceback ------------------------------------------------
+    (T, "search-binary-yaml", "search {W}/binary.yaml", 2,
+     r"binary.yaml: not a text file", ["binary.yaml"], [], {}),
+    (T, "search-latin1-yaml", "search {W}/latin1.yaml", 2,
+     r"latin1.yaml: not a text file \(not UTF-8", [], [], {}),
+    (T, "search-folder-as-yaml", "search {W}/user_dir", 2,
+     r"user_dir: is a folder, not a YAML file", ["user_dir"], [], {}),
+    (T, "resume-binary-experiment", "resume {W}/broken_study", 2,
+     r"broken_study/experiment.yaml: not a text file", ["broken_study"], [], {}),
+    (T, "models-binary-config", "models --config {W}/binary.yaml", 2,
+     r"binary.yaml: not a text file", [], [], {}),
+    (T, "predict-binary-config", "predict --data {W}/ds --config {W}/binary.yaml", 2,
+     r"binary.yaml: not a text file", ["ds"], [], {}),
+    (T, "info-binary-dataset-yaml", "info {W}/binary_ds", 2,
+     r"binary_ds/dataset.yaml: not a text file", ["binary_ds"], [], {}),
+    (T, "info-on-a-file", "info {W}/user.txt", 2,
+     r"user.txt: data-set folder not found", ["user.txt"], [], {}),
+    (T, "info-boolean-labels", "info {W}/bool_ds", 2,
+     r"labels/v.tif: labels are a boolean mask, not instance labels", ["bool_ds"], [], {}),
+    (T, "score-boolean-labels", "score {W}/mask.tif {W}/pred.tif", 2,
+     r"mask.tif: labels are a boolean mask", ["mask.tif"], [], {}),
+    (T, "postprocess-boolean-labels", "postprocess {W}/mask.tif {W}/image.tif --out {W}/m.tif", 2,
+     r"mask.tif: labels are a boolean mask", ["mask.tif"], ["m.tif"], {}),
+    (T, "postprocess-missing-pred", "postprocess {W}/nope.tif {W}/image.tif --out {W}/n.tif", 2,
+     r"nope.tif: file not found", [], ["n.tif"], {}),
+    (T, "train-unet-missing-data", "train-unet --data {W}/nope --out {W}/unet_new", 2,
+     r"nope: data-set folder not found", [], ["unet_new"], {}),
+    (T, "score-corrupt-volume", "score {W}/user.txt {W}/pred.tif", 2,
+     r"user.txt: unknown volume format", [], [], {}),
+]  # fmt: skip
+
+
+def _invoke(argv, cwd=None):
+    runner = CliRunner()
+    old = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        return runner.invoke(app, argv, terminal_width=200)
+    finally:
+        os.chdir(old)
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "pattern", "guarded", "absent", "env"),
+    [pytest.param(*case[2:], id=f"{case[0]}:{case[1]}") for case in CASES],
+)
+def test_hostile_input(workspace, monkeypatch, argv, code, pattern, guarded, absent, env):
+    env = dict(env)
+    cwd = workspace / env.pop("cwd") if "cwd" in env else workspace
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AOP_DEBUG", raising=False)
+    guarded_paths = [workspace / g for g in guarded]
+    before = {p: _files(p) for p in guarded_paths}
+    args = [a.replace("{W}", str(workspace)) for a in argv.split()]
+    result = _invoke(args, cwd=cwd)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert re.search(pattern, lines[0]), lines[0]
+    for path in guarded_paths:
+        assert _files(path) == before[path], f"{path} changed"
+    for name in absent:
+        assert not (workspace / name).exists(), f"{name} was created"
+    leftovers = [p.name for p in workspace.iterdir() if ".aop-tmp-" in p.name]
+    assert leftovers == []
+
+
+def test_the_suite_covers_every_class_and_command():
+    counts: dict[str, int] = {}
+    for case in CASES:
+        counts[case[0]] = counts.get(case[0], 0) + 1
+    assert len(CASES) >= 40 and set(counts) == {D, R, V, S, T}
+    commands = {case[2].split()[0] for case in CASES}
+    assert {"synth", "train-unet", "postprocess", "predict", "search", "resume", "report",
+            "models", "info", "score", "demo"} <= commands  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# Output policy: what is allowed, atomicity, stale temporaries
+# ------------------------------------------------------------------------------------------------
+
+
+def test_overwrite_replaces_only_aop_output(tmp_path):
+    out = tmp_path / "ds"
+    result = _invoke(["synth", "--out", str(out), "--n-volumes", "1", "--shape", "1", "24", "24"])
+    assert result.exit_code == 0, result.output
+    assert is_aop_output(out) and (out / MARKER).is_file()
+    # one z-slice reads back as a 3D volume, image and labels
+    assert read_volume(out / "images" / "synth_000.tif")[0].shape == (1, 24, 24)
+    assert read_volume(out / "labels" / "synth_000.tif")[0].shape == (1, 24, 24)
+    first = (out / "dataset.yaml").read_text()
+    argv = ["synth", "--out", str(out), "--n-volumes", "2", "--shape", "4", "24", "24"]
+    assert _invoke(argv).exit_code == 2  # without --overwrite: refused, unchanged
+    assert (out / "dataset.yaml").read_text() == first
+    assert _invoke([*argv, "--overwrite"]).exit_code == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["synth_000.tif", "synth_001.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no temporary left beside it
+    # an empty folder is fine to write into (nothing to lose)
+    (tmp_path / "empty").mkdir()
+    assert _invoke(["synth", "--out", str(tmp_path / "empty"), *argv[3:]]).exit_code == 0
+
+
+def test_postprocess_overwrite_keeps_a_normal_file_mode(workspace, tmp_path):
+    out = tmp_path / "fixed.tif"
+    pp = ["postprocess", str(workspace / "pred.tif"), str(workspace / "image.tif"), "--out"]
+    assert _invoke([*pp, str(out)]).exit_code == 0
+    assert is_aop_output(out)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    assert _invoke([*pp, str(out), "--erode-dilate", "1", "--overwrite"]).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.tif"]
+
+
+def test_a_failed_write_leaves_nothing_and_stale_temporaries_are_cleaned(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_output(target, kind="folder") as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    # what a SIGKILLed aop leaves: a temporary of a process that no longer runs on this host
+    stale = tmp_path / f".out.aop-tmp-{socket.gethostname()}-999999999-abc123"
+    stale.mkdir()
+    (stale / "images").mkdir()
+    foreign = tmp_path / ".out.aop-tmp-otherhost-12-abc"  # maybe alive on another node: kept
+    foreign.mkdir()
+    user_hidden = tmp_path / ".out.backup"  # not aop's naming: kept
+    user_hidden.mkdir()
+    with atomic_output(target, kind="folder") as tmp:
+        (tmp / "done.txt").write_text("done")
+    assert not stale.exists() and foreign.exists() and user_hidden.exists()
+    assert (target / "done.txt").read_text() == "done"
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.system(f"mount -t tmpfs -o size=64k tmpfs {mount} 2>/dev/null") != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        argv = ["synth", "--out", str(mount / "ds"), "--n-volumes", "1"]
+        argv += ["--shape", "16", "64", "64"]
+        result = _invoke(argv)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "no space left on the device" in lines[0], result.output
+        assert list(mount.iterdir()) == []
+    finally:
+        os.system(f"umount {mount}")
+
+
+def test_prepare_output_refuses_inputs_and_their_parents(tmp_path):
+    data = tmp_path / "in.tif"
+    data.write_text("x")
+    for path, kind in ((data, "file"), (tmp_path, "folder")):
+        with pytest.raises(Exception, match="input"):
+            prepare_output(path, inputs=[data], kind=kind)
+    link = tmp_path / "link.tif"
+    link.symlink_to(data)
+    with pytest.raises(Exception, match="one of the inputs"):
+        prepare_output(link, inputs=[data])
+
+
+# ------------------------------------------------------------------------------------------------
+# Studies: the folder given wins; relative study_dir is relative to the experiment file
+# ------------------------------------------------------------------------------------------------
+
+
+def test_relative_study_dir_is_relative_to_the_experiment_file(tmp_path, monkeypatch):
+    from aop.config import load_experiment
+
+    project = tmp_path / "project"
+    (project / "experiments").mkdir(parents=True)
+    path = _yaml(project / "experiments" / "e.yaml", _experiment("../studies/e"))
+    elsewhere = tmp_path / "elsewhere"  # outside the repository and the project
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (elsewhere / "studies" / "e").mkdir(parents=True)  # a decoy beside the current folder
+    exp = load_experiment(Path("..") / "project" / "experiments" / "e.yaml")
+    assert exp.study_dir == (project / "studies" / "e").resolve()
+    assert exp.cache_dir == (project / "studies" / "e" / "predictions").resolve()
+    assert load_experiment(path).study_dir == exp.study_dir
+
+
+def test_resume_uses_the_folder_given_not_the_stored_study_dir(tmp_path):
+    from aop.config import parse_experiment
+    from aop.tuning.study import load_study_experiment, save_experiment
+
+    original = tmp_path / "original"
+    raw = _experiment(str(original))
+    raw["tracking"] = {"tracking_uri": f"sqlite:///{original}/mlflow.db", "experiment": "x"}
+    raw["storage"]["cache_dir"] = str(original / "predictions")
+    exp = parse_experiment(raw, base=tmp_path)
+    original.mkdir()
+    save_experiment(exp)
+    moved = tmp_path / "moved"
+    shutil.copytree(original, moved)
+    shutil.rmtree(original)
+    again = load_study_experiment(moved)
+    assert again.study_dir == moved.resolve()
+    assert again.cache_dir == moved.resolve() / "predictions"
+    assert again.tracking_uri == f"sqlite:///{moved.resolve()}/mlflow.db"
+    assert not original.exists()
+
+
+def _study_with_records(root: Path, n_gp: int, torn: bool = False) -> Path:
+    from aop.analysis.records import append_record
+
+    root.mkdir()
+    (root / MARKER).write_text("{}\n")
+    _yaml(root / "experiment.yaml", _experiment(str(root), search={"searcher": "gp", "budget": 4}))
+    zeros = {"erode_dilate": 0, "open_close": 0, "merge_continuity": 0.0, "merge_smoothness": 0.0,
+             "merge_area": 0.0, "split_sigma": 0.0, "split_threshold": 0.0}  # fmt: skip
+    for i in range(n_gp):
+        append_record(root / "results" / "gp.jsonl", {
+            "search": "gp", "trial_id": f"t{i}", "model": "classical", "params": zeros,
+            "ipq": 0.5 + i / 10, "sq": 0.8, "rq": 0.7, "iq": 1.0,
+        })  # fmt: skip
+    if torn:
+        with open(root / "results" / "gp.jsonl", "a") as handle:
+            handle.write('{"search": "gp", "trial_id": "t9", "mod')
+    return root
+
+
+def test_report_says_a_study_is_incomplete_and_counts_a_torn_line(tmp_path):
+    study = _study_with_records(tmp_path / "s", 2, torn=True)
+    result = _invoke(["report", str(study)])
+    assert result.exit_code == 0, result.output
+    assert "search gp: 2 of 4 trials finished" in result.output
+    assert "no best.yaml (the study has not finished)" in result.output
+    assert "results/gp.jsonl: last line is cut off" in result.output
+    assert "Study incomplete" in result.output and "Best configuration" not in result.output
+    data = json.loads(_invoke(["report", str(study), "--json"]).output)
+    assert data["complete"] is False and len(data["problems"]) == 3
+    assert data["trials"] == {"gp": 2}
+
+
+# ------------------------------------------------------------------------------------------------
+# Tracebacks on request only
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["--debug", "AOP_DEBUG"])
+def test_debug_shows_the_traceback(workspace, monkeypatch, how):
+    argv = ["search", str(workspace / "binary.yaml")]
+    if how == "AOP_DEBUG":
+        monkeypatch.setenv("AOP_DEBUG", "1")
+    else:
+        argv = ["--debug", *argv]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 1
+    assert "not a text file" in str(result.exception)
+    assert type(result.exception).__name__ == "AopError"

@@ -1,0 +1,143 @@
+"""Faults during a study: the MLflow tracking server is killed and restarted mid-study.
+
+A real ``mlflow server`` process (SQLite store) is SIGKILLed while ``aop search`` runs, and started
+again on the same port and store. The study must finish with every trial logged once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+AOP = [sys.executable, "-c", "from aop.cli import main; main()"]
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+BUDGET = 10
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_server(store: Path, port: int) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{store / 'server.db'}",
+         "--default-artifact-root", str(store / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "mlflow server exited"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return server
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("mlflow server did not start")
+
+
+def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
+
+
+@pytest.mark.slow
+def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path):
+    from mlflow import MlflowClient
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start_server(tmp_path, port)
+    study = tmp_path / "study"
+    experiment = tmp_path / "faults.yaml"
+    experiment.write_text(yaml.safe_dump({
+        "name": "faults",
+        "data": {"synth": {"n_volumes": 1, "shape": [8, 32, 32], "seed": 1}},
+        "models": [{"name": "classical"}],
+        "search": {"searcher": "random", "budget": BUDGET, "seed": 0},
+        "storage": {"study_dir": str(study)},
+        "comparison": {"baseline": False, "random": False},
+        "ray": {"num_cpus": 2},
+    }))  # fmt: skip
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    driver = subprocess.Popen(
+        [*AOP, "search", str(experiment), "--quiet", "--tracking-uri", uri],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+    )  # fmt: skip
+    results = study / "results" / "random.jsonl"
+    try:
+        deadline = time.monotonic() + 300
+        while len(_records(results)) < 2:
+            assert driver.poll() is None, driver.stdout.read().decode()
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.05)
+        _kill(server)  # the tracking server goes away mid-study ...
+        time.sleep(3)
+        server = _start_server(tmp_path, port)  # ... and comes back on the same store
+        output, _ = driver.communicate(timeout=400)
+        assert driver.returncode == 0, output.decode()[-3000:]
+        client = MlflowClient(tracking_uri=uri)
+        parent = (study / "mlflow_run_id").read_text().strip()
+        runs = client.search_runs(
+            [client.get_run(parent).info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent}'",
+            max_results=1000,
+        )
+        logged = [run.data.tags["trial_id"] for run in runs]
+        recorded = [r["trial_id"] for r in _records(results)]
+        assert len(recorded) == BUDGET
+        assert sorted(logged) == sorted(recorded)  # every trial once: none lost, none twice
+        assert all(run.info.status == "FINISHED" for run in runs)
+    finally:
+        _kill(driver)
+        _kill(server)
+
+
+def test_trials_missing_from_mlflow_are_logged_once_and_a_dead_server_is_one_line(tmp_path):
+    from aop.config import parse_experiment
+    from aop.errors import AopError
+    from aop.tracking import StudyTracker
+    from aop.tuning.study import log_missing_trials
+
+    zeros = {"erode_dilate": 0, "open_close": 0, "merge_continuity": 0.0, "merge_smoothness": 0.0,
+             "merge_area": 0.0, "split_sigma": 0.0, "split_threshold": 0.0}  # fmt: skip
+    records = {"random": [
+        {"search": "random", "trial_id": f"t{i}", "model": "classical", "params": zeros,
+         "ipq": 0.1 * i, "sq": 0.5, "rq": 0.5, "iq": 1.0} for i in range(3)
+    ]}  # fmt: skip
+    raw = {
+        "name": "faults", "data": {"synth": {"n_volumes": 1, "shape": [8, 16, 16]}},
+        "models": [{"name": "classical"}], "storage": {"study_dir": str(tmp_path / "s")},
+        "tracking": {"experiment": "faults"},
+    }  # fmt: skip
+    exp = parse_experiment(raw, base=tmp_path)
+    tracker = StudyTracker(exp.study_dir, exp.tracking_uri, "faults")
+    tracker.start({}, {})
+    tracker.log_trial(records["random"][0])  # logged before the server went away
+    assert log_missing_trials(exp, records) == 2  # the two the outage missed
+    assert log_missing_trials(exp, records) == 0  # a second resume adds nothing
+    assert sorted(StudyTracker(exp.study_dir, exp.tracking_uri, "faults").logged_trials()) == [
+        "t0", "t1", "t2"
+    ]
+    exp.tracking.tracking_uri = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(AopError, match=r"MLflow server not reachable.*run aop resume"):
+        log_missing_trials(exp, records)
