@@ -361,6 +361,10 @@ class BaseExperiment(_Strict):
     def check_names(self, source: str) -> None:
         """Check names that pydantic cannot (registries); raise a one-line :class:`AopError`."""
 
+    def input_paths(self) -> list[Path]:
+        """The study's input files and folders, which its outputs may never replace."""
+        return [self.search_space]
+
 
 class Experiment(BaseExperiment):
     """A validated segmentation-study experiment file."""
@@ -388,6 +392,10 @@ class Experiment(BaseExperiment):
 
     def check_names(self, source: str) -> None:
         _check_model_settings(self, source)
+
+    def input_paths(self) -> list[Path]:
+        benchmark = [self.data.benchmark] if self.data.benchmark is not None else []
+        return [*super().input_paths(), *benchmark]
 
     def resolve_paths(self, base: Path) -> None:
         super().resolve_paths(base)

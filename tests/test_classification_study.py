@@ -127,13 +127,14 @@ def test_a_classification_study_trains_logs_registers_and_classifies(class_data,
         assert len(children) == 2
         history = client.get_metric_history(children[0].info.run_id, "curve/val_accuracy_epoch")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
-        version = client.get_latest_versions("aop-cls-classifier")[0]
+        assert "classifier.error" not in parent.data.tags, parent.data.tags["classifier.error"]
+        version = client.search_model_versions("name = 'aop-cls-classifier'")[0]
         model = mlflow.pytorch.load_model(f"models:/aop-cls-classifier/{version.version}")
         from aop.classify import classifier_source
 
         source = classifier_source(study)
         direct = source.load().eval()
-        x = torch.randn(3, 4, 6, 16, 16)
+        x = torch.randn(3, 3, 6, 16, 16)  # three channels: the mask and two markers
         with torch.no_grad():
             np.testing.assert_allclose(model.eval()(x).numpy(), direct(x).numpy(), atol=1e-5)
 

@@ -338,7 +338,7 @@ def search(
         bool, typer.Option("--overwrite", help="Replace an earlier study in the study folder.")
     ] = False,
 ) -> None:
-    """Run a segmentation study: baseline, random search and Bayesian optimisation (Ray Tune)."""
+    """Run a study (kind segmentation or classification): comparisons, then the BO (Ray Tune)."""
     from aop.config import load_experiment
     from aop.outputs import discard_output, prepare_output
 
@@ -349,7 +349,7 @@ def search(
         if budget < 1:
             raise AopError(f"--budget must be at least 1, got {budget}")
         exp.search.budget = budget
-    inputs = [experiment, *([exp.data.benchmark] if exp.data.benchmark else [])]
+    inputs = [experiment, *exp.input_paths()]
     prepare_output(
         exp.study_dir, inputs=inputs, overwrite=overwrite, kind="study",
         overwrite_hint="--overwrite (or continue it with aop resume)",

@@ -18,6 +18,7 @@ parameter count and validation accuracy, and the best trial's confusion matrix.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -94,6 +95,9 @@ class ClassificationExperiment(BaseExperiment):
         description="Local ImageNet weights per encoder, for pretraining full and semi.",
     )
     search_space: Path = Path("search_spaces/classification.yaml")
+
+    def input_paths(self) -> list[Path]:
+        return [*super().input_paths(), self.data.dataset, *self.weights.values()]
 
     def resolve_paths(self, base: Path) -> None:
         from aop.config import _resolve
@@ -182,15 +186,18 @@ def load_class_data(
 # ------------------------------------------------------------------------------------------------
 
 
-def _tune_report_callback() -> Any:
+PROGRESS_FILE = "progress.json"
+
+
+def _tune_report_callback(epochs: int = 0, best: float = 0.0) -> Any:
     """A Lightning callback that reports each validation epoch to Ray Tune with a checkpoint."""
     import lightning as L
     from ray.tune import Checkpoint
 
     class TuneReport(L.Callback):
-        def __init__(self) -> None:
-            self.best = 0.0
-            self.epochs = 0
+        def __init__(self, epochs: int = 0, best: float = 0.0) -> None:
+            self.best = best
+            self.epochs = epochs  # counted over both trainings of semi, and across a resume
 
         def on_validation_epoch_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
             if trainer.sanity_checking:
@@ -204,15 +211,15 @@ def _tune_report_callback() -> Any:
             stage = str(pl_module.hparams.get("stage", "train"))
             with tempfile.TemporaryDirectory() as tmp:
                 trainer.save_checkpoint(os.path.join(tmp, "last.ckpt"))
-                with open(os.path.join(tmp, "stage"), "w") as handle:
-                    handle.write(stage)
+                with open(os.path.join(tmp, PROGRESS_FILE), "w") as handle:
+                    json.dump({"epochs": self.epochs, "best": self.best, "stage": stage}, handle)
                 tune.report(
                     {"val_accuracy": self.best, "val_accuracy_epoch": accuracy,
                      "epoch": self.epochs, "stage": stage},
                     checkpoint=Checkpoint.from_directory(tmp),
                 )
 
-    return TuneReport()
+    return TuneReport(epochs, best)
 
 
 def classification_trial(
@@ -225,9 +232,7 @@ def classification_trial(
     """Ray Tune function trainable: one Lightning training of one classifier configuration."""
     import ray
 
-    from aop.classification.data import SplitConfig
-    from aop.classification.train import ClassifierConfig, train_classifier
-    from aop.tuning.trainable import node_name
+    from aop.classification.train import ClassifierConfig
 
     bundle = ray.get(data) if isinstance(data, ray.ObjectRef) else data
     fields = {k: config[k] for k in PARAMETERS if k in config}
@@ -235,15 +240,33 @@ def classification_trial(
     cfg = ClassifierConfig(
         **{**settings, **fields}, weights=weights.get(str(config.get("encoder")))
     )
-    manual, pseudo = bundle["manual"], bundle["pseudo"]
     method = cfg.preprocessing
-    resume = None
+    with tempfile.TemporaryDirectory(prefix="aop-trial-") as work:
+        _train_and_report(cfg, bundle, training, method, gpu, work)
+
+
+def _train_and_report(
+    cfg: Any, bundle: dict[str, Any], training: dict[str, Any], method: str, gpu: float, work: str
+) -> None:
+    """One training in the trial's scratch folder ``work``, resumed from Tune's checkpoint."""
+    import shutil
+
+    from ray.tune import Checkpoint
+
+    from aop.classification.data import SplitConfig
+    from aop.classification.train import train_classifier
+    from aop.tuning.trainable import node_name
+
+    manual, pseudo = bundle["manual"], bundle["pseudo"]
+    resume, progress = None, {"epochs": 0, "best": 0.0}
     checkpoint = tune.get_checkpoint()
-    work = tempfile.mkdtemp(prefix="aop-trial-")
-    if checkpoint is not None:
+    if checkpoint is not None:  # a trial killed mid-training: continue from its last epoch
         local = checkpoint.to_directory(os.path.join(work, "restored"))
-        resume = os.path.join(local, "last.ckpt")
-    reporter = _tune_report_callback()
+        if os.path.isfile(os.path.join(local, "last.ckpt")):
+            resume = os.path.join(local, "last.ckpt")
+            with open(os.path.join(local, PROGRESS_FILE)) as handle:
+                progress = json.load(handle)
+    reporter = _tune_report_callback(int(progress["epochs"]), float(progress["best"]))
     result = train_classifier(
         cfg,
         manual["crops"][method],
@@ -259,12 +282,8 @@ def classification_trial(
         resume_from=resume,
         accelerator="gpu" if gpu > 0 else "cpu",
     )
-    from ray.tune import Checkpoint
-
     test = result.test
     with tempfile.TemporaryDirectory() as tmp:
-        import shutil
-
         shutil.copy(result.checkpoint_path, os.path.join(tmp, "best.ckpt"))
         tune.report(
             {
