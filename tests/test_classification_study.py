@@ -129,6 +129,7 @@ def test_a_classification_study_trains_logs_registers_and_classifies(class_data,
         assert [m.step for m in history] == list(range(1, len(history) + 1))
         assert "classifier.error" not in parent.data.tags, parent.data.tags["classifier.error"]
         version = client.search_model_versions("name = 'aop-cls-classifier'")[0]
+        mlflow.set_tracking_uri(exp.tracking_uri)  # models:/ URIs resolve in the study's store
         model = mlflow.pytorch.load_model(f"models:/aop-cls-classifier/{version.version}")
         from aop.classify import classifier_source
 
@@ -145,8 +146,8 @@ def test_a_classification_study_trains_logs_registers_and_classifies(class_data,
         probabilities = pd.read_csv(class_data / "predictions.csv")
         columns = [f"p_{c}" for c in ("myotube", "schwann", "debris", "other")]
         np.testing.assert_allclose(probabilities[columns].sum(axis=1), 1.0, atol=1e-4)
-        mlflow.set_tracking_uri(exp.tracking_uri)
         uri = f"models:/aop-cls-classifier/{version.version}"
         assert classify_dataset(uri, class_data) == count  # the same from the registry
     finally:
+        mlflow.set_tracking_uri(None)
         ray.shutdown()
