@@ -5,6 +5,7 @@ An experiment file (YAML) describes one segmentation study::
     name: demo
     data:
       synth: {n_volumes: 3, shape: [24, 64, 64], seed: 0}   # or: benchmark: /path/to/benchmark
+      adapt: {real: /path/to/real/volumes, epochs: 5}       # optional: CycleGAN (aop.adapt)
     models:
       - {name: classical}
       - {name: unet3d, settings: {model: models/unet3d}}
@@ -43,6 +44,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from aop.adapt.config import AdaptConfig
 from aop.errors import AopError
 from aop.segmentation.params import PARAMETER_RANGES
 
@@ -236,10 +238,15 @@ class SynthConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Either an existing benchmark folder (images/, labels/) or a synth block."""
+    """Either an existing benchmark folder (images/, labels/) or a synth block.
+
+    ``adapt`` (optional) adapts that benchmark to real volumes by a CycleGAN before the study
+    (:func:`aop.adapt.adapt_benchmark`, cached in ``STUDY_DIR/adapted``).
+    """
 
     benchmark: Path | None = None
     synth: SynthConfig | None = None
+    adapt: AdaptConfig | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DataConfig:
@@ -437,6 +444,8 @@ def parse_experiment(
     base = Path.cwd() if base is None else base
     if exp.data.benchmark is not None:
         exp.data.benchmark = _resolve(exp.data.benchmark, base)
+    if exp.data.adapt is not None:
+        exp.data.adapt.real = _resolve(exp.data.adapt.real, base)
     exp.search_space = _resolve(exp.search_space, base)
     exp.storage.study_dir = _resolve(exp.storage.study_dir, base)
     if exp.storage.cache_dir is not None:
