@@ -1,4 +1,4 @@
-"""Domain adaptation (aop.adapt): CycleGAN training, resume, tiled translation, gap measures, CLI."""
+"""aop.adapt: CycleGAN training, resume, tiled translation, gap measures, aop adapt."""
 
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ from aop.io import DatasetInfo, load_dataset, write_dataset, write_volume
 SPACING = (2.0, 1.0, 1.0)
 TINY = {"ngf": 4, "ndf": 4, "n_blocks": 1, "d_layers": 2, "pool_size": 2, "batch_size": 2}
 TINY_CLI = [f"--setting={k}={v}" for k, v in TINY.items()]
+QUICK = {"steps": 80, "n_train": 256, "n_test": 128, "seed": 1}
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny networks: a second thread only adds synchronisation
 
 
 def _params(module: CycleGAN) -> dict[str, torch.Tensor]:
@@ -137,18 +138,16 @@ def nuclei_volumes():
 
 
 def test_domain_classifier_identical_sets_near_chance(nuclei_volumes):
-    accuracy = domain_classifier_accuracy(nuclei_volumes, nuclei_volumes, steps=120, seed=1)
+    accuracy = domain_classifier_accuracy(nuclei_volumes, nuclei_volumes, **QUICK)
     assert 0.38 <= accuracy <= 0.62, accuracy
 
 
 def test_domain_classifier_shifted_copy_near_one(nuclei_volumes):
     shifted = [v + 0.5 * (v.max() - v.min()) for v in nuclei_volumes]
-    joint = domain_classifier_accuracy(
-        nuclei_volumes, shifted, steps=120, normalize="joint", seed=1
-    )
+    joint = domain_classifier_accuracy(nuclei_volumes, shifted, normalize="joint", **QUICK)
     assert joint >= 0.95, joint
     # each volume scaled by its own percentiles: an offset is no gap
-    own = domain_classifier_accuracy(nuclei_volumes, shifted, steps=120, seed=1)
+    own = domain_classifier_accuracy(nuclei_volumes, shifted, **QUICK)
     assert 0.35 <= own <= 0.65, own
 
 
@@ -161,7 +160,7 @@ def test_intensity_and_spectrum_distances(nuclei_volumes):
     assert intensity_distance(nuclei_volumes, shifted) < 1e-3  # per-volume scaling removes it
     assert intensity_distance(nuclei_volumes, shifted, normalize="joint") > 0.2
     blurred = [gaussian_filter(v, 2.0) for v in nuclei_volumes]
-    assert spectrum_distance(nuclei_volumes, blurred) > 1.0  # decades lost at high frequency
+    assert spectrum_distance(nuclei_volumes, blurred) > 0.3  # decades lost at high frequency
     noisier = [v + np.random.default_rng(0).normal(0, 30, v.shape) for v in nuclei_volumes]
     assert spectrum_distance(nuclei_volumes, noisier) > 0.2
 
@@ -172,15 +171,18 @@ def test_intensity_and_spectrum_distances(nuclei_volumes):
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory, nuclei_3d):
-    """A 2-volume synthetic benchmark and a folder with a crop of StarDist's real volume."""
+def tiny_data(tmp_path_factory):
+    """A 2-volume synthetic benchmark, and a folder with one unlabelled "real" uint16 volume of
+    another look (dim nuclei on a bright background, larger voxels in x and y)."""
     from aop.synth import simulate
 
     root = tmp_path_factory.mktemp("adapt")
     volumes = [(f"v{i}", *simulate((12, 40, 40), SPACING, seed=i, density=0.3)) for i in range(2)]
     bench = write_dataset(root / "bench", volumes, DatasetInfo("bench", SPACING))
     (root / "real").mkdir()
-    write_volume(root / "real" / "nuclei.tif", nuclei_3d[0][:, :48, :48], SPACING)
+    real, _ = simulate((12, 32, 32), (2.0, 1.25, 1.25), seed=9, background=150.0, intensity=100.0,
+                       texture=0.8, gaussian_noise=10.0)  # fmt: skip
+    write_volume(root / "real" / "nuclei.tif", real.astype(np.uint16), (2.0, 1.25, 1.25))
     return root, bench, root / "real"
 
 
@@ -190,7 +192,7 @@ def adapted_run(tiny_data):
     out = root / "adapted"
     args = ["adapt", "--synthetic", str(bench), "--real", str(real), "--out", str(out),
             "--patch", "16,16", "--epochs", "1", "--epochs-decay", "1", "--steps-per-epoch", "2",
-            "--setting", "panel_every=1", *TINY_CLI, "--quiet"]  # fmt: skip
+            "--setting", "panel_every=1", *TINY_CLI, "--gap-steps", "20", "--quiet"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out, result.output
@@ -211,6 +213,7 @@ def test_aop_adapt_writes_adapted_benchmark_with_same_labels(tiny_data, adapted_
     assert provenance["generator"] == "aop.adapt" and info["voxel_size"] == list(SPACING)
     assert provenance["settings"]["ngf"] == 4 and provenance["settings"]["lambda_cycle"] == 10.0
     assert provenance["real_volumes"] == [str(real / "nuclei.tif")]
+    assert provenance["real_resampling"] == [1.0, 1.25, 1.25]  # to the benchmark's voxel size
     assert provenance["synthetic_provenance"] == {}
     lo, hi = provenance["real_intensity_range"]
     assert 100 < lo < hi < 400  # written in the real data's intensity units
@@ -294,7 +297,7 @@ def test_experiment_data_adapt_runs_once_and_is_cached(tiny_data, tmp_path):
     assert dataset.root.parent == tmp_path / "study" / "adapted"
     assert dataset.info.provenance["generator"] == "aop.adapt"
     simulated = load_dataset(tmp_path / "study" / "benchmark")
-    assert tuple(simulated.info.voxel_size) == SPACING  # simulated at the real voxel size
+    assert tuple(simulated.info.voxel_size) == (2.0, 1.25, 1.25)  # the real voxel size
     stamp = (dataset.root / "dataset.yaml").stat().st_mtime_ns
     assert ensure_benchmark(exp).root == dataset.root
     assert (dataset.root / "dataset.yaml").stat().st_mtime_ns == stamp

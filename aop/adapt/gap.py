@@ -106,8 +106,8 @@ def _classifier():  # type: ignore[no-untyped-def]
         return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(True)]
 
     return nn.Sequential(
-        *block(1, 16), nn.MaxPool2d(2), *block(16, 32), nn.MaxPool2d(2), *block(32, 64),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1),
+        *block(1, 8), nn.MaxPool2d(2), *block(8, 16), nn.MaxPool2d(2), *block(16, 32),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1),
     )  # fmt: skip
 
 
@@ -116,10 +116,10 @@ def domain_classifier_accuracy(
     second: Sequence[np.ndarray],
     *,
     patch: int = 32,
-    n_train: int = 1024,
+    n_train: int = 512,
     n_test: int = 256,
-    steps: int = 300,
-    batch_size: int = 64,
+    steps: int = 200,
+    batch_size: int = 32,
     normalize: Normalize = "volume",
     seed: int = 0,
 ) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -283,6 +282,9 @@ def adapt_dataset(
     matched, factors = match_voxel_size(raw_real, target)
     check_patch(syn, settings, "synthetic")
     check_patch(matched, settings, "real")
+    last = work / "checkpoints" / CHECKPOINT
+    if resume and last.is_file():
+        _checked_resume(last, settings, syn.channels)
     syn_norm = [normalize(v)[0] for v in syn.volumes]
     real_scaled = [normalize(v) for v in matched.volumes]
     lo = float(np.median([r[1][0] for r in real_scaled]))
@@ -404,5 +406,4 @@ def adapt_benchmark(
         progress=progress,
         echo=echo,
     )
-    shutil.rmtree(Path(out_dir) / f"{key}.training" / "lightning_logs", ignore_errors=True)
     return target

@@ -79,6 +79,9 @@ def adapt(
     gap: Annotated[
         bool, typer.Option("--gap/--no-gap", help="Measure the domain gap before and after.")
     ] = True,
+    gap_steps: Annotated[
+        int, typer.Option("--gap-steps", min=1, help="Training steps of the domain classifier.")
+    ] = 200,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Adapt a synthetic benchmark to real volumes with a CycleGAN; labels are kept."""
@@ -124,7 +127,7 @@ def adapt(
     from aop.adapt.gap import gap_report
 
     err_console.print("measuring the domain gap (raw and adapted against real)")
-    report = gap_report(real, synthetic, root, seed=settings.seed)
+    report = gap_report(real, synthetic, root, seed=settings.seed, steps=gap_steps)
     (work_dir / "gap.json").write_text(json.dumps(report, indent=2))
     console.print("measure                   synthetic   adapted   (against real)")
     for key, label in (

@@ -79,7 +79,9 @@ def ensure_benchmark(exp: Experiment) -> Dataset:
         from aop.adapt import adapt_benchmark
 
         load_dataset(root, require_labels=True)
-        root = adapt_benchmark(root, adapt, exp.study_dir / "adapted")
+        root = adapt_benchmark(
+            root, adapt, exp.study_dir / "adapted", tracking_uri=exp.tracking_uri
+        )
     return load_dataset(root, require_labels=True)
 
 
