@@ -215,8 +215,14 @@ def test_aop_adapt_writes_adapted_benchmark_with_same_labels(tiny_data, adapted_
     assert provenance["real_volumes"] == [str(real / "nuclei.tif")]
     assert provenance["real_resampling"] == [1.0, 1.25, 1.25]  # to the benchmark's voxel size
     assert provenance["synthetic_provenance"] == {}
-    lo, hi = provenance["real_intensity_range"]
-    assert 100 < lo < hi < 400  # written in the real data's intensity units
+    lo, hi = provenance["real_intensity_range"]  # adapted images are in the real data's units
+    from scipy.ndimage import zoom
+
+    from aop.io import read_volume
+
+    volume = read_volume(real / "nuclei.tif")[0].astype(np.float32)
+    resampled = zoom(volume, (1, 1.25, 1.25), order=1)
+    np.testing.assert_allclose([lo, hi], np.percentile(resampled, [1.0, 99.8]), rtol=0.01)
     for line in ("domain classifier acc.", "label IPQ (classical)"):
         assert line in output
     gap = json.loads((out.with_name("adapted.training") / "gap.json").read_text())
@@ -277,11 +283,12 @@ def test_aop_adapt_bad_input_one_line(tiny_data, adapted_run, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
-def test_experiment_data_adapt_runs_once_and_is_cached(tiny_data, tmp_path):
+def test_experiment_data_adapt_runs_once_and_is_cached(tiny_data, adapted_run, tmp_path):
     from aop.config import parse_experiment
     from aop.tuning.benchmark import ensure_benchmark
 
     _, _, real = tiny_data
+    store = adapted_run[0].with_name("adapted.training") / "mlflow.db"  # an initialised store
     raw = {
         "name": "adapted",
         "data": {
@@ -291,6 +298,7 @@ def test_experiment_data_adapt_runs_once_and_is_cached(tiny_data, tmp_path):
         },  # fmt: skip
         "models": [{"name": "classical"}],
         "storage": {"study_dir": str(tmp_path / "study")},
+        "tracking": {"tracking_uri": f"sqlite:///{store}"},
     }
     exp = parse_experiment(raw)
     dataset = ensure_benchmark(exp)
