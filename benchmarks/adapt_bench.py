@@ -46,7 +46,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def prepare(work: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+def prepare(work: Path, density: float | None) -> tuple[Path, Path, np.ndarray, np.ndarray]:
     from stardist.data import test_image_nuclei_3d
 
     image, labels = (np.asarray(a) for a in test_image_nuclei_3d(return_mask=True))
@@ -56,7 +56,10 @@ def prepare(work: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
     synth = load_experiment(DEMO_EXPERIMENT).data.synth
     bench = work / "synthetic"
     if not (bench / "dataset.yaml").is_file():
-        params = preset_params(synth.preset, **{**synth.options, "spacing": REAL_SPACING})
+        options = {**synth.options, "spacing": REAL_SPACING}
+        if density is not None:
+            options["density"] = density
+        params = preset_params(synth.preset, **options)
         write_synthetic_dataset(
             bench, params, tuple(synth.shape), synth.n_volumes, synth.seed, preset=synth.preset
         )
@@ -72,6 +75,8 @@ def main() -> None:
     parser.add_argument("--mode", default="2d")
     parser.add_argument("--unet-steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--density", type=float, default=None,
+                        help="object density of the benchmark (default: the demo's, 0.15)")
     parser.add_argument("--restart", action="store_true", help="train again from scratch")
     args = parser.parse_args()
 
@@ -81,7 +86,7 @@ def main() -> None:
     work = args.work
     if args.restart:
         shutil.rmtree(work / "adapted.training", ignore_errors=True)
-    real, bench, image, labels = prepare(work)
+    real, bench, image, labels = prepare(work, args.density)
     patch = (48, 48) if args.mode == "2d" else (16, 48, 48)
     settings = AdaptSettings(
         mode=args.mode, patch=patch, ngf=args.ngf, ndf=args.ngf, epochs=args.epochs,
