@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 
 from aop.adapt.config import AdaptConfig, AdaptSettings
@@ -31,7 +32,14 @@ from aop.adapt.data import (
 from aop.errors import AopError
 from aop.io import DATASET_FILE, DatasetInfo, load_dataset, write_dataset
 
-__all__ = ["ADAPT_GENERATOR", "adapt_benchmark", "adapt_dataset", "train_cyclegan"]
+__all__ = [
+    "ADAPT_GENERATOR",
+    "EpochCheckpoint",
+    "PanelCallback",
+    "adapt_benchmark",
+    "adapt_dataset",
+    "train_cyclegan",
+]
 
 ADAPT_GENERATOR = "aop.adapt"
 CHECKPOINT = "last.ckpt"
@@ -62,48 +70,48 @@ def _checked_resume(path: Path, settings: AdaptSettings, channels: int) -> None:
         )
 
 
-def _checkpoint_callback(path: Path, every: int) -> Any:
-    """A callback writing ``path`` every ``every`` epochs and after the last (atomically)."""
-    import lightning as L
+class EpochCheckpoint(L.Callback):
+    """Write the checkpoint ``path`` every ``every`` epochs and after the last one (atomically)."""
 
-    class EpochCheckpoint(L.Callback):
-        def on_train_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
-            epoch = trainer.current_epoch + 1
-            if epoch % every and epoch != trainer.max_epochs:
-                return
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.partial")
-            trainer.save_checkpoint(partial)
-            os.replace(partial, path)
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every = path, every
 
-    return EpochCheckpoint()
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every and epoch != trainer.max_epochs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f".{self.path.name}.partial")
+        trainer.save_checkpoint(partial)
+        os.replace(partial, self.path)
 
 
-def _panel_callback(synthetic: np.ndarray, real: np.ndarray, every: int) -> Any:
-    """A Lightning callback logging a real / synthetic / adapted panel every ``every`` epochs."""
-    import lightning as L
+class PanelCallback(L.Callback):
+    """Log a real / synthetic / adapted panel to the MLflow run every ``every`` epochs.
 
-    class PanelCallback(L.Callback):
-        def on_train_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
-            epoch = trainer.current_epoch + 1
-            if epoch % every and epoch != trainer.max_epochs:
-                return
-            logger = trainer.logger
-            if logger is None or not hasattr(logger, "run_id"):
-                return
-            from aop.adapt.figure import adaptation_panel
-            from aop.adapt.translate import translate_volume
+    ``synthetic`` and ``real`` are normalised (C, Z, Y, X) volumes (a few slices suffice).
+    """
 
-            was_training = module.training
-            adapted = translate_volume(module, synthetic, device=module.device)
-            module.train(was_training)
-            figure = adaptation_panel(real, synthetic, adapted)
-            logger.experiment.log_figure(logger.run_id, figure, f"panels/epoch_{epoch:04d}.png")
-            import matplotlib.pyplot as plt
+    def __init__(self, synthetic: np.ndarray, real: np.ndarray, every: int) -> None:
+        self.synthetic, self.real, self.every = synthetic, real, every
 
-            plt.close(figure)
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every and epoch != trainer.max_epochs:
+            return
+        logger = trainer.logger
+        if logger is None or not hasattr(logger, "run_id"):
+            return
+        import matplotlib.pyplot as plt
 
-    return PanelCallback()
+        from aop.adapt.figure import adaptation_panel
+        from aop.adapt.translate import translate_volume
+
+        adapted = translate_volume(module, self.synthetic, device=module.device)  # type: ignore[arg-type]
+        module.train()
+        figure = adaptation_panel(self.real, self.synthetic, adapted)
+        logger.experiment.log_figure(logger.run_id, figure, f"panels/epoch_{epoch:04d}.png")
+        plt.close(figure)
 
 
 def train_cyclegan(
@@ -144,8 +152,6 @@ def train_cyclegan(
     CycleGAN
         The trained module, in evaluation mode.
     """
-    import lightning as L
-
     from aop.adapt.model import CycleGAN
 
     work_dir = Path(work_dir)
@@ -164,7 +170,7 @@ def train_cyclegan(
     L.seed_everything(settings.seed, verbose=False)
     module = CycleGAN(settings.model_dump(mode="json"), channels)
     data = UnpairedDataModule(synthetic, real, settings)
-    own: list[Any] = [_checkpoint_callback(last, settings.checkpoint_every)]
+    own: list[Any] = [EpochCheckpoint(last, settings.checkpoint_every)]
     logger: Any = False
     if tracking_uri is not None:
         from lightning.pytorch.loggers import MLFlowLogger
@@ -181,14 +187,17 @@ def train_cyclegan(
             tags={"aop.stage": "adapt"},
         )
         if run_id is None:
+            # MLflow's UI shows runs and artifacts (not its GenAI view) for this kind
+            client, experiment_id = logger.experiment, logger.experiment_id
+            client.set_experiment_tag(
+                experiment_id, "mlflow.experimentKind", "custom_model_development"
+            )
             logger.log_hyperparams(settings.model_dump(mode="json"))
             work_dir.mkdir(parents=True, exist_ok=True)
             run_file.write_text(json.dumps({"run_id": logger.run_id}))
         z = synthetic[0].shape[1] // 2
-        own.append(
-            _panel_callback(synthetic[0][:, z : z + 1], real[0][:, real[0].shape[1] // 2][:, None],
-                            settings.panel_every)
-        )
+        middle_real = real[0][:, real[0].shape[1] // 2][:, None]
+        own.append(PanelCallback(synthetic[0][:, z : z + 1], middle_real, settings.panel_every))
     trainer = L.Trainer(
         max_epochs=settings.total_epochs,
         accelerator="auto",
