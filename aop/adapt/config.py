@@ -8,9 +8,9 @@ for ``epochs`` epochs and then decayed linearly to zero over ``epochs_decay`` ep
 is smaller than the paper's 256 px, since microscopy volumes are often smaller than that.
 
 >>> from aop.adapt.config import AdaptSettings
->>> settings = AdaptSettings(mode="3d", patch=(16, 32, 32))
->>> settings.in_channels(1), settings.residual_blocks
-(1, 6)
+>>> settings = AdaptSettings(mode="3d")
+>>> settings.patch, settings.in_channels(1), settings.residual_blocks
+((16, 48, 48), 1, 6)
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ __all__ = ["ARCHITECTURE_FIELDS", "AdaptConfig", "AdaptSettings", "parse_setting
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
-#: Fields that fix the networks' shapes: a checkpoint trained with other values cannot resume.
+#: Fields that fix the networks' shapes (the patch sets the discriminators' strides): a checkpoint
+#: trained with other values cannot resume.
 ARCHITECTURE_FIELDS = (
     "mode",
     "context",
+    "patch",
     "ngf",
     "ndf",
     "n_blocks",
@@ -50,7 +52,7 @@ class AdaptSettings(BaseModel):
         Neighbouring slices on each side in 2D mode (0: single slices).
     patch : tuple of int
         Training crop, (y, x) in 2D or (z, y, x) in 3D, each a multiple of 4; also the tile of
-        the whole-volume translation.
+        the whole-volume translation. Default (48, 48) in 2D, (16, 48, 48) in 3D.
     overlap : float
         Overlap of neighbouring tiles in the translation, blended with Gaussian weights.
     ngf, ndf : int
@@ -85,7 +87,7 @@ class AdaptSettings(BaseModel):
 
     mode: Literal["2d", "3d"] = "2d"
     context: Annotated[int, Field(ge=0, le=8)] = 1
-    patch: tuple[PositiveInt, ...] = (48, 48)
+    patch: tuple[PositiveInt, ...] | None = None
     overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
     ngf: PositiveInt = 64
     ndf: PositiveInt = 64
@@ -108,6 +110,8 @@ class AdaptSettings(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> AdaptSettings:
         dims = 2 if self.mode == "2d" else 3
+        if self.patch is None:
+            self.patch = (48, 48) if dims == 2 else (16, 48, 48)
         if len(self.patch) != dims:
             raise ValueError(
                 f"patch must have {dims} entries in {self.mode} mode, got {self.patch}"

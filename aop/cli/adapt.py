@@ -102,8 +102,6 @@ def adapt(
             values["patch"] = [int(p) for p in patch.split(",")]
         except ValueError:
             raise AopError(f"--patch {patch!r}: expected integers such as 48,48") from None
-    if "mode" in values and "patch" not in values and values["mode"] == "3d":
-        values["patch"] = [16, 48, 48]
     settings = parse_settings(values, "adaptation settings")
     work_dir = work if work is not None else out.with_name(out.name + ".training")
     uri = None
