@@ -34,7 +34,7 @@ from aop.adapt.gap import downstream_ipq, gap_report
 from aop.adapt.train import adapt_dataset
 from aop.config import load_experiment
 from aop.demo import DEMO_EXPERIMENT
-from aop.io import DatasetInfo, load_dataset, write_dataset
+from aop.io import DatasetInfo, write_dataset
 from aop.synth import preset_params
 from aop.synth.dataset import write_synthetic_dataset
 
@@ -128,7 +128,6 @@ def main() -> None:
     print(f"\nreproduce: {sys.executable} benchmarks/adapt_bench.py {' '.join(sys.argv[1:])}")
     print(f"data sets: {bench} (raw), {adapted} (adapted), {real} (real); "
           f"figure: scripts/make_adapt_figure.py --work {work}")  # fmt: skip
-    _ = load_dataset(adapted)
 
 
 if __name__ == "__main__":
