@@ -241,6 +241,10 @@ def test_aop_adapt_logs_losses_and_panels_to_mlflow(adapted_run):
     assert len(history) == 2 and all(np.isfinite(m.value) for m in history)
     panels = [a.path for a in client.list_artifacts(run_id, "panels")]
     assert panels == ["panels/epoch_0001.png", "panels/epoch_0002.png"]
+    assert sorted(p.name for p in (work / "mlartifacts" / run_id).glob("artifacts/panels/*")) == [
+        "epoch_0001.png",
+        "epoch_0002.png",
+    ]  # beside the checkpoints, not in the working directory
     run = client.get_run(run_id)
     assert run.data.params["lambda_cycle"] == "10.0"
     tags = client.get_experiment(run.info.experiment_id).tags

@@ -135,7 +135,8 @@ def train_cyclegan(
     settings : AdaptSettings
     work_dir : path
         Holds ``checkpoints/last.ckpt`` (written every ``checkpoint_every`` epochs and at the end)
-        and ``mlflow_run.json``; a later call with the same folder resumes.
+        and ``mlflow_run.json`` (and ``mlartifacts/`` with a local MLflow store); a later call
+        with the same folder resumes.
     resume : bool
         Continue from ``checkpoints/last.ckpt`` when it exists.
     tracking_uri : str, optional
@@ -179,9 +180,12 @@ def train_cyclegan(
         run_id = None
         if ckpt_path and run_file.is_file():
             run_id = json.loads(run_file.read_text())["run_id"]
+        local = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
         logger = MLFlowLogger(
             experiment_name=experiment,
             tracking_uri=tracking_uri,
+            # a local store keeps a new experiment's artifacts beside the checkpoints
+            artifact_location=(work_dir / "mlartifacts").resolve().as_uri() if local else None,
             run_name=f"adapt-{work_dir.name}",
             run_id=run_id,
             tags={"aop.stage": "adapt"},
