@@ -5,6 +5,7 @@ An experiment file (YAML) describes one segmentation study::
     name: demo
     data:
       synth: {n_volumes: 3, shape: [24, 64, 64], seed: 0}   # or: benchmark: /path/to/benchmark
+      adapt: {real: /path/to/real/volumes, epochs: 5}       # optional: CycleGAN (aop.adapt)
     models:
       - {name: classical}
       - {name: unet3d, settings: {model: models/unet3d}}
@@ -45,6 +46,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from aop.adapt.config import AdaptConfig
 from aop.errors import AopError
 from aop.segmentation.params import PARAMETER_RANGES
 
@@ -238,10 +240,15 @@ class SynthConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Either an existing benchmark folder (images/, labels/) or a synth block."""
+    """Either an existing benchmark folder (images/, labels/) or a synth block.
+
+    ``adapt`` (optional) adapts that benchmark to real volumes by a CycleGAN before the study
+    (:func:`aop.adapt.adapt_benchmark`, cached in ``STUDY_DIR/adapted``).
+    """
 
     benchmark: Path | None = None
     synth: SynthConfig | None = None
+    adapt: AdaptConfig | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DataConfig:
@@ -395,12 +402,15 @@ class Experiment(BaseExperiment):
 
     def input_paths(self) -> list[Path]:
         benchmark = [self.data.benchmark] if self.data.benchmark is not None else []
-        return [*super().input_paths(), *benchmark]
+        real = [self.data.adapt.real] if self.data.adapt is not None else []
+        return [*super().input_paths(), *benchmark, *real]
 
     def resolve_paths(self, base: Path) -> None:
         super().resolve_paths(base)
         if self.data.benchmark is not None:
             self.data.benchmark = _resolve(self.data.benchmark, base)
+        if self.data.adapt is not None:
+            self.data.adapt.real = _resolve(self.data.adapt.real, base)
         for model in self.models:
             # a relative weights path; a registered name (e.g. StarDist's 2D_versatile_fluo) stays
             value = model.settings.get("model")

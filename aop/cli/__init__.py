@@ -5,6 +5,7 @@ import line here.
 """
 
 from aop.cli import (
+    adapt,  # noqa: F401  (aop adapt)
     annotation,  # noqa: F401  (aop annotate)
     classification,  # noqa: F401  (aop analyze, aop classify)
     commands,  # noqa: F401  (data sets, scoring, post-processing, models, segmentation study)

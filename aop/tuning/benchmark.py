@@ -47,15 +47,27 @@ def benchmark_dir(exp: Experiment) -> Path:
 
 
 def ensure_benchmark(exp: Experiment) -> Dataset:
-    """Load the benchmark, simulating it first when the experiment has a synth block."""
+    """Load the benchmark, simulating it first when the experiment has a synth block.
+
+    With ``data.adapt`` the benchmark is simulated at the real volumes' voxel size (unless the
+    synth options set ``spacing``) and the adapted benchmark is returned (cached).
+    """
     root = benchmark_dir(exp)
     synth = exp.data.synth
+    adapt = exp.data.adapt
     if synth is not None and not (root / "dataset.yaml").is_file():
         from aop.synth import preset_params
         from aop.synth.dataset import write_synthetic_dataset
 
+        options = dict(synth.options)
+        if adapt is not None and "spacing" not in options:
+            from aop.adapt.data import voxel_size_of
+
+            real_spacing = voxel_size_of(adapt.real, "data.adapt.real")
+            if real_spacing is not None:
+                options["spacing"] = real_spacing
         try:
-            params = preset_params(synth.preset, **synth.options)
+            params = preset_params(synth.preset, **options)
         except AopError as exc:
             raise AopError(f"data.synth: {exc}") from None
         write_synthetic_dataset(
@@ -63,6 +75,13 @@ def ensure_benchmark(exp: Experiment) -> Dataset:
         )
     elif not root.is_dir():
         raise AopError(f"data.benchmark: {root}: folder not found")
+    if adapt is not None:
+        from aop.adapt import adapt_benchmark
+
+        load_dataset(root, require_labels=True)
+        root = adapt_benchmark(
+            root, adapt, exp.study_dir / "adapted", tracking_uri=exp.tracking_uri
+        )
     return load_dataset(root, require_labels=True)
 
 

@@ -1,0 +1,196 @@
+"""The CycleGAN as a Lightning module: two generators, two PatchGAN discriminators.
+
+Domain A is the synthetic benchmark, domain B the real data; ``generator_ab`` adapts synthetic
+images. The losses are those of Zhu et al. (2017): least-squares GAN losses, cycle consistency
+(L1, weight ``lambda_cycle``) and identity (L1, weight ``lambda_identity * lambda_cycle``); the
+discriminators see generated images through an image pool and their loss is halved. Both Adam
+optimisers keep the learning rate for ``epochs`` epochs and then decay it linearly to zero over
+``epochs_decay`` epochs.
+
+In 2D mode a sample is a slice with its neighbours as channels, and the generators map a whole
+stack to a stack, so the cycle can run on the stack; translation keeps the centre slice.
+
+>>> from aop.adapt.config import AdaptSettings
+>>> module = CycleGAN(AdaptSettings(ngf=4, ndf=4, n_blocks=1, patch=(16, 16)).model_dump(), 1)
+>>> module.generator_ab.model[1].in_channels
+3
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from aop.adapt.config import AdaptSettings
+from aop.adapt.networks import ImagePool, PatchDiscriminator, ResnetGenerator
+
+__all__ = ["CycleGAN"]
+
+
+class CycleGAN(L.LightningModule):
+    """CycleGAN between synthetic (A) and real (B) images.
+
+    Parameters
+    ----------
+    settings : dict
+        :class:`~aop.adapt.config.AdaptSettings` as a plain mapping (saved with the checkpoint).
+    channels : int
+        Image channels of both domains.
+    """
+
+    def __init__(self, settings: dict[str, Any], channels: int = 1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.settings = AdaptSettings.model_validate(settings)
+        self.channels = channels
+        s = self.settings
+        width = s.in_channels(channels)
+        dims = s.spatial_dims
+
+        def generator() -> ResnetGenerator:
+            return ResnetGenerator(
+                width, width, spatial_dims=dims, ngf=s.ngf, n_blocks=s.residual_blocks, norm=s.norm
+            )
+
+        def discriminator() -> PatchDiscriminator:
+            return PatchDiscriminator(
+                width,
+                spatial_dims=dims,
+                ndf=s.ndf,
+                n_layers=s.d_layers,
+                norm=s.norm,
+                input_size=tuple(s.patch),
+            )
+
+        self.generator_ab, self.generator_ba = generator(), generator()
+        self.discriminator_a, self.discriminator_b = discriminator(), discriminator()
+        self.pool_a = ImagePool(s.pool_size, seed=s.seed)
+        self.pool_b = ImagePool(s.pool_size, seed=s.seed + 1)
+        self.automatic_optimization = False
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Normal(0, 0.02) weights, as in the reference implementation."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.ConvTranspose3d):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm3d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+
+    def centre_channels(self) -> list[int]:
+        """Output channels of the centre slice (2D) or all channels (3D)."""
+        s = self.settings
+        if s.mode == "3d":
+            return list(range(self.channels))
+        width = 2 * s.context + 1
+        return [c * width + s.context for c in range(self.channels)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Adapt synthetic images to the real domain."""
+        return self.generator_ab(x)
+
+    @staticmethod
+    def _gan_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
+        target = torch.ones_like(scores) if real else torch.zeros_like(scores)
+        return nn.functional.mse_loss(scores, target)
+
+    def _set_discriminators(self, trainable: bool) -> None:
+        for net in (self.discriminator_a, self.discriminator_b):
+            for p in net.parameters():
+                p.requires_grad_(trainable)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        s = self.settings
+        real_a, real_b = batch
+        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
+
+        # generators
+        self._set_discriminators(False)
+        fake_b = self.generator_ab(real_a)
+        fake_a = self.generator_ba(real_b)
+        rec_a = self.generator_ba(fake_b)
+        rec_b = self.generator_ab(fake_a)
+        loss_gan_ab = self._gan_loss(self.discriminator_b(fake_b), True)
+        loss_gan_ba = self._gan_loss(self.discriminator_a(fake_a), True)
+        l1 = nn.functional.l1_loss
+        loss_cycle = (l1(rec_a, real_a) + l1(rec_b, real_b)) * s.lambda_cycle
+        loss_identity = real_a.new_zeros(())
+        if s.lambda_identity > 0:
+            weight = s.lambda_identity * s.lambda_cycle
+            loss_identity = (
+                l1(self.generator_ab(real_b), real_b) + l1(self.generator_ba(real_a), real_a)
+            ) * weight
+        loss_g = loss_gan_ab + loss_gan_ba + loss_cycle + loss_identity
+        opt_g.zero_grad()
+        self.manual_backward(loss_g)
+        opt_g.step()
+
+        # discriminators, on pooled generated images
+        self._set_discriminators(True)
+        pooled_b = self.pool_b.query(fake_b.detach())
+        pooled_a = self.pool_a.query(fake_a.detach())
+        loss_d_b = 0.5 * (
+            self._gan_loss(self.discriminator_b(real_b), True)
+            + self._gan_loss(self.discriminator_b(pooled_b), False)
+        )
+        loss_d_a = 0.5 * (
+            self._gan_loss(self.discriminator_a(real_a), True)
+            + self._gan_loss(self.discriminator_a(pooled_a), False)
+        )
+        opt_d.zero_grad()
+        self.manual_backward(loss_d_a + loss_d_b)
+        opt_d.step()
+        if batch_idx + 1 == self.trainer.num_training_batches:  # epoch end, before checkpoints
+            for scheduler in self.lr_schedulers():  # type: ignore[union-attr]
+                scheduler.step()
+
+        self.log_dict(
+            {
+                "loss_g": loss_g.detach(),
+                "loss_g_gan": (loss_gan_ab + loss_gan_ba).detach(),
+                "loss_cycle": loss_cycle.detach(),
+                "loss_identity": loss_identity.detach(),
+                "loss_d": (loss_d_a + loss_d_b).detach(),
+            },
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=real_a.shape[0],
+        )
+
+    def on_train_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)
+
+
+    def configure_optimizers(self) -> Any:
+        s = self.settings
+        betas = (s.beta1, 0.999)
+        generators = list(self.generator_ab.parameters()) + list(self.generator_ba.parameters())
+        discriminators = list(self.discriminator_a.parameters()) + list(
+            self.discriminator_b.parameters()
+        )
+        opt_g = torch.optim.Adam(generators, lr=s.lr, betas=betas)
+        opt_d = torch.optim.Adam(discriminators, lr=s.lr, betas=betas)
+
+        def factor(epoch: int) -> float:
+            return 1.0 - max(0, epoch + 1 - s.epochs) / float(s.epochs_decay + 1)
+
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in (opt_g, opt_d)]
+        return [opt_g, opt_d], schedulers
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["image_pools"] = [self.pool_a.state_dict(), self.pool_b.state_dict()]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pools = checkpoint.get("image_pools")
+        if pools is not None:
+            self.pool_a.load_state_dict(pools[0])
+            self.pool_b.load_state_dict(pools[1])

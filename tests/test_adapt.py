@@ -1,0 +1,320 @@
+"""aop.adapt: CycleGAN training, resume, tiled translation, gap measures, aop adapt."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from aop.adapt.config import AdaptSettings
+from aop.adapt.gap import domain_classifier_accuracy, intensity_distance, spectrum_distance
+from aop.adapt.model import CycleGAN
+from aop.adapt.train import train_cyclegan
+from aop.adapt.translate import translate_volume
+from aop.cli import app
+from aop.io import DatasetInfo, load_dataset, write_dataset, write_volume
+
+SPACING = (2.0, 1.0, 1.0)
+TINY = {"ngf": 4, "ndf": 4, "n_blocks": 1, "d_layers": 2, "pool_size": 2, "batch_size": 2}
+TINY_CLI = [f"--setting={k}={v}" for k, v in TINY.items()]
+QUICK = {"steps": 80, "n_train": 256, "n_test": 128, "seed": 1}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    torch.set_num_threads(1)  # tiny networks: a second thread only adds synchronisation
+
+
+def _params(module: CycleGAN) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _volumes(seed: int, n: int, shape=(12, 32, 32)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-1, 1, size=(1, *shape)).astype(np.float32) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "patch"), [("2d", (16, 16)), ("3d", (8, 16, 16))], ids=["2d", "3d"]
+)
+def test_one_training_step_moves_every_network(tmp_path, mode, patch):
+    settings = AdaptSettings(
+        mode=mode, patch=patch, epochs=1, epochs_decay=0, steps_per_epoch=1, **TINY
+    )
+    L.seed_everything(settings.seed, verbose=False)
+    before = _params(CycleGAN(settings.model_dump(mode="json")))
+    module = train_cyclegan(_volumes(0, 2), _volumes(1, 1), settings, tmp_path, progress=False)
+    after = _params(module)
+    for prefix in ("generator_ab", "generator_ba", "discriminator_a", "discriminator_b"):
+        changed = [
+            not torch.equal(before[k], after[k])
+            for k in before
+            if k.startswith(prefix) and k.endswith("weight")
+        ]
+        assert changed and all(changed), prefix
+    width = 3 if mode == "2d" else 1  # 2D: a slice and one neighbour on each side
+    x = torch.zeros(1, width, *patch)
+    assert module.generator_ab(x).shape == x.shape
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+class _Interrupt(L.Callback):
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.current_epoch == 0:
+            raise RuntimeError("interrupted")
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_training(tmp_path):
+    settings = AdaptSettings(
+        patch=(16, 16), epochs=1, epochs_decay=1, steps_per_epoch=2, checkpoint_every=1, **TINY
+    )
+    synthetic, real = _volumes(2, 2), _volumes(3, 1)
+    straight = _params(
+        train_cyclegan(synthetic, real, settings, tmp_path / "a", progress=False)
+    )
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train_cyclegan(
+            synthetic, real, settings, tmp_path / "b", progress=False, callbacks=[_Interrupt()]
+        )
+    saved = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=False)
+    assert saved["epoch"] == 0 and len(saved["image_pools"][0]["images"]) == 2
+    resumed = _params(train_cyclegan(synthetic, real, settings, tmp_path / "b", progress=False))
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], msg=key)
+
+
+@pytest.mark.parametrize(
+    ("mode", "patch", "shape"),
+    [("2d", (16, 16), (5, 32, 48)), ("3d", (8, 16, 16), (16, 32, 32))],
+    ids=["2d", "3d"],
+)
+def test_tiled_translation_equals_translation_of_each_tile(mode, patch, shape):
+    settings = AdaptSettings(mode=mode, patch=patch, **TINY)
+    torch.manual_seed(0)
+    module = CycleGAN(settings.model_dump(mode="json")).eval()
+    volume = np.random.default_rng(0).uniform(-1, 1, (1, *shape)).astype(np.float32)
+    tiled = translate_volume(module, volume, overlap=0.0, mode="constant", device="cpu")
+    assert tiled.shape == volume.shape
+    from aop.adapt.data import context_stack
+
+    grid = [range(0, s, p) for s, p in zip(shape[-len(patch) :], patch, strict=True)]
+    with torch.no_grad():
+        for corner in np.stack(np.meshgrid(*grid, indexing="ij"), -1).reshape(-1, len(patch)):
+            window = tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
+            if mode == "3d":
+                tile = torch.from_numpy(volume[(slice(None), *window)][None].copy())
+                expected = module.generator_ab(tile)[0].numpy()
+                got = tiled[(slice(None), *window)]
+            else:  # every slice of the tile, with its context slices as channels
+                stack = context_stack(volume, 1)[(slice(None), slice(None), *window)]
+                expected = module.generator_ab(torch.from_numpy(stack.copy()))[:, [1]].numpy()
+                expected = expected.swapaxes(0, 1)
+                got = tiled[(slice(None), slice(None), *window)]
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+    # with overlapping Gaussian-blended tiles, a volume of one tile is the whole-volume output
+    single = volume[..., : patch[-2], : patch[-1]] if mode == "2d" else volume[:, :8, :16, :16]
+    blended = translate_volume(module, single, device="cpu")
+    np.testing.assert_allclose(
+        blended, translate_volume(module, single, overlap=0.0, device="cpu"), atol=1e-5
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Gap measures with known answers
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nuclei_volumes():
+    from aop.synth import simulate
+
+    return [simulate((12, 40, 40), SPACING, seed=s, density=0.3)[0] for s in range(2)]
+
+
+def test_domain_classifier_identical_sets_near_chance(nuclei_volumes):
+    accuracy = domain_classifier_accuracy(nuclei_volumes, nuclei_volumes, **QUICK)
+    assert 0.38 <= accuracy <= 0.62, accuracy
+
+
+def test_domain_classifier_shifted_copy_near_one(nuclei_volumes):
+    shifted = [v + 0.5 * (v.max() - v.min()) for v in nuclei_volumes]
+    joint = domain_classifier_accuracy(nuclei_volumes, shifted, normalize="joint", **QUICK)
+    assert joint >= 0.95, joint
+    # each volume scaled by its own percentiles: an offset is no gap
+    own = domain_classifier_accuracy(nuclei_volumes, shifted, **QUICK)
+    assert 0.35 <= own <= 0.65, own
+
+
+def test_intensity_and_spectrum_distances(nuclei_volumes):
+    from scipy.ndimage import gaussian_filter
+
+    assert intensity_distance(nuclei_volumes, nuclei_volumes) == 0.0
+    assert spectrum_distance(nuclei_volumes, nuclei_volumes) == 0.0
+    shifted = [v + 100 for v in nuclei_volumes]
+    assert intensity_distance(nuclei_volumes, shifted) < 1e-3  # per-volume scaling removes it
+    assert intensity_distance(nuclei_volumes, shifted, normalize="joint") > 0.2
+    blurred = [gaussian_filter(v, 2.0) for v in nuclei_volumes]
+    assert spectrum_distance(nuclei_volumes, blurred) > 0.3  # decades lost at high frequency
+    noisier = [v + np.random.default_rng(0).normal(0, 30, v.shape) for v in nuclei_volumes]
+    assert spectrum_distance(nuclei_volumes, noisier) > 0.2
+
+
+# --------------------------------------------------------------------------------------------------
+# aop adapt
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A 2-volume synthetic benchmark, and a folder with one unlabelled "real" uint16 volume of
+    another look (dim nuclei on a bright background, larger voxels in x and y)."""
+    from aop.synth import simulate
+
+    root = tmp_path_factory.mktemp("adapt")
+    volumes = [(f"v{i}", *simulate((12, 40, 40), SPACING, seed=i, density=0.3)) for i in range(2)]
+    bench = write_dataset(root / "bench", volumes, DatasetInfo("bench", SPACING))
+    (root / "real").mkdir()
+    real, _ = simulate((12, 32, 32), (2.0, 1.25, 1.25), seed=9, background=150.0, intensity=100.0,
+                       texture=0.8, gaussian_noise=10.0)  # fmt: skip
+    write_volume(root / "real" / "nuclei.tif", real.astype(np.uint16), (2.0, 1.25, 1.25))
+    return root, bench, root / "real"
+
+
+@pytest.fixture(scope="module")
+def adapted_run(tiny_data):
+    root, bench, real = tiny_data
+    out = root / "adapted"
+    args = ["adapt", "--synthetic", str(bench), "--real", str(real), "--out", str(out),
+            "--patch", "16,16", "--epochs", "1", "--epochs-decay", "1", "--steps-per-epoch", "2",
+            "--setting", "panel_every=1", *TINY_CLI, "--gap-steps", "20", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_aop_adapt_writes_adapted_benchmark_with_same_labels(tiny_data, adapted_run):
+    _, bench, real = tiny_data
+    out, output = adapted_run
+    source, adapted = load_dataset(bench), load_dataset(out, require_labels=True)
+    assert adapted.names == source.names
+    for name in source.names:
+        np.testing.assert_array_equal(adapted.labels(name), source.labels(name))
+        image = adapted.image(name)
+        assert image.shape == source.image(name).shape and image.dtype == np.float32
+        assert not np.allclose(image, source.image(name))
+    info = yaml.safe_load((out / "dataset.yaml").read_text())
+    provenance = info["provenance"]
+    assert provenance["generator"] == "aop.adapt" and info["voxel_size"] == list(SPACING)
+    assert provenance["settings"]["ngf"] == 4 and provenance["settings"]["lambda_cycle"] == 10.0
+    assert provenance["real_volumes"] == [str(real / "nuclei.tif")]
+    assert provenance["real_resampling"] == [1.0, 1.25, 1.25]  # to the benchmark's voxel size
+    assert provenance["synthetic_provenance"] == {}
+    lo, hi = provenance["real_intensity_range"]  # adapted images are in the real data's units
+    from scipy.ndimage import zoom
+
+    from aop.io import read_volume
+
+    volume = read_volume(real / "nuclei.tif")[0].astype(np.float32)
+    resampled = zoom(volume, (1, 1.25, 1.25), order=1)
+    np.testing.assert_allclose([lo, hi], np.percentile(resampled, [1.0, 99.8]), rtol=0.01)
+    for line in ("domain classifier acc.", "label IPQ (classical)"):
+        assert line in output
+    gap = json.loads((out.with_name("adapted.training") / "gap.json").read_text())
+    assert set(gap) == {"synthetic", "adapted"}
+    assert all(0.0 <= m["classifier_accuracy"] <= 1.0 for m in gap.values())
+
+
+def test_aop_adapt_logs_losses_and_panels_to_mlflow(adapted_run):
+    from mlflow.tracking import MlflowClient
+
+    out, _ = adapted_run
+    work = out.with_name("adapted.training")
+    run_id = json.loads((work / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    history = client.get_metric_history(run_id, "loss_cycle_epoch")
+    assert len(history) == 2 and all(np.isfinite(m.value) for m in history)
+    panels = [a.path for a in client.list_artifacts(run_id, "panels")]
+    assert panels == ["panels/epoch_0001.png", "panels/epoch_0002.png"]
+    assert sorted(p.name for p in (work / "mlartifacts" / run_id).glob("artifacts/panels/*")) == [
+        "epoch_0001.png",
+        "epoch_0002.png",
+    ]  # beside the checkpoints, not in the working directory
+    run = client.get_run(run_id)
+    assert run.data.params["lambda_cycle"] == "10.0"
+    tags = client.get_experiment(run.info.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, ["adapt", *args, "--quiet", "--no-gap", "--no-tracking"])
+
+
+def test_aop_adapt_bad_input_one_line(tiny_data, adapted_run, tmp_path):
+    root, bench, real = tiny_data
+    base = ["--synthetic", str(bench), "--out", str(tmp_path / "o"), *TINY_CLI]
+    two = tmp_path / "two"
+    two.mkdir()
+    np.save(two / "a.npy", np.zeros((2, 12, 40, 40), np.float32))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["--real", str(two)], "different channel counts (2 in"),
+        (["--real", str(empty)], "no volumes"),
+        (["--real", str(real), "--patch", "64,64"], "smaller than the patch (64, 64)"),
+        (["--real", str(real), "--setting", "colour=1"], "colour: unknown field"),
+        (["--real", str(real), "--patch", "15,16"], "multiples of 4"),
+        (
+            ["--real", str(real), "--work", str(adapted_run[0].with_name("adapted.training")),
+             "--patch", "16,16", "--setting", "ngf=8"],
+            "checkpoint from another configuration (ngf=4",
+        ),
+    ]  # fmt: skip
+    for extra, message in cases:
+        result = _invoke(*base, *extra)
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.output, (extra, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "o").exists()
+    # a folder that aop adapt did not write is never replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    result = _invoke("--synthetic", str(bench), "--real", str(real), "--out",
+                     str(tmp_path / "mine"), "--patch", "16,16", *TINY_CLI)  # fmt: skip
+    assert result.exit_code == 2 and "not written by aop adapt" in result.output
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_experiment_data_adapt_runs_once_and_is_cached(tiny_data, adapted_run, tmp_path):
+    from aop.config import parse_experiment
+    from aop.tuning.benchmark import ensure_benchmark
+
+    _, _, real = tiny_data
+    store = adapted_run[0].with_name("adapted.training") / "mlflow.db"  # an initialised store
+    raw = {
+        "name": "adapted",
+        "data": {
+            "synth": {"n_volumes": 1, "shape": [12, 32, 32], "seed": 3},
+            "adapt": {"real": str(real), "patch": [16, 16], "epochs": 1, "epochs_decay": 0,
+                      "steps_per_epoch": 1, **TINY},
+        },  # fmt: skip
+        "models": [{"name": "classical"}],
+        "storage": {"study_dir": str(tmp_path / "study")},
+        "tracking": {"tracking_uri": f"sqlite:///{store}"},
+    }
+    exp = parse_experiment(raw)
+    dataset = ensure_benchmark(exp)
+    assert dataset.root.parent == tmp_path / "study" / "adapted"
+    assert dataset.info.provenance["generator"] == "aop.adapt"
+    simulated = load_dataset(tmp_path / "study" / "benchmark")
+    assert tuple(simulated.info.voxel_size) == (2.0, 1.25, 1.25)  # the real voxel size
+    stamp = (dataset.root / "dataset.yaml").stat().st_mtime_ns
+    assert ensure_benchmark(exp).root == dataset.root
+    assert (dataset.root / "dataset.yaml").stat().st_mtime_ns == stamp
+    with pytest.raises(Exception, match="data.adapt.ngf"):
+        parse_experiment({**raw, "data": {**raw["data"], "adapt": {"real": str(real), "ngf": 0}}})
