@@ -65,7 +65,7 @@ def _records(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    os.environ.get("AOP_FAULT_TESTS") != "1", reason="a whole study and two servers: AOP_FAULT_TESTS=1"
+    os.environ.get("AOP_FAULT_TESTS") != "1", reason="a study and two servers: AOP_FAULT_TESTS=1"
 )
 def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path):
     from mlflow import MlflowClient
