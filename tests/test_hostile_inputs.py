@@ -123,6 +123,7 @@ def workspace(tmp_path_factory) -> Path:
     _yaml(old / "experiment.yaml", _experiment(str(old)))
     (old / "results").mkdir()
     _yaml(w / "old.yaml", _experiment("old_study"))
+    _yaml(w / "old_wide.yaml", _experiment("old_study", search_space=str(w / "space_wide.yaml")))
     broken = w / "broken_study"
     broken.mkdir()
     (broken / "experiment.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
@@ -200,6 +201,8 @@ CASES = [
     (D, "search-over-earlier-study", "search {W}/old.yaml", 2,
      r"old_study: holds an earlier aop output; pass --overwrite \(or continue it with aop resume",
      ["old_study"], [], {}),
+    (D, "search-overwrite-with-a-bad-config", "search {W}/old_wide.yaml --overwrite", 2,
+     r"parameters.erode_dilate.high: 50.0 is outside", ["old_study"], [], {}),
     (D, "demo-into-user-folder", "demo --out {W}/user_dir --budget 1", 2,
      r"holds files aop did not write", ["user_dir"], [], {}),
     # --- resources: refuse impossible work before starting it -------------------------------

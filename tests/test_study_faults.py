@@ -1,7 +1,10 @@
 """Faults during a study: the MLflow tracking server is killed and restarted mid-study.
 
 A real ``mlflow server`` process (SQLite store) is SIGKILLed while ``aop search`` runs, and started
-again on the same port and store. The study must finish with every trial logged once.
+again on the same port and store. The study must finish with every trial logged once. That test
+starts two servers and a whole study (minutes on a loaded 2-core machine, beyond the suite's time
+budget), so it runs when ``AOP_FAULT_TESTS=1``; the test below it, which logs the trials an outage
+missed and checks the one-line refusal of a dead server, always runs.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ def _records(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("AOP_FAULT_TESTS") != "1", reason="a study and two servers: AOP_FAULT_TESTS=1"
+)
 def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path):
     from mlflow import MlflowClient
 

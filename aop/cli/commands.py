@@ -355,6 +355,11 @@ def search(
         overwrite_hint="--overwrite (or continue it with aop resume)",
     )  # fmt: skip
     if overwrite:
+        from aop.tuning.study import check_study
+
+        if tracking_uri:
+            exp.tracking.tracking_uri = tracking_uri
+        check_study(exp)  # every other error first: the earlier study is kept on any of them
         discard_output(exp.study_dir)
     _run_study_command(exp, address, tracking_uri, quiet)
 
