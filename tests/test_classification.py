@@ -37,18 +37,20 @@ TIMM_PARAMS_M = {
 
 
 def easy_crops(n_per_class: int = 20, seed: int = 0, size=(4, 32, 32)):
-    """Two-channel crops of three classes: a centred disc of radius 4, 8 or 12 px in a noisy
-    image channel, and its binary mask in the second channel (the ``mask`` preprocessing)."""
+    """Two-channel crops of three classes: a centred disc of radius 3, 8 or 13 px and brightness
+    0.4, 0.7 or 1.0 in a noisy image channel, and its binary mask in the second channel (the
+    ``mask`` preprocessing)."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(3), n_per_class)
     z, y, x = size
     yy, xx = np.mgrid[:y, :x]
     crops = np.zeros((len(labels), 2, z, y, x), np.float32)
     for i, cls in enumerate(labels):
-        radius = (4, 8, 12)[cls] + rng.uniform(-1, 1)
+        radius = (3, 8, 13)[cls] + rng.uniform(-1, 1)
         cy, cx = y / 2 + rng.uniform(-2, 2), x / 2 + rng.uniform(-2, 2)
         disc = ((yy - cy) ** 2 + (xx - cx) ** 2) < radius**2
-        crops[i, 0] = rng.normal(0.1, 0.2, size=(z, y, x)) + disc * rng.uniform(0.6, 1.0)
+        brightness = (0.4, 0.7, 1.0)[cls] + rng.uniform(-0.05, 0.05)
+        crops[i, 0] = rng.normal(0.1, 0.1, size=(z, y, x)) + disc * brightness
         crops[i, 1] = disc
     return crops, labels
 
@@ -283,7 +285,7 @@ class Record(Callback):
 
 @pytest.fixture(scope="module")
 def easy():
-    return easy_crops(20, seed=0)
+    return easy_crops(24, seed=0, size=(2, 32, 32))
 
 
 @pytest.fixture(scope="module")
@@ -291,8 +293,8 @@ def trained(easy, tmp_path_factory):
     crops, labels = easy
     recorder = Record(crops[:8])
     config = ClassifierConfig(
-        encoder="test_resnet", head="volume", pretraining="none", lr=3e-3, max_epochs=8,
-        patience=8, batch_size=12, seed=0, head_width=32,
+        encoder="test_resnet", head="slice", pretraining="none", lr=3e-3, max_epochs=10,
+        patience=10, batch_size=12, seed=0, head_width=32,
     )
     out = tmp_path_factory.mktemp("train")
     result = train_classifier(
@@ -304,11 +306,11 @@ def trained(easy, tmp_path_factory):
 
 def test_tiny_training_reaches_high_accuracy(trained):
     result, recorder, out = trained
-    assert result.split_sizes == {"train": 36, "val": 12, "test": 12, "pseudo": 0}
+    assert result.split_sizes == {"train": 42, "val": 15, "test": 15, "pseudo": 0}
     assert result.val_accuracy >= 0.9
     assert result.test["accuracy"] >= 0.9
     assert set(result.test["per_class"]) == {"small", "medium", "large"}
-    assert np.sum(result.test["confusion_matrix"]) == 12
+    assert np.sum(result.test["confusion_matrix"]) == 15
     assert [s.stage for s in result.stages] == ["manual"]
     assert result.stages[0].frozen_parameters == 0
     assert result.checkpoint_path == out / "manual" / "best.ckpt"
@@ -328,7 +330,7 @@ def test_checkpoint_reload_gives_the_same_predictions(trained):
 def test_semi_trains_twice_then_freezes_80_percent(easy, tmp_path):
     crops, labels = easy
     rng = np.random.default_rng(5)
-    pseudo_crops, pseudo_labels = easy_crops(6, seed=9)
+    pseudo_crops, pseudo_labels = easy_crops(6, seed=9, size=(2, 32, 32))
     pseudo_labels = np.where(rng.random(len(pseudo_labels)) < 0.2, 0, pseudo_labels)  # noisy
     recorder = Record(crops[:4])
     config = ClassifierConfig(
@@ -340,7 +342,7 @@ def test_semi_trains_twice_then_freezes_80_percent(easy, tmp_path):
         callbacks=[recorder],
     )
     assert [s.stage for s in result.stages] == ["semi", "manual"]
-    assert [s.n_train for s in result.stages] == [36 + 18, 36]
+    assert [s.n_train for s in result.stages] == [42 + 18, 42]
     assert recorder.epochs == [("semi", 0), ("semi", 1), ("manual", 0), ("manual", 1)]
     semi, final = result.stages
     assert semi.frozen_parameters == 0
@@ -367,8 +369,9 @@ def test_full_pretraining_resumes_from_its_checkpoint(easy, tmp_path):
     torch.manual_seed(2)
     path = tmp_path / "w.pth"
     torch.save(timm.create_model("test_resnet").state_dict(), path)
-    config = ClassifierConfig(encoder="test_resnet", pretraining="full", weights=str(path),
-                              max_epochs=1, patience=5, batch_size=20, head_width=16)
+    config = ClassifierConfig(encoder="test_resnet", head="volume", pretraining="full",
+                              weights=str(path), max_epochs=1, patience=5, batch_size=24,
+                              head_width=16)
     first = train_classifier(config, crops, labels, out_dir=tmp_path / "run")
     assert first.stages[0].epochs == 1 and first.stages[0].frozen_parameters > 0
     recorder = Record(crops[:2])

@@ -16,10 +16,18 @@ from aop.classification.encoders import (
 )
 from aop.classification.heads import HEADS, build_head
 from aop.classification.module import CropClassifier, freeze_plan, predict_proba
+from aop.classification.train import (
+    ClassifierConfig,
+    ClassifierResult,
+    classification_metrics,
+    train_classifier,
+)
 
 __all__ = [
     "HEADS",
     "TABLE_I",
+    "ClassifierConfig",
+    "ClassifierResult",
     "CropClassifier",
     "CropDataModule",
     "SliceEncoder",
@@ -29,9 +37,11 @@ __all__ = [
     "build_encoder",
     "build_head",
     "check_pretrained_weights",
+    "classification_metrics",
     "freeze_plan",
     "locate_pretrained_weights",
     "predict_proba",
     "register_encoder",
     "stratified_split",
+    "train_classifier",
 ]

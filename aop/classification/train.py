@@ -346,12 +346,18 @@ def train_classifier(
             model.load_state_dict(init_state)
         checkpoint = ModelCheckpoint(
             dirpath=out_dir / stage, filename="best", monitor="val_acc", mode="max",
-            save_last=True, enable_version_counter=False,
+            enable_version_counter=False,
+        )
+        # Lightning's save_last only refreshes last.ckpt when a best checkpoint is saved; this
+        # one writes the state of every finished epoch, the one to resume from.
+        last = ModelCheckpoint(
+            dirpath=out_dir / stage, filename="last", enable_version_counter=False,
+            save_on_train_epoch_end=True,
         )
         stopping = EarlyStopping(monitor="val_acc", mode="max", patience=config.patience)
         trainer = L.Trainer(
             max_epochs=config.max_epochs,
-            callbacks=[stopping, checkpoint, *callbacks],
+            callbacks=[stopping, checkpoint, last, *callbacks],
             logger=logger if logger is not None else False,
             accelerator=accelerator,
             devices=devices,
@@ -367,7 +373,7 @@ def train_classifier(
             warnings.filterwarnings("ignore", ".*number of training batches.*")
             _quiet_lightning()
             trainer.fit(model, datamodule=stage_data, ckpt_path=ckpt_path)
-        best_path = Path(checkpoint.best_model_path or checkpoint.last_model_path)
+        best_path = Path(checkpoint.best_model_path or last.best_model_path)
         best_score = checkpoint.best_model_score
         stages.append(
             StageResult(
