@@ -110,6 +110,7 @@ def run_search(
     max_failures: int = 2,
     callbacks: Sequence[Callback] = (),
     verbose: int = 1,
+    storage: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) one Ray Tune search and return its trial records.
 
@@ -133,6 +134,10 @@ def run_search(
         Retries of a trial whose worker died.
     callbacks : sequence of Callback
         Further driver-side callbacks (e.g. MLflow tracking).
+    storage : str, optional
+        Ray Tune storage as a URI (``s3://bucket/path``, ``gs://...``, ``file:///shared/tune``)
+        opened with pyarrow (see :func:`aop.tuning.cluster.tune_storage`); default
+        ``STUDY_DIR/tune``.
 
     Returns
     -------
@@ -140,21 +145,24 @@ def run_search(
         The records of ``results/NAME.jsonl``, in file order.
     """
     study_dir = Path(study_dir).resolve()
-    storage = study_dir / "tune"
     # save Tune's experiment state (and the searcher's) at every step, not every few seconds,
     # so that a killed driver loses as little as possible
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     # the classic progress output, so that the CLIReporter below (IPQ columns) is used
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     recorder = TrialRecorder(study_dir / "results" / f"{name}.jsonl", name)
-    path = storage / name
-    if Tuner.can_restore(str(path)):
+    from aop.tuning.cluster import tune_storage
+
+    filesystem, root = tune_storage(storage, study_dir / "tune")
+    path = f"{root}/{name}"
+    if Tuner.can_restore(path, storage_filesystem=filesystem):
         tuner = Tuner.restore(
-            str(path),
+            path,
             trainable,
             resume_unfinished=True,
             resume_errored=True,
             param_space=param_space,
+            storage_filesystem=filesystem,
         )
     else:
         reporter = CLIReporter(
@@ -175,7 +183,8 @@ def run_search(
             ),
             run_config=RunConfig(
                 name=name,
-                storage_path=str(storage),
+                storage_path=root,
+                storage_filesystem=filesystem,
                 failure_config=FailureConfig(max_failures=max_failures),
                 callbacks=[recorder, *callbacks],
                 progress_reporter=reporter,
@@ -303,15 +312,17 @@ def write_best(study_dir: Path, records: dict[str, list[dict]], main: str) -> di
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (``auto``, ``ray://host:10001``) or start a local Ray."""
-    import ray
+    from aop.tuning.cluster import connect
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    connect(address, num_cpus=num_cpus)  # token auth of `ray start` clusters, one-line errors
+
+
+def check_study_resources(exp: Experiment) -> int:
+    """Refuse a ``search.resources`` request that no node can hold (before any trial)."""
+    from aop.tuning.cluster import check_resources
+
+    bundle = {"CPU": exp.search.resources.cpus, "GPU": exp.search.resources.gpu}
+    return check_resources(bundle, exp.search.concurrency, what="search.resources (one volume)")
 
 
 def run_searches(
@@ -356,6 +367,7 @@ def run_searches(
             max_failures=exp.search.max_failures,
             callbacks=extra,
             verbose=verbose,
+            storage=exp.storage.tune_storage,
         )
     return records
 
@@ -415,6 +427,7 @@ def run_study(
     space = experiment_search_space(exp)
     data = load_benchmark(exp)
     init_ray(exp.ray.address, exp.ray.num_cpus)
+    check_study_resources(exp)
     refs = put_benchmark(
         data.predictions, data.labels, data.images, {v: data.spacing for v in data.labels}
     )
