@@ -235,6 +235,7 @@ def predict_dataset(
                     "spec": spec.model_dump(),
                     "cache_root": str(cache_root),
                     "spacing": spacing,
+                    "require_gpu": require_gpu,
                 },
                 batch_size=1,
                 concurrency=workers,

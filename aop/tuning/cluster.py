@@ -125,6 +125,10 @@ def _resolve_auto() -> str:
 
 def _join_gcs(address: str, timeout_s: float) -> str:
     """Check reachability and authentication of a GCS address; switch token mode on if needed."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")  # RAY_AUTH_MODE and the token as the environment says now
+    AuthenticationTokenLoader.instance().reset_cache()
     if address == "auto":
         address = _resolve_auto()
     host, port = parse_address(address)

@@ -422,12 +422,12 @@ def run_study(
     from aop.tuning.trainable import put_benchmark
 
     study_dir = exp.study_dir
+    init_ray(exp.ray.address, exp.ray.num_cpus)  # first: a cluster that refuses writes nothing
+    check_study_resources(exp)
     study_dir.mkdir(parents=True, exist_ok=True)
     save_experiment(exp)
     space = experiment_search_space(exp)
     data = load_benchmark(exp)
-    init_ray(exp.ray.address, exp.ray.num_cpus)
-    check_study_resources(exp)
     refs = put_benchmark(
         data.predictions, data.labels, data.images, {v: data.spacing for v in data.labels}
     )
