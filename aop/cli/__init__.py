@@ -4,7 +4,7 @@ A stage adds its commands in a module of this package that registers them on ``a
 import line here.
 """
 
-from aop.cli import commands  # noqa: F401  (registers the commands)
+from aop.cli import cluster, commands  # noqa: F401  (registers the commands)
 from aop.cli.app import app, main
 
 __all__ = ["app", "main"]
