@@ -79,6 +79,14 @@ def _reachable(host: str, port: int, timeout_s: float) -> bool:
 def _token_available() -> bool:
     from ray._raylet import AuthenticationTokenLoader
 
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if named and not os.environ.get("RAY_AUTH_TOKEN"):
+        path = Path(named).expanduser()
+        if not path.is_file() or not path.read_text(errors="replace").strip():
+            raise AopError(
+                f"RAY_AUTH_TOKEN_PATH={named}: the token file is missing or empty (copy the "
+                "cluster's token there; `ray get-auth-token` on the head node prints it)"
+            )
     return bool(AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True))
 
 
