@@ -57,10 +57,14 @@ PIDS+=($!)
 export RAY_AUTH_TOKEN_PATH=$WORK/auth_token       # the driver: token by path, no RAY_AUTH_MODE
 
 step "4. aop cluster: join with the token, list the nodes, check a half-GPU trial"
-sleep 5
+until grep -q "Ray runtime started" "$WORK/head.log" "$WORK/worker.log" 2>/dev/null \
+    && [ "$(grep -l "Ray runtime started" "$WORK/head.log" "$WORK/worker.log" | wc -l)" = 2 ]; do
+  sleep 1
+done
 aop cluster --address "127.0.0.1:$PORT" --gpu 0.5 --concurrency 4
 echo "-- a wrong token:"
-RAY_AUTH_TOKEN_PATH=$WORK/head.log aop cluster --address "127.0.0.1:$PORT" || echo "exit $?"
+python -c "import secrets; print(secrets.token_hex(32))" > "$WORK/wrong_token"
+RAY_AUTH_TOKEN_PATH=$WORK/wrong_token aop cluster --address "127.0.0.1:$PORT" || echo "exit $?"
 echo "-- a request no node holds:"
 aop cluster --address "127.0.0.1:$PORT" --gpu 3 || echo "exit $?"
 

@@ -301,6 +301,11 @@ def test_a_missing_or_wrong_token_is_one_line_saying_what_to_set(cluster, tmp_pa
     start = time.monotonic()
     with pytest.raises(AopError, match="RAY_AUTH_TOKEN_PATH=.*absent: the token file is missing"):
         connect(cluster.address)
+    garbage = tmp_path / "garbage"
+    garbage.write_text("not\na token\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(garbage))  # gRPC would abort the process
+    with pytest.raises(AopError, match="garbage: not an authentication token"):
+        connect(cluster.address)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token either
     with pytest.raises(AopError, match="requires an authentication token and none was found"):

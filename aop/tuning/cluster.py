@@ -76,17 +76,30 @@ def _reachable(host: str, port: int, timeout_s: float) -> bool:
         return False
 
 
+def _check_token_text(text: str, source: str) -> None:
+    """A token travels as a gRPC header: one line of printable ASCII (else gRPC aborts)."""
+    token = text.strip()
+    if not token or not all(33 <= ord(c) < 127 for c in token):
+        raise AopError(
+            f"{source}: not an authentication token (expected one line of printable "
+            "characters; `ray get-auth-token` on the head node prints the cluster's token)"
+        )
+
+
 def _token_available() -> bool:
     from ray._raylet import AuthenticationTokenLoader
 
-    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if named and not os.environ.get("RAY_AUTH_TOKEN"):
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        _check_token_text(os.environ["RAY_AUTH_TOKEN"], "RAY_AUTH_TOKEN")
+    elif os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        named = os.environ["RAY_AUTH_TOKEN_PATH"]
         path = Path(named).expanduser()
         if not path.is_file() or not path.read_text(errors="replace").strip():
             raise AopError(
                 f"RAY_AUTH_TOKEN_PATH={named}: the token file is missing or empty (copy the "
                 "cluster's token there; `ray get-auth-token` on the head node prints it)"
             )
+        _check_token_text(path.read_text(errors="replace"), f"RAY_AUTH_TOKEN_PATH={named}")
     return bool(AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True))
 
 
@@ -145,6 +158,8 @@ def _join_gcs(address: str, timeout_s: float) -> str:
             f"--address {address}: no Ray cluster answers at {host}:{port} (start one with "
             "`ray start --head --port PORT`, or check the host, port and firewall)"
         )
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        _token_available()  # a malformed token is one line here, not a gRPC abort
     error = _probe_gcs(address)
     if error is not None and _is_auth_error(error) and "RAY_AUTH_MODE" not in os.environ:
         if not _token_available():
@@ -218,8 +233,12 @@ def connect(
     try:
         ray.init(address=target, log_to_driver=False)
     except (ConnectionError, RuntimeError) as exc:
-        auth = _is_auth_error(exc) or _is_auth_error(exc.__cause__ or exc)
-        hint = f": {TOKEN_HINT}" if auth else ""
+        cause = exc.__cause__ or exc
+        if _is_auth_error(exc) or _is_auth_error(cause):
+            hint = f": {TOKEN_HINT}"
+        else:
+            text = str(cause).strip().splitlines()
+            hint = f": {type(cause).__name__}: {text[0][:300]}" if text else ""
         raise AopError(f"--address {address}: cannot join the Ray cluster{hint}") from None
 
 
