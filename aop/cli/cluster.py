@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated
 
 import typer
 
-from aop.cli.app import app, console
+from aop.cli.app import app, console, err_console
 
 
 @app.command("cluster")
@@ -43,8 +44,12 @@ def cluster_command(
             f"{res.get('GPU', 0):g}", ", ".join(f"{k}={v:g}" for k, v in sorted(other.items())),
         )
     console.print(table)
-    at_once = check_resources(
-        {"CPU": cpus, "GPU": gpu}, concurrency, what="search.resources (one volume)"
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        at_once = check_resources(
+            {"CPU": cpus, "GPU": gpu}, concurrency, what="search.resources (one volume)"
+        )
+    for warning in caught:
+        err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
     console.print(f"a trial with cpus={cpus:g}, gpu={gpu:g} fits; {at_once} run at once")
     ray.shutdown()
