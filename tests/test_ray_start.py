@@ -455,6 +455,20 @@ def test_requests_no_node_can_hold_are_refused_before_any_trial(joined):
     assert check_resources({"CPU": 8}, 1, node_types={"big": {"CPU": 16}}) == 1
 
 
+def test_aop_cluster_lists_the_nodes_and_checks_a_request(joined):
+    from typer.testing import CliRunner
+
+    from aop.cli import app
+
+    runner = CliRunner()
+    done = runner.invoke(app, ["cluster", "--address", joined.address, "--gpu", "0.5"])
+    assert done.exit_code == 0, done.output
+    assert "aop_worker=1" in done.output and "2 run at once" in done.output  # 2 CPUs
+    done = runner.invoke(app, ["cluster", "--address", joined.address, "--gpu", "3"])
+    assert done.exit_code == 2 and "3 GPUs on one node" in done.output
+    assert ray.is_initialized()  # the test's own connection is left alone
+
+
 @pytest.fixture(scope="module")
 def benchmark(joined):
     image, gt = simulate((12, 32, 32), seed=21, n_objects=4)

@@ -31,6 +31,7 @@ def cluster_command(
 
     from aop.tuning.cluster import check_resources, connect
 
+    joined = ray.is_initialized()
     connect(address)
     table = Table("node", "address", "CPUs", "GPUs", "other resources")
     for node in ray.nodes():
@@ -52,4 +53,5 @@ def cluster_command(
     for warning in caught:
         err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
     console.print(f"a trial with cpus={cpus:g}, gpu={gpu:g} fits; {at_once} run at once")
-    ray.shutdown()
+    if not joined:
+        ray.shutdown()
