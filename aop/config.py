@@ -299,10 +299,16 @@ class TrackingConfig(_Strict):
 
 
 class StorageConfig(_Strict):
-    """Where the study lives; the prediction cache defaults to ``STUDY_DIR/predictions``."""
+    """Where the study lives; the prediction cache defaults to ``STUDY_DIR/predictions``.
+
+    ``tune_storage`` puts Ray Tune's experiments (trial state, searcher state, what ``aop resume``
+    reads) at a URI that pyarrow opens (``s3://bucket/path``, ``gs://...``, ``file:///shared``);
+    default ``STUDY_DIR/tune``.
+    """
 
     study_dir: Path
     cache_dir: Path | None = None
+    tune_storage: str | None = None
 
 
 class ComparisonConfig(_Strict):

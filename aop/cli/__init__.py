@@ -8,6 +8,7 @@ from aop.cli import (
     adapt,  # noqa: F401  (aop adapt)
     annotation,  # noqa: F401  (aop annotate)
     classification,  # noqa: F401  (aop analyze, aop classify)
+    cluster,  # noqa: F401  (aop cluster)
     commands,  # noqa: F401  (data sets, scoring, post-processing, models, segmentation study)
     instances,  # noqa: F401  (aop instances, aop spread)
 )

@@ -5,6 +5,12 @@ One Ray Data row per volume (its name and file path; the worker reads it with ti
 class, one volume per batch), so a network loads once per actor and the rows are sharded across
 the nodes of a cluster. A worker first looks the volume up in the
 :class:`~aop.segmentation.cache.PredictionCache`; a hit never loads or runs the model.
+
+Actors of a model that uses a GPU request one GPU each when the cluster has GPUs
+(``gpus_per_worker`` sets a fraction, e.g. ``0.5`` for two actors per GPU); Ray sets
+``CUDA_VISIBLE_DEVICES`` for them. An actor that got a GPU from Ray but finds no usable CUDA
+device (a node started with logical GPUs, a CPU build of torch, a broken driver) predicts on the
+CPU, and the driver warns once per model; with ``require_gpu=True`` it stops with one line.
 """
 
 from __future__ import annotations
@@ -20,25 +26,79 @@ from aop.errors import AopError
 from aop.io import Dataset
 from aop.segmentation.models import ModelSpec, build_model
 
-__all__ = ["CachedPredictor", "predict_dataset"]
+__all__ = ["CachedPredictor", "cuda_usable", "predict_dataset"]
+
+
+def cuda_usable() -> bool:
+    """Whether torch finds a CUDA device it can use in this process."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    try:
+        return bool(torch.cuda.is_available() and torch.cuda.device_count() > 0)
+    except Exception:  # noqa: BLE001  (a broken driver is no usable device)
+        return False
 
 
 class CachedPredictor:
-    """Ray Data actor: (name, path) rows in, (name, model, cache entry path, hit) rows out."""
+    """Ray Data actor: (name, path) rows in, (name, model, cache entry path, hit) rows out.
+
+    Rows also say where the volume ran: ``node`` (``host/node-id``), ``gpus`` (the GPU ids Ray
+    assigned, comma-separated), ``cuda`` (``CUDA_VISIBLE_DEVICES``), ``note`` (why an assigned
+    GPU was not used) and ``error`` (set instead of predicting when a GPU is required but unusable).
+    """
 
     def __init__(
-        self, spec: dict[str, Any], cache_root: str, spacing: tuple[float, float, float]
+        self,
+        spec: dict[str, Any],
+        cache_root: str,
+        spacing: tuple[float, float, float],
+        require_gpu: bool = False,
     ) -> None:
+        import ray
+
         from aop.segmentation.cache import PredictionCache
 
         self.model = build_model(ModelSpec(**spec))
         self.cache = PredictionCache(cache_root)
         self.spacing = spacing
+        context = ray.get_runtime_context()
+        self.node = f"{os.uname().nodename}/{context.get_node_id()[:8]}"
+        self.gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+        self.cuda = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        self.note = self.error = ""
+        wants_gpu = require_gpu and (bool(self.gpus) or type(self.model).uses_gpu)
+        if (self.gpus or wants_gpu) and not cuda_usable():
+            problem = (
+                f"model {self.model.name!r}: no usable CUDA device on node {self.node} "
+                f"(Ray assigned GPU {self.gpus or 'none'}, CUDA_VISIBLE_DEVICES={self.cuda!r})"
+            )
+            if wants_gpu:
+                self.error = f"{problem}, and a GPU is required"
+            else:
+                self.note = f"{problem}; predicting on the CPU"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from aop.io import read_volume
 
         names, paths, hits = [], [], []
+        count = len(batch["name"])
+        where = {
+            "node": np.asarray([self.node] * count),
+            "gpus": np.asarray([self.gpus] * count),
+            "cuda": np.asarray([self.cuda] * count),
+            "note": np.asarray([self.note] * count),
+            "error": np.asarray([self.error] * count),
+        }
+        if self.error:
+            return {
+                "name": np.asarray([str(n) for n in batch["name"]]),
+                "model": np.asarray([self.model.name] * count),
+                "entry": np.asarray([""] * count),
+                "hit": np.zeros(count, dtype=bool),
+                **where,
+            }
         for name, path in zip(batch["name"], batch["path"], strict=True):
             image, _ = read_volume(str(path))
             key = self.cache.key(self.model, image, self.spacing)
@@ -54,6 +114,7 @@ class CachedPredictor:
             "model": np.asarray([self.model.name] * len(names)),
             "entry": np.asarray(paths),
             "hit": np.asarray(hits),
+            **where,
         }
 
 
@@ -77,6 +138,9 @@ def predict_dataset(
     address: str | None = None,
     num_workers: int | None = None,
     progress: bool = True,
+    gpus_per_worker: float | None = None,
+    require_gpu: bool = False,
+    placements: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Path]]:
     """Predict every volume with every model (once) and return the cache entries.
 
@@ -96,6 +160,15 @@ def predict_dataset(
         per GPU for models that use one).
     progress : bool
         Show a progress bar.
+    gpus_per_worker : float, optional
+        GPUs each actor requests (e.g. ``0.5``: two actors share a GPU). Default: 1 for a model
+        that uses a GPU when the cluster has GPUs, else 0.
+    require_gpu : bool
+        Stop (one line) when an actor of a GPU model finds no usable CUDA device, instead of
+        predicting on the CPU with a warning.
+    placements : list, optional
+        When given, one ``{"model", "volume", "node", "gpus", "cuda", "hit"}`` dict per
+        predicted volume is appended: where it ran.
 
     Returns
     -------
@@ -106,9 +179,15 @@ def predict_dataset(
     Raises
     ------
     AopError
-        For unknown models, invalid settings or missing weights (checked before any work starts).
+        For unknown models, invalid settings or missing weights (checked before any work
+        starts); for a GPU request no node can hold; with ``require_gpu``, for a GPU actor
+        without a usable CUDA device.
     """
+    import warnings
+
     import ray
+
+    from aop.tuning.cluster import check_resources, connect
 
     if isinstance(models, Mapping):
         keyed = {str(key): _as_spec(m) for key, m in models.items()}
@@ -129,11 +208,7 @@ def predict_dataset(
 
     cache_root = claim_folder(cache_root, "prediction cache", recognise=CACHE_LAYOUT)
     check_prediction_memory(dataset, num_workers)
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=num_workers, log_to_driver=False, include_dashboard=False)
+    connect(address, num_cpus=num_workers)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     rows = [{"name": e.name, "path": str(e.image_path.resolve())} for e in dataset.entries]
@@ -145,8 +220,20 @@ def predict_dataset(
     with _Progress(progress, total) as bar:
         for key, spec in keyed.items():
             cls = type(build_model(spec))
-            use_gpu = gpus > 0 and cls.uses_gpu
-            workers = num_workers or (gpus if use_gpu else cpus)
+            if gpus_per_worker is None:
+                per_worker = 1.0 if gpus > 0 and cls.uses_gpu else 0.0
+            else:
+                per_worker = float(gpus_per_worker)
+            if per_worker:
+                check_resources(
+                    {"CPU": 1, "GPU": per_worker}, 1, what=f"a prediction actor of {key!r}"
+                )
+            if num_workers:
+                workers = num_workers
+            elif per_worker:
+                workers = max(1, int(ray.cluster_resources().get("GPU", 0) // per_worker))
+            else:
+                workers = cpus
             workers = max(1, min(workers, len(rows)))
             data = ray.data.from_items(rows, override_num_blocks=len(rows))
             predicted = data.map_batches(
@@ -155,16 +242,33 @@ def predict_dataset(
                     "spec": spec.model_dump(),
                     "cache_root": str(cache_root),
                     "spacing": spacing,
+                    "require_gpu": require_gpu,
                 },
                 batch_size=1,
                 concurrency=workers,
-                num_gpus=1 if use_gpu else 0,
+                num_gpus=per_worker,
                 num_cpus=1,
             )
             entries: dict[str, Path] = {}
+            notes: set[str] = set()
             for row in predicted.iter_rows():
+                if row["error"]:
+                    raise AopError(str(row["error"]))
+                if row["note"]:
+                    notes.add(str(row["note"]))
                 entries[str(row["name"])] = Path(str(row["entry"]))
+                if placements is not None:
+                    placements.append(
+                        {
+                            "model": key,
+                            "volume": str(row["name"]),
+                            **{k: str(row[k]) for k in ("node", "gpus", "cuda")},
+                            "hit": bool(row["hit"]),
+                        }
+                    )
                 bar.advance(f"{key}: {row['name']}")
+            if notes:
+                warnings.warn(sorted(notes)[0] + f" ({len(notes)} actor(s))", stacklevel=2)
             results[key] = {name: entries[name] for name in dataset.names}
     return results
 

@@ -71,6 +71,7 @@ def run_search(
     tracker: Any = None,
     callbacks: Sequence[Callback] = (),
     verbose: int = 1,
+    storage: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) one Ray Tune search and return its trial records.
 
@@ -97,7 +98,11 @@ def run_search(
     tracker : StudyTracker, optional
         Logs each finished trial as an MLflow child run.
     callbacks : sequence of Callback
-        Further driver-side callbacks.
+        Further driver-side callbacks (e.g. MLflow tracking).
+    storage : str, optional
+        Ray Tune storage as a URI (``s3://bucket/path``, ``gs://...``, ``file:///shared/tune``)
+        opened with pyarrow (see :func:`aop.tuning.cluster.tune_storage`); default
+        ``STUDY_DIR/tune``.
 
     Returns
     -------
@@ -106,7 +111,6 @@ def run_search(
     """
     kind = get_kind(kind) if isinstance(kind, str) else kind
     study_dir = Path(study_dir).resolve()
-    storage = study_dir / "tune"
     # save Tune's experiment state (and the searcher's) at every step, not every few seconds,
     # so that a killed driver loses as little as possible
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
@@ -123,14 +127,18 @@ def run_search(
         extras=kind.record_extras,
         curves=kind.curves,
     )
-    path = storage / name
-    if Tuner.can_restore(str(path)):
+    from aop.tuning.cluster import tune_storage
+
+    filesystem, root = tune_storage(storage, study_dir / "tune")
+    path = f"{root}/{name}"
+    if Tuner.can_restore(path, storage_filesystem=filesystem):
         tuner = Tuner.restore(
-            str(path),
+            path,
             trainable,
             resume_unfinished=True,
             resume_errored=True,
             param_space=param_space,
+            storage_filesystem=filesystem,
         )
     else:
         reporter = CLIReporter(
@@ -151,7 +159,8 @@ def run_search(
             ),
             run_config=RunConfig(
                 name=name,
-                storage_path=str(storage),
+                storage_path=root,
+                storage_filesystem=filesystem,
                 failure_config=FailureConfig(max_failures=max_failures),
                 # a trial resumes from its newest checkpoint; older ones only take disk space
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -294,16 +303,17 @@ def write_best(
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (``auto``, ``ray://host:10001``) or start a local Ray."""
-    import ray
+    from aop.tuning.cluster import connect
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # "local": a new Ray for this study, never a cluster that happens to run on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    connect(address, num_cpus=num_cpus)  # token auth of `ray start` clusters, one-line errors
+
+
+def check_study_resources(exp: BaseExperiment) -> int:
+    """Refuse a ``search.resources`` request that no node can hold (before any trial)."""
+    from aop.tuning.cluster import check_resources
+
+    bundle = {"CPU": exp.search.resources.cpus, "GPU": exp.search.resources.gpu}
+    return check_resources(bundle, exp.search.concurrency, what="search.resources")
 
 
 def check_study(exp: BaseExperiment, kind: StudyKind) -> None:
@@ -367,6 +377,7 @@ def run_searches(
             max_failures=exp.search.max_failures,
             tracker=tracker,
             verbose=verbose,
+            storage=exp.storage.tune_storage,
         )
     return records
 
@@ -413,10 +424,11 @@ def run_study(
 
     kind = get_kind(exp.kind)
     check_study(exp, kind)
+    init_ray(exp.ray.address, exp.ray.num_cpus)  # first: a cluster that refuses writes nothing
+    check_study_resources(exp)
     study_dir = claim_folder(exp.study_dir, "study")
     save_experiment(exp)
     space = kind.search_space(exp)
-    init_ray(exp.ray.address, exp.ray.num_cpus)
     prepared = (prepare or kind.prepare)(exp)
     tracker = make_tracker(exp, kind)
     tracker.start(
