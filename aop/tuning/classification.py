@@ -458,6 +458,9 @@ def log_classifier_model(
         mlflow.pytorch.log_model(
             model, name="classifier", signature=signature, input_example=example,
             registered_model_name=registered_name, metadata=dict(metadata or {}),
+            # the whole module (eval mode, any batch size; aop.classification must be importable
+            # where it loads), not a torch.export graph traced at one batch size
+            serialization_format="pickle",
         )
     tracker.client.update_run(run_id, status="RUNNING")
     return f"runs:/{run_id}/classifier"
