@@ -419,7 +419,8 @@ class SMACSearch(Searcher):
 
     @staticmethod
     def _key(values: dict[str, Any]) -> tuple:
-        return tuple(sorted((k, repr(v.item() if hasattr(v, "item") else v)) for k, v in values.items()))
+        plain = {k: v.item() if hasattr(v, "item") else v for k, v in values.items()}
+        return tuple(sorted((k, repr(v)) for k, v in plain.items()))
 
     def _trial_seed(self) -> int:
         """The seed SMAC gives every trial of this (deterministic) search."""
@@ -432,7 +433,7 @@ class SMACSearch(Searcher):
         if self._space is None:
             raise AopError("SMACSearch: no search space (give space= or a Tuner param_space)")
         if not self._metric or not self._mode:
-            raise AopError("SMACSearch: metric and mode must be set (e.g. metric='acc', mode='max')")
+            raise AopError("SMACSearch: metric and mode must be set (metric='acc', mode='max')")
         if self._finished:
             return Searcher.FINISHED
         if self._points:
@@ -574,7 +575,8 @@ class SMACSearch(Searcher):
             with open(checkpoint_path, "rb") as handle:
                 state = pickle.load(handle)
         except (OSError, pickle.UnpicklingError, EOFError) as exc:
-            raise AopError(f"{checkpoint_path}: cannot read the SMAC searcher state ({exc})") from exc
+            message = f"{checkpoint_path}: cannot read the SMAC searcher state ({exc})"
+            raise AopError(message) from exc
         self.set_state(state)
 
     def __getstate__(self) -> dict[str, Any]:
