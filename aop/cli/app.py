@@ -13,7 +13,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -126,3 +126,27 @@ def _root(
     _debug["on"] = debug
     if not debug_enabled():
         _quiet_libraries()
+
+
+def volume_progress(what: str, total: int, unit: str) -> tuple[Any, Any]:
+    """A transient progress bar over ``total`` volumes on stderr, and its per-volume callback.
+
+    The callback ``advance(name, count)`` moves the bar by one volume and shows ``name: count
+    unit``; use the bar as a context manager around the work.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        console=err_console,
+        transient=True,
+    )
+    task = progress.add_task("", total=total)
+
+    def advance(name: str, count: int) -> None:
+        progress.update(task, advance=1, description=f"{name}: {count} {unit}")
+
+    return progress, advance

@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from aop.cli.app import app, console, err_console  # noqa: F401
+from aop.cli.app import app, console, err_console, volume_progress  # noqa: F401
 from aop.errors import AopError
 
 OverwriteOption = Annotated[
@@ -204,7 +204,6 @@ def synth(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Simulate a synthetic 3D benchmark: fluorescent objects with perfect instance labels."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from aop.synth import PRESETS, preset_params
     from aop.synth.classes import class_set
@@ -225,18 +224,7 @@ def synth(
         "touching_fraction": touching_fraction,
         "layout": layout,
     }
-    progress = Progress(
-        TextColumn("simulating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        console=err_console,
-        transient=True,
-    )
-    task = progress.add_task("", total=n_volumes)
-
-    def advance(name: str, count: int) -> None:
-        progress.update(task, advance=1, description=f"{name}: {count} objects")
+    progress, advance = volume_progress("simulating", n_volumes, "objects")
 
     try:
         params = preset_params(preset, **{k: v for k, v in overrides.items() if v is not None})

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from aop.cli.app import app, console, err_console
+from aop.cli.app import app, console, err_console, volume_progress
 from aop.errors import AopError
 
 _DATA = Annotated[
@@ -18,24 +18,12 @@ _DATA = Annotated[
 
 
 def _features_with_progress(data: Path):  # type: ignore[no-untyped-def]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from aop.instances.features import dataset_features
     from aop.io import load_dataset
 
     n_volumes = len(load_dataset(data, require_labels=True, validate=False))
-    progress = Progress(
-        TextColumn("features"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        console=err_console,
-        transient=True,
-    )
-    task = progress.add_task("", total=n_volumes)
-
-    def advance(name: str, count: int) -> None:
-        progress.update(task, advance=1, description=f"{name}: {count} instances")
+    progress, advance = volume_progress("features", n_volumes, "instances")
 
     with progress:
         return dataset_features(data, on_volume=advance)
