@@ -37,6 +37,7 @@ class ClassifierSource:
     method: str
     sigma: float
     classes: list[str]
+    tracking_uri: str | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -54,13 +55,16 @@ class ClassifierSource:
             return CropClassifier.load_from_checkpoint(str(self.checkpoint), map_location="cpu")
         import mlflow.pytorch
 
+        if self.tracking_uri:  # an actor on another process or node resolves models:/ there too
+            mlflow.set_tracking_uri(self.tracking_uri)
         return mlflow.pytorch.load_model(self.model_uri, map_location="cpu")
 
 
 def classifier_source(source: str | os.PathLike) -> ClassifierSource:
     """A study folder's best classifier, or an MLflow model URI with aop's metadata."""
     text = str(source)
-    if "://" in text or text.startswith("models:/"):
+    if "://" in text or text.startswith(("models:/", "runs:/")):
+        import mlflow
         from mlflow.models import get_model_info
 
         try:
@@ -73,6 +77,7 @@ def classifier_source(source: str | os.PathLike) -> ClassifierSource:
             None, text, tuple(meta["crop_size"]),
             tuple(meta["target_spacing"]) if meta.get("target_spacing") else None,
             meta["preprocessing"], float(meta["sigma"]), list(meta["classes"]),
+            tracking_uri=mlflow.get_tracking_uri(),
         )
     from aop.tuning.classification import best_checkpoint
 
