@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import socket
 import subprocess
 import sys
@@ -30,6 +31,11 @@ from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
 PARENT_TAG = "mlflow.parentRunId"
+
+
+def step(message: str) -> None:
+    """One line of progress on stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -49,6 +55,7 @@ def mlflow_server(study: Path, timeout: float) -> Iterator[str]:
         "--artifacts-destination", str(study / "mlartifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
+    step(f"starting mlflow server on port {port}")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -118,15 +125,29 @@ def searched_params(trials: list[object]) -> list[str]:
     return varying or keys
 
 
-def pick(page, field, values: list[str]) -> None:  # type: ignore[no-untyped-def]
-    """Choose ``values`` in one of the chart dialog's multi-select fields."""
+def pick(page, field, values: list[str], wait_ms: float = 15000) -> list[str]:
+    """Choose ``values`` in one of the chart dialog's multi-select fields; returns those chosen.
+
+    A value the field does not offer (MLflow lists numeric parameters only) is skipped.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    chosen = []
     for value in values:
         field.click()
         field.fill(value)
-        option = page.get_by_role("option", name=value, exact=True)
-        option.first.wait_for()
-        option.first.click()
-    page.keyboard.press("Escape")
+        # the design system's visible item (its role="option" twin is an accessibility list)
+        option = page.locator('[class*="select-item-option-content"]:visible').filter(
+            has_text=re.compile(f"^{re.escape(value)}$")
+        )
+        try:
+            option.first.click(timeout=wait_ms)
+        except PlaywrightTimeout:
+            continue
+        chosen.append(value)
+    field.fill("")
+    page.get_by_role("dialog").get_by_text("Add new chart").click()  # closes the drop-down
+    return chosen
 
 
 def screenshots(url: str, experiment_id: str, parent_name: str, trial_name: str,
@@ -139,6 +160,7 @@ def screenshots(url: str, experiment_id: str, parent_name: str, trial_name: str,
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 900})
             page.set_default_timeout(timeout_ms)
+            step("opening the runs table")
             page.goto(f"{url}/#/experiments/{experiment_id}/runs")
             page.get_by_role("link", name=parent_name, exact=True).first.wait_for()
             assistant = page.get_by_role("button", name="Close", exact=True)
@@ -149,6 +171,7 @@ def screenshots(url: str, experiment_id: str, parent_name: str, trial_name: str,
             page.get_by_role("link", name=trial_name, exact=True).first.wait_for()
             page.wait_for_timeout(1000)  # let the grid settle its column widths
             save(runs_png, page.screenshot())
+            step(f"saved {runs_png}; opening the chart view")
 
             page.locator('label:has(input[name="runs-view-mode"][value="CHART"])').click()
             page.get_by_test_id("experiment-view-runs-visibility-column-header").click()
@@ -158,15 +181,20 @@ def screenshots(url: str, experiment_id: str, parent_name: str, trial_name: str,
             dialog = page.get_by_role("dialog")
             fields = dialog.locator("input:visible")
             fields.first.wait_for()
-            pick(page, fields.nth(0), params)
-            pick(page, fields.nth(1), [metric])
+            step(f"adding a parallel-coordinates chart of {', '.join(params)} and {metric}")
+            params[:] = pick(page, fields.nth(0), params)
+            if not pick(page, fields.nth(1), [metric]):
+                raise SystemExit(f"error: the chart dialog offers no metric {metric!r}")
             page.get_by_test_id("experiment-view-compare-runs-chart-modal-confirm").click()
             dialog.wait_for(state="hidden")
-            card = page.locator(".js-plotly-plot .parcoords").first
-            card.wait_for()
-            card.scroll_into_view_if_needed()
+            card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
+                has=page.locator(".parcoords")
+            )
+            card.first.wait_for()
+            card.first.scroll_into_view_if_needed()
             page.wait_for_timeout(1000)
             save(chart_png, page.screenshot())
+            step(f"saved {chart_png}")
         finally:
             browser.close()
     return [runs_png, chart_png]

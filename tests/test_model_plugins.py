@@ -149,6 +149,16 @@ def plugin(tmp_path_factory):
     return root / "site", cache, volume
 
 
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """One SQLite MLflow store with a started study, for the pipelines the tests log."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tracker = StudyTracker(root / "study", tracking_uri=uri)
+    tracker.start(CONFIG, SPACE)
+    return uri, tracker
+
+
 def test_declared_builtins_are_the_registry():
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
     declared = declared[ENTRY_POINT_GROUP]
@@ -229,7 +239,7 @@ def test_broken_plugin_is_one_line(tmp_path, monkeypatch):
         build_model("broken_plugin")
 
 
-def test_logged_plugin_pipeline_runs_in_a_fresh_process(plugin, tmp_path, monkeypatch):
+def test_logged_plugin_pipeline_runs_in_a_fresh_process(plugin, study, tmp_path, monkeypatch):
     site, cache, volume = plugin
     monkeypatch.syspath_prepend(str(site))
     here = tmp_path / "levels"
@@ -237,11 +247,9 @@ def test_logged_plugin_pipeline_runs_in_a_fresh_process(plugin, tmp_path, monkey
     monkeypatch.setenv("LEVEL_PLUGIN_HOME", str(here))
     expected = build_model("level_plugin").predict(volume, (1.0, 1.0, 1.0))
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = StudyTracker(tmp_path / "study", tracking_uri=uri)
-    tracker.start(CONFIG, SPACE)
+    uri, tracker = study
     best = {"model": "level_plugin", "params": ZEROS}
-    model_uri = tracker.log_pipeline_model(best, spacing=(1.0, 1.0, 1.0))
+    model_uri = tracker.log_pipeline_model(best, spacing=(1.0, 1.0, 1.0), name="plugin_pipeline")
     shutil.rmtree(here)  # the weights cache is gone: the pipeline runs from its packed copy
     np.save(tmp_path / "volume.npy", volume)
     script = textwrap.dedent(
@@ -271,7 +279,7 @@ def test_logged_plugin_pipeline_runs_in_a_fresh_process(plugin, tmp_path, monkey
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), expected)
 
 
-def test_stardist_by_name_travels_with_the_pipeline(tmp_path, monkeypatch):
+def test_stardist_by_name_travels_with_the_pipeline(study, tmp_path, monkeypatch):
     pytest.importorskip("stardist")
     from aop.segmentation.models.stardist import prepare_tensorflow
 
@@ -311,11 +319,11 @@ def test_stardist_by_name_travels_with_the_pipeline(tmp_path, monkeypatch):
     best = {"model": "stardist2d", "params": {**ZEROS, "erode_dilate": 1}}
     expected = postprocess(direct, image, best["params"], spacing=spacing)
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = StudyTracker(tmp_path / "study", tracking_uri=uri)
-    tracker.start(CONFIG, SPACE)
+    uri, tracker = study
     spec = {"name": "stardist2d", "settings": {"model": "tiny_by_name"}}
-    model_uri = tracker.log_pipeline_model(best, spacing=spacing, model_spec=spec)
+    model_uri = tracker.log_pipeline_model(
+        best, spacing=spacing, model_spec=spec, name="stardist_pipeline"
+    )
     shutil.rmtree(keras_cache)  # another machine: no StarDist cache
     with pytest.raises(AopError, match="weights not found"):
         build_model("stardist2d", model="tiny_by_name")
