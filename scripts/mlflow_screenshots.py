@@ -150,6 +150,29 @@ def pick(page, field, values: list[str], wait_ms: float = 15000) -> list[str]:
     return chosen
 
 
+def full_screen(page, card) -> None:  # type: ignore[no-untyped-def]
+    """Open a chart card in MLflow's full-screen view (the button before the card's menu).
+
+    Nine axes are cramped in a card; if the view does not open, the card stays as it is.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    buttons = card.locator("button")
+    expand = None
+    for index in range(buttons.count()):
+        button = buttons.nth(index)
+        if button.get_attribute("data-testid") == "experiment-view-compare-runs-card-menu":
+            break
+        expand = button
+    if expand is None:
+        return
+    try:
+        expand.click(timeout=15000)
+        page.get_by_role("dialog").locator(".parcoords").first.wait_for(timeout=30000)
+    except PlaywrightTimeout:
+        step("the full-screen view did not open; keeping the chart card")
+
+
 def screenshots(url: str, experiment_id: str, parent_name: str, trial_name: str,
                 params: list[str], metric: str, out: Path, timeout_ms: float) -> list[Path]:
     from playwright.sync_api import sync_playwright
@@ -192,6 +215,7 @@ def screenshots(url: str, experiment_id: str, parent_name: str, trial_name: str,
             )
             card.first.wait_for()
             card.first.scroll_into_view_if_needed()
+            full_screen(page, card.first)
             page.wait_for_timeout(1000)
             save(chart_png, page.screenshot())
             step(f"saved {chart_png}")
