@@ -153,7 +153,7 @@ def pick(page, field, values: list[str], wait_ms: float = 15000) -> list[str]:
 def full_screen(page, card) -> None:  # type: ignore[no-untyped-def]
     """Open a chart card in MLflow's full-screen view (the button before the card's menu).
 
-    Nine axes are cramped in a card; if the view does not open, the card stays as it is.
+    Many axes are cramped in a card; if the view does not open, the card stays as it is.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 

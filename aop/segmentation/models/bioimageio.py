@@ -298,10 +298,13 @@ class BioImageIOModel(SegmentationModel):
         if self.source.suffix == ".zip":
             return [self.source]
         rdf = _rdf_path(self.source)
+        descr = self.description()
+        weights = [getattr(descr.weights, f, None) for f in type(descr.weights).model_fields]
+        sources = [w.source for w in weights if w is not None]  # the weights first, then the rest
+        content = descr.get_package_content(local_files_only=True)
+        sources += [getattr(entry, "source", None) for entry in content.values()]
         files = [rdf]
-        content = self.description().get_package_content(local_files_only=True)
-        for entry in content.values():
-            source = getattr(entry, "source", None)
+        for source in sources:
             if source is None or "://" in str(source):
                 continue
             path = rdf.parent / str(source)
