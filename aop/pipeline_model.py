@@ -2,9 +2,12 @@
 
 :class:`SegmentationPipelineModel` is what :meth:`aop.tracking.StudyTracker.log_pipeline_model`
 logs on a study's parent run: ``mlflow.pyfunc.load_model(uri).predict(volume)`` runs the
-registry segmentation model and the found post-processing parameters on a new volume. Model
-settings that name an existing file or folder (the weights of ``unet3d`` or ``bioimageio``) are
-packed as MLflow model artifacts, so the loaded model does not need the original paths.
+registry segmentation model and the found post-processing parameters on a new volume. The
+adapter's own :meth:`~aop.segmentation.models.SegmentationModel.weight_files` travel with it, as
+the MLflow model artifact ``weights`` (their folder layout kept), and on load the adapter's
+``weights_setting`` points at the packed copy. So a model given by name and found in its
+library's cache (StarDist's ``~/.keras/models``, Cellpose's models folder) runs where that cache
+is absent, and so does a plugin adapter wherever its distribution is installed.
 
 This module imports MLflow; the core (``aop.metrics``, ``aop.segmentation``, ``aop.synth``) does
 not import it. ``aop.tracking`` re-exports :class:`SegmentationPipelineModel`.
@@ -12,8 +15,11 @@ not import it. ``aop.tracking`` re-exports :class:`SegmentationPipelineModel`.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Mapping
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,8 @@ import numpy as np
 from aop.errors import AopError
 
 __all__ = ["SegmentationPipelineModel"]
+
+WEIGHTS_ARTIFACT = "weights"
 
 
 class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
@@ -38,13 +46,20 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
     model_name : str
         Registry name of the segmentation model.
     model_settings : mapping
-        Its settings; those that name packed artifacts are replaced by the packed copies on load.
+        Its settings as given; the weights setting is replaced by the packed copy on load.
     params : mapping
         The seven post-processing parameters.
     spacing : tuple of 3 floats, optional
         Default voxel size.
-    packed_settings : iterable of str
-        Settings keys whose paths travel as MLflow model artifacts (key ``setting.<key>``).
+    packed_weights : (str, str) or None
+        ``(setting, name)``: on load, ``setting`` becomes ``name`` inside the artifact
+        ``weights`` (see :meth:`packed`).
+
+    Examples
+    --------
+    >>> with SegmentationPipelineModel.packed(record, model_spec=spec) as (model, artifacts):
+    ...     mlflow.pyfunc.log_model(name="pipeline", python_model=model, artifacts=artifacts)
+    ... # doctest: +SKIP
     """
 
     def __init__(
@@ -53,31 +68,49 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
         model_settings: Mapping[str, Any],
         params: Mapping[str, float],
         spacing: tuple[float, float, float] | None = None,
-        packed_settings: Iterable[str] = (),
+        packed_weights: tuple[str, str] | None = None,
     ) -> None:
         self.model_name = model_name
         self.model_settings = dict(model_settings)
         self.params = dict(params)
         self.spacing = tuple(float(s) for s in spacing) if spacing is not None else None
-        self.packed_settings = tuple(packed_settings)
+        self.packed_weights = tuple(packed_weights) if packed_weights is not None else None
         self._model = None
 
     @classmethod
-    def from_record(
+    @contextlib.contextmanager
+    def packed(
         cls,
         record: Mapping[str, Any],
         spacing: tuple[float, float, float] | None = None,
         model_spec: Any = None,
-    ) -> tuple[SegmentationPipelineModel, dict[str, str]]:
-        """Build the model of a trial record and the artifacts it needs packed.
+    ) -> Iterator[tuple[SegmentationPipelineModel, dict[str, str]]]:
+        """The pipeline of a trial record, and its weight files staged for MLflow.
 
-        ``model_spec`` (a ``ModelSpec``, or a mapping with ``name`` and ``settings``) names the
-        registry model; default the record's ``model`` with no settings.
+        The segmentation model is built here (so a problem fails now, with a clear error, rather
+        than at load time) and its :meth:`weight_files` are copied into a temporary folder that
+        lives while the context is open: log the model inside it.
 
-        Returns
-        -------
+        Parameters
+        ----------
+        record : mapping
+            A trial record (``params``; ``model`` when ``model_spec`` is not given).
+        spacing : tuple of 3 floats, optional
+            Default voxel size of :meth:`predict`.
+        model_spec : ModelSpec or mapping, optional
+            Registry ``name`` and ``settings`` of the segmentation model; default the record's
+            ``model`` with no settings.
+
+        Yields
+        ------
         (SegmentationPipelineModel, dict)
-            The python model and ``{artifact key: local path}`` for ``mlflow.pyfunc.log_model``.
+            The python model and ``{artifact key: local path}`` for ``mlflow.pyfunc.log_model``
+            (empty for a model without weight files).
+
+        Raises
+        ------
+        AopError
+            When the model cannot be built, or its weight files cannot be packed.
         """
         params = {k: v for k, v in record["params"].items() if k != "model"}
         if model_spec is None:
@@ -86,15 +119,37 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
             model_name, settings = model_spec["name"], dict(model_spec.get("settings") or {})
         else:
             model_name, settings = model_spec.name, dict(model_spec.settings)
-        artifacts = {}
-        for key, value in settings.items():
-            if _is_path_setting(value):
-                artifacts[f"setting.{key}"] = str(Path(value).resolve())
-        packed = [key.removeprefix("setting.") for key in artifacts]
-        model = cls(model_name, settings, params, spacing, packed_settings=packed)
-        model.build()  # fail now, with a clear error, rather than at load time
-        model._model = None
-        return model, artifacts
+        model = cls(model_name, settings, params, spacing)
+        model.build()
+        adapter, model._model = model._model, None
+        files = adapter.weight_files()
+        if not files:
+            yield model, {}
+            return
+        location = adapter.weights_path()
+        if adapter.weights_setting is None or location is None:
+            raise AopError(
+                f"model {model_name!r}: has weight files but no 'weights_setting' and "
+                "'weights_path()' to point at a packed copy; the pipeline cannot be packed"
+            )
+        root = location.parent.resolve()
+        with tempfile.TemporaryDirectory(prefix="aop-pipeline-") as tmp:
+            staged = Path(tmp) / WEIGHTS_ARTIFACT
+            for file in files:
+                relative = Path(os.path.relpath(Path(file).resolve(), root))
+                if relative.parts[0] == "..":
+                    raise AopError(
+                        f"model {model_name!r}: weight file {file} lies outside {root}, the "
+                        f"folder of {location}; the pipeline cannot pack it"
+                    )
+                target = staged / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(file, target)  # MLflow copies it again; no need to copy twice
+                except OSError:
+                    shutil.copy2(file, target)
+            model.packed_weights = (adapter.weights_setting, location.name)
+            yield model, {WEIGHTS_ARTIFACT: str(staged)}
 
     def build(self, context: Any = None) -> None:
         """Build the segmentation model (with packed paths when loaded from MLflow)."""
@@ -102,9 +157,9 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
         from aop.segmentation.params import PostprocessParams
 
         settings = dict(self.model_settings)
-        if context is not None:
-            for key in self.packed_settings:
-                settings[key] = context.artifacts[f"setting.{key}"]
+        if context is not None and self.packed_weights is not None:
+            key, name = self.packed_weights
+            settings[key] = str(Path(context.artifacts[WEIGHTS_ARTIFACT]) / name)
         self.params = PostprocessParams.from_mapping(self.params).to_dict()  # typed, validated
         self._model = build_model(ModelSpec(name=self.model_name, settings=settings))
 
@@ -140,11 +195,3 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
             dtype=np.uint32,
         )
 
-
-def _is_path_setting(value: Any) -> bool:
-    """A model setting that points to a file or folder (``weights/unet``, ``/abs/model.pt``)."""
-    if isinstance(value, os.PathLike):
-        return Path(value).exists()
-    if not isinstance(value, str) or not value or ("/" not in value and os.sep not in value):
-        return False
-    return Path(value).exists()

@@ -32,7 +32,7 @@ def test_cellpose_by_name_runs_and_by_path_loads(cpsam_file, monkeypatch):
     labels = by_name.predict(image, (2.0, 1.0, 1.0))  # one 256 x 256 tile
     assert labels.shape == image.shape and labels.dtype == np.uint32
     by_path = build_model("cellpose", model=str(cpsam_file))
-    network = by_path.network()
+    network = by_path.network
     assert network.pretrained_model == str(cpsam_file)
     assert sum(p.numel() for p in network.net.parameters()) > 300e6
     assert by_path.identity()["weights"] == by_name.identity()["weights"]

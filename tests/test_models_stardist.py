@@ -58,7 +58,7 @@ def test_stardist2d_by_folder_predicts_slices_and_stitches(tiny_stardist):
     folder, image2d = tiny_stardist
     crop = image2d[200:296, 200:296]
     volume = np.stack([crop, crop, crop])  # a nucleus stays put through z: one 3D instance each
-    net = build_model("stardist2d", model=str(folder)).network()
+    net = build_model("stardist2d", model=str(folder)).network
     # a probability threshold the briefly trained network reaches (the setting StarDist tunes):
     # the top fifth of its probability map
     prob, _ = net.predict(normalize(crop, 1, 99.8))
@@ -160,7 +160,7 @@ def test_stardist3d_by_folder_predicts_the_volume(tiny_stardist3d, nuclei_3d):
     np.testing.assert_array_equal(np.unique(labels), np.arange(n + 1))  # consecutive labels
     assert 0 < np.count_nonzero(labels) < labels.size
     # the adapter is StarDist's own 3D prediction on the percentile-normalised volume
-    direct, _ = model.network().predict_instances(
+    direct, _ = model.network.predict_instances(
         normalize(image.astype(np.float32), 1, 99.8), prob_thresh=threshold, nms_thresh=0.3
     )
     np.testing.assert_array_equal(labels > 0, direct > 0)
@@ -180,7 +180,7 @@ def test_stardist3d_identity_follows_the_weights(tiny_stardist3d, tmp_path):
     shutil.copytree(folder, copy)
     model = build_model("stardist3d", model=str(copy))
     assert model.identity() == original  # the same files: the same cache key, wherever they lie
-    network = model.network()
+    network = model.network
     layer = next(layer for layer in network.keras_model.layers if layer.get_weights())
     layer.set_weights([w + 0.01 for w in layer.get_weights()])
     network.keras_model.save_weights(str(copy / "weights_best.h5"))
@@ -195,11 +195,11 @@ def test_stardist3d_pickles_without_its_network(tiny_stardist3d, nuclei_3d):
     image, _ = nuclei_3d
     model = build_model("stardist3d", model=str(folder), prob_thresh=threshold, nms_thresh=0.3)
     labels = model.predict(image, (2.0, 1.0, 1.0))
-    assert model._net is not None
+    assert model._network is not None
     payload = pickle.dumps(model)
     assert len(payload) < 10_000  # settings and a path, not the network
     clone = pickle.loads(payload)
-    assert clone._net is None and clone.folder == model.folder
+    assert clone._network is None and clone.folder == model.folder
     assert clone.identity() == model.identity()
     np.testing.assert_array_equal(clone.predict(image, (2.0, 1.0, 1.0)), labels)
-    assert clone._net is not None and clone._net is not model._net
+    assert clone._network is not None and clone._network is not model._network

@@ -350,7 +350,7 @@ def test_pipeline_model_packs_a_weights_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     loaded = mlflow.pyfunc.load_model(model_uri)
     python_model = loaded.unwrap_python_model()
-    assert python_model.packed_settings == ("model",)
+    assert python_model.packed_weights == ("model", "boxes")
     assert python_model.model_settings["model"] == str(package)  # the logged, now missing, path
     labels = loaded.predict(image)
     assert labels.dtype == np.uint32 and labels.shape == image.shape

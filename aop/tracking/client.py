@@ -456,8 +456,8 @@ class StudyTracker:
             Default voxel size (z, y, x); ``predict(volume, params={"spacing": [...]})`` overrides.
         model_spec : ModelSpec or mapping, optional
             Registry ``name`` and ``settings`` of the segmentation model; default the record's
-            ``model`` with no settings. A setting that names an existing file or folder (e.g. the
-            weights of ``unet3d``) is packed into the MLflow model.
+            ``model`` with no settings. The adapter's ``weight_files()`` are packed into the
+            MLflow model, so a model found by name in its library's cache runs elsewhere too.
         name : str
             Name of the logged model.
 
@@ -468,25 +468,26 @@ class StudyTracker:
             ``mlflow.pyfunc.load_model(uri)``.
         """
         run_id = self._require_parent()
-        python_model, artifacts = SegmentationPipelineModel.from_record(
-            best, spacing=spacing, model_spec=model_spec
-        )
         from mlflow.models.signature import ModelSignature
         from mlflow.types.schema import ParamSchema, ParamSpec
 
-        default_spacing = list(python_model.spacing or (1.0, 1.0, 1.0))
+        default_spacing = [float(s) for s in spacing or (1.0, 1.0, 1.0)]
         signature = ModelSignature(
             inputs=None,
             outputs=None,
             params=ParamSchema([ParamSpec("spacing", "double", default_spacing, (-1,))]),
         )
-        with _tracking_uri(self.tracking_uri), mlflow.start_run(run_id=run_id, nested=True):
+        with (
+            SegmentationPipelineModel.packed(best, spacing, model_spec) as (python_model, files),
+            _tracking_uri(self.tracking_uri),
+            mlflow.start_run(run_id=run_id, nested=True),
+        ):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 mlflow.pyfunc.log_model(
                     name=name,
                     python_model=python_model,
-                    artifacts=artifacts or None,
+                    artifacts=files or None,
                     signature=signature,
                     pip_requirements=_pip_requirements(),
                 )

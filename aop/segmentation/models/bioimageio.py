@@ -224,6 +224,9 @@ class BioImageIOModel(SegmentationModel):
     extra = None
     requires = ("torch", "bioimageio.core")
     uses_gpu = True
+    weights_setting = "model"
+    runtime_settings = ("devices",)
+    transient = ("_descr",)  # reloaded (and re-validated) where the model runs
     env_var = "AOP_BIOIMAGEIO_MODEL"
     how_to_get = (
         "a BioImage.IO package folder with rdf.yaml, e.g. PlantSeg_3Dnuc_platinum from "
@@ -238,7 +241,6 @@ class BioImageIOModel(SegmentationModel):
         self.source = Path(source).expanduser()
         self._descr = load_package(self.source, self.name, self.how_to_get)
         self._check_tensors(self._descr)
-        self._pipeline = None
 
     def _check_tensors(self, descr: Any) -> None:
         where = f"model {self.name!r} ({self.source})"
@@ -288,41 +290,41 @@ class BioImageIOModel(SegmentationModel):
         return tuple(int(getattr(a, "halo", 0)) for a in axes)  # type: ignore[return-value]
 
     def weight_files(self) -> list[Path]:
+        """The package: the ``.zip``, or ``rdf.yaml`` and every local file it names.
+
+        Weights, architecture sources and test tensors alike: ``bioimageio.core`` validates the
+        package against all of them when it loads.
+        """
         if self.source.suffix == ".zip":
             return [self.source]
         rdf = _rdf_path(self.source)
-        entries = self.description().weights
+        descr = self.description()
+        weights = [getattr(descr.weights, f, None) for f in type(descr.weights).model_fields]
+        sources = [w.source for w in weights if w is not None]  # the weights first, then the rest
+        content = descr.get_package_content(local_files_only=True)
+        sources += [getattr(entry, "source", None) for entry in content.values()]
         files = [rdf]
-        for fmt in ("pytorch_state_dict", "torchscript", "onnx"):
-            entry = getattr(entries, fmt, None)
-            if entry is not None and (rdf.parent / str(entry.source)).is_file():
-                files.append(rdf.parent / str(entry.source))
+        for source in sources:
+            if source is None or "://" in str(source):
+                continue
+            path = rdf.parent / str(source)
+            if path.is_file() and path not in files:
+                files.append(path)
         return files
 
-    def identity(self) -> dict[str, Any]:
-        identity = super().identity()
-        identity["settings"]["model"] = self.source.name
-        identity["settings"].pop("devices", None)
-        return identity
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_pipeline"] = None
-        state["_descr"] = None  # reloaded (and re-validated) where the model runs
-        return state
+    def weights_path(self) -> Path:
+        return self.source
 
     # --- prediction -------------------------------------------------------------------------
-    def pipeline(self) -> Any:
-        """The ``bioimageio.core`` prediction pipeline (created once, on first use)."""
-        if self._pipeline is None:
-            from bioimageio.core import create_prediction_pipeline
+    def _load_network(self) -> Any:
+        """The ``bioimageio.core`` prediction pipeline on the package's weights."""
+        from bioimageio.core import create_prediction_pipeline
 
-            self._pipeline = create_prediction_pipeline(
-                self.description(),
-                devices=self.settings.devices,
-                weights_format=self.settings.weights_format,  # type: ignore[arg-type]
-            )
-        return self._pipeline
+        return create_prediction_pipeline(
+            self.description(),
+            devices=self.settings.devices,
+            weights_format=self.settings.weights_format,  # type: ignore[arg-type]
+        )
 
     def probabilities(self, image: np.ndarray, spacing: Spacing) -> np.ndarray:
         """The network's (C_out, Z, Y, X) output on the input grid, after post-processing."""
@@ -337,7 +339,7 @@ class BioImageIOModel(SegmentationModel):
             target = tuple(max(1, round(n * sp / m)) for n, sp, m in scales)
             volume = _resample(volume[None], target)[0]
         descr = self.description()
-        pipeline = self.pipeline()
+        pipeline = self.network
         input_descr, output_descr = descr.inputs[0], descr.outputs[0]
         dims = [str(a.id) for a in input_descr.axes]
         data = _as_input(volume, dims)

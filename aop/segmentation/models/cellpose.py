@@ -63,6 +63,7 @@ class CellposeModel(SegmentationModel):
     extra = "cellpose"
     requires = ("cellpose", "torch")
     uses_gpu = True
+    weights_setting = "model"
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
@@ -77,31 +78,21 @@ class CellposeModel(SegmentationModel):
                 else "a Cellpose weights file named by setting 'model'"
             )
             raise missing_weights(self.name, self.weights, how)
-        self._net = None
 
     def weight_files(self) -> list[Path]:
         return [self.weights]
 
-    def identity(self) -> dict[str, Any]:
-        identity = super().identity()
-        identity["settings"]["model"] = self.weights.name
-        return identity
+    def weights_path(self) -> Path:
+        return self.weights
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_net"] = None
-        return state
+    def _load_network(self) -> Any:
+        """Cellpose's ``CellposeModel`` on the weights file (on a GPU when there is one)."""
+        import torch
+        from cellpose import models
 
-    def network(self):  # type: ignore[no-untyped-def]
-        """The loaded ``CellposeModel`` (once, on first use)."""
-        if self._net is None:
-            import torch
-            from cellpose import models
-
-            self._net = models.CellposeModel(
-                gpu=torch.cuda.is_available(), pretrained_model=str(self.weights)
-            )
-        return self._net
+        return models.CellposeModel(
+            gpu=torch.cuda.is_available(), pretrained_model=str(self.weights)
+        )
 
     def predict(self, image: np.ndarray, spacing: Spacing) -> np.ndarray:
         s = self.settings
@@ -119,5 +110,5 @@ class CellposeModel(SegmentationModel):
             options.update(do_3D=True, anisotropy=float(spacing[0]) / float(min(spacing[1:])))
         else:
             options.update(do_3D=False, stitch_threshold=s.stitch_threshold)
-        masks = self.network().eval(volume, **options)[0]
+        masks = self.network.eval(volume, **options)[0]
         return as_labels(np.asarray(masks).reshape(volume.shape))

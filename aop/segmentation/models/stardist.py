@@ -88,12 +88,12 @@ class _StarDistBase(SegmentationModel):
     extra = "stardist"
     requires = ("stardist", "csbdeep", "tensorflow")
     uses_gpu = True
+    weights_setting = "model"
     kind: ClassVar[str]
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         self.folder = self._resolve_folder(self.settings.model)
-        self._net = None
 
     def _resolve_folder(self, model: str) -> Path:
         as_path = Path(model).expanduser()
@@ -116,20 +116,16 @@ class _StarDistBase(SegmentationModel):
         names = ("config.json", *WEIGHT_NAMES, "thresholds.json")
         return [self.folder / n for n in names if (self.folder / n).is_file()]
 
-    def identity(self) -> dict[str, Any]:
-        identity = super().identity()
-        identity["settings"]["model"] = self.folder.name  # the weights hash identifies the folder
-        return identity
+    def weights_path(self) -> Path:
+        return self.folder
 
-    def network(self):  # type: ignore[no-untyped-def]
-        """The loaded StarDist model (loaded once, on first use)."""
-        if self._net is None:
-            prepare_tensorflow()
-            from stardist import models
+    def _load_network(self) -> Any:
+        """StarDist's own model class, loaded from the folder (``StarDist2D`` or ``StarDist3D``)."""
+        prepare_tensorflow()
+        from stardist import models
 
-            cls = getattr(models, "StarDist2D" if self.kind == "StarDist2D" else "StarDist3D")
-            self._net = cls(None, name=self.folder.name, basedir=str(self.folder.parent))
-        return self._net
+        cls = getattr(models, self.kind)
+        return cls(None, name=self.folder.name, basedir=str(self.folder.parent))
 
     def _normalized(self, image: np.ndarray) -> np.ndarray:
         from csbdeep.utils import normalize
@@ -146,11 +142,6 @@ class _StarDistBase(SegmentationModel):
             out["nms_thresh"] = self.settings.nms_thresh
         return out
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_net"] = None  # a worker reloads the network rather than pickling it
-        return state
-
 
 @register_model
 class StarDist2DModel(_StarDistBase):
@@ -166,7 +157,7 @@ class StarDist2DModel(_StarDistBase):
 
     def predict(self, image: np.ndarray, spacing: Spacing) -> np.ndarray:
         volume = self._normalized(image)
-        net = self.network()
+        net = self.network
         slices = np.zeros(volume.shape, dtype=np.int32)
         for z, plane in enumerate(volume):
             labels, _ = net.predict_instances(plane, show_tile_progress=False, **self._thresholds())
@@ -183,7 +174,7 @@ class StarDist3DModel(_StarDistBase):
     kind = "StarDist3D"
 
     def predict(self, image: np.ndarray, spacing: Spacing) -> np.ndarray:
-        labels, _ = self.network().predict_instances(
+        labels, _ = self.network.predict_instances(
             self._normalized(image), show_tile_progress=False, **self._thresholds()
         )
         return as_labels(labels)
