@@ -107,7 +107,9 @@ class StudyKind(ABC):
     def search_space(self, exp: BaseExperiment) -> SearchSpace:
         """The experiment's search space, validated (one-line :class:`AopError` per error)."""
 
-    def preflight(self, exp: BaseExperiment) -> None:  # noqa: B027  (optional hook)
+    def preflight(  # noqa: B027  (optional hook)
+        self, exp: BaseExperiment, check_models: bool = True
+    ) -> None:
         """Checks before any output (data present, memory, models buildable); one-line errors."""
 
     def baseline_space(self, exp: BaseExperiment, space: SearchSpace) -> dict[str, Any] | None:

@@ -56,7 +56,9 @@ class SegmentationKind(StudyKind):
     def search_space(self, exp: Experiment) -> generic.SearchSpace:  # type: ignore[override]
         return tune_space(experiment_search_space(exp))
 
-    def preflight(self, exp: Experiment) -> None:  # type: ignore[override]
+    def preflight(  # type: ignore[override]
+        self, exp: Experiment, check_models: bool = True
+    ) -> None:
         """Before any output: synth parameters and memory, the benchmark, the cache, the models."""
         from aop.errors import AopError
         from aop.outputs import claim_folder
@@ -77,6 +79,8 @@ class SegmentationKind(StudyKind):
             from aop.segmentation.predict import CACHE_LAYOUT
 
             claim_folder(exp.cache_dir, "prediction cache", recognise=CACHE_LAYOUT, dry_run=True)
+        if not check_models:
+            return
         from aop.segmentation.models import ModelSpec, build_model
 
         for index, model in enumerate(exp.models):

@@ -316,18 +316,22 @@ def check_study_resources(exp: BaseExperiment) -> int:
     return check_resources(bundle, exp.search.concurrency, what="search.resources")
 
 
-def check_study(exp: BaseExperiment, kind: StudyKind) -> None:
+def check_study(
+    exp: BaseExperiment, kind: StudyKind | None = None, *, check_models: bool = True
+) -> None:
     """Find every error of a study request before any work or output (``experiment.yaml``).
 
     Checks the study folder (see :mod:`aop.outputs`: a folder of the user's files is refused),
     that an MLflow server given by URI answers within seconds, and what the kind checks before
-    its work (:meth:`aop.tuning.kinds.StudyKind.preflight`: data, memory, models).
+    its work (:meth:`aop.tuning.kinds.StudyKind.preflight`: data, memory and, with
+    ``check_models``, that every model can be built: libraries, settings, weights).
     """
     from aop.outputs import claim_folder, prepare_output
     from aop.resources import check_tracking_uri
 
+    kind = kind or get_kind(exp.kind)
     kind.search_space(exp)
-    kind.preflight(exp)
+    kind.preflight(exp, check_models=check_models)
     if exp.study_dir.is_dir() and any(exp.study_dir.iterdir()):
         claim_folder(exp.study_dir, "study")  # refuses a folder of the user's files
     else:
