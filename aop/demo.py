@@ -232,7 +232,7 @@ def _segmentation_demo(
     exp.storage.study_dir = Path(out).resolve()
     if budget is not None:
         exp.search.budget = budget
-    echo(f"[bold]1/4[/] synthetic benchmark -> {exp.study_dir / 'benchmark'}")
+    echo(f"[bold]1/11[/] synthetic benchmark -> {exp.study_dir / 'benchmark'}")
     ensure_benchmark(exp)
     train_demo_unets(exp, unet_steps, quiet, echo)
     echo("[bold]3/11[/] predictions, baseline, random search and Bayesian optimisation")

@@ -182,15 +182,24 @@ def load_class_data(
 # ------------------------------------------------------------------------------------------------
 
 
-def _tune_report_callback() -> Any:
-    """A Lightning callback that reports each validation epoch to Ray Tune with a checkpoint."""
+PROGRESS_FILE = "progress.json"
+
+
+def _tune_report_callback(epochs: int = 0, best: float = 0.0) -> Any:
+    """A Lightning callback that reports each validation epoch to Ray Tune with a checkpoint.
+
+    ``epochs`` and ``best`` continue the counts of a restored trial (``progress.json`` of its
+    checkpoint), so the epochs of a resumed training go on from where the killed one stopped.
+    """
+    import json
+
     import lightning as L
     from ray.tune import Checkpoint
 
     class TuneReport(L.Callback):
         def __init__(self) -> None:
-            self.best = 0.0
-            self.epochs = 0
+            self.best = float(best)
+            self.epochs = int(epochs)
 
         def on_validation_epoch_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
             if trainer.sanity_checking:
@@ -206,6 +215,8 @@ def _tune_report_callback() -> Any:
                 trainer.save_checkpoint(os.path.join(tmp, "last.ckpt"))
                 with open(os.path.join(tmp, "stage"), "w") as handle:
                     handle.write(stage)
+                with open(os.path.join(tmp, PROGRESS_FILE), "w") as handle:
+                    json.dump({"epochs": self.epochs, "best": self.best, "stage": stage}, handle)
                 tune.report(
                     {"val_accuracy": self.best, "val_accuracy_epoch": accuracy,
                      "epoch": self.epochs, "stage": stage},
@@ -238,12 +249,18 @@ def classification_trial(
     manual, pseudo = bundle["manual"], bundle["pseudo"]
     method = cfg.preprocessing
     resume = None
+    progress: dict[str, Any] = {}
     checkpoint = tune.get_checkpoint()
     work = tempfile.mkdtemp(prefix="aop-trial-")
     if checkpoint is not None:
+        import json
+
         local = checkpoint.to_directory(os.path.join(work, "restored"))
         resume = os.path.join(local, "last.ckpt")
-    reporter = _tune_report_callback()
+        if os.path.isfile(os.path.join(local, PROGRESS_FILE)):
+            with open(os.path.join(local, PROGRESS_FILE)) as handle:
+                progress = json.load(handle)
+    reporter = _tune_report_callback(progress.get("epochs", 0), progress.get("best", 0.0))
     result = train_classifier(
         cfg,
         manual["crops"][method],
