@@ -77,9 +77,10 @@ def _records(path: Path) -> list[dict]:
 
 
 def _training_trial(study: Path) -> str | None:
-    """A trial that has reported an epoch (a last.ckpt checkpoint) but not finished (no best.ckpt)."""
+    """A trial that reported an epoch (a last.ckpt checkpoint) but did not finish (no best.ckpt)."""
     for trial in sorted((study / "tune" / "smac").glob("*/")):
-        if any(trial.glob("checkpoint_*/last.ckpt")) and not any(trial.glob("checkpoint_*/best.ckpt")):
+        epochs = any(trial.glob("checkpoint_*/last.ckpt"))
+        if epochs and not any(trial.glob("checkpoint_*/best.ckpt")):
             return trial.name
     return None
 
@@ -179,7 +180,8 @@ def test_simulated_annotation_writes_manual_rows_of_the_truth_class(class_data, 
     manual = table.query("source == 'manual'")
     assert len(manual) == len(rows) and (manual["annotator"] == "demo: truth").all()
     classes = pd.read_csv(class_data / "annotations.csv").query("source == 'truth'")
-    lookup = dict(zip(zip(classes["volume"], classes["label"]), classes["class"], strict=True))
+    keys = zip(classes["volume"], classes["label"], strict=True)
+    lookup = dict(zip(keys, classes["class"], strict=True))
     assert all(lookup[(v, lab)] == c for v, lab, c in manual[["volume", "label", "class"]].values)
     n_instances = sum(len(np.unique(v[2])) - 1 for v in volumes)
     assert 0.3 * n_instances <= len(rows) <= 0.7 * n_instances
