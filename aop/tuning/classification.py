@@ -319,7 +319,7 @@ class ClassificationKind(StudyKind):
         return load_space_file(exp.search_space, allowed=PARAMETERS)
 
     def check(self, exp: ClassificationExperiment, source: str) -> None:  # type: ignore[override]
-        """Names in the space, and every weights file a ``full``/``semi`` trial would need."""
+        """Names in the space, and every weights file a ``full`` trial would need."""
         from aop.classification.encoders import check_pretrained_weights, encoder_entry
 
         space = self.search_space(exp)
@@ -332,7 +332,9 @@ class ClassificationKind(StudyKind):
         for key in exp.weights:
             if key not in encoders:
                 raise AopError(f"{source}: weights.{key}: not an encoder of the search space")
-        if set(_choices(space, "pretraining", "none")) & {"full", "semi"}:
+        # only `full` loads ImageNet weights; `semi` starts from random weights like `none`
+        # (aop.classification.train: its first stage trains on the pseudo-labelled set)
+        if "full" in set(_choices(space, "pretraining", "none")):
             for name in encoders:
                 try:
                     check_pretrained_weights(str(name), exp.weights.get(str(name)))
