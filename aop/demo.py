@@ -5,7 +5,8 @@ Local Ray, SQLite MLflow stores in the study folders and synthetic data, the who
 1. the segmentation study of ``experiments/demo.yaml`` (synthesis, a small 3D UNet trained on
    separate synthetic volumes, predictions, baseline, random search and Bayesian optimisation),
    in ``OUT``;
-2. fresh synthetic Myotube volumes with classes (``aop synth --classes``) in ``OUT/classes/truth``;
+2. 8 fresh synthetic Myotube volumes with classes (``aop synth --classes``) in
+   ``OUT/classes/truth``;
 3. ``aop segment`` of the best pipeline on them into ``OUT/classes/segmented``;
 4. annotation, SIMULATED: a fraction of the segmented instances get the class of the truth
    instance they overlap most, as ``source=manual`` rows by annotator ``demo: truth``
@@ -29,7 +30,7 @@ from aop.config import PROJECT_ROOT, Experiment, load_experiment
 DEMO_EXPERIMENT = PROJECT_ROOT / "experiments" / "demo.yaml"
 DEMO_CLASSIFICATION = PROJECT_ROOT / "experiments" / "demo_classification.yaml"
 #: The fresh volumes with classes: preset, shape, count and a seed no other demo data uses.
-CLASS_VOLUMES = {"preset": "myotube", "shape": (16, 96, 96), "n_volumes": 4, "seed": 11}
+CLASS_VOLUMES = {"preset": "myotube", "shape": (16, 96, 96), "n_volumes": 8, "seed": 11}
 #: Fraction of the segmented instances whose class the simulated annotator takes from the truth.
 ANNOTATED_FRACTION = 0.5
 

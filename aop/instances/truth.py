@@ -116,8 +116,9 @@ def simulate_annotation(
 
     This stands in for a person annotating (``aop annotate``): each chosen instance gets the
     class of the truth instance it overlaps most, with ``annotator`` saying where it came from.
-    Earlier rows of that annotator are replaced; other manual rows are kept. At least one instance
-    per class is taken when the segmentation found one.
+    Earlier rows of that annotator are replaced; other manual rows are kept. At least two instances
+    per class are taken when the segmentation found them (a class needs two to be split
+    into training and validation).
 
     Returns
     -------
@@ -136,7 +137,7 @@ def simulate_annotation(
     rng = np.random.default_rng(seed)
     chosen = []
     for _, group in matched.groupby("class", sort=True):
-        n = max(1, int(round(fraction * len(group))))
+        n = min(len(group), max(2, int(round(fraction * len(group)))))
         chosen.append(group.iloc[np.sort(rng.choice(len(group), n, replace=False))])
     rows = (pd.concat(chosen) if chosen else matched).sort_values(["volume", "label"])
     rows = rows[["volume", "label", "class"]].reset_index(drop=True)

@@ -174,6 +174,10 @@ def load_class_data(
     if (counts == 0).any():
         missing = classes[int(np.argmin(counts))]
         raise AopError(f"{root}/annotations.csv: no manual annotation of class {missing!r}")
+    if (counts < 2).any():
+        few = classes[int(np.argmin(counts))]
+        raise AopError(f"{root}/annotations.csv: class {few!r} has 1 manual annotation; at least 2 "
+                       "are needed to split it into training and validation")
     return out
 
 
