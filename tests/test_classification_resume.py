@@ -77,11 +77,20 @@ def _records(path: Path) -> list[dict]:
 
 
 def _training_trial(study: Path) -> str | None:
-    """A trial that reported an epoch (a last.ckpt checkpoint) but did not finish (no best.ckpt)."""
+    """A trial that reported 3 epochs (last.ckpt checkpoints) but did not finish (no best.ckpt).
+
+    Three, so that the driver has recorded a checkpoint of it in Tune's experiment state (a
+    checkpoint on disk that the driver had not yet seen is not one it can resume from).
+    """
     for trial in sorted((study / "tune" / "smac").glob("*/")):
-        epochs = any(trial.glob("checkpoint_*/last.ckpt"))
-        if epochs and not any(trial.glob("checkpoint_*/best.ckpt")):
-            return trial.name
+        if any(trial.glob("checkpoint_*/best.ckpt")):
+            continue
+        for progress in trial.glob("checkpoint_*/progress.json"):
+            try:
+                if json.loads(progress.read_text())["epochs"] >= 3:
+                    return trial.name
+            except (OSError, ValueError, KeyError):  # being written
+                continue
     return None
 
 
