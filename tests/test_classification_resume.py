@@ -77,20 +77,21 @@ def _records(path: Path) -> list[dict]:
 
 
 def _training_trial(study: Path) -> str | None:
-    """A trial that reported 3 epochs (last.ckpt checkpoints) but did not finish (no best.ckpt).
-
-    Three, so that the driver has recorded a checkpoint of it in Tune's experiment state (a
-    checkpoint on disk that the driver had not yet seen is not one it can resume from).
-    """
-    for trial in sorted((study / "tune" / "smac").glob("*/")):
-        if any(trial.glob("checkpoint_*/best.ckpt")):
-            continue
-        for progress in trial.glob("checkpoint_*/progress.json"):
-            try:
-                if json.loads(progress.read_text())["epochs"] >= 3:
-                    return trial.name
-            except (OSError, ValueError, KeyError):  # being written
-                continue
+    """A trial whose epoch reports the driver has saved in Tune's experiment state (so there is
+    a checkpoint to resume from) but that has not finished (no best.ckpt)."""
+    states = sorted((study / "tune" / "smac").glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"]
+    except (OSError, ValueError, KeyError):  # being written
+        return None
+    for meta, run in trials:
+        trial_id = json.loads(meta)["trial_id"]
+        reported = json.loads(run)["last_result"].get("training_iteration") or 0
+        folder = study / "tune" / "smac" / trial_id
+        if reported >= 2 and not any(folder.glob("checkpoint_*/best.ckpt")):
+            return trial_id
     return None
 
 
