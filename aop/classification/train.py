@@ -344,11 +344,14 @@ def train_classifier(
         )
         if init_state is not None:
             model.load_state_dict(init_state)
+        # both act when validation ends, not at the training epoch's end: a training resumed
+        # from a checkpoint saved as validation ended (a Tune trial's) has no val_acc there yet
         checkpoint = ModelCheckpoint(
             dirpath=out_dir / stage, filename="best", monitor="val_acc", mode="max",
-            save_last=True, enable_version_counter=False,
+            save_last=True, enable_version_counter=False, save_on_train_epoch_end=False,
         )
-        stopping = EarlyStopping(monitor="val_acc", mode="max", patience=config.patience)
+        stopping = EarlyStopping(monitor="val_acc", mode="max", patience=config.patience,
+                                 check_on_train_epoch_end=False)
         trainer = L.Trainer(
             max_epochs=config.max_epochs,
             callbacks=[stopping, checkpoint, *callbacks],
