@@ -70,7 +70,8 @@ def test_crops_are_made_once_per_preprocessing_method(class_data, tmp_path):
     n = len(pd.read_csv(class_data / "annotations.csv").query("source == 'manual'"))
     assert len(manual["keys"]) == n == len(manual["y"])
     assert manual["crops"]["mask"].shape == manual["crops"]["distance"].shape
-    assert manual["crops"]["mask"].shape[0] == n and manual["crops"]["mask"].shape[2:] == (6, 16, 16)
+    assert manual["crops"]["mask"].shape[0] == n
+    assert manual["crops"]["mask"].shape[2:] == (6, 16, 16)
     assert not np.array_equal(manual["crops"]["mask"], manual["crops"]["distance"])
     assert bundle["classes"] == ["myotube", "schwann", "debris", "other"]
     assert len(bundle["pseudo"]["y"]) == 0  # no spread rows in this data set
