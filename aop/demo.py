@@ -1,18 +1,38 @@
 """The embedded default end to end: what ``aop demo`` and ``make demo`` run.
 
-Local Ray, an SQLite MLflow store in the study folder and a synthetic benchmark: the segmentation
-study of ``experiments/demo.yaml`` (synthesis, a small 3D UNet trained on separate synthetic
-volumes, predictions, baseline, random search and Bayesian optimisation).
+Local Ray, SQLite MLflow stores in the study folders and synthetic data, the whole pipeline:
+
+1. the segmentation study of ``experiments/demo.yaml`` (synthesis, a small 3D UNet trained on
+   separate synthetic volumes, predictions, baseline, random search and Bayesian optimisation),
+   in ``OUT``;
+2. 8 fresh synthetic Myotube volumes with classes (``aop synth --classes``) in
+   ``OUT/classes/truth``;
+3. ``aop segment`` of the best pipeline on them into ``OUT/classes/segmented``;
+4. annotation, SIMULATED: a fraction of the segmented instances get the class of the truth
+   instance they overlap most, as ``source=manual`` rows by annotator ``demo: truth``
+   (:func:`aop.instances.truth.simulate_annotation`); a real project annotates with
+   ``aop annotate``;
+5. ``aop spread`` (label spreading to the other instances);
+6. the classifier study of ``experiments/demo_classification.yaml`` in ``OUT/classification``;
+7. ``aop classify`` of every segmented instance with the best classifier;
+8. ``aop analyze`` into ``OUT/classes/segmented/analysis``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aop.config import PROJECT_ROOT, Experiment, load_experiment
 
 DEMO_EXPERIMENT = PROJECT_ROOT / "experiments" / "demo.yaml"
+DEMO_CLASSIFICATION = PROJECT_ROOT / "experiments" / "demo_classification.yaml"
+#: The fresh volumes with classes: preset, shape, count and a seed no other demo data uses.
+CLASS_VOLUMES = {"preset": "myotube", "shape": (16, 96, 96), "n_volumes": 8, "seed": 11}
+#: Fraction of the segmented instances whose class the simulated annotator takes from the truth.
+ANNOTATED_FRACTION = 0.5
 
 
 def train_demo_unets(
@@ -36,7 +56,7 @@ def train_demo_unets(
             if synth is None:
                 raise ValueError("the demo's unet3d is trained on the experiment's synth settings")
             train_data = exp.study_dir / "train_data"
-            echo(f"[bold]2/4[/] training the 3D UNet ({unet_steps} steps): {package}")
+            echo(f"[bold]2/11[/] training the 3D UNet ({unet_steps} steps): {package}")
             write_synthetic_dataset(
                 train_data,
                 preset_params(synth.preset, **synth.options),
@@ -52,6 +72,110 @@ def train_demo_unets(
         model.settings["model"] = str(package)
 
 
+def spread_dataset(data: str | Path, seed: int = 0) -> Any:
+    """Label spreading on a data set, as ``aop spread DATA`` does: ``source=spread`` rows.
+
+    Every instance without a manual label gets the spread class; returns the rows written (with
+    ``attrs`` from :func:`aop.instances.spread.spread_labels`).
+    """
+    from aop.instances.annotations import read_annotations, replace_annotations
+    from aop.instances.features import dataset_features
+    from aop.instances.spread import spread_labels
+
+    annotations = read_annotations(data)
+    result = spread_labels(dataset_features(data), annotations, seed=seed)
+    manual = annotations[annotations["source"] == "manual"]
+    done = set(zip(manual["volume"].astype(str), manual["label"], strict=True))
+    pairs = zip(result["volume"].astype(str), result["label"], strict=True)
+    keep = [(volume, int(label)) not in done for volume, label in pairs]
+    rows = result.loc[keep, ["volume", "label", "class"]].assign(annotator="aop spread")
+    replace_annotations(data, rows, "spread")
+    rows.attrs = dict(result.attrs)
+    return rows
+
+
+def classification_experiment(out: Path, data: Path, budget: int | None = None) -> Path:
+    """Write ``OUT/classification.yaml``: the demo's classifier study on ``data``, into
+    ``OUT/classification`` (``aop search`` or ``aop resume`` it again from there)."""
+    import yaml
+
+    raw = yaml.safe_load(DEMO_CLASSIFICATION.read_text())
+    raw["data"]["dataset"] = str(data)
+    raw["storage"]["study_dir"] = str(out / "classification")
+    raw["search_space"] = str((DEMO_CLASSIFICATION.parent / raw["search_space"]).resolve())
+    if budget is not None:
+        raw["search"]["budget"] = budget
+    path = out / "classification.yaml"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def run_class_demo(
+    out: str | Path,
+    *,
+    budget: int | None = None,
+    quiet: bool = False,
+    echo: Callable[[str], object] = print,
+) -> Path:
+    """Steps 5 to 11 of the demo: classes on the instances the segmentation study's best pipeline
+    finds, from simulated annotation to ``aop analyze``. Returns the classifier study folder.
+
+    ``out`` holds a finished segmentation study (:func:`run_demo`); ``budget`` is the classifier
+    study's trial count (default: the demo file's).
+    """
+    import ray
+
+    from aop.analysis.classes import class_analysis, write_class_analysis
+    from aop.classify import classify_dataset
+    from aop.instances.truth import simulate_annotation
+    from aop.segmentation.apply import apply_pipeline
+    from aop.synth import preset_params
+    from aop.synth.classes import class_set
+    from aop.synth.dataset import write_synthetic_dataset
+    from aop.tuning.study import run_study
+
+    out = Path(out).resolve()
+    truth = out / "classes" / "truth"
+    segmented = out / "classes" / "segmented"
+    spec = CLASS_VOLUMES
+    if not (truth / "dataset.yaml").is_file():
+        echo(f"[bold]5/11[/] {spec['n_volumes']} fresh synthetic {spec['preset']} volumes with "
+             f"classes (aop synth --classes) -> {truth}")
+        write_synthetic_dataset(
+            truth, preset_params(str(spec["preset"])), tuple(spec["shape"]),
+            int(spec["n_volumes"]), seed=int(spec["seed"]), preset=str(spec["preset"]),
+            classes=class_set(str(spec["preset"])),
+        )
+    echo(f"[bold]6/11[/] aop segment {out} --data {truth} --out {segmented}")
+    apply_pipeline(out, truth, segmented)
+    ray.shutdown()
+    rows = simulate_annotation(segmented, truth, ANNOTATED_FRACTION)
+    counts = ", ".join(f"{k}: {v}" for k, v in rows["class"].value_counts().sort_index().items())
+    echo(f"[bold]7/11[/] SIMULATED annotation: {len(rows)} segmented instances took the class of "
+         f"the truth instance they overlap most, written as source=manual by annotator "
+         f"'demo: truth' ({counts}); a real project annotates with aop annotate")
+    spread = spread_dataset(segmented)
+    echo(f"[bold]8/11[/] aop spread: {len(spread)} pseudo-labels (source=spread), CV accuracy "
+         f"{spread.attrs.get('cv_accuracy', float('nan')):.3f}")
+    experiment = classification_experiment(out, segmented, budget)
+    echo(f"[bold]9/11[/] classifier study: aop search {experiment}")
+    from aop.config import load_experiment as load
+
+    exp = load(experiment)
+    study = run_study(exp, verbose=0 if quiet else 1).study_dir
+    ray.shutdown()
+    count = classify_dataset(study, segmented)
+    ray.shutdown()
+    echo(f"[bold]10/11[/] aop classify {study} --data {segmented}: {count} instances "
+         "(source=predicted rows, predictions.csv)")
+    analysis = segmented / "analysis"
+    paths = write_class_analysis(class_analysis(segmented), analysis)
+    echo(f"[bold]11/11[/] aop analyze {segmented}: {len(paths)} files in {analysis}")
+    return study
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -59,8 +183,11 @@ def run_demo(
     unet_steps: int = 150,
     quiet: bool = False,
     echo: Callable[[str], object] = print,
+    segmentation: bool = True,
+    classification: bool = True,
+    class_budget: int | None = None,
 ) -> Path:
-    """Run the demo study into ``out`` and return the study folder.
+    """Run the demo into ``out`` and return the segmentation study folder (``out``).
 
     Parameters
     ----------
@@ -74,7 +201,34 @@ def run_demo(
         No Ray Tune progress table and no training progress bar.
     echo : callable
         Prints one progress line (rich markup allowed).
+    segmentation : bool
+        Run the segmentation study (False: use the finished one already in ``out``).
+    classification : bool
+        Run the classification half (:func:`run_class_demo`) after it.
+    class_budget : int, optional
+        Trials of the classifier study (default: the demo file's).
+
+    Examples
+    --------
+    >>> run_demo("demo", budget=10, class_budget=4)  # doctest: +SKIP
     """
+    if segmentation:
+        _segmentation_demo(out, budget, unet_steps, quiet, echo)
+    elif not (Path(out) / "best.yaml").is_file():
+        from aop.errors import AopError
+
+        raise AopError(f"{out}/best.yaml: no finished segmentation study to reuse")
+    if classification:
+        run_class_demo(out, budget=class_budget, quiet=quiet, echo=echo)
+    return Path(out).resolve()
+
+
+def _segmentation_demo(
+    out: str | Path, budget: int | None, unet_steps: int, quiet: bool,
+    echo: Callable[[str], object],
+) -> Path:
+    import ray
+
     from aop.outputs import claim_folder
     from aop.tuning.benchmark import ensure_benchmark
     from aop.tuning.study import check_study, run_study
@@ -85,10 +239,11 @@ def run_demo(
         exp.search.budget = budget
     check_study(exp, check_models=False)  # the demo's unet3d is trained below
     claim_folder(exp.study_dir, "study")
-    echo(f"[bold]1/4[/] synthetic benchmark -> {exp.study_dir / 'benchmark'}")
+    echo(f"[bold]1/11[/] synthetic benchmark -> {exp.study_dir / 'benchmark'}")
     ensure_benchmark(exp)
     train_demo_unets(exp, unet_steps, quiet, echo)
-    echo("[bold]3/4[/] predictions, baseline, random search and Bayesian optimisation")
+    echo("[bold]3/11[/] predictions, baseline, random search and Bayesian optimisation")
     result = run_study(exp, verbose=0 if quiet else 1)
-    echo("[bold]4/4[/] done; study folder: " + str(result.study_dir))
+    ray.shutdown()
+    echo("[bold]4/11[/] segmentation study done: " + str(result.study_dir))
     return result.study_dir

@@ -344,17 +344,20 @@ def train_classifier(
         )
         if init_state is not None:
             model.load_state_dict(init_state)
+        # both act when validation ends, not at the training epoch's end: a training resumed
+        # from a checkpoint saved as validation ended (a Tune trial's) has no val_acc there yet
         checkpoint = ModelCheckpoint(
             dirpath=out_dir / stage, filename="best", monitor="val_acc", mode="max",
-            enable_version_counter=False,
+            enable_version_counter=False, save_on_train_epoch_end=False,
         )
         # Lightning's save_last only refreshes last.ckpt when a best checkpoint is saved; this
         # one writes the state of every finished epoch, the one to resume from.
         last = ModelCheckpoint(
             dirpath=out_dir / stage, filename="last", enable_version_counter=False,
-            save_on_train_epoch_end=True,
+            save_on_train_epoch_end=False,
         )
-        stopping = EarlyStopping(monitor="val_acc", mode="max", patience=config.patience)
+        stopping = EarlyStopping(monitor="val_acc", mode="max", patience=config.patience,
+                                 check_on_train_epoch_end=False)
         trainer = L.Trainer(
             max_epochs=config.max_epochs,
             callbacks=[stopping, checkpoint, last, *callbacks],

@@ -493,16 +493,35 @@ def demo(
         int, typer.Option("--unet-steps", help="Training steps of the demo's 3D UNet.")
     ] = 150,
     quiet: Annotated[bool, typer.Option("--quiet", help="No Ray Tune progress table.")] = False,
+    skip_segmentation: Annotated[
+        bool,
+        typer.Option("--skip-segmentation", help="Reuse the segmentation study already in OUT."),
+    ] = False,
+    no_classification: Annotated[
+        bool, typer.Option("--no-classification", help="Stop after the segmentation study.")
+    ] = False,
+    class_budget: Annotated[
+        int | None,
+        typer.Option("--class-budget", help="Trials of the classifier study (default 10)."),
+    ] = None,
 ) -> None:
-    """Run the embedded demo end to end: synth -> train UNet -> predict -> searches -> report."""
+    """Run the embedded demo end to end: segmentation study -> aop segment -> (simulated)
+    annotation -> aop spread -> classifier study -> aop classify -> aop analyze."""
     from aop.demo import run_demo
 
-    if budget is not None and budget < 1:
-        raise AopError(f"--budget must be at least 1, got {budget}")
+    for name, value in (("--budget", budget), ("--class-budget", class_budget)):
+        if value is not None and value < 1:
+            raise AopError(f"{name} must be at least 1, got {value}")
     study_dir = run_demo(
-        out, budget=budget, unet_steps=unet_steps, quiet=quiet, echo=console.print
+        out, budget=budget, unet_steps=unet_steps, quiet=quiet, echo=console.print,
+        segmentation=not skip_segmentation, classification=not no_classification,
+        class_budget=class_budget,
     )
     _print_study_report(study_dir)
+    if not no_classification:
+        _print_study_report(study_dir / "classification")
+        analysis = study_dir / "classes" / "segmented" / "analysis"
+        console.print(f"Class analysis (aop analyze): {analysis}")
 
 
 # ------------------------------------------------------------------------------------------------

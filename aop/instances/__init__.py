@@ -8,6 +8,8 @@ Pure array and table code (no Ray, no MLflow):
   distance preprocessing, paper eq. 6).
 - :mod:`aop.instances.features`: a table of per-instance morphology and intensity features.
 - :mod:`aop.instances.spread`: label spreading from a few manual labels to every instance.
+- :mod:`aop.instances.truth`: segmented instances matched to truth instances (largest overlap),
+  and annotation simulated from the truth.
 """
 
 from aop.instances.annotations import (

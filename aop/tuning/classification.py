@@ -178,6 +178,10 @@ def load_class_data(
     if (counts == 0).any():
         missing = classes[int(np.argmin(counts))]
         raise AopError(f"{root}/annotations.csv: no manual annotation of class {missing!r}")
+    if (counts < 2).any():
+        few = classes[int(np.argmin(counts))]
+        raise AopError(f"{root}/annotations.csv: class {few!r} has 1 manual annotation; at least 2 "
+                       "are needed to split it into training and validation")
     return out
 
 
@@ -190,7 +194,11 @@ PROGRESS_FILE = "progress.json"
 
 
 def _tune_report_callback(epochs: int = 0, best: float = 0.0) -> Any:
-    """A Lightning callback that reports each validation epoch to Ray Tune with a checkpoint."""
+    """A Lightning callback that reports each validation epoch to Ray Tune with a checkpoint.
+
+    ``epochs`` and ``best`` continue the counts of a restored trial (``progress.json`` of its
+    checkpoint), so the epochs of a resumed training go on from where the killed one stopped.
+    """
     import lightning as L
     from ray.tune import Checkpoint
 
@@ -321,7 +329,7 @@ class ClassificationKind(StudyKind):
         return load_space_file(exp.search_space, allowed=PARAMETERS)
 
     def check(self, exp: ClassificationExperiment, source: str) -> None:  # type: ignore[override]
-        """Names in the space, and every weights file a ``full``/``semi`` trial would need."""
+        """Names in the space, and every weights file a ``full`` trial would need."""
         from aop.classification.encoders import check_pretrained_weights, encoder_entry
 
         space = self.search_space(exp)
@@ -334,7 +342,9 @@ class ClassificationKind(StudyKind):
         for key in exp.weights:
             if key not in encoders:
                 raise AopError(f"{source}: weights.{key}: not an encoder of the search space")
-        if set(_choices(space, "pretraining", "none")) & {"full", "semi"}:
+        # only `full` loads ImageNet weights; `semi` starts from random weights like `none`
+        # (aop.classification.train: its first stage trains on the pseudo-labelled set)
+        if "full" in set(_choices(space, "pretraining", "none")):
             for name in encoders:
                 try:
                     check_pretrained_weights(str(name), exp.weights.get(str(name)))
