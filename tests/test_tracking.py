@@ -235,7 +235,7 @@ def test_tracker_errors_are_one_line(tmp_path):
     (tmp_path / "s" / RUN_ID_FILE).write_text("not-a-run\n")
     with pytest.raises(ValueError, match="mlflow_run_id: not an MLflow run id"):
         StudyTracker(tmp_path / "s").start(CONFIG, SPACE)
-    with pytest.raises(ValueError, match="metrics.ipq: expected a number, got None"):
+    with pytest.raises(ValueError, match="trial x of search 'gp': field 'metrics' is empty"):
         trial_record("gp", "x", {"model": "m", **ZEROS}, {"ipq": None}, IPQ_SCORES)
 
 

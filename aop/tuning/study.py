@@ -442,7 +442,7 @@ def run_study(
         description=_description(exp, kind),
     )
     records = run_searches(exp, kind, space, prepared.trainable, tracker=tracker, verbose=verbose)
-    log_missing_trials(exp, kind, records)
+    log_missing_trials(exp, records, kind)
     main = exp.search.searcher
     best = write_best(study_dir, kind, records, main)
     artifacts = kind.finish(exp, records, best, prepared, tracker)
@@ -471,7 +471,9 @@ def _description(exp: BaseExperiment, kind: StudyKind, best: dict | None = None)
 
 
 def log_missing_trials(
-    exp: BaseExperiment, kind: StudyKind, records: Mapping[str, Sequence[Mapping]]
+    exp: BaseExperiment,
+    records: Mapping[str, Sequence[Mapping]],
+    kind: StudyKind | None = None,
 ) -> int:
     """Log to MLflow every trial record that has no child run yet (e.g. the server was away).
 
@@ -492,5 +494,5 @@ def log_missing_trials(
             f"{exc}; up to {missing} finished trials are safe in {exp.study_dir}/results: run "
             f"aop resume {exp.study_dir} when the server is back to log them"
         ) from None
-    tracker = make_tracker(exp, kind)  # fresh: re-reads which trials are logged
+    tracker = make_tracker(exp, kind or get_kind(exp.kind))  # fresh: re-reads what is logged
     return sum(tracker.log_trial(r) is not None for recs in records.values() for r in recs)
