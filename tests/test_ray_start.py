@@ -665,7 +665,7 @@ def test_a_killed_worker_node_retries_its_trial_with_the_exact_budget(
         searcher=make_searcher("random", _space(), metric="ipq", concurrency=2),
         concurrency=2,
         max_failures=2,
-        callbacks=[tracker.callback("gp")],
+        tracker=tracker,
         verbose=0,
     )
     elapsed = time.monotonic() - start
