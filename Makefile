@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 #   make TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cu124" test
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= all,dev
+# Test processes: the suite's modules run side by side (pytest-xdist), each module in one process
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.aop-installed
 
 .PHONY: install demo test lint bench clean
@@ -24,7 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check aop tests benchmarks scripts
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check aop tests benchmarks scripts
