@@ -10,6 +10,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -27,3 +29,28 @@ def nuclei_3d() -> tuple[np.ndarray, np.ndarray]:
 
     image, labels = test_image_nuclei_3d(return_mask=True)
     return np.asarray(image), np.asarray(labels)
+
+
+@pytest.fixture(autouse=True)
+def _no_global_tracking_uri():
+    """A test that points MLflow's fluent API at a store leaves it pointing nowhere afterwards."""
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_ray_data_logs():
+    """Ray Data keeps one log handler per process, bound to the first Ray session's folder.
+
+    Modules run one after the other in one process (and a module may delete its cluster's
+    session folder), so every module gets a fresh handler for the session it starts.
+    """
+    yield
+    if "ray.data" in sys.modules:
+        from ray.data._internal import logging as data_logging
+
+        data_logging.reset_logging()
+        data_logging.configure_logging()

@@ -140,10 +140,11 @@ def test_aop_models_reports_what_is_missing(tmp_path, monkeypatch):
     assert result.exit_code == 1, result.output
     rows = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
     assert "ready" in rows["classical"] and "none needed" in rows["classical"]
-    assert "ready" in rows["tiny"] and str(package / "weights.pt") in rows["tiny"]
-    assert "not ready" in rows["gone"] and f"put them at {tmp_path / 'gone' / 'rdf.yaml'}" in rows[
-        "gone"
-    ]
+    # long paths fold inside their table cell: compare without the folding
+    unfolded = "".join(line.strip(" │") for line in result.output.splitlines())
+    assert "ready" in rows["tiny"] and str(package / "weights.pt") in unfolded
+    assert "not ready" in rows["gone"]
+    assert f"put them at{tmp_path / 'gone' / 'rdf.yaml'}" in unfolded.replace(" at ", " at")
     assert "2 of 3 models ready" in result.output
     models.write_text(yaml.safe_dump(entries[:2]))
     assert runner.invoke(app, ["models", "--config", str(models)]).exit_code == 0
