@@ -176,10 +176,7 @@ def _clean_stale(path: Path) -> None:
         pid = int(parts[1])
         if pid == os.getpid() or _alive(pid):
             continue
-        if sibling.is_dir() and not sibling.is_symlink():
-            shutil.rmtree(sibling, ignore_errors=True)
-        else:
-            sibling.unlink(missing_ok=True)
+        _remove(sibling)
 
 
 def _alive(pid: int) -> bool:

@@ -58,6 +58,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_USER,
 )
 
+from aop import io as aop_io
 from aop.analysis.records import validate_record
 from aop.errors import AopError
 from aop.io import dataset_fingerprint
@@ -312,7 +313,7 @@ class StudyTracker:
         self.parent_run_id = run.info.run_id
 
         if dataset is not None and dataset_fingerprint is None:
-            dataset_fingerprint = dataset_fingerprint_of(dataset)
+            dataset_fingerprint = aop_io.dataset_fingerprint(dataset)
         tags = {"aop.version": __version__, **_source_tags()}
         commit = _git_commit()
         if commit:
@@ -646,11 +647,6 @@ def _source_tags() -> dict[str, str]:
         user = "unknown"
     entry = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "aop"
     return {MLFLOW_SOURCE_NAME: entry or "aop", MLFLOW_SOURCE_TYPE: "LOCAL", MLFLOW_USER: user}
-
-
-def dataset_fingerprint_of(root: str | os.PathLike) -> str:
-    """:func:`aop.io.dataset_fingerprint` (named apart from ``start``'s argument)."""
-    return dataset_fingerprint(root)
 
 
 def _plain(value: Any) -> Any:
