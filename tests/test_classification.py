@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import shutil
 
 import numpy as np
 import pytest
@@ -384,6 +385,38 @@ def test_full_pretraining_resumes_from_its_checkpoint(easy, tmp_path):
     with pytest.raises(AopError, match="checkpoint to resume from not found"):
         train_classifier(config, crops, labels, out_dir=tmp_path / "r2",
                          resume_from=tmp_path / "nope.ckpt")
+
+
+def test_a_training_resumed_elsewhere_ends_with_the_interrupted_runs_best_epoch(easy, tmp_path):
+    """The restored ModelCheckpoint names the interrupted run's best file; when that folder is
+    gone (another node), the best checkpoint saved beside the resume state is the result."""
+    crops, labels = easy
+    config = ClassifierConfig(encoder="test_resnet", head="slice", max_epochs=2, patience=5,
+                              batch_size=24, head_width=8)
+    first = train_classifier(config, crops, labels, out_dir=tmp_path / "run")
+    saved = tmp_path / "tune_checkpoint"
+    saved.mkdir()
+    shutil.copy(tmp_path / "run" / "manual" / "last.ckpt", saved / "last.ckpt")
+    shutil.copy(first.checkpoint_path, saved / "best_epoch.ckpt")
+    shutil.rmtree(tmp_path / "run")
+    with pytest.raises(AopError, match="best checkpoint .* is gone"):
+        train_classifier(config, crops, labels, out_dir=tmp_path / "other",
+                         resume_from=saved / "last.ckpt")
+    resumed = train_classifier(  # no epoch left: the interrupted run's best is the result
+        config, crops, labels, out_dir=tmp_path / "elsewhere", resume_from=saved / "last.ckpt",
+        resume_best=(saved / "best_epoch.ckpt", first.val_accuracy),
+    )
+    assert resumed.checkpoint_path == saved / "best_epoch.ckpt"
+    assert resumed.val_accuracy == pytest.approx(first.val_accuracy)
+    assert resumed.test == first.test
+    longer = train_classifier(  # two more epochs: the better of both runs' bests
+        config.model_copy(update={"max_epochs": 4}), crops, labels, out_dir=tmp_path / "more",
+        resume_from=saved / "last.ckpt",
+        resume_best=(saved / "best_epoch.ckpt", first.val_accuracy),
+    )
+    assert longer.val_accuracy >= first.val_accuracy
+    own = longer.checkpoint_path.parent == tmp_path / "more" / "manual"
+    assert own == (longer.val_accuracy > first.val_accuracy)
 
 
 def test_inference_speed_at_batch_1_and_32():

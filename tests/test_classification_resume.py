@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,9 +115,13 @@ def test_a_study_killed_during_a_training_resumes_that_training(class_data, tmp_
     experiment = _experiment(tmp_path, class_data)
     study = tmp_path / "study"
     log = (tmp_path / "search.log").open("w")
+    # the trials' scratch folders (and Ray's) in a folder of this test: removed after the kill,
+    # as on a resume on another node, so the resumed training has only its Tune checkpoint
+    scratch = Path(tempfile.mkdtemp(prefix="aopk", dir="/tmp"))  # short: Ray's socket paths
+    env = {**os.environ, "TMPDIR": str(scratch)}
     driver = subprocess.Popen(
         [*AOP, "search", str(experiment), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, env=env,
     )
     killed = None
     try:
@@ -133,13 +139,20 @@ def test_a_study_killed_during_a_training_resumes_that_training(class_data, tmp_
     assert killed is not None, f"no training was interrupted: {tail}"
     results = study / "results" / "smac.jsonl"
     assert killed not in {r["trial_id"] for r in _records(results)}
+    scratches = list(scratch.glob("aop-trial-*"))
+    assert scratches, "the trials did not train in the test's TMPDIR"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
 
-    done = subprocess.run([*AOP, "resume", str(study), "--quiet"], capture_output=True,
-                          text=True, timeout=400)
+    try:
+        done = subprocess.run([*AOP, "resume", str(study), "--quiet"], capture_output=True,
+                              text=True, timeout=400, env=env)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-2000:]
     after = _records(results)
     ids = [r["trial_id"] for r in after]
-    assert len(after) == 2 and len(set(ids)) == 2 and killed in ids
+    assert len(after) == 2 and len(set(ids)) == 2 and killed in ids, done.stderr[-3000:]
     record = next(r for r in after if r["trial_id"] == killed)
     # continued from its checkpoint: the resumed training reported fewer epochs than a whole
     # one (the driver's curve of the epochs before the kill died with it), and the epoch count

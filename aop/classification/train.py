@@ -224,6 +224,7 @@ def train_classifier(
     callbacks: Sequence[Callback] = (),
     logger: Any = None,
     resume_from: str | os.PathLike | None = None,
+    resume_best: tuple[str | os.PathLike, float] | None = None,
     accelerator: str = "auto",
     devices: Any = "auto",
     precision: str | None = None,
@@ -255,6 +256,13 @@ def train_classifier(
     resume_from : path-like, optional
         A checkpoint of this training (``best.ckpt``/``last.ckpt`` or a Tune checkpoint's file):
         training continues from its epoch, in its stage.
+    resume_best : (path, score), optional
+        The best epoch's checkpoint of the interrupted training, and its validation accuracy,
+        saved beside ``resume_from``. The restored ``ModelCheckpoint`` names the best file of the
+        interrupted run's folder, which is gone when the training resumes elsewhere (another
+        node, a cleaned ``/tmp``), and its score misses the epoch whose end saved
+        ``resume_from``: of this file and the resumed run's own best, the better one is kept
+        (the earlier one on a tie, as ``ModelCheckpoint`` does).
     accelerator, devices, precision
         ``Trainer`` arguments; ``precision`` defaults to ``"16-mixed"`` on a GPU, ``"32-true"``
         otherwise.
@@ -374,10 +382,21 @@ def train_classifier(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*number of training batches.*")
+            # a resume in another folder: resume_best stands in for the lost best score
+            warnings.filterwarnings("ignore", ".*dirpath has changed.*")
             _quiet_lightning()
             trainer.fit(model, datamodule=stage_data, ckpt_path=ckpt_path)
         best_path = Path(checkpoint.best_model_path or last.best_model_path)
         best_score = checkpoint.best_model_score
+        if ckpt_path is not None and resume_best is not None:
+            own = best_path.parent.resolve() == (out_dir / stage).resolve() and best_path.is_file()
+            if not own or best_score is None or float(best_score) <= resume_best[1]:
+                best_path, best_score = Path(resume_best[0]), torch.tensor(resume_best[1])
+        if not best_path.is_file():
+            raise AopError(
+                f"{resume}: the best checkpoint {best_path} of the interrupted training is gone; "
+                "resume with the best epoch's file saved beside it (resume_best)"
+            )
         stages.append(
             StageResult(
                 stage=stage,

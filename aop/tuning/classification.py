@@ -191,21 +191,31 @@ def load_class_data(
 
 
 PROGRESS_FILE = "progress.json"
+BEST_FILE = "best_epoch.ckpt"  # in each epoch's Tune checkpoint; the final report's is best.ckpt
 
 
-def _tune_report_callback(epochs: int = 0, best: float = 0.0) -> Any:
+def _tune_report_callback(
+    work: str, epochs: int = 0, best: float = 0.0, stage_best: dict[str, float] | None = None
+) -> Any:
     """A Lightning callback that reports each validation epoch to Ray Tune with a checkpoint.
 
-    ``epochs`` and ``best`` continue the counts of a restored trial (``progress.json`` of its
-    checkpoint), so the epochs of a resumed training go on from where the killed one stopped.
+    Each Tune checkpoint holds ``last.ckpt`` (the state to resume from), ``progress.json`` and
+    ``BEST_FILE``, the weights of the stage's best epoch so far: a training resumed on another
+    node, or after the interrupted run's folder was removed, still ends with its best epoch.
+    ``epochs``, ``best`` and ``stage_best`` continue the counts of a restored trial, so the epochs
+    of a resumed training go on from where the killed one stopped.
     """
+    import shutil
+
     import lightning as L
     from ray.tune import Checkpoint
 
     class TuneReport(L.Callback):
-        def __init__(self, epochs: int = 0, best: float = 0.0) -> None:
+        def __init__(self) -> None:
             self.best = best
             self.epochs = epochs  # counted over both trainings of semi, and across a resume
+            self.stage_best = dict(stage_best or {})
+            self.best_file = os.path.join(work, BEST_FILE)
 
         def on_validation_epoch_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
             if trainer.sanity_checking:
@@ -217,17 +227,23 @@ def _tune_report_callback(epochs: int = 0, best: float = 0.0) -> Any:
             accuracy = float(value)
             self.best = max(self.best, accuracy)
             stage = str(pl_module.hparams.get("stage", "train"))
+            if stage not in self.stage_best or accuracy > self.stage_best[stage]:
+                # strictly better, as ModelCheckpoint decides: a tie keeps the earlier epoch
+                self.stage_best[stage] = accuracy
+                trainer.save_checkpoint(self.best_file, weights_only=True)
             with tempfile.TemporaryDirectory() as tmp:
                 trainer.save_checkpoint(os.path.join(tmp, "last.ckpt"))
+                shutil.copy(self.best_file, os.path.join(tmp, BEST_FILE))
                 with open(os.path.join(tmp, PROGRESS_FILE), "w") as handle:
-                    json.dump({"epochs": self.epochs, "best": self.best, "stage": stage}, handle)
+                    json.dump({"epochs": self.epochs, "best": self.best, "stage": stage,
+                               "stage_best": self.stage_best}, handle)
                 tune.report(
                     {"val_accuracy": self.best, "val_accuracy_epoch": accuracy,
                      "epoch": self.epochs, "stage": stage},
                     checkpoint=Checkpoint.from_directory(tmp),
                 )
 
-    return TuneReport(epochs, best)
+    return TuneReport()
 
 
 def classification_trial(
@@ -266,7 +282,7 @@ def _train_and_report(
     from aop.tuning.trainable import node_name
 
     manual, pseudo = bundle["manual"], bundle["pseudo"]
-    resume, progress = None, {"epochs": 0, "best": 0.0}
+    resume, resume_best, progress = None, None, {"epochs": 0, "best": 0.0}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a trial killed mid-training: continue from its last epoch
         local = checkpoint.to_directory(os.path.join(work, "restored"))
@@ -274,7 +290,17 @@ def _train_and_report(
             resume = os.path.join(local, "last.ckpt")
             with open(os.path.join(local, PROGRESS_FILE)) as handle:
                 progress = json.load(handle)
-    reporter = _tune_report_callback(int(progress["epochs"]), float(progress["best"]))
+            stage = progress.get("stage")
+            if os.path.isfile(os.path.join(local, BEST_FILE)) and stage in progress.get(
+                "stage_best", {}
+            ):
+                shutil.copy(os.path.join(local, BEST_FILE), os.path.join(work, BEST_FILE))
+                kept = os.path.join(work, "restored.ckpt")
+                shutil.copy(os.path.join(local, BEST_FILE), kept)
+                resume_best = (kept, float(progress["stage_best"][stage]))
+    reporter = _tune_report_callback(
+        work, int(progress["epochs"]), float(progress["best"]), progress.get("stage_best")
+    )
     result = train_classifier(
         cfg,
         manual["crops"][method],
@@ -288,6 +314,7 @@ def _train_and_report(
         class_names=bundle["classes"],
         callbacks=[reporter],
         resume_from=resume,
+        resume_best=resume_best,
         accelerator="gpu" if gpu > 0 else "cpu",
     )
     test = result.test

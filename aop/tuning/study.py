@@ -170,9 +170,30 @@ def run_search(
             ),
         )
     grid = tuner.fit()
+    _report_errors(name, grid)
     kept = {r.metrics.get("trial_id") for r in grid if r.metrics}
     prune_orphans(recorder.path, kept, tracker, name)
     return read_records(recorder.path) if recorder.path.is_file() else []
+
+
+def _report_errors(name: str, grid: Any) -> None:
+    """One line per trial that ended in error (after its retries), with Tune's error file.
+
+    Such a trial has no record; ``aop resume`` retries it from its last checkpoint.
+    """
+    import sys
+
+    for result in grid:
+        if result.error is None:
+            continue
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        first = str(result.error).strip().splitlines()
+        reason = first[-1] if first else type(result.error).__name__
+        print(
+            f"aop: search {name}: trial {trial_id} failed: {reason[:300]} "
+            f"(traceback: {result.path}/error.txt; `aop resume` retries it)",
+            file=sys.stderr,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
