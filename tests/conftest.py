@@ -54,3 +54,28 @@ def _fresh_ray_data_logs():
 
         data_logging.reset_logging()
         data_logging.configure_logging()
+
+
+# The modules that take longest (minutes: clusters, killed and resumed studies, trainings) are
+# handed out first, so that the two xdist workers (``--dist loadfile``) end together instead of
+# one finishing a long module alone. Order within a module, and of the other modules, is kept.
+HEAVY_FIRST = (
+    "test_ray_start.py",
+    "test_classification_resume.py",
+    "test_classification_study.py",
+    "test_search.py",
+    "test_resume.py",
+    "test_study_kinds.py",
+    "test_tracking.py",
+    "test_cluster.py",
+    "test_segment_apply.py",
+    "test_predict.py",
+    "test_classification.py",
+    "test_models_cellpose.py",
+    "test_model_plugins.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):  # noqa: ARG001
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

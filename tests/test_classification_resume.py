@@ -1,4 +1,4 @@
-"""Classification studies that survive their driver and span nodes; truth matching of the demo."""
+"""A classification study that survives its driver; truth matching of the demo."""
 
 from __future__ import annotations
 
@@ -15,17 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 import yaml
-from ray.cluster_utils import Cluster
 
-from aop.config import load_experiment
 from aop.instances.truth import match_instances, simulate_annotation
 from aop.synth import preset_params
 from aop.synth.classes import class_set
 from aop.synth.dataset import write_synthetic_dataset
 from aop.tracking.client import StudyTracker
-from aop.tuning.study import run_study
 
 AOP = [sys.executable, "-c", "from aop.cli import main; main()"]
 MAX_EPOCHS = 20  # long enough to be caught training; an epoch is a fraction of a second
@@ -164,33 +160,6 @@ def test_a_study_killed_during_a_training_resumes_that_training(class_data, tmp_
     assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(ids)  # no duplicate runs
     best = yaml.safe_load((study / "best.yaml").read_text())
     assert best["scores"]["val_accuracy"] == max(r["metrics"]["val_accuracy"] for r in after)
-
-
-@pytest.mark.slow
-def test_classification_trials_run_on_both_nodes_of_a_cluster(class_data, tmp_path):
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        path = _experiment(tmp_path, class_data, ray={"address": cluster.address})
-        raw = yaml.safe_load(path.read_text())
-        raw["training"]["max_epochs"] = 1
-        path.write_text(yaml.safe_dump(raw))
-        exp = load_experiment(path)
-        result = run_study(exp, verbose=0)
-        records = result.records["smac"]
-        nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-        assert len(records) == 2 and len(nodes) == 2
-        used = {r["node"] for r in records}
-        assert len(used) == 2  # one trial per 1-CPU node: both nodes trained
-        assert all(0.0 <= r["metrics"]["val_accuracy"] <= 1.0 for r in records)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def test_simulated_annotation_writes_manual_rows_of_the_truth_class(class_data, tmp_path):

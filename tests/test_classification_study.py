@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -12,6 +13,7 @@ import ray
 import torch
 import yaml
 from mlflow import MlflowClient
+from ray.cluster_utils import Cluster
 
 from aop.config import load_experiment
 from aop.errors import AopError
@@ -93,13 +95,24 @@ def test_weights_for_full_pretraining_are_checked_when_the_experiment_loads(clas
 
 @pytest.mark.slow
 def test_a_classification_study_trains_logs_registers_and_classifies(class_data, tmp_path):
+    """A whole study on a 2-node local cluster (one CPU each: one trial per node), its MLflow
+    runs and registered model, and aop classify with it."""
     from aop.classify import classify_dataset
 
-    exp = load_experiment(_experiment(tmp_path, class_data))
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
     try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        exp = load_experiment(_experiment(tmp_path, class_data, ray={"address": cluster.address}))
         result = run_study(exp, verbose=0)
         records = result.records["smac"]
         assert len(records) == 2
+        assert len({n["NodeID"] for n in ray.nodes() if n["Alive"]}) == 2
+        assert len({r["node"] for r in records}) == 2  # both nodes trained
         for record in records:
             assert 0.0 <= record["metrics"]["val_accuracy"] <= 1.0
             assert record["params"]["pretraining"] == "none"
@@ -147,7 +160,10 @@ def test_a_classification_study_trains_logs_registers_and_classifies(class_data,
         columns = [f"p_{c}" for c in ("myotube", "schwann", "debris", "other")]
         np.testing.assert_allclose(probabilities[columns].sum(axis=1), 1.0, atol=1e-4)
         uri = f"models:/aop-cls-classifier/{version.version}"
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text()
+        assert "aop==" in requirements and "timm==" in requirements  # given, not inferred
         assert classify_dataset(uri, class_data) == count  # the same from the registry
     finally:
         mlflow.set_tracking_uri(None)
         ray.shutdown()
+        cluster.shutdown()

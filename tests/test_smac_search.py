@@ -227,18 +227,18 @@ def test_tuner_runs_smac_search(tmp_path):
             trainable,
             param_space=SPACE,  # handed to the searcher through set_search_properties
             tune_config=tune.TuneConfig(
-                search_alg=SMACSearch(seed=0, n_initial_points=4, **FAST),
+                search_alg=SMACSearch(seed=0, n_initial_points=3, **FAST),
                 metric="score",
                 mode="max",
-                num_samples=12,
-                max_concurrent_trials=1,
+                num_samples=6,
+                max_concurrent_trials=2,
             ),
             run_config=tune.RunConfig(name="smac", storage_path=str(tmp_path), verbose=0),
         )
         results = tuner.fit()
     finally:
         ray.shutdown()
-    assert len(results) == 12 and not results.errors
+    assert len(results) == 6 and not results.errors
     assert {r.metrics["epochs"] for r in results} == {5}  # constants passed through
-    assert len({repr(sorted(r.config.items())) for r in results}) == 12
+    assert len({repr(sorted(r.config.items())) for r in results}) == 6
     assert set(os.listdir(".")) == cwd_before  # SMAC left no output folder behind

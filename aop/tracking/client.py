@@ -490,7 +490,7 @@ class StudyTracker:
                     python_model=python_model,
                     artifacts=files or None,
                     signature=signature,
-                    pip_requirements=_pip_requirements(),
+                    pip_requirements=model_requirements(),
                 )
         # mlflow.start_run(run_id=...) ends the run when the block closes: reopen it
         self.client.update_run(run_id, status="RUNNING")
@@ -660,10 +660,23 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _pip_requirements() -> list[str]:
+def model_requirements(*packages: str) -> list[str]:
+    """``pip_requirements`` of a logged model: aop and ``packages`` at their installed versions.
+
+    Given explicitly, so that MLflow does not infer them by importing the model in a subprocess
+    (about 10 s per logged model).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
     from aop import __version__
 
-    return [f"aop=={__version__}"]
+    pins = [f"aop=={__version__}"]
+    for name in packages:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
 
 
 @contextlib.contextmanager

@@ -483,7 +483,7 @@ def log_classifier_model(
     from mlflow.models import infer_signature
 
     from aop.classification.module import CropClassifier
-    from aop.tracking.client import _tracking_uri
+    from aop.tracking.client import _tracking_uri, model_requirements
 
     model = CropClassifier.load_from_checkpoint(str(checkpoint), map_location="cpu").eval()
     example = np.zeros((1, *crop_shape), dtype=np.float32)
@@ -498,6 +498,7 @@ def log_classifier_model(
             # the whole module (eval mode, any batch size; aop.classification must be importable
             # where it loads), not a torch.export graph traced at one batch size
             serialization_format="pickle",
+            pip_requirements=model_requirements("torch", "lightning", "timm", "cloudpickle"),
         )
     tracker.client.update_run(run_id, status="RUNNING")
     return f"runs:/{run_id}/classifier"

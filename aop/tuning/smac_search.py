@@ -345,6 +345,10 @@ class SMACSearch(Searcher):
                     min_samples_leaf=1,
                     seed=self._seed,
                     n_jobs=1,  # joblib threads cost more than they save on small forests
+                    # SMAC's default (2**20) has scikit-learn allocate a million nodes per tree
+                    # (~90 ms each, most of an ask); without the cap the trees grow depth-first
+                    # to the same stopping rules (pure or 2-sample leaves), 10x faster per ask
+                    max_leaf_nodes=None,
                 ),
                 acquisition_maximizer=HPO.get_acquisition_maximizer(
                     scenario,
