@@ -372,7 +372,7 @@ def test_cli_study_on_the_ray_start_cluster_logs_everything_to_the_server(
 
     uri, artifacts = mlflow_server
     study = tmp_path / "study"
-    experiment = _experiment(tmp_path / "deployed.yaml", study, 3)
+    experiment = _experiment(tmp_path / "deployed.yaml", study, 2)
     env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}  # token by path only
     start = time.monotonic()
     done = subprocess.run(
@@ -385,10 +385,10 @@ def test_cli_study_on_the_ray_start_cluster_logs_everything_to_the_server(
         env=env,
         timeout=300,
     )
-    print(f"aop search --address (3 trials, 2 volumes): {time.monotonic() - start:.1f} s")
+    print(f"aop search --address (2 trials, 2 volumes): {time.monotonic() - start:.1f} s")
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(x) for x in (study / "results" / "gp.jsonl").read_text().splitlines()]
-    assert len(records) == 3
+    assert len(records) == 2
     # every trial scored its two volumes on the two nodes (one CPU each)
     for record in records:
         assert len({node.split("/")[1] for node in record["volume_nodes"].values()}) == 2

@@ -16,7 +16,7 @@ import yaml
 from aop.segmentation.postprocess import PARAMETER_RANGES
 from aop.tracking import StudyTracker
 
-BUDGET = 16
+BUDGET = 7
 AOP = [sys.executable, "-c", "from aop.cli import main; main()"]
 
 

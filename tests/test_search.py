@@ -196,16 +196,16 @@ def test_run_study_writes_the_study_folder(local_ray, tmp_path):
                 {"name": "classical"},
                 {"name": "classical", "id": "smooth", "settings": {"sigma": 2.0}},
             ],
-            "search": {"searcher": "gp", "budget": 6, "seed": 0, "concurrency": 2},
+            "search": {"searcher": "gp", "budget": 4, "seed": 0, "concurrency": 2},
             "storage": {"study_dir": str(tmp_path / "study")},
-            "comparison": {"random_budget": 4},
+            "comparison": {"random_budget": 2},
         },
         source="small.yaml",
     )
     result = run_study(exp, verbose=0)
     study = tmp_path / "study"
     counts = {name: len(recs) for name, recs in result.records.items()}
-    assert counts == {"baseline": 2, "random": 4, "gp": 6}
+    assert counts == {"baseline": 2, "random": 2, "gp": 4}
     baseline_models = sorted(r["params"]["model"] for r in result.records["baseline"])
     assert baseline_models == ["classical", "smooth"]
     assert all(seven(r["params"]) == ZEROS for r in result.records["baseline"])
@@ -223,10 +223,10 @@ def test_run_study_writes_the_study_folder(local_ray, tmp_path):
     assert best["trial_id"] == top["trial_id"] and best["scores"]["ipq"] == ipq(top)
     assert best["kind"] == "segmentation" and best["model"] == top["params"]["model"]
     assert best["params"] == seven(top["params"])
-    assert best["searches"]["random"]["trials"] == 4
+    assert best["searches"]["random"]["trials"] == 2
     assert (study / "experiment.yaml").is_file()
     assert (study / "benchmark" / "dataset.yaml").is_file()
     assert (study / "plots" / "comparison.png").is_file()
     tracker = StudyTracker(study)
-    assert len(tracker.child_runs()) == 12
-    assert len(tracker.child_runs("gp")) == 6
+    assert len(tracker.child_runs()) == 8
+    assert len(tracker.child_runs("gp")) == 4

@@ -143,7 +143,7 @@ def test_every_searcher_runs_the_toy_study_through_the_engine(local_ray, tmp_pat
 
 @pytest.mark.slow
 def test_a_killed_toy_study_resumes_to_its_exact_budget(tmp_path):
-    budget = 12
+    budget = 8
     experiment = _experiment(tmp_path, "smac", budget, toy={"delay": 0.6})
     study = tmp_path / "study"
     results = study / "results" / "smac.jsonl"
