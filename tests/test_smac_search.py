@@ -135,6 +135,24 @@ def test_same_seed_same_suggestions_and_surrogate_improves():
     assert sum(scores[3:]) / 7 > sum(scores[:3]) / 3
 
 
+def test_suggestions_do_not_depend_on_the_hash_seed_of_the_process():
+    """A driver restarted by aop resume (a new process, a new string hash) replays its searcher."""
+    import subprocess
+
+    script = (
+        "import json, sys; sys.path.insert(0, 'tests')\n"
+        "from test_smac_search import _searcher, SPACE, _loop\n"
+        "print(json.dumps(_loop(_searcher(SPACE, seed=3), 8)))\n"
+    )
+    runs = []
+    for hash_seed in ("1", "2"):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": hash_seed}, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.append(done.stdout.strip().splitlines()[-1])
+    assert runs[0] == runs[1]
+
+
 def test_concurrent_suggestions_are_distinct_until_the_space_is_exhausted():
     space = {"x": tune.choice(list(range(4))), "y": tune.choice(["p", "q", "r"])}
     searcher = _searcher(space, n_initial_points=2)

@@ -231,6 +231,26 @@ def _assign(config: Any, path: tuple, value: Any) -> None:
     config[path[-1]] = value
 
 
+def _hash_independent_local_search(maximizer: Any) -> None:
+    """Make SMAC's local search start from its points in an order that is the same in every process.
+
+    SMAC 2.4 deduplicates the local search's start points through a ``set`` of configurations,
+    whose order follows Python's per-process string hash: one seed gave other suggestions under
+    another ``PYTHONHASHSEED``, so a driver restarted by ``aop resume`` could not replay the
+    searcher's ask log. The start points are sorted by their vector values instead.
+    """
+    local = getattr(maximizer, "_local_search", None)
+    original = getattr(local, "_get_initial_points", None)
+    if original is None:  # another SMAC layout: nothing to fix here
+        return
+
+    def initial_points(*args: Any, **kwargs: Any) -> list[Any]:
+        points = original(*args, **kwargs)
+        return sorted(points, key=lambda c: tuple(np.nan_to_num(c.get_array(), nan=-1.0)))
+
+    local._get_initial_points = initial_points
+
+
 class SMACSearch(Searcher):
     """SMAC3 (random forest + expected improvement) as a Ray Tune searcher.
 
@@ -371,6 +391,7 @@ class SMACSearch(Searcher):
                 logging_level=False,
                 overwrite=True,
             )
+        _hash_independent_local_search(facade._acquisition_maximizer)
         return facade
 
     def _point_values(
