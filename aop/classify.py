@@ -90,11 +90,13 @@ def classifier_source(source: str | os.PathLike) -> ClassifierSource:
     if best.get("kind") != "classification":
         raise AopError(f"{study}: a {best.get('kind', 'segmentation')} study, not a classification "
                        "study")
-    checkpoint = best_checkpoint(study, best)
-    if checkpoint is None:
-        raise AopError(f"{study}/tune/{best['search']}/{best['trial_id']}: no best.ckpt of the "
-                       "best trial")
     exp = yaml.safe_load(experiment.read_text())
+    storage = (exp.get("storage") or {}).get("tune_storage")
+    checkpoint = best_checkpoint(study, best, storage)
+    if checkpoint is None:
+        where = storage or f"{study}/tune"
+        raise AopError(f"{where}/{best['search']}/{best['trial_id']}: no best.ckpt of the "
+                       "best trial")
     crops = exp.get("crops") or {}
     classes = list((best.get("test") or {}).get("class_names") or [])
     return ClassifierSource(

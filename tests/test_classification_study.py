@@ -107,7 +107,13 @@ def test_a_classification_study_trains_logs_registers_and_classifies(class_data,
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        exp = load_experiment(_experiment(tmp_path, class_data, ray={"address": cluster.address}))
+        # Tune's trial folders on a storage URI, as on a cluster without a shared disk: the
+        # best checkpoint is fetched from there for the logged model and aop classify
+        remote = tmp_path / "remote_tune"
+        exp = load_experiment(_experiment(
+            tmp_path, class_data, ray={"address": cluster.address},
+            storage={"study_dir": str(tmp_path / "study"), "tune_storage": remote.as_uri()},
+        ))
         result = run_study(exp, verbose=0)
         records = result.records["smac"]
         assert len(records) == 2
@@ -121,6 +127,7 @@ def test_a_classification_study_trains_logs_registers_and_classifies(class_data,
             assert math.isclose(record["metrics"]["val_accuracy"], max(v for _, v in curve),
                                 rel_tol=1e-6)
             assert len(record["test"]["confusion_matrix"]) == 4
+        assert not (exp.study_dir / "tune").exists() and (remote / "smac").is_dir()
         first = min(records, key=lambda r: r["iteration"])
         assert first["params"]["encoder"] == "test_resnet" and first["params"]["lr"] == 3e-3
         study = exp.study_dir

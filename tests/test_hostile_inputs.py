@@ -464,6 +464,44 @@ def test_resume_uses_the_folder_given_not_the_stored_study_dir(tmp_path):
     assert not original.exists()
 
 
+def test_a_moved_study_writes_its_mlflow_artifacts_in_its_new_folder(tmp_path):
+    """The study's own SQLite store moves its absolute artifact locations with the folder."""
+    from mlflow import MlflowClient
+
+    from aop.config import parse_experiment
+    from aop.tracking import StudyTracker
+    from aop.tuning.study import load_study_experiment, save_experiment
+
+    original = tmp_path / "original"
+    exp = parse_experiment(_experiment(str(original)), base=tmp_path)
+    original.mkdir()
+    save_experiment(exp)
+    tracker = StudyTracker(original, experiment_name="moving")
+    parent = tracker.start({"name": "m"}, {})
+    note = original / "note.txt"
+    note.write_text("before the move\n")
+    tracker.client.log_artifact(parent, str(note))
+    assert (original / "mlartifacts").is_dir()
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(str(original), str(moved))
+
+    again = load_study_experiment(moved)  # aop resume / aop report open the study like this
+    client = MlflowClient(again.tracking_uri)
+    run = client.get_run(parent)
+    assert run.info.artifact_uri.startswith((moved.resolve() / "mlartifacts").as_uri() + "/")
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.artifact_location == (moved.resolve() / "mlartifacts").as_uri()
+    later = moved / "later.txt"
+    later.write_text("after the move\n")
+    client.log_artifact(parent, str(later))
+    listed = {a.path for a in client.list_artifacts(parent)}
+    assert {"note.txt", "later.txt"} <= listed
+    assert (moved / "mlartifacts" / run.info.run_id / "artifacts" / "later.txt").is_file()
+    assert not original.exists()  # nothing written to the old place
+    assert load_study_experiment(moved).study_dir == moved.resolve()  # a second open: no change
+
+
 def _study_with_records(root: Path, n_gp: int, torn: bool = False) -> Path:
     from aop.analysis.records import append_record
 

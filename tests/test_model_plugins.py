@@ -210,7 +210,8 @@ def test_plugin_is_found_by_name_here_and_in_ray_workers(plugin, tmp_path, monke
     )
     env = {"PYTHONPATH": python_path(site), "LEVEL_PLUGIN_HOME": str(cache)}
     ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env}
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+        runtime_env={"env_vars": env},
     )
     try:
         # aop's own prediction path: Ray Data actors build the model by name from its entry point

@@ -263,7 +263,7 @@ def test_ray_tune_callback_logs_each_trial_once(mlflow_server, tmp_path, monkeyp
     callback = StudyCallback(records, "gp", "ipq", IPQ_SCORES, sink=tracker.log_trial)
     keep = KeepTrials()
     monkeypatch.setenv("RAY_raylet_start_wait_time_s", "300")  # a busy 2-core machine is slow
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         space = {**ZEROS, "model": tune.grid_search(["a", "b"]),
                  "erode_dilate": tune.grid_search([-1, 1])}

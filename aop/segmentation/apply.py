@@ -187,7 +187,9 @@ def apply_pipeline(
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=num_workers, log_to_driver=False, include_dashboard=False)
+            # a new local Ray, never a `ray start` cluster that happens to run on this machine
+            ray.init(address="local", num_cpus=num_workers, log_to_driver=False,
+                     include_dashboard=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S  # every actor holds the model before work

@@ -435,7 +435,7 @@ class ClassificationKind(StudyKind):
     ) -> list[Path]:
         from aop.analysis.classifier_study import write_classifier_results
 
-        checkpoint = best_checkpoint(exp.study_dir, best)
+        checkpoint = best_checkpoint(exp.study_dir, best, exp.storage.tune_storage)
         artifacts = write_classifier_results(
             exp.study_dir, dict(records), best, crop_shape=prepared.context["crop_shape"],
             classes=prepared.context["classes"],
@@ -459,11 +459,56 @@ class ClassificationKind(StudyKind):
         return artifacts
 
 
-def best_checkpoint(study_dir: Path, record: Mapping[str, Any]) -> Path | None:
-    """The ``best.ckpt`` a trial saved with its last report (in its Tune trial folder)."""
-    trial_dir = Path(study_dir) / "tune" / record["search"] / record["trial_id"]
-    found = sorted(trial_dir.glob("checkpoint_*/best.ckpt"))
-    return found[-1] if found else None
+def best_checkpoint(
+    study_dir: Path, record: Mapping[str, Any], storage: str | None = None
+) -> Path | None:
+    """The ``best.ckpt`` a trial saved with its last report, as a local file.
+
+    Parameters
+    ----------
+    study_dir : Path
+        The study folder.
+    record : mapping
+        The trial's record (``search`` and ``trial_id``).
+    storage : str, optional
+        The study's ``storage.tune_storage`` URI (``s3://...``, ``file:///shared/tune``): the
+        trial folder is there, and its ``best.ckpt`` is copied to
+        ``STUDY_DIR/checkpoints/SEARCH/TRIAL/best.ckpt`` (once). ``None``: ``STUDY_DIR/tune``.
+
+    Returns
+    -------
+    Path or None
+        ``None`` when the trial saved no ``best.ckpt``.
+    """
+    study_dir = Path(study_dir)
+    if storage is None:
+        trial_dir = study_dir / "tune" / record["search"] / record["trial_id"]
+        found = sorted(trial_dir.glob("checkpoint_*/best.ckpt"))
+        return found[-1] if found else None
+    import pyarrow.fs
+
+    from aop.tuning.cluster import tune_storage
+
+    local = study_dir / "checkpoints" / record["search"] / record["trial_id"] / "best.ckpt"
+    if local.is_file():
+        return local
+    filesystem, root = tune_storage(storage, study_dir / "tune")
+    trial_dir = f"{root}/{record['search']}/{record['trial_id']}"
+    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(trial_dir, allow_not_found=True))
+    names = sorted(e.base_name for e in entries if e.type == pyarrow.fs.FileType.Directory
+                   and e.base_name.startswith("checkpoint_"))
+    for name in reversed(names):
+        remote = f"{trial_dir}/{name}/best.ckpt"
+        if filesystem.get_file_info(remote).type != pyarrow.fs.FileType.File:
+            continue
+        from aop.outputs import atomic_output
+
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(local, check=False) as tmp:
+            pyarrow.fs.copy_files(remote, str(tmp), source_filesystem=filesystem,
+                                  destination_filesystem=pyarrow.fs.LocalFileSystem())
+        return local
+    return None
 
 
 def log_classifier_model(

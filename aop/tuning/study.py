@@ -273,6 +273,13 @@ def load_study_experiment(study_dir: str | os.PathLike) -> BaseExperiment:
         uri = exp.tracking.tracking_uri
         if uri and uri.startswith("sqlite:///"):
             exp.tracking.tracking_uri = f"sqlite:///{moved(Path(uri[len('sqlite:///'):]))}"
+        store = exp.tracking_uri
+        db = Path(store[len("sqlite:///"):]) if store.startswith("sqlite:///") else None
+        if db is not None and new in db.parents and db.is_file():
+            # the study's own store: its artifact locations move with the folder
+            from aop.tracking.relocate import relocate_store
+
+            relocate_store(db, old, new)
     return exp
 
 

@@ -1,0 +1,99 @@
+"""Move the artifact locations of a study's own MLflow store with the study folder.
+
+MLflow's SQLite store keeps absolute artifact URIs (``file:///old/study/mlartifacts/...``) in
+its experiments, runs, logged models, model versions and dataset sources. A study folder that
+was moved or copied would go on writing artifacts to the old place (recreating it) and show the
+old files. MLflow has no API to change a run's artifact URI, so the rows are rewritten in one
+SQLite transaction, and only in a store inside the study folder, which aop created.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from aop.errors import AopError
+
+#: ``(table, column)`` pairs that hold artifact locations or dataset sources.
+LOCATION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("datasets", "dataset_source"),
+)
+
+
+def _mover(old: Path, new: Path):  # noqa: ANN202
+    pairs = [(old.as_uri(), new.as_uri()), (str(old), str(new))]
+
+    def move(value: str | None) -> str | None:
+        if value is None:
+            return None
+        for before, after in pairs:
+            if value == before:
+                return after
+            value = value.replace(before + "/", after + "/").replace(before + '"', after + '"')
+        return value
+
+    return move
+
+
+def relocate_store(db: str | Path, old: str | Path, new: str | Path) -> int:
+    """Rewrite the locations under ``old`` in the SQLite store ``db`` to lie under ``new``.
+
+    Parameters
+    ----------
+    db : path-like
+        The ``mlflow.db`` file (inside ``new``).
+    old, new : path-like
+        The study folder before and after the move (absolute).
+
+    Returns
+    -------
+    int
+        Rows changed (0 when the store already points at ``new``).
+
+    Raises
+    ------
+    AopError
+        The file is not a readable SQLite store.
+    """
+    db, old, new = Path(db), Path(old), Path(new)
+    move = _mover(old, new)
+    changed = 0
+    try:
+        with sqlite3.connect(db) as conn:  # one transaction: all rows move, or none
+            tables = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table, column in LOCATION_COLUMNS:
+                if table not in tables:
+                    continue
+                rows = conn.execute(
+                    f"SELECT rowid, {column} FROM {table} WHERE instr({column}, ?) > 0",
+                    (str(old),),
+                ).fetchall()
+                for rowid, value in rows:
+                    moved = move(value)
+                    if moved != value:
+                        conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?",
+                                     (moved, rowid))
+                        changed += 1
+    except sqlite3.Error as exc:
+        raise AopError(f"{db}: cannot move the MLflow store with the study ({exc})") from None
+    if changed:
+        _forget_artifact_repositories()
+    return changed
+
+
+def _forget_artifact_repositories() -> None:
+    """Drop MLflow's per-process cache of artifact repositories (by run id): a run opened before
+    the move would otherwise go on writing to its old location in this process."""
+    try:
+        from mlflow.tracking._tracking_service import utils
+    except ImportError:  # another MLflow layout: nothing cached there
+        return
+    cache = getattr(utils, "_artifact_repos_cache", None)
+    if hasattr(cache, "clear"):
+        cache.clear()
