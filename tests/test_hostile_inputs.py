@@ -550,3 +550,22 @@ def test_debug_shows_the_traceback(workspace, monkeypatch, how):
     assert result.exit_code == 1
     assert "not a text file" in str(result.exception)
     assert type(result.exception).__name__ == "AopError"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["search", "--help"], ["demo", "--help"],
+                                  ["--version"]])
+def test_help_and_version_exit_0_without_an_error_line(argv):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from aop.cli import main; main()", *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "error:" not in done.stderr and "aop bug" not in done.stderr
+    assert ("Usage" in done.stdout) or done.stdout.startswith("aop ")
+
+
+def test_a_usage_error_is_typers_message_and_exit_2():
+    result = _invoke(["search", "--no-such-option"])
+    assert result.exit_code == 2
+    assert "No such option" in result.output and "aop bug" not in result.output

@@ -38,13 +38,21 @@ def _one_line(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
+# Typer's Exit and Abort are its own classes, and newer Typers carry their own copy of click
+# (usage errors derive from typer.exceptions.TyperException there): all of them pass through
+_PASS_THROUGH: tuple[type[BaseException], ...] = tuple({
+    click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit, typer.Abort,
+    getattr(typer.exceptions, "TyperException", click.ClickException),
+})
+
+
 class _AopGroup(TyperGroup):
     """Command group that turns every exception into one line (see the module docstring)."""
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except _PASS_THROUGH:  # --help, typer.Exit(code), usage errors: Typer's own handling
             raise
         except AopError as exc:
             if debug_enabled():
