@@ -177,7 +177,7 @@ def classify_dataset(
         _VolumeClassifier,
         fn_constructor_args=(classifier, str(Path(data).resolve()), device),
         batch_size=1,
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool of model holders
         num_gpus=gpus_per_worker or None,
     ).take_all()
     import pandas as pd

@@ -81,6 +81,10 @@ def _quiet_libraries() -> None:
     """Hide MLflow's (and its dependencies') warnings, which otherwise precede an error line."""
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # a CLI run shows aop's own progress; MLflow's per-download bars only repeat it
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # "GPU available", the logger tip
     # MLflow issues some warnings under its own ``simplefilter("once")``, which a filter here cannot
     # override: drop them where they are shown instead
     if getattr(warnings.showwarning, "_aop_quiet", False):

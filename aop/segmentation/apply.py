@@ -211,7 +211,7 @@ def apply_pipeline(
             "spacing": spacing,
         },
         batch_size=1,
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool of model holders
         num_gpus=gpus_per_worker,
         num_cpus=1,
     )

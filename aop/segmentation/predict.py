@@ -245,7 +245,7 @@ def predict_dataset(
                     "require_gpu": require_gpu,
                 },
                 batch_size=1,
-                concurrency=workers,
+                compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool of model holders
                 num_gpus=per_worker,
                 num_cpus=1,
             )

@@ -142,8 +142,11 @@ def make_searcher(
 
 
 def _optuna_search(request: SearcherRequest, sampler: Any) -> Searcher:
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    # "A new study created in memory" per search: the study's records and MLflow tell the rest
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return OptunaSearch(
         space=OptunaSearch.convert_search_space(request.space.domains()),
         metric=request.metric,

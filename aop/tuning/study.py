@@ -22,6 +22,7 @@ it, so the search continues instead of restarting, and finished trials are kept.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -169,6 +170,9 @@ def run_search(
                 verbose=verbose,
             ),
         )
+    # the trial records are aop's (results/NAME.jsonl): Tune's result.json files are not written,
+    # and its result grid would warn about each of them once per search
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     grid = tuner.fit()
     _report_errors(name, grid)
     kept = {r.metrics.get("trial_id") for r in grid if r.metrics}
