@@ -145,6 +145,8 @@ def test_a_classification_study_trains_logs_registers_and_classifies(class_data,
         children = client.search_runs(
             [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         assert len(children) == 2
+        for child in children:  # each trial's confusion matrix image
+            assert "confusion.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
         history = client.get_metric_history(children[0].info.run_id, "curve/val_accuracy_epoch")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
         assert "classifier.error" not in parent.data.tags, parent.data.tags["classifier.error"]

@@ -577,6 +577,7 @@ class StudyTracker:
         for name, points in (record.get("curves") or {}).items():  # training curves, per step
             metrics += [Metric(_safe_key(f"curve/{name}"), v, end, int(k)) for k, v in points]
         self._log_batch(run.info.run_id, params=params, metrics=metrics)
+        self._log_confusion(run.info.run_id, record.get("test"))
         self._terminate(run.info.run_id, end_time=end)
         step = max(record["iteration"], 0)
         if self.metric in record["metrics"]:
@@ -585,6 +586,17 @@ class StudyTracker:
             self.client.log_batch(parent, metrics=[Metric(name, value, end, step)])
         logged.add(key)
         return run.info.run_id
+
+    def _log_confusion(self, run_id: str, test: Any) -> None:
+        """A classifier trial's confusion matrix (its test split) as the child run's image."""
+        if not isinstance(test, Mapping) or not test.get("confusion_matrix"):
+            return
+        from aop.analysis.classifier_study import plot_confusion
+
+        with tempfile.TemporaryDirectory(prefix="aop-confusion-") as tmp:
+            path = plot_confusion(test, Path(tmp) / "confusion.png")
+            if path is not None:
+                self.client.log_artifact(run_id, str(path))
 
     def prune_trials(self, search: str, keep: Iterable[str]) -> int:
         """Delete the child runs of ``search`` whose trial id is not in ``keep``.
