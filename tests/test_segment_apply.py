@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ray
+import yaml
 from ray.cluster_utils import Cluster
 from typer.testing import CliRunner
 
@@ -99,3 +100,22 @@ def test_segment_bad_sources(tmp_path):
         app, ["segment", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     )
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_study_folder_resolves_to_the_tracking_store_it_logged_to(tmp_path):
+    """aop segment STUDY_DIR finds the pipeline where the study logged it: a server given with
+    --tracking-uri, else the study's own SQLite store, also after the folder moved."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "mlflow_run_id").write_text("abc123\n")
+    assert resolve_model(study) == ("runs:/abc123/pipeline", f"sqlite:///{study / 'mlflow.db'}")
+    saved = {"storage": {"study_dir": "/gone/old_study"},
+             "tracking": {"tracking_uri": "http://mlflow.example:5000"}}
+    (study / "experiment.yaml").write_text(yaml.safe_dump(saved))
+    assert resolve_model(study) == ("runs:/abc123/pipeline", "http://mlflow.example:5000")
+    saved["tracking"]["tracking_uri"] = "sqlite:////gone/old_study/mlflow.db"
+    (study / "experiment.yaml").write_text(yaml.safe_dump(saved))
+    assert resolve_model(study)[1] == f"sqlite:///{study / 'mlflow.db'}"
+    saved["tracking"]["tracking_uri"] = "sqlite:////shared/team.db"  # not the study's own
+    (study / "experiment.yaml").write_text(yaml.safe_dump(saved))
+    assert resolve_model(study)[1] == "sqlite:////shared/team.db"

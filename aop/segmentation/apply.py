@@ -36,21 +36,23 @@ def resolve_model(source: str | os.PathLike) -> tuple[str, str | None]:
     """The model URI and tracking URI of ``source``: a study folder or an MLflow model URI.
 
     A study folder (it holds ``mlflow_run_id``) gives ``runs:/<parent run>/pipeline`` in the
-    study's default SQLite store; anything else is taken as a model URI (``runs:/``,
-    ``models:/``, a local model folder) in the current tracking URI.
+    study's tracking store: the ``tracking.tracking_uri`` its ``experiment.yaml`` saved (an MLflow
+    server given with ``--tracking-uri``), else its own SQLite store, wherever the folder is now.
+    Anything else is taken as a model URI (``runs:/``, ``models:/``, a local model folder) in the
+    current tracking URI.
 
     Raises
     ------
     AopError
         For a folder that is neither a study nor an MLflow model.
     """
-    from aop.tracking import RUN_ID_FILE, default_tracking_uri
+    from aop.tracking import RUN_ID_FILE
 
     path = Path(source)
     if path.is_dir():
         if (path / RUN_ID_FILE).is_file():
             run_id = (path / RUN_ID_FILE).read_text(encoding="utf-8").strip()
-            return f"runs:/{run_id}/{PIPELINE_NAME}", default_tracking_uri(path)
+            return f"runs:/{run_id}/{PIPELINE_NAME}", _study_tracking_uri(path)
         if (path / "MLmodel").is_file():
             return str(path.resolve()), None
         raise AopError(f"{path}: neither a study folder ({RUN_ID_FILE}) nor an MLflow model")
@@ -58,6 +60,34 @@ def resolve_model(source: str | os.PathLike) -> tuple[str, str | None]:
     if "://" in text or text.startswith(("runs:/", "models:/")):
         return text, None
     raise AopError(f"{source}: no such study folder or model URI")
+
+
+def _study_tracking_uri(study: Path) -> str:
+    """The tracking store a study logged to (see :func:`resolve_model`)."""
+    from aop.tracking import default_tracking_uri
+    from aop.tracking.relocate import relocate_store
+
+    saved = study / "experiment.yaml"
+    raw: Any = {}
+    if saved.is_file():
+        try:
+            raw = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise AopError(f"{saved}: not readable YAML ({exc})") from None
+    uri = ((raw.get("tracking") or {}) if isinstance(raw, dict) else {}).get("tracking_uri")
+    stored = ((raw.get("storage") or {}).get("study_dir")) if isinstance(raw, dict) else None
+    old, new = (Path(stored) if stored else study.resolve()), study.resolve()
+    prefix = "sqlite:///"
+    saved_db = Path(str(uri)[len(prefix):]) if str(uri or "").startswith(prefix) else None
+    if not uri:
+        db = new / "mlflow.db"
+    elif saved_db is not None and (saved_db == old or old in saved_db.parents):
+        db = new / saved_db.relative_to(old)  # the study's own store, moved with the folder
+    else:
+        return str(uri)
+    if old != new and db.is_file():
+        relocate_store(db, old, new)  # its artifact locations move too (aop.tracking.relocate)
+    return default_tracking_uri(new) if db == new / "mlflow.db" else f"sqlite:///{db}"
 
 
 class PipelineWorker:
