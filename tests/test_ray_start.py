@@ -368,27 +368,53 @@ def mlflow_server(cluster):
 def test_cli_study_on_the_ray_start_cluster_logs_everything_to_the_server(
     cluster, mlflow_server, tmp_path
 ):
+    """A study on the cluster with --address and --tracking-uri; its driver is killed (SIGKILL)
+    after the first trial and resumed on the head with aop resume --address: exact budget, no
+    duplicate runs on the server, every artifact there."""
     from mlflow import MlflowClient
 
     uri, artifacts = mlflow_server
     study = tmp_path / "study"
-    experiment = _experiment(tmp_path / "deployed.yaml", study, 2)
+    experiment = _experiment(tmp_path / "deployed.yaml", study, 3)
     env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}  # token by path only
+    results = study / "results" / "gp.jsonl"
     start = time.monotonic()
-    done = subprocess.run(
+    log = (tmp_path / "search.log").open("w")
+    driver = subprocess.Popen(
         [
             *AOP, "search", str(experiment), "--address", cluster.address,
             "--tracking-uri", uri, "--quiet",
         ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+        stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True,
     )
-    print(f"aop search --address (2 trials, 2 volumes): {time.monotonic() - start:.1f} s")
+    try:
+        deadline = time.monotonic() + 240
+        while driver.poll() is None and not (
+            results.is_file() and results.read_text().count("\n") >= 1
+        ):
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.1)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver only: the nodes are not its group
+        driver.wait()
+        log.close()
+    before = [json.loads(x) for x in results.read_text().splitlines()] if results.is_file() else []
+    tail = (tmp_path / "search.log").read_text()[-2000:]
+    assert 1 <= len(before) < 3, f"the driver was not interrupted: {tail}"
+    done = subprocess.run(
+        [*AOP, "resume", str(study), "--address", cluster.address, "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    print(f"aop search --address, killed, aop resume --address (3 trials, 2 volumes): "
+          f"{time.monotonic() - start:.1f} s")
     assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(x) for x in (study / "results" / "gp.jsonl").read_text().splitlines()]
-    assert len(records) == 2
+    records = [json.loads(x) for x in results.read_text().splitlines()]
+    ids = [r["trial_id"] for r in records]
+    assert len(records) == 3 and len(set(ids)) == 3
+    # the trials finished before the kill are kept (one that reported after Tune's last save
+    # reruns under a new id)
+    assert len([r for r in before if r["trial_id"] in ids]) >= len(before) - 1
     # every trial scored its two volumes on the two nodes (one CPU each)
     for record in records:
         assert len({node.split("/")[1] for node in record["volume_nodes"].values()}) == 2
