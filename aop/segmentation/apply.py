@@ -65,7 +65,7 @@ def resolve_model(source: str | os.PathLike) -> tuple[str, str | None]:
 def _study_tracking_uri(study: Path) -> str:
     """The tracking store a study logged to (see :func:`resolve_model`)."""
     from aop.tracking import default_tracking_uri
-    from aop.tracking.relocate import relocate_store
+    from aop.tracking.relocate import moved_study_store
 
     saved = study / "experiment.yaml"
     raw: Any = {}
@@ -76,18 +76,9 @@ def _study_tracking_uri(study: Path) -> str:
             raise AopError(f"{saved}: not readable YAML ({exc})") from None
     uri = ((raw.get("tracking") or {}) if isinstance(raw, dict) else {}).get("tracking_uri")
     stored = ((raw.get("storage") or {}).get("study_dir")) if isinstance(raw, dict) else None
-    old, new = (Path(stored) if stored else study.resolve()), study.resolve()
-    prefix = "sqlite:///"
-    saved_db = Path(str(uri)[len(prefix):]) if str(uri or "").startswith(prefix) else None
-    if not uri:
-        db = new / "mlflow.db"
-    elif saved_db is not None and (saved_db == old or old in saved_db.parents):
-        db = new / saved_db.relative_to(old)  # the study's own store, moved with the folder
-    else:
-        return str(uri)
-    if old != new and db.is_file():
-        relocate_store(db, old, new)  # its artifact locations move too (aop.tracking.relocate)
-    return default_tracking_uri(new) if db == new / "mlflow.db" else f"sqlite:///{db}"
+    new = study.resolve()
+    uri = moved_study_store(str(uri) if uri else None, Path(stored) if stored else new, new)
+    return uri or default_tracking_uri(new)
 
 
 class PipelineWorker:

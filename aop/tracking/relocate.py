@@ -97,3 +97,34 @@ def _forget_artifact_repositories() -> None:
     cache = getattr(utils, "_artifact_repos_cache", None)
     if hasattr(cache, "clear"):
         cache.clear()
+
+
+def moved_study_store(uri: str | None, old: str | Path, new: str | Path) -> str | None:
+    """The tracking URI of a study that moved from folder ``old`` to ``new``.
+
+    The study's own SQLite store (``uri`` None: ``new/mlflow.db``; or a ``sqlite:///`` URI of a
+    file under ``old``) now lies under ``new``: its URI is mapped there and, when the file exists
+    and the folder did move, its artifact locations are rewritten (:func:`relocate_store`). Any
+    other URI (an MLflow server, a shared store elsewhere) is returned as it is.
+
+    Returns
+    -------
+    str or None
+        The URI to use; ``None`` stays ``None`` (the study's default store).
+    """
+    old, new = Path(old), Path(new)
+    prefix = "sqlite:///"
+    if uri is None:
+        db = new / "mlflow.db"
+    elif uri.startswith(prefix):
+        saved = Path(uri[len(prefix):])
+        if saved != old and old not in saved.parents:
+            return uri  # a store outside the study
+        db = new / saved.relative_to(old)
+        uri = f"{prefix}{db}"
+    else:
+        return uri
+    if old != new and db.is_file():
+        relocate_store(db, old, new)
+    return uri
+

@@ -274,16 +274,10 @@ def load_study_experiment(study_dir: str | os.PathLike) -> BaseExperiment:
         data = getattr(exp, "data", None)
         if getattr(data, "benchmark", None) is not None:
             data.benchmark = moved(data.benchmark)
-        uri = exp.tracking.tracking_uri
-        if uri and uri.startswith("sqlite:///"):
-            exp.tracking.tracking_uri = f"sqlite:///{moved(Path(uri[len('sqlite:///'):]))}"
-        store = exp.tracking_uri
-        db = Path(store[len("sqlite:///"):]) if store.startswith("sqlite:///") else None
-        if db is not None and new in db.parents and db.is_file():
-            # the study's own store: its artifact locations move with the folder
-            from aop.tracking.relocate import relocate_store
+        # the study's own SQLite store moves too, with the artifact locations in it
+        from aop.tracking.relocate import moved_study_store
 
-            relocate_store(db, old, new)
+        exp.tracking.tracking_uri = moved_study_store(exp.tracking.tracking_uri, old, new)
     return exp
 
 
