@@ -294,10 +294,10 @@ def _train_and_report(
             if os.path.isfile(os.path.join(local, BEST_FILE)) and stage in progress.get(
                 "stage_best", {}
             ):
+                # the callback goes on from this file (and may replace it); the restored
+                # checkpoint folder keeps the interrupted run's own copy for train_classifier
                 shutil.copy(os.path.join(local, BEST_FILE), os.path.join(work, BEST_FILE))
-                kept = os.path.join(work, "restored.ckpt")
-                shutil.copy(os.path.join(local, BEST_FILE), kept)
-                resume_best = (kept, float(progress["stage_best"][stage]))
+                resume_best = (os.path.join(local, BEST_FILE), float(progress["stage_best"][stage]))
     reporter = _tune_report_callback(
         work, int(progress["epochs"]), float(progress["best"]), progress.get("stage_best")
     )
