@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import psutil
 import pytest
 import ray
 import yaml
+from mlflow_helpers import wait_for_mlflow
 from ray import cloudpickle, tune
 
 import aop
@@ -351,17 +351,7 @@ def _start_mlflow(root: Path) -> tuple[subprocess.Popen, str, Path]:
 @pytest.fixture(scope="module")
 def mlflow_server(cluster):
     server, uri, root = cluster.mlflow
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=1) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
-        assert server.poll() is None, (root / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "mlflow server did not start"
-        time.sleep(0.5)
+    wait_for_mlflow(uri, server, 180, root / "server.log")
     return uri, root / "artifacts"
 
 

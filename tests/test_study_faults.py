@@ -16,11 +16,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from mlflow_helpers import wait_for_mlflow
 
 AOP = [sys.executable, "-c", "from aop.cli import main; main()"]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
@@ -40,15 +40,8 @@ def _start_server(store: Path, port: int) -> subprocess.Popen:
          "--port", str(port), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "mlflow server exited"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError("mlflow server did not start")
+    wait_for_mlflow(f"http://127.0.0.1:{port}", server, 120)
+    return server
 
 
 def _kill(process: subprocess.Popen) -> None:

@@ -6,8 +6,6 @@ import pickle
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
+from mlflow_helpers import wait_for_mlflow
 
 from aop.io import dataset_fingerprint
 from aop.metrics import IPQ_SCORES
@@ -74,18 +73,7 @@ def mlflow_server(tmp_path_factory):
         stdout=subprocess.DEVNULL, stderr=(root / "server.log").open("w"),
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("mlflow server did not start: " + (root / "server.log").read_text()[-2000:])
-        time.sleep(0.5)
+    wait_for_mlflow(url, process, 120, root / "server.log")
     yield url
     process.terminate()
     try:

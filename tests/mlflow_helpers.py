@@ -1,0 +1,34 @@
+"""Waiting for a real ``mlflow server`` process that a test started."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def wait_for_mlflow(
+    url: str, process: subprocess.Popen, timeout: float, log: Path | None = None
+) -> None:
+    """Poll ``url/health`` until the server answers 200.
+
+    Fails the test (and kills the server) when the process exits or ``timeout`` seconds pass,
+    with the tail of the server's ``log`` when there is one.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            exited = process.poll() is not None
+            process.kill()
+            tail = log.read_text()[-3000:] if log is not None and log.is_file() else ""
+            pytest.fail(f"mlflow server at {url} {'exited' if exited else 'did not start'}: {tail}")
+        time.sleep(0.5)
