@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from aop.errors import AopError
+from aop.outputs import atomic_file
 
 
 @dataclass
@@ -193,9 +194,8 @@ def classify_dataset(
                       **{f"p_{c}": float(v) for c, v in zip(classes, proba, strict=True)}})
     replace_annotations(data, rows, source="predicted")
     path = Path(data) / "predictions.csv"
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(table).sort_values(["volume", "label"]).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        pd.DataFrame(table).sort_values(["volume", "label"]).to_csv(tmp, index=False)
     if progress is not None:
         progress(f"classified {len(rows)} instances of {len(dataset.names)} volumes")
     return len(rows)

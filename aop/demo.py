@@ -20,12 +20,12 @@ Local Ray, SQLite MLflow stores in the study folders and synthetic data, the who
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aop.config import PROJECT_ROOT, Experiment, load_experiment
+from aop.outputs import atomic_file
 
 DEMO_EXPERIMENT = PROJECT_ROOT / "experiments" / "demo.yaml"
 DEMO_CLASSIFICATION = PROJECT_ROOT / "experiments" / "demo_classification.yaml"
@@ -106,9 +106,8 @@ def classification_experiment(out: Path, data: Path, budget: int | None = None) 
     if budget is not None:
         raw["search"]["budget"] = budget
     path = out / "classification.yaml"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
 

@@ -52,10 +52,12 @@ Kind = Literal["file", "folder", "dataset", "study"]
 __all__ = [
     "MARKER",
     "TIFF_SOFTWARE",
+    "atomic_file",
     "atomic_output",
     "claim_folder",
     "discard_output",
     "is_aop_output",
+    "is_disk_full",
     "os_error_message",
     "prepare_output",
     "write_marker",
@@ -142,6 +144,30 @@ def os_error_message(path: str | os.PathLike, exc: OSError) -> str:
     elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         reason = f"not writable ({exc.strerror})"
     return f"{path}: cannot write: {reason}"
+
+
+# the OS's text, SQLite's, and aop's own line (os_error_message), which a Ray task error carries
+_DISK_FULL_TEXT = ("no space left on", "database or disk is full", "disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it wraps) is a full disk or quota.
+
+    Besides an ``OSError`` with ``ENOSPC``/``EDQUOT``, this recognises the errors that libraries
+    raise in its place: SQLite's "database or disk is full" (inside MLflow's and SQLAlchemy's
+    exceptions) and Ray Tune's wrapped worker errors, by their text.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(current).lower()
+        if any(marker in text for marker in _DISK_FULL_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -372,6 +398,25 @@ def atomic_output(
     except BaseException:
         _remove(tmp)
         raise
+
+
+def atomic_file(path: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
+    """Write a file aop owns (a study's YAML, a table, a figure) under a temporary sibling name.
+
+    :func:`atomic_output` without the output policy: the caller owns ``path``. The yielded name
+    keeps the target's suffix; on success it replaces ``path``, on any failure it is removed and
+    an ``OSError`` (a full disk) becomes one :class:`AopError` line naming ``path``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
+    >>> with atomic_file(target) as tmp:
+    ...     _ = tmp.write_text("a,b\\n")
+    >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+    ('a,b\\n', ['table.csv'])
+    """
+    return atomic_output(path, kind="file", check=False)
 
 
 def _replace(tmp: Path, target: Path) -> None:

@@ -1,10 +1,13 @@
-"""Faults during a study: the MLflow tracking server is killed and restarted mid-study.
+"""Faults during a study: the tracking server goes away, the disk fills up.
 
-A real ``mlflow server`` process (SQLite store) is SIGKILLed while ``aop search`` runs, and started
-again on the same port and store. The study must finish with every trial logged once. That test
-starts two servers and a whole study (minutes on a loaded 2-core machine, beyond the suite's time
-budget), so it runs when ``AOP_FAULT_TESTS=1``; the test below it, which logs the trials an outage
-missed and checks the one-line refusal of a dead server, always runs.
+- A real ``mlflow server`` process (SQLite store) is SIGKILLed while ``aop search`` runs, and
+  started again on the same port and store. The study must finish with every trial logged once.
+- The study folder lives on a small tmpfs that the test fills once the first trial is recorded.
+  The study must stop with one line, and ``aop resume`` (after the test frees the space) must
+  finish it with the exact budget, every trial logged once. Mounting needs root; elsewhere the
+  test is skipped.
+- Without any process: the trials an outage missed are logged once, and a dead server is refused
+  in one line.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from mlflow_helpers import wait_for_mlflow
 
 AOP = [sys.executable, "-c", "from aop.cli import main; main()"]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-BUDGET = 10
+BUDGET = 4
 
 
 def _free_port() -> int:
@@ -56,17 +59,7 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("AOP_FAULT_TESTS") != "1", reason="a study and two servers: AOP_FAULT_TESTS=1"
-)
-def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path):
-    from mlflow import MlflowClient
-
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = _start_server(tmp_path, port)
-    study = tmp_path / "study"
+def _fault_experiment(tmp_path: Path, study: Path) -> Path:
     experiment = tmp_path / "faults.yaml"
     experiment.write_text(yaml.safe_dump({
         "name": "faults",
@@ -77,6 +70,36 @@ def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path)
         "comparison": {"baseline": False, "random": False},
         "ray": {"num_cpus": 2},
     }))  # fmt: skip
+    return experiment
+
+
+def _wait_for_records(path: Path, count: int, driver: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    while len(_records(path)) < count:
+        assert driver.poll() is None, driver.stdout.read().decode()
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(0.05)
+
+
+def _child_runs(uri: str, study: Path) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    parent = (study / "mlflow_run_id").read_text().strip()
+    return client.search_runs(
+        [client.get_run(parent).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent}'",
+        max_results=1000,
+    )
+
+
+@pytest.mark.slow
+def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path):
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start_server(tmp_path, port)
+    study = tmp_path / "study"
+    experiment = _fault_experiment(tmp_path, study)
     env = {**os.environ, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     driver = subprocess.Popen(
         [*AOP, "search", str(experiment), "--quiet", "--tracking-uri", uri],
@@ -84,23 +107,13 @@ def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path)
     )  # fmt: skip
     results = study / "results" / "random.jsonl"
     try:
-        deadline = time.monotonic() + 300
-        while len(_records(results)) < 2:
-            assert driver.poll() is None, driver.stdout.read().decode()
-            assert time.monotonic() < deadline, "no trial finished in time"
-            time.sleep(0.05)
+        _wait_for_records(results, 1, driver)
         _kill(server)  # the tracking server goes away mid-study ...
         time.sleep(3)
         server = _start_server(tmp_path, port)  # ... and comes back on the same store
         output, _ = driver.communicate(timeout=400)
         assert driver.returncode == 0, output.decode()[-3000:]
-        client = MlflowClient(tracking_uri=uri)
-        parent = (study / "mlflow_run_id").read_text().strip()
-        runs = client.search_runs(
-            [client.get_run(parent).info.experiment_id],
-            f"tags.`mlflow.parentRunId` = '{parent}'",
-            max_results=1000,
-        )
+        runs = _child_runs(uri, study)
         logged = [run.data.tags["trial_id"] for run in runs]
         recorded = [r["trial_id"] for r in _records(results)]
         assert len(recorded) == BUDGET
@@ -109,6 +122,57 @@ def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path)
     finally:
         _kill(driver)
         _kill(server)
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_mid_study_is_one_line_and_the_study_resumes(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.system(f"mount -t tmpfs -o size=48m tmpfs {disk} 2>/dev/null") != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    study = disk / "study"
+    experiment = _fault_experiment(tmp_path, study)
+    driver = subprocess.Popen(
+        [*AOP, "search", str(experiment), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    results = study / "results" / "random.jsonl"
+    filler = disk / "filler"
+    try:
+        _wait_for_records(results, 1, driver)
+        with pytest.raises(OSError, match="No space left"), filler.open("wb") as handle:
+            while True:  # every byte the study has not taken yet
+                handle.write(b"\0" * (1 << 16))
+                handle.flush()
+        _, stderr = driver.communicate(timeout=400)
+        lines = [line for line in stderr.decode().splitlines() if line.startswith("error:")]
+        assert driver.returncode == 2, stderr.decode()[-3000:]
+        assert lines == [
+            f"error: {study}: cannot write: no space left on the device; free space, then run aop "
+            f"resume {study} (it continues from the last state Ray Tune saved)"
+        ], stderr.decode()[-3000:]
+        assert "Traceback" not in stderr.decode()
+        # no half-written file left behind, Tune's state included (aop.tuning.storage)
+        assert not [p.name for p in [*study.rglob(".*tmp*"), *study.rglob(".*part*")]]
+        for state in (study / "tune" / "random").glob("experiment_state-*.json"):
+            json.loads(state.read_text())
+        assert 1 <= len(_records(results)) <= BUDGET
+        filler.unlink()  # the user frees space ...
+        resumed = subprocess.run(
+            [*AOP, "resume", str(study), "--quiet"], capture_output=True, timeout=400
+        )  # ... and continues
+        assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+        recorded = [r["trial_id"] for r in _records(results)]
+        # the exact budget: trials that finished after Tune's last saved state ran again, and
+        # their first records and child runs were dropped, so nothing counts twice
+        assert len(recorded) == len(set(recorded)) == BUDGET
+        logged = [run.data.tags["trial_id"] for run in _child_runs(
+            f"sqlite:///{study / 'mlflow.db'}", study)]  # fmt: skip
+        assert sorted(logged) == sorted(recorded)
+        assert (study / "best.yaml").is_file() and (study / "plots" / "comparison.png").is_file()
+    finally:
+        _kill(driver)
+        os.system(f"umount {disk}")
 
 
 def test_trials_missing_from_mlflow_are_logged_once_and_a_dead_server_is_one_line(tmp_path):

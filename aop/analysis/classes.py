@@ -29,7 +29,6 @@ Example
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from aop.errors import AopError  # noqa: E402
+from aop.outputs import atomic_file
 
 __all__ = [
     "ANNOTATION_COLUMNS",
@@ -203,15 +203,8 @@ def class_analysis(
 
 
 def _atomic(path: Path, write) -> None:  # type: ignore[no-untyped-def]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _plot_counts(result: ClassAnalysis) -> plt.Figure:

@@ -32,6 +32,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
+from aop.outputs import atomic_file
+
 __all__ = ["trials_table", "encoder_table", "write_classifier_results"]
 
 
@@ -65,19 +67,17 @@ def encoder_table(
 
 
 def _save(figure: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    figure.savefig(tmp, dpi=150, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:
+            figure.savefig(tmp, dpi=150, bbox_inches="tight")
+    finally:
+        plt.close(figure)
     return path
 
 
 def _write(frame: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, index=False)
     return path
 
 

@@ -36,6 +36,7 @@ from aop.analysis.compare import (  # noqa: E402
 from aop.analysis.records import best_record, read_study_records  # noqa: E402
 from aop.errors import AopError  # noqa: E402
 from aop.metrics import IPQ_SCORES as METRICS  # noqa: E402
+from aop.outputs import atomic_file
 from aop.segmentation.params import PARAMETER_RANGES  # noqa: E402
 
 __all__ = [
@@ -70,11 +71,8 @@ def _hatch(search: str, index: int) -> str:
 def _save(figure: Figure, path: str | os.PathLike | None) -> None:
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    figure.savefig(tmp, dpi=150, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, dpi=150, bbox_inches="tight")
 
 
 def plot_search_comparison(

@@ -69,6 +69,11 @@ class _AopGroup(TyperGroup):
         except Exception as exc:
             if debug_enabled():
                 raise
+            from aop.outputs import is_disk_full
+
+            if is_disk_full(exc):  # e.g. inside a Ray worker's error: not a bug
+                _one_line("aop: cannot write: no space left on the device")
+                raise typer.Exit(2) from None
             text = " ".join(str(exc).split())[:300]
             _one_line(
                 f"{type(exc).__name__}: {text} (an aop bug? rerun with --debug or "
@@ -77,10 +82,38 @@ class _AopGroup(TyperGroup):
             raise typer.Exit(1) from None
 
 
+class _DropDiskFull(logging.Filter):
+    """Drop library log records about a full disk: aop stops with its own line for it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aop.outputs import is_disk_full
+
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and is_disk_full(error):
+            return False
+        return not is_disk_full(Exception(record.getMessage()))
+
+
+# Ray Tune's driver logs a failed copy of its experiment state as a warning with a whole traceback
+_DISK_FULL_LOGGERS = (
+    "ray.train._internal.syncer",
+    "ray.tune.execution.experiment_state",
+    "ray.tune.execution.tune_controller",
+    "ray.tune.experiment.trial",
+)
+
+
 def _quiet_libraries() -> None:
     """Hide MLflow's (and its dependencies') warnings, which otherwise precede an error line."""
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # logs a whole traceback at ERROR before raising the MlflowException that aop handles (a full
+    # disk, a locked database): the one line comes from aop
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    for name in _DISK_FULL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropDiskFull) for f in logger.filters):
+            logger.addFilter(_DropDiskFull())
     # a CLI run shows aop's own progress; MLflow's per-download bars only repeat it
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -31,18 +29,13 @@ def _features_with_progress(data: Path):  # type: ignore[no-untyped-def]
 
 def write_table(frame, out: Path, as_csv: bool) -> None:  # type: ignore[no-untyped-def]
     """Write a table as Parquet (pyarrow) or CSV, atomically (a temporary file renamed)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    from aop.outputs import atomic_file
+
+    with atomic_file(out) as tmp:
         if as_csv:
             frame.to_csv(tmp, index=False)
         else:
             frame.to_parquet(tmp, engine="pyarrow", index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @app.command("instances")

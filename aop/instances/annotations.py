@@ -25,7 +25,6 @@ from __future__ import annotations
 import fcntl
 import io
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import pandas as pd
 import yaml
 
 from aop.errors import AopError
+from aop.outputs import atomic_file
 
 __all__ = [
     "ANNOTATIONS_FILE",
@@ -187,14 +187,8 @@ def write_classes(dataset_dir: str | os.PathLike, classes: Sequence[ClassSpec | 
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 @contextmanager

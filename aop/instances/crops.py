@@ -147,7 +147,10 @@ def instance_crops(
         mask = labels[region] == label
         values = image[(slice(None), *region)].astype(np.float32)
         if method == "distance":
-            distance = edt.edt(~mask, anisotropy=spacing, black_border=False)
+            # a uint8 view of the (contiguous) complement: edt converts a bool array itself, at
+            # about three times the cost of the transform on a crop-sized region
+            outside = (~mask).view(np.uint8)
+            distance = edt.edt(outside, anisotropy=spacing, black_border=False, parallel=1)
             values *= np.exp(-distance / sigma).astype(np.float32)
         if resample:
             axes = (o + s - a for o, s, a in zip(offsets, start, low, strict=True))

@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from aop.errors import AopError
+from aop.outputs import atomic_file
 
 __all__ = ["PipelineWorker", "apply_pipeline", "resolve_model"]
 
@@ -137,9 +138,8 @@ def _prepare_output(dataset: Any, out: Path, model_uri: str) -> None:
             "pipeline": model_uri,
             "source_provenance": raw["provenance"],
         }
-        tmp = out / ".dataset.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
-        os.replace(tmp, info)
+        with atomic_file(info) as tmp:
+            tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def apply_pipeline(

@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aop.errors import AopError
+from aop.outputs import atomic_file
 
 if TYPE_CHECKING:
     from aop.segmentation.models import SegmentationModel
@@ -125,21 +125,14 @@ class PredictionCache:
     def _put(self, key: str, labels: np.ndarray, identity: dict) -> Path:
         labels = np.ascontiguousarray(labels)
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(
-                    f,
-                    labels=labels,
-                    checksum=np.str_(_labels_checksum(labels)),
-                    key=np.str_(key),
-                    identity=np.str_(json.dumps(identity, sort_keys=True)),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(
+                f,
+                labels=labels,
+                checksum=np.str_(_labels_checksum(labels)),
+                key=np.str_(key),
+                identity=np.str_(json.dumps(identity, sort_keys=True)),
+            )
         return path
 
     def get_or_predict(

@@ -186,10 +186,15 @@ class StudyCallback(Callback):
             forget = getattr(getattr(self.sink, "__self__", None), "forget_logged", None)
             if forget is not None:
                 forget()  # re-read which trials are logged (and clean half-written runs)
+            from aop.outputs import is_disk_full
+
+            if is_disk_full(exc):
+                reason, when = "no space left on the device", "there is space again"
+            else:
+                reason, when = type(exc).__name__, "the tracking server answers again"
             warnings.warn(
-                f"MLflow: trial {trial.trial_id} of {self.search} not logged yet "
-                f"({type(exc).__name__}); it is logged when the tracking server answers again "
-                "(at the end of the study or by aop resume)",
+                f"MLflow: trial {trial.trial_id} of {self.search} not logged yet ({reason}); "
+                f"it is logged when {when} (at the end of the study or by aop resume)",
                 stacklevel=2,
             )
 
@@ -210,11 +215,11 @@ def prune_orphans(path: Path, trial_ids: set[str], tracker: Any = None, search: 
     records = read_records(path) if path.is_file() else []
     kept = [r for r in records if r["trial_id"] in trial_ids]
     if len(kept) != len(records):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.unlink(missing_ok=True)
-        for record in kept:
-            append_record(tmp, record)
-        os.replace(tmp, path)
+        from aop.outputs import atomic_file
+
+        with atomic_file(path) as tmp:
+            for record in kept:
+                append_record(tmp, record)
     if tracker is not None:
         tracker.prune_trials(search, {r["trial_id"] for r in kept})
     return len(records) - len(kept)

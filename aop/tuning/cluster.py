@@ -385,19 +385,25 @@ def tune_storage(uri: str | None, default: str | os.PathLike) -> tuple[Any, str]
 
     Returns
     -------
-    (pyarrow.fs.FileSystem or None, str)
-        The filesystem (``None``: local) and the path inside it, for
-        ``RunConfig(storage_path=..., storage_filesystem=...)`` and ``Tuner.restore``.
+    (pyarrow.fs.FileSystem, str)
+        The filesystem and the path inside it, for
+        ``RunConfig(storage_path=..., storage_filesystem=...)`` and ``Tuner.restore``. A local
+        folder or ``file://`` URI gets :func:`aop.tuning.storage.atomic_local_filesystem`, so a
+        full disk cannot leave Tune a truncated state file.
 
     Examples
     --------
     >>> fs, path = tune_storage("file:///tmp/aop-tune", "unused")
-    >>> type(fs).__name__, path
-    ('LocalFileSystem', '/tmp/aop-tune')
+    >>> fs.type_name, path
+    ('py::aop-atomic-local', '/tmp/aop-tune')
     """
-    if uri is None:
-        return None, str(Path(default).resolve())
     import pyarrow.fs
+
+    from aop.tuning.storage import atomic_local_filesystem
+
+    if uri is None:
+        folder = Path(default).resolve()
+        return atomic_local_filesystem(), str(folder)
 
     if "://" not in uri:
         raise AopError(
@@ -406,6 +412,8 @@ def tune_storage(uri: str | None, default: str | os.PathLike) -> tuple[Any, str]
         )
     try:
         filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+        if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+            filesystem = atomic_local_filesystem()
         filesystem.create_dir(path, recursive=True)
     except (pyarrow.ArrowException, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -231,10 +231,10 @@ class StudyResult:
 
 
 def _write_yaml(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    from aop.outputs import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def save_experiment(exp: BaseExperiment) -> Path:
@@ -450,13 +450,35 @@ def run_study(
     -------
     StudyResult
     """
-    from aop.outputs import claim_folder
+    from aop.outputs import claim_folder, is_disk_full
 
     kind = get_kind(exp.kind)
     check_study(exp, kind)
     init_ray(exp.ray.address, exp.ray.num_cpus)  # first: a cluster that refuses writes nothing
     check_study_resources(exp)
     study_dir = claim_folder(exp.study_dir, "study")
+    try:
+        return _run_claimed_study(exp, kind, study_dir, verbose, prepare)
+    except Exception as exc:
+        # a full disk surfaces as OSError (or aop's one line for it), as SQLite's "database or
+        # disk is full" inside MLflow, or as a Tune error around a worker's: one line, since the
+        # finished trials are in results/ and Tune's state, and aop resume continues from them
+        if not is_disk_full(exc):
+            raise
+        raise AopError(
+            f"{study_dir}: cannot write: no space left on the device; free space, then run aop "
+            f"resume {study_dir} (it continues from the last state Ray Tune saved)"
+        ) from None
+
+
+def _run_claimed_study(
+    exp: BaseExperiment,
+    kind: StudyKind,
+    study_dir: Path,
+    verbose: int,
+    prepare: Callable[[BaseExperiment], Prepared] | None,
+) -> StudyResult:
+    """The body of :func:`run_study`, once the study folder is claimed."""
     save_experiment(exp)
     space = kind.search_space(exp)
     prepared = (prepare or kind.prepare)(exp)
