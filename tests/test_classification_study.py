@@ -147,8 +147,19 @@ def test_a_classification_study_trains_logs_registers_and_classifies(class_data,
         assert len(children) == 2
         for child in children:  # each trial's confusion matrix image
             assert "confusion.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
-        history = client.get_metric_history(children[0].info.run_id, "curve/val_accuracy_epoch")
-        assert [m.step for m in history] == list(range(1, len(history) + 1))
+        by_trial = {r["trial_id"]: r for r in records}
+        for child in children:  # Lightning's MLflow logger wrote each epoch from inside the trial
+            assert child.data.tags["aop.trial_open"] == "true" and child.info.status == "FINISHED"
+            record = by_trial[child.data.tags["trial_id"]]
+            epochs = int(record["metrics"]["epoch"])
+            for name in ("curve/val_acc", "curve/val_loss", "curve/train_loss"):
+                history = client.get_metric_history(child.info.run_id, name)
+                assert [m.step for m in history] == list(range(1, epochs + 1)), name
+            accuracy = [m.value for m in client.get_metric_history(child.info.run_id,
+                                                                   "curve/val_acc")]
+            assert accuracy == pytest.approx([v for _, v in record["curves"]["val_accuracy_epoch"]])
+            assert "curve/val_accuracy_epoch" not in child.data.metrics  # not twice
+            assert child.data.params["encoder"] == record["params"]["encoder"]
         assert "classifier.error" not in parent.data.tags, parent.data.tags["classifier.error"]
         version = client.search_model_versions("name = 'aop-cls-classifier'")[0]
         mlflow.set_tracking_uri(exp.tracking_uri)  # models:/ URIs resolve in the study's store

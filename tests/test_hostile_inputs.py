@@ -407,7 +407,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
         assert len(lines) == 1 and "no space left on the device" in lines[0], result.output
         assert list(mount.iterdir()) == []
     finally:
-        os.system(f"umount {mount}")
+        os.system(f"umount -l {mount}")
 
 
 def test_prepare_output_refuses_inputs_and_their_parents(tmp_path):

@@ -83,6 +83,9 @@ __all__ = [
 ]
 
 
+TRIAL_OPEN_TAG = "aop.trial_open"  # a child run a trial opened, until its record completes it
+
+
 def default_tracking_uri(study_dir: str | os.PathLike) -> str:
     """The default MLflow store of a study: ``sqlite:///<absolute study dir>/mlflow.db``."""
     return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"
@@ -166,6 +169,7 @@ class StudyTracker:
         self.experiment_id: str | None = None
         self._client: MlflowClient | None = None
         self._logged: set[tuple[str, str]] | None = None
+        self._open: dict[tuple[str, str], str] = {}  # child runs a trial opened, not logged yet
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -173,6 +177,7 @@ class StudyTracker:
         state = dict(self.__dict__)
         state["_client"] = None
         state["_logged"] = None
+        state["_open"] = {}
         return state
 
     @property
@@ -186,12 +191,25 @@ class StudyTracker:
 
     def _require_parent(self) -> str:
         if self.parent_run_id is None:
-            stored = self._stored_run_id()
+            stored = self._stored_run_id() or self._parent_by_tag()
             if stored is None:
                 raise AopError(f"{self.study_dir}: the study has no MLflow run yet (call start)")
             self.parent_run_id = stored
             self.experiment_id = self.client.get_run(stored).info.experiment_id
         return self.parent_run_id
+
+    def _parent_by_tag(self) -> str | None:
+        """The study's parent run found in the store (a trial on a node without the folder)."""
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return None
+        runs = self.client.search_runs(
+            [experiment.experiment_id],
+            f"tags.`aop.study_dir` = '{self.study_dir}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
 
     def _stored_run_id(self) -> str | None:
         path = self.study_dir / RUN_ID_FILE
@@ -499,10 +517,15 @@ class StudyTracker:
     # -- child runs -------------------------------------------------------------------------------
 
     def _logged_keys(self) -> set[tuple[str, str]]:
-        """(search, trial_id) of the finished child runs; half-written ones are deleted."""
+        """(search, trial_id) of the finished child runs; half-written ones are deleted.
+
+        A run that a trial opened for its curves (:meth:`open_trial_run`) is kept as open: the
+        trial's record completes it.
+        """
         if self._logged is None:
             parent = self._require_parent()
             logged: set[tuple[str, str]] = set()
+            self._open = {}
             token = None
             while True:
                 page = self.client.search_runs(
@@ -515,6 +538,8 @@ class StudyTracker:
                     key = (run.data.tags.get("search", ""), run.data.tags.get("trial_id", ""))
                     if run.info.status == "FINISHED":
                         logged.add(key)
+                    elif run.data.tags.get(TRIAL_OPEN_TAG):
+                        self._open[key] = run.info.run_id
                     else:  # created but never completed (the driver stopped mid-way)
                         self.client.delete_run(run.info.run_id)
                 token = page.token
@@ -531,8 +556,47 @@ class StudyTracker:
         """Trial ids that have a child run (of one search, or of all)."""
         return {t for s, t in self._logged_keys() if search is None or s == search}
 
+    def open_trial_run(self, search: str, trial_id: str, node: str = "") -> str:
+        """The child run a running trial logs its curves into: created, or reopened on resume.
+
+        Called by the trial (see :mod:`aop.tracking.trial_logger`); the run is tagged
+        ``aop.trial_open`` until :meth:`log_trial` completes it with the trial's record.
+        """
+        parent = self._require_parent()
+        for run in self.child_runs(search):
+            if run.data.tags.get("trial_id") == trial_id:
+                if run.info.status not in ("RUNNING", "FINISHED"):
+                    self.client.update_run(run.info.run_id, status="RUNNING")
+                return run.info.run_id
+        tags = {MLFLOW_PARENT_RUN_ID: parent, "search": search, "trial_id": trial_id,
+                "node": node, TRIAL_OPEN_TAG: "true"}  # fmt: skip
+        run = self.client.create_run(
+            self.experiment_id, tags=tags, run_name=f"{search}-{trial_id}"
+        )
+        return run.info.run_id
+
+    def _opened_run(self, search: str, trial_id: str) -> str | None:
+        """The run a trial opened after this tracker last read the store, if any."""
+        query = (f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self._require_parent()}' and "
+                 f"tags.search = '{search}' and tags.trial_id = '{trial_id}' and "
+                 f"tags.`{TRIAL_OPEN_TAG}` = 'true'")  # fmt: skip
+        runs = self.client.search_runs([self.experiment_id], query, max_results=1)
+        return runs[0].info.run_id if runs and runs[0].info.status != "FINISHED" else None
+
+    def close_open_runs(self, status: str = "FAILED") -> int:
+        """End the child runs that trials opened and no record completed (trials in error)."""
+        self.forget_logged()
+        self._logged_keys()
+        for run_id in self._open.values():
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.client.set_terminated(run_id, status=status)
+        closed, self._open = len(self._open), {}
+        return closed
+
     def log_trial(self, record: Mapping[str, Any]) -> str | None:
         """Log one trial record as a child run, unless its (search, trial_id) is already logged.
+
+        A child run the trial opened for its curves is completed instead of a new one created.
 
         Parameters
         ----------
@@ -562,20 +626,27 @@ class StudyTracker:
         }
         if "model" in record["params"]:
             tags["model"] = str(record["params"]["model"])
-        run = self.client.create_run(
-            self.experiment_id,
-            start_time=start,
-            tags=tags,
-            run_name=f"{record['search']}-{record['trial_id']}",
-        )
-        params = {k: _param_text(k, v) for k, v in record["params"].items()}
+        opened = self._open.pop(key, None) or self._opened_run(*key)
+        if opened is not None:  # the trial's own run, with its Lightning curves
+            run = self.client.get_run(opened)
+            self._log_batch(opened, tags=tags)
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                start_time=start,
+                tags=tags,
+                run_name=f"{record['search']}-{record['trial_id']}",
+            )
+        existing = run.data.params if opened is not None else {}
+        params = {k: _param_text(k, v) for k, v in record["params"].items() if k not in existing}
         metrics = [Metric(m, v, end, 0) for m, v in record["metrics"].items()]
         for volume, scores in record["per_volume"].items():
             metrics += [Metric(_safe_key(f"{m}/{volume}"), v, end, 0) for m, v in scores.items()]
         if math.isfinite(duration):
             metrics.append(Metric("duration_s", duration, end, 0))
-        for name, points in (record.get("curves") or {}).items():  # training curves, per step
-            metrics += [Metric(_safe_key(f"curve/{name}"), v, end, int(k)) for k, v in points]
+        if opened is None:  # no trial logger (store out of its reach): curves from Tune's reports
+            for name, points in (record.get("curves") or {}).items():
+                metrics += [Metric(_safe_key(f"curve/{name}"), v, end, int(k)) for k, v in points]
         self._log_batch(run.info.run_id, params=params, metrics=metrics)
         self._log_confusion(run.info.run_id, record.get("test"))
         self._terminate(run.info.run_id, end_time=end)
@@ -617,6 +688,7 @@ class StudyTracker:
                 self.client.delete_run(run.info.run_id)
                 if self._logged is not None:
                     self._logged.discard((search, trial_id))
+                self._open.pop((search, trial_id), None)
                 dropped += 1
         return dropped
 

@@ -252,8 +252,14 @@ def classification_trial(
     training: dict[str, Any],
     weights: dict[str, str],
     gpu: float = 0.0,
+    tracking: dict[str, str] | None = None,
 ) -> None:
-    """Ray Tune function trainable: one Lightning training of one classifier configuration."""
+    """Ray Tune function trainable: one Lightning training of one classifier configuration.
+
+    ``tracking`` (the study's folder, tracking URI and MLflow experiment) lets the trial log its
+    per-epoch curves with Lightning's MLflow logger into its own child run
+    (:mod:`aop.tracking.trial_logger`).
+    """
     import ray
 
     from aop.classification.train import ClassifierConfig
@@ -266,11 +272,17 @@ def classification_trial(
     )
     method = cfg.preprocessing
     with tempfile.TemporaryDirectory(prefix="aop-trial-") as work:
-        _train_and_report(cfg, bundle, training, method, gpu, work)
+        _train_and_report(cfg, bundle, training, method, gpu, work, tracking)
 
 
 def _train_and_report(
-    cfg: Any, bundle: dict[str, Any], training: dict[str, Any], method: str, gpu: float, work: str
+    cfg: Any,
+    bundle: dict[str, Any],
+    training: dict[str, Any],
+    method: str,
+    gpu: float,
+    work: str,
+    tracking: dict[str, str] | None = None,
 ) -> None:
     """One training in the trial's scratch folder ``work``, resumed from Tune's checkpoint."""
     import shutil
@@ -301,6 +313,13 @@ def _train_and_report(
     reporter = _tune_report_callback(
         work, int(progress["epochs"]), float(progress["best"]), progress.get("stage_best")
     )
+    from aop.tracking.trial_logger import open_trial_logger
+
+    context = tune.get_context()
+    logger = open_trial_logger(
+        tracking, context.get_experiment_name(), context.get_trial_id(), node_name(),
+        step=lambda: reporter.epochs,
+    )  # fmt: skip
     result = train_classifier(
         cfg,
         manual["crops"][method],
@@ -313,6 +332,7 @@ def _train_and_report(
         pseudo=(pseudo["crops"][method], pseudo["y"]) if cfg.pretraining == "semi" else None,
         class_names=bundle["classes"],
         callbacks=[reporter],
+        logger=logger,
         resume_from=resume,
         resume_best=resume_best,
         accelerator="gpu" if gpu > 0 else "cpu",
@@ -397,7 +417,9 @@ class ClassificationKind(StudyKind):
             training=exp.training.model_dump(mode="json"),
             weights={k: str(v) for k, v in exp.weights.items()},
             gpu=resources.gpu,
-        )
+            tracking={"study_dir": str(exp.study_dir), "tracking_uri": exp.tracking_uri,
+                      "experiment": exp.tracking.experiment or self.mlflow_experiment},
+        )  # fmt: skip
         request = {"cpu": resources.cpus}
         if resources.gpu:
             request["gpu"] = resources.gpu

@@ -491,6 +491,7 @@ def _run_claimed_study(
     )
     records = run_searches(exp, kind, space, prepared.trainable, tracker=tracker, verbose=verbose)
     log_missing_trials(exp, records, kind)
+    tracker.close_open_runs()  # runs that trials opened but that ended in error: FAILED
     main = exp.search.searcher
     best = write_best(study_dir, kind, records, main)
     artifacts = kind.finish(exp, records, best, prepared, tracker)

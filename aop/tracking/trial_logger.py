@@ -1,0 +1,117 @@
+"""Lightning's MLflow logger inside a Ray Tune trial, writing the trial's curves into its child run.
+
+A classifier trial opens its own child run under the study's parent run when it starts
+(:meth:`aop.tracking.StudyTracker.open_trial_run`, keyed by search and trial id, so a trial
+resumed after ``aop resume`` reopens the same run) and gives :class:`TrialCurveLogger` to the
+Lightning ``Trainer``. The trainer logs every epoch's ``train_loss``, ``train_acc``, ``val_loss``
+and ``val_acc`` as ``curve/<name>``. When the trial ends, the driver completes the same run with
+the trial's parameters, final metrics and confusion matrix, and marks it finished.
+
+Conventions:
+
+- The step of a curve point is the trial's epoch counted over both trainings of ``semi`` and
+  across a resume (the Tune report's ``epoch``), so curves neither restart nor overlap.
+- Parameters are the driver's (the searched configuration); Lightning's hyperparameters are not
+  logged, and the logger never ends the run, so the driver alone decides when a trial is logged.
+- Tracking must never stop a training: a failed write is dropped with one warning, and a store
+  this node cannot reach (an SQLite file on the driver's disk only) means no in-trial logger, in
+  which case the driver logs the curves from Tune's reports instead.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.entities import Metric
+
+__all__ = ["CURVE_PREFIX", "TrialCurveLogger", "open_trial_logger", "store_reachable"]
+
+CURVE_PREFIX = "curve/"
+
+
+class TrialCurveLogger(MLFlowLogger):
+    """``MLFlowLogger`` on an existing child run: curves only, stepped by ``step()``, not fatal."""
+
+    def __init__(self, tracking_uri: str, run_id: str, step: Callable[[], int]) -> None:
+        super().__init__(tracking_uri=tracking_uri, run_id=run_id, log_model=False)
+        self._step = step
+        self._warned = False
+
+    def log_hyperparams(self, params: Any) -> None:  # the driver logs the trial's parameters
+        return
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        epoch = int(self._step())
+        points = [
+            Metric(f"{CURVE_PREFIX}{name}", float(value), now, epoch)
+            for name, value in metrics.items()
+            if name != "epoch"  # the step already is the epoch
+        ]
+        if not points:
+            return
+        try:  # the experiment property itself may reach the server
+            self.experiment.log_batch(self._run_id, metrics=points)
+        except Exception as exc:  # noqa: BLE001  (a lost tracking server must not stop training)
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"MLflow: curves of run {self._run_id} not logged from epoch {epoch} "
+                    f"({type(exc).__name__}); the training goes on",
+                    stacklevel=2,
+                )
+
+    def finalize(self, status: str = "success") -> None:  # the driver ends the run
+        return
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        return
+
+
+def store_reachable(tracking_uri: str) -> bool:
+    """Whether this node can write to the store: a server always, SQLite if its file is here."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///") - 1 :]).is_file()
+    return True
+
+
+def open_trial_logger(
+    tracking: Mapping[str, Any] | None,
+    search: str,
+    trial_id: str,
+    node: str,
+    step: Callable[[], int],
+) -> TrialCurveLogger | None:
+    """The Lightning logger of one trial, or ``None`` where the store is out of reach.
+
+    Parameters
+    ----------
+    tracking : mapping or None
+        ``{"study_dir", "tracking_uri", "experiment"}`` of the study; ``None`` logs nothing.
+    search, trial_id, node : str
+        Identify the trial's child run.
+    step : callable
+        Returns the trial's current epoch (the curves' step).
+    """
+    if not tracking or not store_reachable(str(tracking["tracking_uri"])):
+        return None
+    from aop.tracking.client import StudyTracker
+
+    try:
+        tracker = StudyTracker(
+            tracking["study_dir"], tracking["tracking_uri"], tracking["experiment"]
+        )
+        run_id = tracker.open_trial_run(search, trial_id, node)
+    except Exception as exc:  # noqa: BLE001  (the driver logs the curves instead)
+        warnings.warn(
+            f"MLflow: trial {trial_id} of {search} cannot open its run ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); its curves are logged by the driver",
+            stacklevel=2,
+        )
+        return None
+    return TrialCurveLogger(str(tracking["tracking_uri"]), run_id, step)
