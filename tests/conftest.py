@@ -63,6 +63,7 @@ HEAVY_FIRST = (
     "test_ray_start.py",
     "test_classification_resume.py",
     "test_classification_study.py",
+    "test_study_faults.py",
     "test_search.py",
     "test_resume.py",
     "test_study_kinds.py",

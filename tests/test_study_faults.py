@@ -27,7 +27,7 @@ from mlflow_helpers import wait_for_mlflow
 
 AOP = [sys.executable, "-c", "from aop.cli import main; main()"]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-BUDGET = 4
+BUDGET = 3
 
 
 def _free_port() -> int:
@@ -109,7 +109,7 @@ def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path)
     try:
         _wait_for_records(results, 1, driver)
         _kill(server)  # the tracking server goes away mid-study ...
-        time.sleep(3)
+        time.sleep(1)
         server = _start_server(tmp_path, port)  # ... and comes back on the same store
         output, _ = driver.communicate(timeout=400)
         assert driver.returncode == 0, output.decode()[-3000:]

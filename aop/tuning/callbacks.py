@@ -170,12 +170,40 @@ class StudyCallback(Callback):
         if trial.trial_id in self._seen or self.metric not in result:
             return
         position = next((i for i, t in enumerate(trials) if t.trial_id == trial.trial_id), -1)
+        self._add(trial.trial_id, trial.config, result, position)
+
+    def recover(self, grid: Any) -> int:
+        """Record the finished trials of Tune's result grid that have no record yet.
+
+        A trial whose completion Tune saved while writing its record failed (a full disk stops
+        the study there) is terminated in Tune's state: a restored run never reports it again.
+        Its record is rebuilt from its last result (without its curve).
+
+        Returns
+        -------
+        int
+            The records added.
+        """
+        self._seen |= {r["trial_id"] for r in self.records()}
+        added = 0
+        for position, result in enumerate(grid):
+            metrics = result.metrics or {}
+            trial_id = metrics.get("trial_id")
+            if result.error is not None or not trial_id or trial_id in self._seen:
+                continue
+            if self.metric not in metrics:
+                continue
+            self._add(str(trial_id), result.config or {}, metrics, position)
+            added += 1
+        return added
+
+    def _add(self, trial_id: str, config: Any, result: Mapping[str, Any], position: int) -> None:
         record = trial_record(
-            self.search, trial.trial_id, trial.config, result, self.metrics, position, self.extras,
-            self._history.pop(trial.trial_id, None),
+            self.search, trial_id, config, result, self.metrics, position, self.extras,
+            self._history.pop(trial_id, None),
         )
         append_record(self.path, record)
-        self._seen.add(trial.trial_id)
+        self._seen.add(trial_id)
         if self.sink is None:
             return
         try:
@@ -193,7 +221,7 @@ class StudyCallback(Callback):
             else:
                 reason, when = type(exc).__name__, "the tracking server answers again"
             warnings.warn(
-                f"MLflow: trial {trial.trial_id} of {self.search} not logged yet ({reason}); "
+                f"MLflow: trial {trial_id} of {self.search} not logged yet ({reason}); "
                 f"it is logged when {when} (at the end of the study or by aop resume)",
                 stacklevel=2,
             )

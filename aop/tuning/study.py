@@ -175,6 +175,7 @@ def run_search(
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     grid = tuner.fit()
     _report_errors(name, grid)
+    recorder.recover(grid)
     kept = {r.metrics.get("trial_id") for r in grid if r.metrics}
     prune_orphans(recorder.path, kept, tracker, name)
     return read_records(recorder.path) if recorder.path.is_file() else []
