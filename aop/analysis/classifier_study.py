@@ -166,7 +166,8 @@ def write_classifier_results(
     correlation = {"pearson_r": r, "p_value": p, "encoders": int(len(encoders)),
                    "what": "encoder parameter count vs mean validation accuracy"}
     path = study_dir / "tables" / "correlation.yaml"
-    path.write_text(yaml.safe_dump(correlation, sort_keys=False))
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(correlation, sort_keys=False))
     written.append(path)
     if measure_inference:
         from aop.classification.inference import inference_speed
