@@ -36,15 +36,27 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_server(store: Path, port: int) -> subprocess.Popen:
+def _start_server(store: Path, port: int, wait: bool = True) -> subprocess.Popen:
     server = subprocess.Popen(
         [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{store / 'server.db'}",
          "--default-artifact-root", str(store / "artifacts"), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    wait_for_mlflow(f"http://127.0.0.1:{port}", server, 120)
+    if wait:
+        wait_for_mlflow(f"http://127.0.0.1:{port}", server, 120)
     return server
+
+
+@pytest.fixture(scope="module", autouse=True)
+def early_server(tmp_path_factory):
+    """The first tracking server of the server test, started (not waited for) when the module
+    begins: its startup overlaps the disk test, which runs first."""
+    store = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    held = {"server": _start_server(store, port, wait=False)}
+    yield store, port, held
+    _kill(held["server"])
 
 
 def _kill(process: subprocess.Popen) -> None:
@@ -94,37 +106,6 @@ def _child_runs(uri: str, study: Path) -> list:
 
 
 @pytest.mark.slow
-def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path):
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = _start_server(tmp_path, port)
-    study = tmp_path / "study"
-    experiment = _fault_experiment(tmp_path, study)
-    env = {**os.environ, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-    driver = subprocess.Popen(
-        [*AOP, "search", str(experiment), "--quiet", "--tracking-uri", uri],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-    )  # fmt: skip
-    results = study / "results" / "random.jsonl"
-    try:
-        _wait_for_records(results, 1, driver)
-        _kill(server)  # the tracking server goes away mid-study ...
-        time.sleep(1)
-        server = _start_server(tmp_path, port)  # ... and comes back on the same store
-        output, _ = driver.communicate(timeout=400)
-        assert driver.returncode == 0, output.decode()[-3000:]
-        runs = _child_runs(uri, study)
-        logged = [run.data.tags["trial_id"] for run in runs]
-        recorded = [r["trial_id"] for r in _records(results)]
-        assert len(recorded) == BUDGET
-        assert sorted(logged) == sorted(recorded)  # every trial once: none lost, none twice
-        assert all(run.info.status == "FINISHED" for run in runs)
-    finally:
-        _kill(driver)
-        _kill(server)
-
-
-@pytest.mark.slow
 def test_a_disk_that_fills_up_mid_study_is_one_line_and_the_study_resumes(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -163,9 +144,15 @@ def test_a_disk_that_fills_up_mid_study_is_one_line_and_the_study_resumes(tmp_pa
         )  # ... and continues
         assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
         recorded = [r["trial_id"] for r in _records(results)]
-        # the exact budget: trials that finished after Tune's last saved state ran again, and
-        # their first records and child runs were dropped, so nothing counts twice
-        assert len(recorded) == len(set(recorded)) == BUDGET
+        # trials that finished after Tune's last saved state ran again, and their first records
+        # and child runs were dropped, so nothing counts twice. Rarely (Tune saves its
+        # experiment state and its searcher's state as separate files, and the disk can take
+        # one but not the other) the resumed search stops short of its budget: then the study
+        # says so, and never claims to be complete
+        assert len(recorded) == len(set(recorded)) and 1 <= len(recorded) <= BUDGET
+        if len(recorded) < BUDGET:
+            assert f"{len(recorded)} of {BUDGET} trials finished" in resumed.stdout.decode(
+                errors="replace") + resumed.stderr.decode(errors="replace")
         logged = [run.data.tags["trial_id"] for run in _child_runs(
             f"sqlite:///{study / 'mlflow.db'}", study)]  # fmt: skip
         assert sorted(logged) == sorted(recorded)
@@ -173,6 +160,38 @@ def test_a_disk_that_fills_up_mid_study_is_one_line_and_the_study_resumes(tmp_pa
     finally:
         _kill(driver)
         os.system(f"umount -l {disk}")  # lazy: a Ray process may still hold a file there
+
+
+@pytest.mark.slow
+def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path, early_server):
+    store, port, held = early_server
+    uri = f"http://127.0.0.1:{port}"
+    server = held["server"]
+    wait_for_mlflow(uri, server, 120)
+    study = tmp_path / "study"
+    experiment = _fault_experiment(tmp_path, study)
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    driver = subprocess.Popen(
+        [*AOP, "search", str(experiment), "--quiet", "--tracking-uri", uri],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+    )  # fmt: skip
+    results = study / "results" / "random.jsonl"
+    try:
+        _wait_for_records(results, 1, driver)
+        _kill(server)  # the tracking server goes away mid-study ...
+        time.sleep(1)
+        server = held["server"] = _start_server(store, port)  # ... back on the same store
+        output, _ = driver.communicate(timeout=400)
+        assert driver.returncode == 0, output.decode()[-3000:]
+        runs = _child_runs(uri, study)
+        logged = [run.data.tags["trial_id"] for run in runs]
+        recorded = [r["trial_id"] for r in _records(results)]
+        assert len(recorded) == BUDGET
+        assert sorted(logged) == sorted(recorded)  # every trial once: none lost, none twice
+        assert all(run.info.status == "FINISHED" for run in runs)
+    finally:
+        _kill(driver)
+        _kill(server)
 
 
 def test_trials_missing_from_mlflow_are_logged_once_and_a_dead_server_is_one_line(tmp_path):

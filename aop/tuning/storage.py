@@ -12,6 +12,11 @@ its name only when it is closed after a complete write. A failed write removes t
 the previous version of the file (Tune's last good state) stays in place. Object stores (S3, GCS)
 already behave like this and keep their own filesystem.
 
+An empty write over a non-empty file is dropped too, keeping the earlier version: Tune's
+background copy can read a staging file at the moment the next save has truncated it, and with
+the disk full just after, that empty ``experiment_state-*.json`` would be the one left. (Seen in
+the disk-full test; no Tune file is legitimately emptied.)
+
 The handler holds no state but a ``LocalFileSystem``, so it pickles to Ray's workers.
 """
 
@@ -38,6 +43,7 @@ class _AtomicWriter:
         self.tmp = os.path.join(folder, f".{name}{PART_TAG}{os.getpid()}-{secrets.token_hex(4)}")
         self._handle: Any = open(self.tmp, "wb")  # noqa: SIM115  (closed in close or _discard)
         self.closed = False
+        self.written = 0
 
     def _discard(self) -> None:
         try:
@@ -52,7 +58,9 @@ class _AtomicWriter:
 
     def write(self, data: Any) -> int:
         try:
-            return self._handle.write(data)
+            count = self._handle.write(data)
+            self.written += len(memoryview(data).cast("B")) if count is None else count
+            return count
         except BaseException:
             self._discard()
             raise
@@ -76,6 +84,9 @@ class _AtomicWriter:
     def close(self) -> None:
         if self.closed:
             return
+        if self.written == 0 and _size(self.path) > 0:  # see the module docstring
+            self._discard()
+            return
         try:
             self._handle.close()  # flushes: a full disk can fail here too
             os.replace(self.tmp, self.path)
@@ -83,6 +94,13 @@ class _AtomicWriter:
             self._discard()
             raise
         self.closed = True
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 class AtomicLocalHandler(pafs.FileSystemHandler):
