@@ -563,11 +563,11 @@ class StudyTracker:
         ``aop.trial_open`` until :meth:`log_trial` completes it with the trial's record.
         """
         parent = self._require_parent()
-        for run in self.child_runs(search):
-            if run.data.tags.get("trial_id") == trial_id:
-                if run.info.status not in ("RUNNING", "FINISHED"):
-                    self.client.update_run(run.info.run_id, status="RUNNING")
-                return run.info.run_id
+        run = self._trial_run(search, trial_id)
+        if run is not None:
+            if run.info.status not in ("RUNNING", "FINISHED"):
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
         tags = {MLFLOW_PARENT_RUN_ID: parent, "search": search, "trial_id": trial_id,
                 "node": node, TRIAL_OPEN_TAG: "true"}  # fmt: skip
         run = self.client.create_run(
@@ -575,13 +575,19 @@ class StudyTracker:
         )
         return run.info.run_id
 
+    def _trial_run(self, search: str, trial_id: str, opened: bool = False) -> Any:
+        """The child run of one trial (one opened by the trial, if ``opened``), or None."""
+        query = (f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self._require_parent()}' and "
+                 f"tags.search = '{search}' and tags.trial_id = '{trial_id}'")  # fmt: skip
+        if opened:
+            query += f" and tags.`{TRIAL_OPEN_TAG}` = 'true'"
+        runs = self.client.search_runs([self.experiment_id], query, max_results=1)
+        return runs[0] if runs else None
+
     def _opened_run(self, search: str, trial_id: str) -> str | None:
         """The run a trial opened after this tracker last read the store, if any."""
-        query = (f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self._require_parent()}' and "
-                 f"tags.search = '{search}' and tags.trial_id = '{trial_id}' and "
-                 f"tags.`{TRIAL_OPEN_TAG}` = 'true'")  # fmt: skip
-        runs = self.client.search_runs([self.experiment_id], query, max_results=1)
-        return runs[0].info.run_id if runs and runs[0].info.status != "FINISHED" else None
+        run = self._trial_run(search, trial_id, opened=True)
+        return run.info.run_id if run is not None and run.info.status != "FINISHED" else None
 
     def close_open_runs(self, status: str = "FAILED") -> int:
         """End the child runs that trials opened and no record completed (trials in error)."""
