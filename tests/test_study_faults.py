@@ -145,14 +145,11 @@ def test_a_disk_that_fills_up_mid_study_is_one_line_and_the_study_resumes(tmp_pa
         assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
         recorded = [r["trial_id"] for r in _records(results)]
         # trials that finished after Tune's last saved state ran again, and their first records
-        # and child runs were dropped, so nothing counts twice. Rarely (Tune saves its
-        # experiment state and its searcher's state as separate files, and the disk can take
-        # one but not the other) the resumed search stops short of its budget: then the study
-        # says so, and never claims to be complete
-        assert len(recorded) == len(set(recorded)) and 1 <= len(recorded) <= BUDGET
-        if len(recorded) < BUDGET:
-            assert f"{len(recorded)} of {BUDGET} trials finished" in resumed.stdout.decode(
-                errors="replace") + resumed.stderr.decode(errors="replace")
+        # and child runs were dropped, so nothing counts twice. When the disk took Tune's
+        # searcher state but not its experiment state, the restored search ends short and a
+        # top-up experiment (random.topup1) runs the rest: the budget is always reached
+        assert sorted(set(recorded)) == sorted(recorded) and len(recorded) == BUDGET, (
+            resumed.stdout.decode(errors="replace")[-3000:])
         logged = [run.data.tags["trial_id"] for run in _child_runs(
             f"sqlite:///{study / 'mlflow.db'}", study)]  # fmt: skip
         assert sorted(logged) == sorted(recorded)

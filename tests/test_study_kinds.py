@@ -24,7 +24,7 @@ from aop.errors import AopError
 from aop.tracking import StudyTracker
 from aop.tuning.kinds import available_kinds, get_kind
 from aop.tuning.space import parse_space
-from aop.tuning.study import load_study_experiment, run_study
+from aop.tuning.study import _topup_factory, load_study_experiment, run_study
 
 TESTS = Path(__file__).resolve().parent
 AOP = [sys.executable, "-c", "import toy_kind; from aop.cli import main; main()"]
@@ -139,6 +139,33 @@ def test_every_searcher_runs_the_toy_study_through_the_engine(local_ray, tmp_pat
     assert report.meta.metrics == ["score", "loss"] and report.comparison.reference == searcher
     assert report.best["scores"]["score"] == pytest.approx(top["metrics"]["score"])
     assert "model" not in report.best
+    if searcher == "gp":
+        # a restored Tune experiment that ends short of the budget (after a full disk its
+        # searcher can believe it created trials the experiment never ran; here the budget
+        # grew): a top-up experiment runs the rest with a searcher told the finished trials
+        saved = exp.study_dir / "experiment.yaml"
+        raw = yaml.safe_load(saved.read_text())
+        raw["search"]["budget"] = 11
+        saved.write_text(yaml.safe_dump(raw))
+        again = run_study(load_study_experiment(exp.study_dir), verbose=0).records["gp"]
+        assert len(again) == 11 and len({r["trial_id"] for r in again}) == 11
+        assert {r["trial_id"] for r in records} <= {r["trial_id"] for r in again}
+        assert len({tuple(sorted(r["params"].items())) for r in again}) == 11
+        assert (exp.study_dir / "tune" / "gp.topup1").is_dir()
+        assert len(tracker.child_runs("gp")) == 11
+        third = run_study(load_study_experiment(exp.study_dir), verbose=0).records["gp"]
+        assert sorted(r["trial_id"] for r in third) == sorted(r["trial_id"] for r in again)
+        assert not (exp.study_dir / "tune" / "gp.topup2").exists()
+        # the top-up's searcher: a shifted seed, told every finished trial, and the start point
+        # only while no finished trial evaluated it
+        kind = get_kind("toy")
+        space = kind.search_space(exp)
+        start = space.start("default")
+        make = _topup_factory(exp, kind, space, "gp", start, 10)
+        told = make(again, 1).searcher
+        assert len(told._ot_study.trials) == 11 and told._points_to_evaluate in (None, [])
+        fresh = make([r for r in again if r["params"] != {**start[0], "width": 64}], 1)
+        assert fresh.searcher._points_to_evaluate == start
     if searcher != "random":
         return
     # a record lost after Tune saved its trial as finished (a full disk cut the append): the

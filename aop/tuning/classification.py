@@ -502,11 +502,16 @@ def best_checkpoint(
     Path or None
         ``None`` when the trial saved no ``best.ckpt``.
     """
+    from aop.tuning.study import tune_experiments
+
     study_dir = Path(study_dir)
     if storage is None:
-        trial_dir = study_dir / "tune" / record["search"] / record["trial_id"]
-        found = sorted(trial_dir.glob("checkpoint_*/best.ckpt"))
-        return found[-1] if found else None
+        tune = study_dir / "tune"
+        for experiment in tune_experiments(record["search"], lambda n: (tune / n).is_dir()):
+            found = sorted((tune / experiment / record["trial_id"]).glob("checkpoint_*/best.ckpt"))
+            if found:
+                return found[-1]
+        return None
     import pyarrow.fs
 
     from aop.tuning.cluster import tune_storage
@@ -515,7 +520,15 @@ def best_checkpoint(
     if local.is_file():
         return local
     filesystem, root = tune_storage(storage, study_dir / "tune")
-    trial_dir = f"{root}/{record['search']}/{record['trial_id']}"
+
+    def exists(path: str) -> bool:
+        return filesystem.get_file_info(path).type == pyarrow.fs.FileType.Directory
+
+    experiments = tune_experiments(record["search"], lambda n: exists(f"{root}/{n}"))
+    trial_dir = next(
+        (d for e in experiments if exists(d := f"{root}/{e}/{record['trial_id']}")),
+        f"{root}/{record['search']}/{record['trial_id']}",
+    )
     entries = filesystem.get_file_info(pyarrow.fs.FileSelector(trial_dir, allow_not_found=True))
     names = sorted(e.base_name for e in entries if e.type == pyarrow.fs.FileType.Directory
                    and e.base_name.startswith("checkpoint_"))

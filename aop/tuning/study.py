@@ -5,6 +5,7 @@ Study folder (self-contained)::
     STUDY_DIR/experiment.yaml      the validated experiment (copy)
     STUDY_DIR/study.yaml           kind, objective, metric columns, main search (for reports)
     STUDY_DIR/tune/NAME/           Ray Tune experiment of search NAME (baseline, random, gp, ...)
+    STUDY_DIR/tune/NAME.topupK/    a top-up of a resumed search that ended short (see run_search)
     STUDY_DIR/mlflow.db            default MLflow store
     STUDY_DIR/results/NAME.jsonl   one trial record per finished trial of search NAME
     STUDY_DIR/best.yaml            best configuration and scores of the main search
@@ -73,6 +74,7 @@ def run_search(
     callbacks: Sequence[Callback] = (),
     verbose: int = 1,
     storage: str | None = None,
+    topup: Callable[[list[dict[str, Any]], int], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) one Ray Tune search and return its trial records.
 
@@ -104,6 +106,10 @@ def run_search(
         Ray Tune storage as a URI (``s3://bucket/path``, ``gs://...``, ``file:///shared/tune``)
         opened with pyarrow (see :func:`aop.tuning.cluster.tune_storage`); default
         ``STUDY_DIR/tune``.
+    topup : callable, optional
+        ``topup(finished_records, part)`` returns a fresh searcher that knows the finished
+        trials, for a search that a resume left short of ``num_samples`` trials (a searcher
+        search; ``None``: no top-up, as for a grid).
 
     Returns
     -------
@@ -131,54 +137,122 @@ def run_search(
     from aop.tuning.cluster import tune_storage
 
     filesystem, root = tune_storage(storage, study_dir / "tune")
-    path = f"{root}/{name}"
-    if Tuner.can_restore(path, storage_filesystem=filesystem):
-        tuner = Tuner.restore(
-            path,
-            trainable,
-            resume_unfinished=True,
-            resume_errored=True,
-            param_space=param_space,
-            storage_filesystem=filesystem,
-        )
-    else:
-        reporter = CLIReporter(
-            metric_columns=[*kind.metrics, "node"],
-            parameter_columns=list(kind.parameter_columns) or None,
-            max_report_frequency=30,
-        )
-        tuner = Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=TuneConfig(
-                search_alg=searcher,
-                num_samples=num_samples,
-                # a searcher is already limited by a ConcurrencyLimiter (see make_searcher)
-                max_concurrent_trials=concurrency if searcher is None else None,
-                reuse_actors=True,
-                trial_dirname_creator=lambda trial: trial.trial_id,
-            ),
-            run_config=RunConfig(
-                name=name,
-                storage_path=root,
-                storage_filesystem=filesystem,
-                failure_config=FailureConfig(max_failures=max_failures),
-                # a trial resumes from its newest checkpoint; older ones only take disk space
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-                callbacks=[recorder, *callbacks],
-                progress_reporter=reporter,
-                verbose=verbose,
-            ),
-        )
     # the trial records are aop's (results/NAME.jsonl): Tune's result.json files are not written,
     # and its result grid would warn about each of them once per search
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    grid = tuner.fit()
-    _report_errors(name, grid)
-    recorder.recover(grid)
-    kept = {r.metrics.get("trial_id") for r in grid if r.metrics}
+
+    def fit(experiment: str, search_alg: Any, samples: int) -> Any:
+        path = f"{root}/{experiment}"
+        if Tuner.can_restore(path, storage_filesystem=filesystem):
+            tuner = Tuner.restore(
+                path,
+                trainable,
+                resume_unfinished=True,
+                resume_errored=True,
+                param_space=param_space,
+                storage_filesystem=filesystem,
+            )
+        else:
+            tuner = _new_tuner(
+                experiment, trainable, param_space, kind, search_alg, samples, concurrency,
+                max_failures, root, filesystem, [recorder, *callbacks], verbose,
+            )  # fmt: skip
+        grid = tuner.fit()
+        _report_errors(name, grid)
+        recorder.recover(grid)
+        return grid
+
+    grid = fit(name, searcher, num_samples)
+    kept = _trial_ids(grid)
+    # Tune saves its experiment state and its searcher's state as two files: after a full disk
+    # (or a crash between the two writes) a restored searcher can believe it created trials
+    # that the experiment never ran, and the search ends short of its budget. A top-up
+    # experiment NAME.topupK then runs the missing trials with a fresh searcher that is told
+    # the finished ones; on a later resume it is restored like the first one.
+    part = 1
+    while True:
+        experiment = topup_name(name, part)
+        finished = sum(r["trial_id"] in kept for r in recorder.records())
+        errored = any(result.error is not None for result in grid)
+        short = num_samples - finished if topup is not None and not errored else 0
+        if Tuner.can_restore(f"{root}/{experiment}", storage_filesystem=filesystem):
+            grid = fit(experiment, None, 0)
+        elif short > 0:
+            done = [r for r in recorder.records() if r["trial_id"] in kept]
+            print(
+                f"aop: search {name}: {finished} of {num_samples} trials in Ray Tune's state; "
+                f"running the other {short} as {experiment}"
+            )
+            grid = fit(experiment, topup(done, part), short)
+            if not _trial_ids(grid) - kept:
+                break  # nothing ran (its trials failed): aop resume retries it
+        else:
+            break
+        kept |= _trial_ids(grid)
+        part += 1
     prune_orphans(recorder.path, kept, tracker, name)
     return read_records(recorder.path) if recorder.path.is_file() else []
+
+
+def topup_name(search: str, part: int) -> str:
+    """The Tune experiment of the ``part``-th top-up of ``search`` (see :func:`run_search`)."""
+    return f"{search}.topup{part}"
+
+
+def tune_experiments(search: str, exists: Callable[[str], bool]) -> list[str]:
+    """The Tune experiments of ``search``: its own, then its top-ups for which ``exists``."""
+    names = [search]
+    while exists(topup_name(search, len(names))):
+        names.append(topup_name(search, len(names)))
+    return names
+
+
+def _trial_ids(grid: Any) -> set[str]:
+    return {r.metrics.get("trial_id") for r in grid if r.metrics}
+
+
+def _new_tuner(
+    name: str,
+    trainable: Any,
+    param_space: dict[str, Any],
+    kind: StudyKind,
+    searcher: Any,
+    num_samples: int,
+    concurrency: int,
+    max_failures: int,
+    root: str,
+    filesystem: Any,
+    callbacks: list[Callback],
+    verbose: int,
+) -> Tuner:
+    reporter = CLIReporter(
+        metric_columns=[*kind.metrics, "node"],
+        parameter_columns=list(kind.parameter_columns) or None,
+        max_report_frequency=30,
+    )
+    return Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=TuneConfig(
+            search_alg=searcher,
+            num_samples=num_samples,
+            # a searcher is already limited by a ConcurrencyLimiter (see make_searcher)
+            max_concurrent_trials=concurrency if searcher is None else None,
+            reuse_actors=True,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=root,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=max_failures),
+            # a trial resumes from its newest checkpoint; older ones only take disk space
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+            progress_reporter=reporter,
+            verbose=verbose,
+        ),
+    )
 
 
 def _report_errors(name: str, grid: Any) -> None:
@@ -382,9 +456,12 @@ def run_searches(
         if searcher_name is None:
             grid = kind.grid_space if name == "grid" else kind.baseline_space
             param_space, searcher, samples = grid(exp, space) or {}, None, 1
+            topup = None
         else:
             param_space = dict(space.fixed)
             starts = space.start(kind.start_point) if kind.start_point else []
+            if name == "random":
+                starts = []
             searcher = make_searcher(
                 searcher_name,
                 space,
@@ -392,10 +469,11 @@ def run_searches(
                 mode=kind.mode,
                 seed=exp.search.seed,
                 concurrency=exp.search.concurrency,
-                start_points=starts if name != "random" else [],
+                start_points=starts,
                 n_startup_trials=n_startup_trials,
             )
             samples = budget
+            topup = _topup_factory(exp, kind, space, searcher_name, starts, n_startup_trials)
         records[name] = run_search(
             name,
             trainable,
@@ -409,8 +487,53 @@ def run_searches(
             tracker=tracker,
             verbose=verbose,
             storage=exp.storage.tune_storage,
+            topup=topup,
         )
     return records
+
+
+def _topup_factory(
+    exp: BaseExperiment,
+    kind: StudyKind,
+    space: SearchSpace,
+    searcher_name: str,
+    starts: list[dict[str, Any]],
+    n_startup_trials: int,
+) -> Callable[[list[dict[str, Any]], int], Any]:
+    """The searcher of a search's top-up (see :func:`run_search`).
+
+    It is seeded with ``search.seed + part`` (so it does not draw the first experiment's
+    configurations again), first evaluates the start points no finished trial has evaluated,
+    and is told every finished trial (``add_evaluated_point``; a searcher without it, such as
+    ``tpe``, starts without them).
+    """
+
+    def make(done: list[dict[str, Any]], part: int) -> Any:
+        def evaluated(point: dict[str, Any]) -> bool:
+            return any(all(r["params"].get(k) == v for k, v in point.items()) for r in done)
+
+        searcher = make_searcher(
+            searcher_name,
+            space,
+            metric=kind.metric,
+            mode=kind.mode,
+            seed=exp.search.seed + part,
+            concurrency=exp.search.concurrency,
+            start_points=[p for p in starts if not evaluated(p)],
+            n_startup_trials=n_startup_trials,
+        )
+        for record in done:
+            value = record["metrics"].get(kind.metric)
+            params = {k: record["params"][k] for k in space.searched if k in record["params"]}
+            if value is None or len(params) != len(space.searched):
+                continue
+            try:
+                searcher.add_evaluated_point(params, float(value))
+            except NotImplementedError:
+                break
+        return searcher
+
+    return make
 
 
 def make_tracker(exp: BaseExperiment, kind: StudyKind) -> Any:
