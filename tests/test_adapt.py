@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from aop.adapt.config import AdaptSettings
 from aop.adapt.gap import domain_classifier_accuracy, intensity_distance, spectrum_distance
-from aop.adapt.model import CycleGAN
+from aop.adapt.data import UnpairedCrops
+from aop.adapt.model import CycleGAN, label_loss
 from aop.adapt.train import train_cyclegan
 from aop.adapt.translate import translate_volume
 from aop.cli import app
@@ -44,11 +45,17 @@ def _volumes(seed: int, n: int, shape=(12, 32, 32)) -> list[np.ndarray]:
 )
 def test_one_training_step_moves_every_network(tmp_path, mode, patch):
     settings = AdaptSettings(
-        mode=mode, patch=patch, epochs=1, epochs_decay=0, steps_per_epoch=1, **TINY
-    )
+        mode=mode, patch=patch, epochs=1, epochs_decay=0, steps_per_epoch=1, lambda_label=1.0,
+        **TINY,
+    )  # fmt: skip
     L.seed_everything(settings.seed, verbose=False)
     before = _params(CycleGAN(settings.model_dump(mode="json")))
-    module = train_cyclegan(_volumes(0, 2), _volumes(1, 1), settings, tmp_path, progress=False)
+    synthetic = _volumes(0, 2)
+    masks = [v[0] > 0.5 for v in synthetic]  # the label loss runs too
+    module = train_cyclegan(
+        synthetic, _volumes(1, 1), settings, tmp_path, progress=False, masks=masks
+    )
+    assert module.trainer.logged_metrics["loss_label_epoch"] > 0
     after = _params(module)
     for prefix in ("generator_ab", "generator_ba", "discriminator_a", "discriminator_b"):
         changed = [
@@ -61,6 +68,22 @@ def test_one_training_step_moves_every_network(tmp_path, mode, patch):
     x = torch.zeros(1, width, *patch)
     assert module.generator_ab(x).shape == x.shape
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(("mode", "patch"), [("2d", (16, 16)), ("3d", (8, 16, 16))])
+def test_label_masks_are_cut_like_the_synthetic_crops(mode, patch):
+    settings = AdaptSettings(mode=mode, patch=patch, steps_per_epoch=6, context=1)
+    synthetic = _volumes(2, 2)
+    masks = [v > 0.2 for v in synthetic]
+    crops = UnpairedCrops(synthetic, _volumes(3, 1), settings, masks)
+    plain = UnpairedCrops(synthetic, _volumes(3, 1), settings)
+    for index in range(len(crops)):
+        image, real, mask = crops[index]
+        assert torch.equal(mask.bool(), image > 0.2) and mask.shape == image.shape
+        assert torch.equal(image, plain[index][0]) and torch.equal(real, plain[index][1])
+    adapted = torch.stack([crops[i][2] for i in range(4)]) * 2 - 1  # the mask itself: corr 1
+    assert float(label_loss(adapted, adapted > 0, 0.6)) == 0.0
+    assert float(label_loss(-adapted, adapted > 0, 0.6)) == pytest.approx(1.6)
 
 
 class _Interrupt(L.Callback):
@@ -288,6 +311,19 @@ def test_aop_adapt_bad_input_one_line(tiny_data, adapted_run, tmp_path):
                      str(tmp_path / "mine"), "--patch", "16,16", *TINY_CLI)  # fmt: skip
     assert result.exit_code == 2 and "not written by aop adapt" in result.output
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    # an earlier adapted benchmark is replaced only with --overwrite, refused before training
+    out = adapted_run[0]
+    again = ["--synthetic", str(bench), "--real", str(real), "--out", str(out), "--patch", "16,16",
+             "--epochs", "1", "--epochs-decay", "1", "--steps-per-epoch", "2", *TINY_CLI]
+    before = (out / "dataset.yaml").stat().st_mtime_ns
+    result = _invoke(*again)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: {out}: holds an earlier adapted benchmark; pass --overwrite to replace it")
+    assert (out / "dataset.yaml").stat().st_mtime_ns == before
+    result = _invoke(*again, "--overwrite")  # the finished training resumes: only translation
+    assert result.exit_code == 0, result.output
+    assert (out / "dataset.yaml").stat().st_mtime_ns != before
 
 
 def test_experiment_data_adapt_runs_once_and_is_cached(tiny_data, adapted_run, tmp_path):

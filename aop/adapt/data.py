@@ -191,6 +191,9 @@ class UnpairedCrops(torch.utils.data.Dataset):
 
     In 2D each crop is a slice with its context slices as channels, shape
     (C (2 context + 1), Y, X); in 3D a (C, Z, Y, X) patch. Crops are flipped at random along x.
+    With ``masks`` (the synthetic volumes' foreground, (1, Z, Y, X) each) a sample is
+    ``(synthetic, real, mask)``, the mask cut exactly like the synthetic crop (its context slices
+    as channels in 2D).
     """
 
     def __init__(
@@ -198,10 +201,14 @@ class UnpairedCrops(torch.utils.data.Dataset):
         synthetic: Sequence[np.ndarray],
         real: Sequence[np.ndarray],
         settings: AdaptSettings,
+        masks: Sequence[np.ndarray] | None = None,
     ) -> None:
         self.settings = settings
         self.epoch = 0
         self.domains = [self._prepare(v) for v in (synthetic, real)]
+        self.masks = None if masks is None else self._prepare(
+            [np.asarray(m, dtype=np.float32) for m in masks]
+        )
 
     def _prepare(self, volumes: Sequence[np.ndarray]) -> list[np.ndarray]:
         if self.settings.mode == "3d":
@@ -211,26 +218,33 @@ class UnpairedCrops(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.settings.steps_per_epoch * self.settings.batch_size
 
-    def _crop(self, volumes: list[np.ndarray], rng: np.random.Generator) -> torch.Tensor:
-        volume = volumes[int(rng.integers(len(volumes)))]
-        patch = self.settings.patch
-        if self.settings.mode == "2d":
-            z = int(rng.integers(volume.shape[0]))
-            shape = volume.shape[2:]
-            corner = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, patch, strict=True)]
-            crop = volume[z, :, corner[0] : corner[0] + patch[0], corner[1] : corner[1] + patch[1]]
-        else:
-            shape = volume.shape[1:]
-            corner = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, patch, strict=True)]
-            region = tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
-            crop = volume[(slice(None), *region)]
-        if rng.random() < 0.5:
+    def _draw(self, volumes: list[np.ndarray], rng: np.random.Generator) -> tuple:
+        index = int(rng.integers(len(volumes)))
+        volume, patch = volumes[index], self.settings.patch
+        lead: tuple = (slice(None),)  # 3D: (C, Z, Y, X), every channel
+        if self.settings.mode == "2d":  # (Z, C', Y, X): one slice z, its channels
+            lead = (int(rng.integers(volume.shape[0])), slice(None))
+        shape = volume.shape[len(lead) :]
+        corner = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, patch, strict=True)]
+        region = (*lead, *(slice(c, c + p) for c, p in zip(corner, patch, strict=True)))
+        return index, region, bool(rng.random() < 0.5)
+
+    @staticmethod
+    def _cut(volume: np.ndarray, region: tuple, flip: bool) -> torch.Tensor:
+        crop = volume[region]
+        if flip:
             crop = crop[..., ::-1]
         return torch.from_numpy(np.ascontiguousarray(crop))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng([self.settings.seed, self.epoch, index])
-        return self._crop(self.domains[0], rng), self._crop(self.domains[1], rng)
+        a, region_a, flip_a = self._draw(self.domains[0], rng)
+        b, region_b, flip_b = self._draw(self.domains[1], rng)
+        synthetic = self._cut(self.domains[0][a], region_a, flip_a)
+        real = self._cut(self.domains[1][b], region_b, flip_b)
+        if self.masks is None:
+            return synthetic, real
+        return synthetic, real, self._cut(self.masks[a], region_a, flip_a)
 
 
 class UnpairedDataModule(L.LightningDataModule):
@@ -241,13 +255,19 @@ class UnpairedDataModule(L.LightningDataModule):
     synthetic, real : sequence of ndarray
         Normalised (C, Z, Y, X) volumes of each domain.
     settings : AdaptSettings
+    masks : sequence of ndarray, optional
+        The synthetic volumes' foreground masks, (1, Z, Y, X), for the label loss.
     """
 
     def __init__(
-        self, synthetic: Sequence[np.ndarray], real: Sequence[np.ndarray], settings: AdaptSettings
+        self,
+        synthetic: Sequence[np.ndarray],
+        real: Sequence[np.ndarray],
+        settings: AdaptSettings,
+        masks: Sequence[np.ndarray] | None = None,
     ) -> None:
         super().__init__()
-        self.crops = UnpairedCrops(synthetic, real, settings)
+        self.crops = UnpairedCrops(synthetic, real, settings, masks)
         self.settings = settings
 
     def set_epoch(self, epoch: int) -> None:

@@ -7,6 +7,11 @@ discriminators see generated images through an image pool and their loss is halv
 optimisers keep the learning rate for ``epochs`` epochs and then decay it linearly to zero over
 ``epochs_decay`` epochs.
 
+With ``lambda_label > 0`` a sample also carries the synthetic crop's foreground mask, and the
+generator A→B pays a label loss (:func:`label_loss`): the adapted crop must stay correlated with
+the benchmark's labels, so that adaptation cannot move nuclei or invent them where the labels
+have none (the CycleGAN alone does both when the two domains differ in density).
+
 In 2D mode a sample is a slice with its neighbours as channels, and the generators map a whole
 stack to a stack, so the cycle can run on the stack; translation keeps the centre slice.
 
@@ -27,7 +32,28 @@ from torch import nn
 from aop.adapt.config import AdaptSettings
 from aop.adapt.networks import ImagePool, PatchDiscriminator, ResnetGenerator
 
-__all__ = ["CycleGAN"]
+__all__ = ["CycleGAN", "label_loss"]
+
+
+def label_loss(adapted: torch.Tensor, mask: torch.Tensor, margin: float) -> torch.Tensor:
+    """Mean over the batch of ``max(0, margin - corr)``, ``corr`` the Pearson correlation of an
+    adapted crop with its foreground mask (first image channel; in 2D its context slices).
+
+    Crops without both foreground and background carry no information and count 0.
+
+    >>> mask = torch.zeros(1, 1, 8, 8); mask[..., 2:5, 2:5] = 1
+    >>> float(label_loss(mask * 2 - 1, mask, 0.6)), round(float(label_loss(-mask, mask, 0.6)), 2)
+    (0.0, 1.6)
+    """
+    a = adapted[:, : mask.shape[1]].flatten(1)
+    m = mask.flatten(1).to(a.dtype)
+    a = a - a.mean(1, keepdim=True)
+    m = m - m.mean(1, keepdim=True)
+    norm = a.norm(dim=1) * m.norm(dim=1)
+    informative = m.norm(dim=1) > 0
+    corr = (a * m).sum(1) / norm.clamp_min(1e-8)
+    losses = torch.relu(margin - corr) * informative
+    return losses.mean()
 
 
 class CycleGAN(L.LightningModule):
@@ -105,9 +131,9 @@ class CycleGAN(L.LightningModule):
             for p in net.parameters():
                 p.requires_grad_(trainable)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         s = self.settings
-        real_a, real_b = batch
+        real_a, real_b = batch[0], batch[1]
         opt_g, opt_d = self.optimizers()  # type: ignore[misc]
 
         # generators
@@ -126,7 +152,10 @@ class CycleGAN(L.LightningModule):
             loss_identity = (
                 l1(self.generator_ab(real_b), real_b) + l1(self.generator_ba(real_a), real_a)
             ) * weight
-        loss_g = loss_gan_ab + loss_gan_ba + loss_cycle + loss_identity
+        loss_label = real_a.new_zeros(())
+        if s.lambda_label > 0 and len(batch) > 2:
+            loss_label = s.lambda_label * label_loss(fake_b, batch[2], s.label_margin)
+        loss_g = loss_gan_ab + loss_gan_ba + loss_cycle + loss_identity + loss_label
         opt_g.zero_grad()
         self.manual_backward(loss_g)
         opt_g.step()
@@ -156,6 +185,7 @@ class CycleGAN(L.LightningModule):
                 "loss_g_gan": (loss_gan_ab + loss_gan_ba).detach(),
                 "loss_cycle": loss_cycle.detach(),
                 "loss_identity": loss_identity.detach(),
+                "loss_label": loss_label.detach(),
                 "loss_d": (loss_d_a + loss_d_b).detach(),
             },
             prog_bar=True,

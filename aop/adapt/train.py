@@ -125,6 +125,7 @@ def train_cyclegan(
     experiment: str = "aop-adapt",
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    masks: Sequence[np.ndarray] | None = None,
 ) -> Any:
     """Train (or resume) the CycleGAN on normalised (C, Z, Y, X) volumes of both domains.
 
@@ -147,6 +148,9 @@ def train_cyclegan(
         Lightning's progress bar.
     callbacks : sequence of lightning.Callback
         Further callbacks, run after the checkpoint of each epoch is written.
+    masks : sequence of ndarray, optional
+        Foreground of each synthetic volume, (1, Z, Y, X), for the label loss
+        (``settings.lambda_label``); without them that loss is off.
 
     Returns
     -------
@@ -170,7 +174,14 @@ def train_cyclegan(
         ckpt_path = str(last)
     L.seed_everything(settings.seed, verbose=False)
     module = CycleGAN(settings.model_dump(mode="json"), channels)
-    data = UnpairedDataModule(synthetic, real, settings)
+    if masks is not None and settings.lambda_label == 0:
+        masks = None
+    if masks is not None:
+        masks = [
+            np.asarray(m, dtype=bool).reshape(1, *v.shape[1:])
+            for m, v in zip(masks, synthetic, strict=True)
+        ]
+    data = UnpairedDataModule(synthetic, real, settings, masks)
     own: list[Any] = [EpochCheckpoint(last, settings.checkpoint_every)]
     logger: Any = False
     if tracking_uri is not None:
@@ -219,8 +230,8 @@ def train_cyclegan(
     return module.cpu().eval()
 
 
-def _check_out(out: Path) -> None:
-    """Only a folder aop adapt wrote may be replaced."""
+def _check_out(out: Path, overwrite: bool, hint: str) -> None:
+    """Only a folder aop adapt wrote may be replaced, and only with ``overwrite``."""
     if not out.exists():
         return
     info = out / DATASET_FILE
@@ -232,6 +243,8 @@ def _check_out(out: Path) -> None:
         provenance = {}
     if provenance.get("generator") != ADAPT_GENERATOR:
         raise AopError(f"{out}: exists and was not written by aop adapt; choose another output")
+    if not overwrite:
+        raise AopError(f"{out}: holds an earlier adapted benchmark; pass {hint} to replace it")
 
 
 def adapt_dataset(
@@ -246,6 +259,8 @@ def adapt_dataset(
     experiment: str = "aop-adapt",
     progress: bool = True,
     echo: Callable[[str], object] = lambda _: None,
+    overwrite: bool = False,
+    overwrite_hint: str = "overwrite=True",
 ) -> Path:
     """Train a CycleGAN between a benchmark and real volumes, and write the adapted benchmark.
 
@@ -261,8 +276,9 @@ def adapt_dataset(
     real : path
         Real volumes: a data set or a folder of volume files; no labels needed.
     out : path
-        The adapted data set (an existing one written by ``aop adapt`` is replaced, anything
-        else is refused).
+        The adapted data set. An existing one written by ``aop adapt`` is replaced only with
+        ``overwrite`` (checked before any training); anything else, or one of the inputs, is
+        refused.
     settings : AdaptSettings
     work_dir : path, optional
         Checkpoints and MLflow run id (default: ``OUT.training`` beside ``out``).
@@ -270,6 +286,10 @@ def adapt_dataset(
         See :func:`train_cyclegan`.
     echo : callable
         Receives one progress line per stage.
+    overwrite : bool
+        Replace an earlier adapted benchmark at ``out``.
+    overwrite_hint : str
+        How the refusal names that option (``--overwrite`` on the command line).
 
     Returns
     -------
@@ -281,7 +301,7 @@ def adapt_dataset(
     from aop.adapt.translate import translate_volume
 
     out = Path(out)
-    _check_out(out)
+    _check_out(out, overwrite, overwrite_hint)
     work = Path(work_dir) if work_dir is not None else out.with_name(out.name + ".training")
     bench = load_dataset(synthetic, require_labels=True)
     syn = load_volumes(synthetic, "synthetic")
@@ -317,6 +337,7 @@ def adapt_dataset(
         tracking_uri=tracking_uri,
         experiment=experiment,
         progress=progress,
+        masks=[bench.labels(name) > 0 for name in syn.names] if settings.lambda_label else None,
     )
     seconds = time.perf_counter() - started
     echo(f"trained in {seconds:.0f} s; translating {len(syn.volumes)} volumes")
@@ -347,7 +368,10 @@ def adapt_dataset(
         channel_names=list(bench.info.channel_names),
         provenance=provenance,
     )
-    return write_dataset(out, generate(), info)
+    return write_dataset(
+        out, generate(), info, overwrite=overwrite, inputs=(synthetic, real),
+        overwrite_hint=overwrite_hint,
+    )  # fmt: skip
 
 
 def _digest_files(paths: list[Path], digest: Any) -> None:

@@ -83,6 +83,9 @@ def adapt(
         int, typer.Option("--gap-steps", min=1, help="Training steps of the domain classifier.")
     ] = 200,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier adapted benchmark at --out.")
+    ] = False,
 ) -> None:
     """Adapt a synthetic benchmark to real volumes with a CycleGAN; labels are kept."""
     from aop.adapt.config import parse_settings
@@ -118,6 +121,8 @@ def adapt(
         tracking_uri=uri,
         progress=not quiet,
         echo=lambda line: err_console.print(line, highlight=False),
+        overwrite=overwrite,
+        overwrite_hint="--overwrite",
     )
     console.print(f"wrote the adapted benchmark to {root}")
     if not gap:
