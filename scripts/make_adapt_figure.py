@@ -1,11 +1,15 @@
 """Write ``docs/images/adapt.png``: real, synthetic and adapted volumes, like the paper's Fig. 3.
 
 Columns: a) the real volume (StarDist's 3D sample), b) a synthetic benchmark volume, c) the same
-volume after CycleGAN adaptation. Top row: the middle z slice; bottom row: an x-z section at its
-physical aspect ratio (z runs down). The data sets come from ``benchmarks/adapt_bench.py``::
+volume after CycleGAN adaptation, with the benchmark's label outlines in red (they must still fit
+the nuclei). With ``--plain WORK`` a column before c) shows the same volume adapted in that other
+work folder (e.g. the paper's CycleGAN, without aop's label loss). Top row: the middle z slice;
+bottom row: an x-z section at its physical aspect ratio (z runs down). The data sets come from
+``benchmarks/adapt_bench.py``::
 
     .venv/bin/python benchmarks/adapt_bench.py                 # writes studies/adapt_bench/
-    .venv/bin/python scripts/make_adapt_figure.py [--work studies/adapt_bench] [--out PATH]
+    .venv/bin/python scripts/make_adapt_figure.py [--work studies/adapt_bench] [--out PATH] \
+        [--plain OTHER_WORK]
 """
 
 from __future__ import annotations
@@ -29,13 +33,30 @@ def contrast(image: np.ndarray) -> dict[str, float]:
     return {"vmin": float(low), "vmax": float(high if high > low else low + 1)}
 
 
+def outline(axis: plt.Axes, labels: np.ndarray, aspect: float | str = "equal") -> None:
+    """Draw the boundaries of ``labels`` in red over an image axis."""
+    from skimage.segmentation import find_boundaries
+
+    edges = find_boundaries(labels, mode="inner")
+    overlay = np.zeros((*labels.shape, 4), np.float32)
+    overlay[edges] = (1.0, 0.15, 0.1, 0.9)
+    axis.imshow(overlay, aspect=aspect, interpolation="nearest")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("studies/adapt_bench"))
     parser.add_argument("--out", type=Path, default=Path("docs/images/adapt.png"))
     parser.add_argument("--volume", type=int, default=0, help="benchmark volume to show")
+    parser.add_argument("--plain", type=Path, default=None,
+                        help="a second adapt_bench work folder, shown before --work's adaptation")
+    parser.add_argument("--plain-title", default="c) CycleGAN, no label loss")
+    parser.add_argument("--title", default="synthetic after CycleGAN")
     args = parser.parse_args()
     folders = {key: args.work / key for key in ("real", "synthetic", "adapted")}
+    if args.plain is not None:
+        folders = {"real": folders["real"], "synthetic": folders["synthetic"],
+                   "plain": args.plain / "adapted", "adapted": folders["adapted"]}
     for folder in folders.values():
         if not (folder / "dataset.yaml").is_file():
             raise SystemExit(
@@ -54,11 +75,19 @@ def main() -> None:
     titles = {
         "real": "a) real (StarDist 3D sample)",
         "synthetic": "b) synthetic",
-        "adapted": "c) synthetic after CycleGAN",
+        "adapted": f"{'d' if args.plain else 'c'}) {args.title}",
     }
+    if args.plain is not None:
+        if sets["plain"].names != sets["synthetic"].names:
+            raise SystemExit(f"{folders['plain']}: adapts another benchmark than {args.work}")
+        volumes = {**dict(list(volumes.items())[:2]), "plain": sets["plain"].image(name),
+                   "adapted": volumes["adapted"]}
+        titles["plain"] = args.plain_title
+    labels = sets["synthetic"].labels(name)
     fig, axes = plt.subplots(
-        2, 3, figsize=(12, 6.2), gridspec_kw={"height_ratios": [1.3, 1]}, squeeze=False
-    )
+        2, len(volumes), figsize=(4 * len(volumes), 6.2),
+        gridspec_kw={"height_ratios": [1.3, 1]}, squeeze=False,
+    )  # fmt: skip
     for column, (key, volume) in enumerate(volumes.items()):
         spacing = sets[key].info.voxel_size
         volume = volume[0] if volume.ndim == 4 else volume
@@ -69,6 +98,9 @@ def main() -> None:
             section, cmap="gray", aspect=spacing[0] / spacing[2], **contrast(volume)
         )
         axes[1, column].set_title("x-z section", fontsize=9)
+        if key in ("plain", "adapted"):  # the labels the adapted volume is benchmarked against
+            outline(axes[0, column], labels[labels.shape[0] // 2])
+            outline(axes[1, column], labels[:, labels.shape[1] // 2, :], spacing[0] / spacing[2])
         for axis in axes[:, column]:
             axis.set_xticks([])
             axis.set_yticks([])
