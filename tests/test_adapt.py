@@ -12,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from aop.adapt.config import AdaptSettings
-from aop.adapt.gap import domain_classifier_accuracy, intensity_distance, spectrum_distance
 from aop.adapt.data import UnpairedCrops
+from aop.adapt.gap import domain_classifier_accuracy, intensity_distance, spectrum_distance
 from aop.adapt.model import CycleGAN, label_loss
 from aop.adapt.train import train_cyclegan
 from aop.adapt.translate import translate_volume
