@@ -172,15 +172,14 @@ def run_search(
     part = 1
     while True:
         experiment = topup_name(name, part)
-        finished = sum(r["trial_id"] in kept for r in recorder.records())
+        done = [r for r in recorder.records() if r["trial_id"] in kept]
         errored = any(result.error is not None for result in grid)
-        short = num_samples - finished if topup is not None and not errored else 0
+        short = num_samples - len(done) if topup is not None and not errored else 0
         if Tuner.can_restore(f"{root}/{experiment}", storage_filesystem=filesystem):
             grid = fit(experiment, None, 0)
         elif short > 0:
-            done = [r for r in recorder.records() if r["trial_id"] in kept]
             print(
-                f"aop: search {name}: {finished} of {num_samples} trials in Ray Tune's state; "
+                f"aop: search {name}: {len(done)} of {num_samples} trials in Ray Tune's state; "
                 f"running the other {short} as {experiment}"
             )
             grid = fit(experiment, topup(done, part), short)
