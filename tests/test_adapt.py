@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 
 from aop.adapt.config import AdaptSettings
 from aop.adapt.data import UnpairedCrops
-from aop.adapt.gap import domain_classifier_accuracy, intensity_distance, spectrum_distance
+from aop.adapt.gap import (
+    density_warning,
+    domain_classifier_accuracy,
+    foreground_fraction,
+    intensity_distance,
+    spectrum_distance,
+)
 from aop.adapt.model import CycleGAN, label_loss
 from aop.adapt.train import train_cyclegan
 from aop.adapt.translate import translate_volume
@@ -188,6 +194,27 @@ def test_intensity_and_spectrum_distances(nuclei_volumes):
     assert spectrum_distance(nuclei_volumes, noisier) > 0.2
 
 
+def test_foreground_fraction_reads_the_labelled_share():
+    from stardist.data import test_image_nuclei_3d
+
+    from aop.synth import simulate
+
+    image, labels = test_image_nuclei_3d(return_mask=True)
+    assert abs(foreground_fraction([image]) - (np.asarray(labels) > 0).mean()) < 0.03
+    for density in (0.1, 0.3):
+        image, labels = simulate((12, 40, 40), SPACING, seed=3, density=density)
+        assert abs(foreground_fraction([image]) - (labels > 0).mean()) < 0.03, density
+    assert foreground_fraction([np.zeros((4, 8, 8))]) == 0.0
+
+
+def test_density_warning_names_both_shares():
+    assert density_warning(0.30, 0.38) is None
+    line = density_warning(0.12, 0.38)
+    assert line is not None and "12% foreground" in line and "about 38%" in line
+    assert "sparser" in line and "density and overlap" in line and "\n" not in line
+    assert "denser" in (density_warning(0.5, 0.2) or "")
+
+
 # --------------------------------------------------------------------------------------------------
 # aop adapt
 # --------------------------------------------------------------------------------------------------
@@ -246,8 +273,14 @@ def test_aop_adapt_writes_adapted_benchmark_with_same_labels(tiny_data, adapted_
     volume = read_volume(real / "nuclei.tif")[0].astype(np.float32)
     resampled = zoom(volume, (1, 1.25, 1.25), order=1)
     np.testing.assert_allclose([lo, hi], np.percentile(resampled, [1.0, 99.8]), rtol=0.01)
-    for line in ("domain classifier acc.", "label IPQ (classical)"):
+    for line in ("domain classifier acc.", "label IPQ (classical)", "foreground (real "):
         assert line in output
+    shares = provenance["foreground_fraction"]
+    bench_share = np.mean([(source.labels(n) > 0).mean() for n in source.names])
+    assert shares["benchmark"] == pytest.approx(bench_share)
+    assert shares["real"] == pytest.approx(foreground_fraction([resampled]))
+    assert shares["benchmark"] > 1.6 * shares["real"]  # the tiny benchmark is the denser set
+    assert "warning: the benchmark is 16% foreground" in output
     gap = json.loads((out.with_name("adapted.training") / "gap.json").read_text())
     assert set(gap) == {"synthetic", "adapted"}
     assert all(0.0 <= m["classifier_accuracy"] <= 1.0 for m in gap.values())

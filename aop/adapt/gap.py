@@ -7,6 +7,9 @@
 - :func:`intensity_distance`: Wasserstein distance between the voxel-intensity distributions.
 - :func:`spectrum_distance`: mean absolute difference of the radial log10 power spectra of yx
   slices.
+- :func:`foreground_fraction`: the share of voxels above Otsu's threshold. A CycleGAN matches
+  the real volumes' share of bright voxels, so a benchmark much sparser than the real data gets
+  nuclei painted into its background (:func:`density_warning`).
 - :func:`label_preservation`: IPQ of a fixed segmenter (``classical``) on images against labels.
 - :func:`downstream_ipq`: aop's UNet trained on a data set, scored on an annotated volume.
 
@@ -36,8 +39,10 @@ from aop.errors import AopError
 
 __all__ = [
     "GapMeasures",
+    "density_warning",
     "domain_classifier_accuracy",
     "downstream_ipq",
+    "foreground_fraction",
     "intensity_distance",
     "label_preservation",
     "measure_gap",
@@ -202,6 +207,39 @@ def intensity_distance(
     return float(wasserstein_distance(sample(a), sample(b)))
 
 
+def foreground_fraction(volumes: Sequence[np.ndarray], sigma: float = 1.0) -> float:
+    """Mean share of voxels above Otsu's threshold, each volume (first channel) smoothed by a
+    Gaussian of ``sigma`` voxels first.
+
+    On StarDist's annotated real volume it reads 0.365 where the labels cover 0.385; on
+    benchmark volumes it is within 0.03 of the labels' share.
+    """
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    shares = []
+    for volume in volumes:
+        smooth = ndi.gaussian_filter(_first_channel(np.asarray(volume, np.float32)), sigma)
+        if smooth.max() == smooth.min():
+            shares.append(0.0)
+            continue
+        shares.append(float((smooth > threshold_otsu(smooth)).mean()))
+    return float(np.mean(shares))
+
+
+def density_warning(benchmark: float, real: float, tolerance: float = 1.6) -> str | None:
+    """A one-line warning when the benchmark's foreground share and the real volumes' differ by
+    more than ``tolerance`` times, else None."""
+    if benchmark <= 0 or real <= 0 or max(benchmark / real, real / benchmark) <= tolerance:
+        return None
+    sparser = "sparser" if benchmark < real else "denser"
+    return (
+        f"warning: the benchmark is {benchmark:.0%} foreground, the real volumes about {real:.0%} "
+        f"(Otsu); a CycleGAN between sets this much {sparser} than each other invents or erases "
+        "nuclei: simulate a benchmark of similar density (synth options density and overlap)"
+    )
+
+
 def radial_spectrum(volumes: Sequence[np.ndarray], bins: int = 24) -> np.ndarray:
     """Mean log10 power of yx slices in ``bins`` rings of frequency up to Nyquist."""
     sums = np.zeros(bins)
@@ -328,8 +366,9 @@ def gap_report(
     -------
     dict
         ``{"synthetic": {...}, "adapted": {...}}``, each with ``classifier_accuracy``,
-        ``intensity_distance``, ``spectrum_distance`` and ``label_ipq`` (the ``classical``
-        model's IPQ against the benchmark labels).
+        ``intensity_distance``, ``spectrum_distance``, ``label_ipq`` (the ``classical``
+        model's IPQ against the benchmark labels), ``foreground_fraction`` (Otsu) and
+        ``real_foreground_fraction``.
     """
     from aop.adapt.data import load_volumes, match_voxel_size
     from aop.io import load_dataset
@@ -339,10 +378,13 @@ def gap_report(
     spacing = tuple(float(s) for s in bench.info.voxel_size)
     real_set, _ = match_voxel_size(load_volumes(real, "real"), spacing)
     labels = [bench.labels(n) for n in bench.names]
+    real_share = foreground_fraction(real_set.volumes)
     for key, folder in (("synthetic", synthetic), ("adapted", adapted)):
         data = load_dataset(folder, require_labels=True)
         images = [data.image(n) for n in bench.names]
         measures = measure_gap(real_set.volumes, images, seed=seed, **classifier).to_dict()
         measures["label_ipq"] = label_preservation(images, labels, spacing)
+        measures["foreground_fraction"] = foreground_fraction(images)
+        measures["real_foreground_fraction"] = real_share
         report[key] = measures
     return report

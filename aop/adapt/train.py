@@ -29,6 +29,7 @@ from aop.adapt.data import (
     match_voxel_size,
     normalize,
 )
+from aop.adapt.gap import density_warning, foreground_fraction
 from aop.errors import AopError
 from aop.io import DATASET_FILE, DatasetInfo, load_dataset, write_dataset
 
@@ -322,6 +323,16 @@ def adapt_dataset(
     real_scaled = [normalize(v) for v in matched.volumes]
     lo = float(np.median([r[1][0] for r in real_scaled]))
     hi = float(np.median([r[1][1] for r in real_scaled]))
+    masks = [bench.labels(name) > 0 for name in syn.names] if settings.lambda_label else None
+    shares = {
+        "benchmark": float(np.mean([m.mean() for m in masks]))
+        if masks is not None
+        else float(np.mean([(bench.labels(name) > 0).mean() for name in syn.names])),
+        "real": foreground_fraction(matched.volumes),
+    }
+    warning = density_warning(shares["benchmark"], shares["real"])
+    if warning is not None:
+        echo(warning)
     echo(
         f"training the CycleGAN ({settings.mode}, {settings.total_epochs} epochs of "
         f"{settings.steps_per_epoch} steps) on {len(syn.volumes)} synthetic and "
@@ -337,7 +348,7 @@ def adapt_dataset(
         tracking_uri=tracking_uri,
         experiment=experiment,
         progress=progress,
-        masks=[bench.labels(name) > 0 for name in syn.names] if settings.lambda_label else None,
+        masks=masks,
     )
     seconds = time.perf_counter() - started
     echo(f"trained in {seconds:.0f} s; translating {len(syn.volumes)} volumes")
@@ -358,6 +369,7 @@ def adapt_dataset(
         "real_voxel_size": list(raw_real.voxel_size) if raw_real.voxel_size else None,
         "real_resampling": factors,
         "real_intensity_range": [lo, hi],
+        "foreground_fraction": shares,  # benchmark: its labels; real: Otsu (aop.adapt.gap)
         "settings": settings.model_dump(mode="json"),
         "checkpoint": str((work / "checkpoints" / CHECKPOINT).resolve()),
         "training_seconds": round(seconds, 1),

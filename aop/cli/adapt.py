@@ -133,11 +133,13 @@ def adapt(
     report = gap_report(real, synthetic, root, seed=settings.seed, steps=gap_steps)
     (work_dir / "gap.json").write_text(json.dumps(report, indent=2))
     console.print("measure                   synthetic   adapted   (against real)")
+    real_share = report["synthetic"]["real_foreground_fraction"]
     for key, label in (
         ("classifier_accuracy", "domain classifier acc."),
         ("intensity_distance", "intensity Wasserstein"),
         ("spectrum_distance", "power spectrum dist."),
         ("label_ipq", "label IPQ (classical)"),
+        ("foreground_fraction", f"foreground (real {real_share:.2f})"),
     ):
         console.print(
             f"{label:<25} {report['synthetic'][key]:>9.3f} {report['adapted'][key]:>9.3f}"
