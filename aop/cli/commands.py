@@ -173,7 +173,10 @@ def synth(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Data-set seed (non-negative).")] = 0,
     preset: Annotated[
-        str, typer.Option("--preset", help="Parameter set: nuclei, packed_nuclei, myotube or core_shell.")
+        str,
+        typer.Option(
+            "--preset", help="Parameter set: nuclei, packed_nuclei, myotube or core_shell."
+        ),
     ] = "nuclei",
     spacing: Annotated[
         tuple[float, float, float] | None,
