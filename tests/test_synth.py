@@ -310,12 +310,26 @@ def test_cli_writes_a_loadable_dataset_with_provenance(tmp_path):
         assert provenance["volumes"][name]["n_objects"] == labels.max()
 
 
+def test_cli_packed_nuclei_with_overlap_override(tmp_path):
+    out = tmp_path / "packed"
+    result = runner.invoke(app, ["synth", "--out", str(out), "--n-volumes", "1", "--shape", "24",
+                                 "64", "64", "--preset", "packed_nuclei", "--spacing", "2", "1",
+                                 "1", "--overlap", "0.3"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    provenance = yaml.safe_load((out / "dataset.yaml").read_text())["provenance"]
+    assert provenance["params"]["overlap"] == 0.3 and provenance["params"]["density"] == 0.45
+    labels = load_dataset(out, require_labels=True).labels("synth_000")
+    assert 0.25 < (labels > 0).mean() < 0.42 and touching_fraction(labels) > 0.5
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [
         (["--shape", "0", "8", "8"], "--shape"),
         (["--n-volumes", "0"], "--n-volumes"),
         (["--touching-fraction", "3"], "--touching-fraction"),
+        (["--overlap", "0.8"], "--overlap"),
+        (["--density", "0.45", "--shape", "16", "48", "48"], "--density: only"),
         (["--spacing", "1", "-1", "1"], "--spacing"),
         (["--preset", "foo"], "unknown preset 'foo'"),
         (["--layout", "torus"], "--layout"),

@@ -193,6 +193,14 @@ def synth(
         float | None,
         typer.Option("--touching-fraction", help="Fraction of objects touching a neighbour."),
     ] = None,
+    overlap: Annotated[
+        float | None,
+        typer.Option(
+            "--overlap",
+            help="Fraction (0-0.5) of their radii by which objects' bounding balls may overlap: "
+            "packs them densely, neighbours touch (preset packed_nuclei: 0.4).",
+        ),
+    ] = None,
     layout: Annotated[
         str | None, typer.Option("--layout", help="uniform, spheroid or core_shell.")
     ] = None,
@@ -225,6 +233,7 @@ def synth(
         "n_objects": n_objects,
         "density": density,
         "touching_fraction": touching_fraction,
+        "overlap": overlap,
         "layout": layout,
     }
     progress, advance = volume_progress("simulating", n_volumes, "objects")
