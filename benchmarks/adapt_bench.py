@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--label-weight", type=float, default=0.0,
                         help="lambda_label, the label loss (0: the paper's CycleGAN)")
     parser.add_argument("--label-margin", type=float, default=0.6)
+    parser.add_argument("--augment", default="flip", help="crop transforms: flip or dihedral")
     parser.add_argument("--seed", type=int, default=0, help="seed of the CycleGAN training")
     parser.add_argument("--restart", action="store_true", help="train again from scratch")
     args = parser.parse_args()
@@ -106,6 +107,7 @@ def main() -> None:
         mode=args.mode, patch=patch, ngf=args.ngf, ndf=args.ngf, epochs=args.epochs,
         epochs_decay=args.epochs, steps_per_epoch=args.steps, checkpoint_every=1, panel_every=2,
         lambda_label=args.label_weight, label_margin=args.label_margin, seed=args.seed,
+        augment=args.augment,
     )  # fmt: skip
     adapted = work / "adapted"
     print(f"settings: {settings.model_dump(mode='json')}", flush=True)

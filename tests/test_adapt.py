@@ -76,9 +76,11 @@ def test_one_training_step_moves_every_network(tmp_path, mode, patch):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.parametrize("augment", ["flip", "dihedral"])
 @pytest.mark.parametrize(("mode", "patch"), [("2d", (16, 16)), ("3d", (8, 16, 16))])
-def test_label_masks_are_cut_like_the_synthetic_crops(mode, patch):
-    settings = AdaptSettings(mode=mode, patch=patch, steps_per_epoch=6, context=1)
+def test_label_masks_are_cut_like_the_synthetic_crops(mode, patch, augment):
+    settings = AdaptSettings(mode=mode, patch=patch, steps_per_epoch=6, context=1,
+                             augment=augment)  # fmt: skip
     synthetic = _volumes(2, 2)
     masks = [v > 0.2 for v in synthetic]
     crops = UnpairedCrops(synthetic, _volumes(3, 1), settings, masks)
@@ -90,6 +92,20 @@ def test_label_masks_are_cut_like_the_synthetic_crops(mode, patch):
     adapted = torch.stack([crops[i][2] for i in range(4)]) * 2 - 1  # the mask itself: corr 1
     assert float(label_loss(adapted, adapted > 0, 0.6)) == 0.0
     assert float(label_loss(-adapted, adapted > 0, 0.6)) == pytest.approx(1.6)
+
+
+@pytest.mark.parametrize(("augment", "count"), [("flip", 2), ("dihedral", 8)])
+def test_crop_augmentation_draws_the_symmetries_of_the_yx_plane(augment, count):
+    """A real volume whose one crop position is fixed (volume = patch) comes back in exactly the
+    2 (x flips) or 8 (yx dihedral group) orientations of that crop."""
+    real = np.arange(4 * 16 * 16, dtype=np.float32).reshape(1, 4, 16, 16)
+    settings = AdaptSettings(mode="3d", patch=(4, 16, 16), steps_per_epoch=200, augment=augment)
+    crops = UnpairedCrops(_volumes(2, 1, (4, 16, 16)), [real], settings)
+    seen = {crops[i][1].numpy().tobytes() for i in range(len(crops))}
+    base = real[0]
+    group = {np.ascontiguousarray(np.rot90(f, k, axes=(-2, -1))).tobytes()
+             for f in (base, base[..., ::-1]) for k in range(4)}  # fmt: skip
+    assert len(seen) == count and seen <= group
 
 
 class _Interrupt(L.Callback):

@@ -70,6 +70,11 @@ class AdaptSettings(BaseModel):
         Pearson correlation of an adapted crop with the benchmark's foreground mask falls
         below ``label_margin``. A generator that moves or invents nuclei lowers that
         correlation; a real volume's correlation with its own mask is about 0.65.
+    augment : {"flip", "dihedral"}
+        Random transforms of the training crops: ``flip`` (the paper's) mirrors along x;
+        ``dihedral`` mirrors along y and x and transposes y and x (square patches), the eight
+        symmetries of the yx plane, so a single small real volume gives the discriminators eight
+        times as many distinct crops.
     pool_size : int
         Generated images kept in each discriminator's image pool (0: no pool).
     lr, beta1 : float
@@ -103,6 +108,7 @@ class AdaptSettings(BaseModel):
     lambda_identity: Annotated[float, Field(ge=0.0)] = 0.5
     lambda_label: Annotated[float, Field(ge=0.0)] = 0.0
     label_margin: Annotated[float, Field(gt=0.0, le=1.0)] = 0.6
+    augment: Literal["flip", "dihedral"] = "flip"
     pool_size: Annotated[int, Field(ge=0)] = 50
     lr: Annotated[float, Field(gt=0.0)] = 2e-4
     beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5

@@ -190,7 +190,9 @@ class UnpairedCrops(torch.utils.data.Dataset):
     """Random unpaired crops ``(synthetic, real)``, reproducible from (seed, epoch, index).
 
     In 2D each crop is a slice with its context slices as channels, shape
-    (C (2 context + 1), Y, X); in 3D a (C, Z, Y, X) patch. Crops are flipped at random along x.
+    (C (2 context + 1), Y, X); in 3D a (C, Z, Y, X) patch. Crops are flipped at random along x
+    (``augment="flip"``), or transformed by a random symmetry of the yx plane (``"dihedral"``:
+    flips along y and x, and a y-x transpose when the patch is square).
     With ``masks`` (the synthetic volumes' foreground, (1, Z, Y, X) each) a sample is
     ``(synthetic, real, mask)``, the mask cut exactly like the synthetic crop (its context slices
     as channels in 2D).
@@ -227,24 +229,33 @@ class UnpairedCrops(torch.utils.data.Dataset):
         shape = volume.shape[len(lead) :]
         corner = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, patch, strict=True)]
         region = (*lead, *(slice(c, c + p) for c, p in zip(corner, patch, strict=True)))
-        return index, region, bool(rng.random() < 0.5)
+        flip_x = bool(rng.random() < 0.5)
+        if self.settings.augment == "flip":
+            return index, region, (False, flip_x, False)
+        flip_y, transpose = (bool(v) for v in rng.random(2) < 0.5)
+        return index, region, (flip_y, flip_x, transpose and patch[-1] == patch[-2])
 
     @staticmethod
-    def _cut(volume: np.ndarray, region: tuple, flip: bool) -> torch.Tensor:
+    def _cut(volume: np.ndarray, region: tuple, transform: tuple[bool, bool, bool]) -> torch.Tensor:
         crop = volume[region]
-        if flip:
+        flip_y, flip_x, transpose = transform
+        if flip_y:
+            crop = crop[..., ::-1, :]
+        if flip_x:
             crop = crop[..., ::-1]
+        if transpose:
+            crop = crop.swapaxes(-1, -2)
         return torch.from_numpy(np.ascontiguousarray(crop))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng([self.settings.seed, self.epoch, index])
-        a, region_a, flip_a = self._draw(self.domains[0], rng)
-        b, region_b, flip_b = self._draw(self.domains[1], rng)
-        synthetic = self._cut(self.domains[0][a], region_a, flip_a)
-        real = self._cut(self.domains[1][b], region_b, flip_b)
+        a, region_a, transform_a = self._draw(self.domains[0], rng)
+        b, region_b, transform_b = self._draw(self.domains[1], rng)
+        synthetic = self._cut(self.domains[0][a], region_a, transform_a)
+        real = self._cut(self.domains[1][b], region_b, transform_b)
         if self.masks is None:
             return synthetic, real
-        return synthetic, real, self._cut(self.masks[a], region_a, flip_a)
+        return synthetic, real, self._cut(self.masks[a], region_a, transform_a)
 
 
 class UnpairedDataModule(L.LightningDataModule):
