@@ -142,6 +142,8 @@ def main() -> None:
         ("intensity_distance", "intensity Wasserstein"),
         ("spectrum_distance", "power-spectrum distance"),
         ("label_ipq", "label preservation IPQ"),
+        ("label_correlation", "correlation with the labels"),
+        ("foreground_fraction", "foreground fraction (Otsu)"),
         ("downstream_ipq", "downstream UNet IPQ on real (mean)"),
     ]
     for key, label in rows:

@@ -14,10 +14,12 @@ from typer.testing import CliRunner
 from aop.adapt.config import AdaptSettings
 from aop.adapt.data import UnpairedCrops
 from aop.adapt.gap import (
+    collapse_warning,
     density_warning,
     domain_classifier_accuracy,
     foreground_fraction,
     intensity_distance,
+    label_correlation,
     spectrum_distance,
 )
 from aop.adapt.model import CycleGAN, label_loss
@@ -89,7 +91,7 @@ def test_label_masks_are_cut_like_the_synthetic_crops(mode, patch, augment):
         image, real, mask = crops[index]
         assert torch.equal(mask.bool(), image > 0.2) and mask.shape == image.shape
         assert torch.equal(image, plain[index][0]) and torch.equal(real, plain[index][1])
-    adapted = torch.stack([crops[i][2] for i in range(4)]) * 2 - 1  # the mask itself: corr 1
+    adapted = torch.stack([crops[i][2] for i in range(4)]).float() * 2 - 1  # the mask: corr 1
     assert float(label_loss(adapted, adapted > 0, 0.6)) == 0.0
     assert float(label_loss(-adapted, adapted > 0, 0.6)) == pytest.approx(1.6)
 
@@ -223,6 +225,21 @@ def test_foreground_fraction_reads_the_labelled_share():
     assert foreground_fraction([np.zeros((4, 8, 8))]) == 0.0
 
 
+def test_label_correlation_and_collapse_warning(nuclei_volumes):
+    from stardist.data import test_image_nuclei_3d
+
+    image, labels = test_image_nuclei_3d(return_mask=True)
+    assert 0.6 < label_correlation([image], [labels]) < 0.72  # a real volume and its annotation
+    masks = [v > np.percentile(v, 80) for v in nuclei_volumes]
+    assert label_correlation(nuclei_volumes, masks) > 0.5
+    inverted = [-v for v in nuclei_volumes]
+    assert label_correlation(inverted, masks) == pytest.approx(-label_correlation(nuclei_volumes,
+                                                                                  masks))
+    assert collapse_warning(0.65) is None
+    line = collapse_warning(0.09)
+    assert line is not None and "correlate only 0.09" in line and "label_corr" in line
+
+
 def test_density_warning_names_both_shares():
     assert density_warning(0.30, 0.38) is None
     line = density_warning(0.12, 0.38)
@@ -291,6 +308,7 @@ def test_aop_adapt_writes_adapted_benchmark_with_same_labels(tiny_data, adapted_
     np.testing.assert_allclose([lo, hi], np.percentile(resampled, [1.0, 99.8]), rtol=0.01)
     for line in ("domain classifier acc.", "label IPQ (classical)", "foreground (real "):
         assert line in output
+    assert -1.0 <= provenance["label_correlation"] <= 1.0
     shares = provenance["foreground_fraction"]
     bench_share = np.mean([(source.labels(n) > 0).mean() for n in source.names])
     assert shares["benchmark"] == pytest.approx(bench_share)
@@ -311,6 +329,8 @@ def test_aop_adapt_logs_losses_and_panels_to_mlflow(adapted_run):
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     history = client.get_metric_history(run_id, "loss_cycle_epoch")
     assert len(history) == 2 and all(np.isfinite(m.value) for m in history)
+    corr = client.get_metric_history(run_id, "label_corr_epoch")  # the collapse monitor
+    assert len(corr) == 2 and all(-1.0 <= m.value <= 1.0 for m in corr)
     panels = [a.path for a in client.list_artifacts(run_id, "panels")]
     assert panels == ["panels/epoch_0001.png", "panels/epoch_0002.png"]
     assert sorted(p.name for p in (work / "mlartifacts" / run_id).glob("artifacts/panels/*")) == [

@@ -209,7 +209,7 @@ class UnpairedCrops(torch.utils.data.Dataset):
         self.epoch = 0
         self.domains = [self._prepare(v) for v in (synthetic, real)]
         self.masks = None if masks is None else self._prepare(
-            [np.asarray(m, dtype=np.float32) for m in masks]
+            [np.asarray(m, dtype=np.uint8) for m in masks]  # 0/1; the loss casts the crops
         )
 
     def _prepare(self, volumes: Sequence[np.ndarray]) -> list[np.ndarray]:

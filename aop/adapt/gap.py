@@ -10,6 +10,8 @@
 - :func:`foreground_fraction`: the share of voxels above Otsu's threshold. A CycleGAN matches
   the real volumes' share of bright voxels, so a benchmark much sparser than the real data gets
   nuclei painted into its background (:func:`density_warning`).
+- :func:`label_correlation`: Pearson correlation of images with their foreground masks, the
+  sign of a collapsed CycleGAN (:func:`collapse_warning`).
 - :func:`label_preservation`: IPQ of a fixed segmenter (``classical``) on images against labels.
 - :func:`downstream_ipq`: aop's UNet trained on a data set, scored on an annotated volume.
 
@@ -39,11 +41,13 @@ from aop.errors import AopError
 
 __all__ = [
     "GapMeasures",
+    "collapse_warning",
     "density_warning",
     "domain_classifier_accuracy",
     "downstream_ipq",
     "foreground_fraction",
     "intensity_distance",
+    "label_correlation",
     "label_preservation",
     "measure_gap",
     "spectrum_distance",
@@ -227,6 +231,37 @@ def foreground_fraction(volumes: Sequence[np.ndarray], sigma: float = 1.0) -> fl
     return float(np.mean(shares))
 
 
+def label_correlation(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
+    """Mean over volumes of the Pearson correlation of an image (first channel) with its
+    foreground mask ``labels > 0``.
+
+    A real volume correlates about 0.66 with its own annotation (StarDist's 3D sample), a raw
+    benchmark volume 0.85; an adapted benchmark that keeps its nuclei in place stays near the
+    real value, and a collapsed CycleGAN (inverted nuclei, checkerboards) falls towards 0.
+    """
+    values = []
+    for image, label in zip(images, labels, strict=True):
+        mask = (np.asarray(label) > 0).ravel()
+        values.append(
+            0.0
+            if mask.all() or not mask.any()
+            else float(np.corrcoef(_first_channel(image).ravel(), mask)[0, 1])
+        )
+    return float(np.mean(values))
+
+
+def collapse_warning(correlation: float, threshold: float = 0.4) -> str | None:
+    """A one-line warning when an adapted benchmark's :func:`label_correlation` is below
+    ``threshold``, else None."""
+    if correlation >= threshold:
+        return None
+    return (
+        f"warning: the adapted volumes correlate only {correlation:.2f} with their labels (a "
+        "real volume about 0.65): the CycleGAN has moved, inverted or invented nuclei; train "
+        "fewer steps (MLflow metric label_corr shows when it fell), or set lambda_label"
+    )
+
+
 def density_warning(benchmark: float, real: float, tolerance: float = 1.6) -> str | None:
     """A one-line warning when the benchmark's foreground share and the real volumes' differ by
     more than ``tolerance`` times, else None."""
@@ -367,7 +402,8 @@ def gap_report(
     dict
         ``{"synthetic": {...}, "adapted": {...}}``, each with ``classifier_accuracy``,
         ``intensity_distance``, ``spectrum_distance``, ``label_ipq`` (the ``classical``
-        model's IPQ against the benchmark labels), ``foreground_fraction`` (Otsu) and
+        model's IPQ against the benchmark labels), ``label_correlation``,
+        ``foreground_fraction`` (Otsu) and
         ``real_foreground_fraction``.
     """
     from aop.adapt.data import load_volumes, match_voxel_size
@@ -384,6 +420,7 @@ def gap_report(
         images = [data.image(n) for n in bench.names]
         measures = measure_gap(real_set.volumes, images, seed=seed, **classifier).to_dict()
         measures["label_ipq"] = label_preservation(images, labels, spacing)
+        measures["label_correlation"] = label_correlation(images, labels)
         measures["foreground_fraction"] = foreground_fraction(images)
         measures["real_foreground_fraction"] = real_share
         report[key] = measures

@@ -7,10 +7,12 @@ discriminators see generated images through an image pool and their loss is halv
 optimisers keep the learning rate for ``epochs`` epochs and then decay it linearly to zero over
 ``epochs_decay`` epochs.
 
-With ``lambda_label > 0`` a sample also carries the synthetic crop's foreground mask, and the
-generator A→B pays a label loss (:func:`label_loss`): the adapted crop must stay correlated with
-the benchmark's labels, so that adaptation cannot move nuclei or invent them where the labels
-have none (the CycleGAN alone does both when the two domains differ in density).
+A sample may also carry the synthetic crop's foreground mask. The Pearson correlation of the
+adapted crop with it is logged as ``label_corr``: it stays near a real volume's own (about 0.65)
+while the adaptation keeps the nuclei where the labels are, and falls towards 0 or below when the
+CycleGAN collapses (inverted nuclei, checkerboards). With ``lambda_label > 0`` the generator A→B
+also pays a label loss (:func:`label_loss`), so that adaptation cannot move nuclei or invent them
+where the labels have none (the CycleGAN alone does both when the two domains differ in density).
 
 In 2D mode a sample is a slice with its neighbours as channels, and the generators map a whole
 stack to a stack, so the cycle can run on the stack; translation keeps the centre slice.
@@ -32,19 +34,15 @@ from torch import nn
 from aop.adapt.config import AdaptSettings
 from aop.adapt.networks import ImagePool, PatchDiscriminator, ResnetGenerator
 
-__all__ = ["CycleGAN", "label_loss"]
+__all__ = ["CycleGAN", "label_correlation", "label_loss"]
 
 
-def label_loss(adapted: torch.Tensor, mask: torch.Tensor, margin: float) -> torch.Tensor:
-    """Mean over the batch of ``max(0, margin - corr)``, ``corr`` the Pearson correlation of an
-    adapted crop with its foreground mask (first image channel; in 2D its context slices).
-
-    Crops without both foreground and background carry no information and count 0.
-
-    >>> mask = torch.zeros(1, 1, 8, 8); mask[..., 2:5, 2:5] = 1
-    >>> float(label_loss(mask * 2 - 1, mask, 0.6)), round(float(label_loss(-mask, mask, 0.6)), 2)
-    (0.0, 1.6)
-    """
+def label_correlation(
+    adapted: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per crop, the Pearson correlation of an adapted crop (first image channel; in 2D its
+    context slices) with its foreground mask, and whether the crop is informative (has both
+    foreground and background; the correlation of the others is 0)."""
     a = adapted[:, : mask.shape[1]].flatten(1)
     m = mask.flatten(1).to(a.dtype)
     a = a - a.mean(1, keepdim=True)
@@ -52,8 +50,21 @@ def label_loss(adapted: torch.Tensor, mask: torch.Tensor, margin: float) -> torc
     norm = a.norm(dim=1) * m.norm(dim=1)
     informative = m.norm(dim=1) > 0
     corr = (a * m).sum(1) / norm.clamp_min(1e-8)
-    losses = torch.relu(margin - corr) * informative
-    return losses.mean()
+    return corr * informative, informative
+
+
+def label_loss(adapted: torch.Tensor, mask: torch.Tensor, margin: float) -> torch.Tensor:
+    """Mean over the batch of ``max(0, margin - corr)``, ``corr`` the Pearson correlation of an
+    adapted crop with its foreground mask (:func:`label_correlation`).
+
+    Crops without both foreground and background carry no information and count 0.
+
+    >>> mask = torch.zeros(1, 1, 8, 8); mask[..., 2:5, 2:5] = 1
+    >>> float(label_loss(mask * 2 - 1, mask, 0.6)), round(float(label_loss(-mask, mask, 0.6)), 2)
+    (0.0, 1.6)
+    """
+    corr, informative = label_correlation(adapted, mask)
+    return (torch.relu(margin - corr) * informative).mean()
 
 
 class CycleGAN(L.LightningModule):
@@ -153,8 +164,13 @@ class CycleGAN(L.LightningModule):
                 l1(self.generator_ab(real_b), real_b) + l1(self.generator_ba(real_a), real_a)
             ) * weight
         loss_label = real_a.new_zeros(())
-        if s.lambda_label > 0 and len(batch) > 2:
-            loss_label = s.lambda_label * label_loss(fake_b, batch[2], s.label_margin)
+        corr = None
+        if len(batch) > 2:  # the benchmark's masks: the label loss, and a collapse monitor
+            corr, informative = label_correlation(fake_b, batch[2])
+            if s.lambda_label > 0:
+                shortfall = torch.relu(s.label_margin - corr) * informative
+                loss_label = s.lambda_label * shortfall.mean()
+            corr = corr.sum() / informative.sum().clamp_min(1)
         loss_g = loss_gan_ab + loss_gan_ba + loss_cycle + loss_identity + loss_label
         opt_g.zero_grad()
         self.manual_backward(loss_g)
@@ -179,8 +195,10 @@ class CycleGAN(L.LightningModule):
             for scheduler in self.lr_schedulers():  # type: ignore[union-attr]
                 scheduler.step()
 
+        metrics = {} if corr is None else {"label_corr": corr.detach()}
         self.log_dict(
             {
+                **metrics,
                 "loss_g": loss_g.detach(),
                 "loss_g_gan": (loss_gan_ab + loss_gan_ba).detach(),
                 "loss_cycle": loss_cycle.detach(),

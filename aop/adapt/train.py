@@ -29,7 +29,12 @@ from aop.adapt.data import (
     match_voxel_size,
     normalize,
 )
-from aop.adapt.gap import density_warning, foreground_fraction
+from aop.adapt.gap import (
+    collapse_warning,
+    density_warning,
+    foreground_fraction,
+    label_correlation,
+)
 from aop.errors import AopError
 from aop.io import DATASET_FILE, DatasetInfo, load_dataset, write_dataset
 
@@ -150,8 +155,9 @@ def train_cyclegan(
     callbacks : sequence of lightning.Callback
         Further callbacks, run after the checkpoint of each epoch is written.
     masks : sequence of ndarray, optional
-        Foreground of each synthetic volume, (1, Z, Y, X), for the label loss
-        (``settings.lambda_label``); without them that loss is off.
+        Foreground of each synthetic volume, (1, Z, Y, X): the adapted crops' correlation with
+        it is logged (``label_corr``), and the label loss (``settings.lambda_label``) uses it;
+        without them that loss is off. The crops drawn are the same with and without masks.
 
     Returns
     -------
@@ -175,8 +181,6 @@ def train_cyclegan(
         ckpt_path = str(last)
     L.seed_everything(settings.seed, verbose=False)
     module = CycleGAN(settings.model_dump(mode="json"), channels)
-    if masks is not None and settings.lambda_label == 0:
-        masks = None
     if masks is not None:
         masks = [
             np.asarray(m, dtype=bool).reshape(1, *v.shape[1:])
@@ -323,11 +327,9 @@ def adapt_dataset(
     real_scaled = [normalize(v) for v in matched.volumes]
     lo = float(np.median([r[1][0] for r in real_scaled]))
     hi = float(np.median([r[1][1] for r in real_scaled]))
-    masks = [bench.labels(name) > 0 for name in syn.names] if settings.lambda_label else None
+    masks = [bench.labels(name) > 0 for name in syn.names]  # label loss and label_corr
     shares = {
-        "benchmark": float(np.mean([m.mean() for m in masks]))
-        if masks is not None
-        else float(np.mean([(bench.labels(name) > 0).mean() for name in syn.names])),
+        "benchmark": float(np.mean([m.mean() for m in masks])),
         "real": foreground_fraction(matched.volumes),
     }
     warning = density_warning(shares["benchmark"], shares["real"])
@@ -353,11 +355,17 @@ def adapt_dataset(
     seconds = time.perf_counter() - started
     echo(f"trained in {seconds:.0f} s; translating {len(syn.volumes)} volumes")
 
+    correlations: list[float] = []
+
     def generate():  # type: ignore[no-untyped-def]
         for name, volume in zip(syn.names, syn_norm, strict=True):
             adapted = denormalize(translate_volume(module, volume), lo, hi)
             image = adapted[0] if adapted.shape[0] == 1 else adapted
-            yield name, image, bench.labels(name)
+            labels = bench.labels(name)
+            correlations.append(label_correlation([image], [labels]))
+            yield name, image, labels
+        # dataset.yaml is written after the last volume: the collapse check goes in with it
+        provenance["label_correlation"] = round(float(np.mean(correlations)), 4)
 
     provenance: dict[str, Any] = {
         "generator": ADAPT_GENERATOR,
@@ -380,10 +388,14 @@ def adapt_dataset(
         channel_names=list(bench.info.channel_names),
         provenance=provenance,
     )
-    return write_dataset(
+    root = write_dataset(
         out, generate(), info, overwrite=overwrite, inputs=(synthetic, real),
         overwrite_hint=overwrite_hint,
     )  # fmt: skip
+    warning = collapse_warning(provenance["label_correlation"])
+    if warning is not None:
+        echo(warning)
+    return root
 
 
 def _digest_files(paths: list[Path], digest: Any) -> None:

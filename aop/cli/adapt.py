@@ -139,6 +139,7 @@ def adapt(
         ("intensity_distance", "intensity Wasserstein"),
         ("spectrum_distance", "power spectrum dist."),
         ("label_ipq", "label IPQ (classical)"),
+        ("label_correlation", "label correlation"),
         ("foreground_fraction", f"foreground (real {real_share:.2f})"),
     ):
         console.print(
