@@ -110,6 +110,51 @@ def test_crop_augmentation_draws_the_symmetries_of_the_yx_plane(augment, count):
     assert len(seen) == count and seen <= group
 
 
+class _Record(L.Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_train_epoch_end(self, trainer, module):
+        self.values.append(float(trainer.callback_metrics["label_corr_epoch"]))
+
+
+def test_collapse_guard_stops_and_returns_the_last_healthy_networks(tmp_path, nuclei_volumes):
+    """A threshold between the first epoch's label_corr and the (lower) second's makes epoch 2 a
+    collapse after the healthy epoch 1."""
+    from aop.adapt.data import normalize
+
+    plain = AdaptSettings(patch=(16, 16), epochs=4, epochs_decay=0, steps_per_epoch=3,
+                          collapse_threshold=None, **TINY)  # fmt: skip
+    synthetic = [normalize(v[None])[0] for v in nuclei_volumes]
+    masks = [v > np.percentile(v, 75) for v in nuclei_volumes]
+    real = synthetic[::-1]
+    record = _Record()
+    full = train_cyclegan(synthetic, real, plain, tmp_path / "plain", progress=False,
+                          masks=masks, callbacks=[record])  # fmt: skip
+    assert full.collapse is None and len(record.values) == 4  # without the guard: all epochs
+    first, second = record.values[:2]
+    assert first > second  # the premise of this test (seeded, deterministic on the CPU)
+    settings = plain.model_copy(update={"collapse_threshold": (first + second) / 2})
+    again = _Record()
+    module = train_cyclegan(synthetic, real, settings, tmp_path / "guarded", progress=False,
+                            masks=masks, callbacks=[again])  # fmt: skip
+    assert again.values == pytest.approx(record.values[:2], abs=1e-6)  # stopped after epoch 2
+    checkpoints = tmp_path / "guarded" / "checkpoints"
+    marker = json.loads((checkpoints / "collapsed.json").read_text())
+    assert module.collapse == marker
+    assert marker["epoch"] == 2 and marker["healthy_epoch"] == 1
+    assert marker["label_corr"] == pytest.approx(second, abs=1e-4)
+    healthy = torch.load(checkpoints / "healthy.ckpt", weights_only=False)["state_dict"]
+    ours = module.state_dict()
+    assert all(torch.equal(v, ours[k]) for k, v in healthy.items())  # epoch 1's networks
+    assert not all(torch.equal(v, ours[k]) for k, v in full.state_dict().items())
+    # a resume finds the training finished and returns the same healthy networks
+    resumed = train_cyclegan(synthetic, real, settings, tmp_path / "guarded", progress=False,
+                             masks=masks, callbacks=[third := _Record()])  # fmt: skip
+    assert third.values == [] and resumed.collapse == marker
+    assert all(torch.equal(v, ours[k]) for k, v in resumed.state_dict().items())
+
+
 class _Interrupt(L.Callback):
     def on_train_epoch_end(self, trainer, module):
         if trainer.current_epoch == 0:

@@ -40,6 +40,7 @@ from aop.io import DATASET_FILE, DatasetInfo, load_dataset, write_dataset
 
 __all__ = [
     "ADAPT_GENERATOR",
+    "CollapseGuard",
     "EpochCheckpoint",
     "PanelCallback",
     "adapt_benchmark",
@@ -49,6 +50,8 @@ __all__ = [
 
 ADAPT_GENERATOR = "aop.adapt"
 CHECKPOINT = "last.ckpt"
+HEALTHY = "healthy.ckpt"
+COLLAPSED = "collapsed.json"
 
 
 def _checked_resume(path: Path, settings: AdaptSettings, channels: int) -> None:
@@ -77,19 +80,72 @@ def _checked_resume(path: Path, settings: AdaptSettings, channels: int) -> None:
 
 
 class EpochCheckpoint(L.Callback):
-    """Write the checkpoint ``path`` every ``every`` epochs and after the last one (atomically)."""
+    """Write the checkpoint ``path`` every ``every`` epochs, after the last one and when training
+    stops early (atomically)."""
 
     def __init__(self, path: Path, every: int) -> None:
         self.path, self.every = path, every
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
-        if epoch % self.every and epoch != trainer.max_epochs:
+        if epoch % self.every and epoch != trainer.max_epochs and not trainer.should_stop:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(f".{self.path.name}.partial")
-        trainer.save_checkpoint(partial)
-        os.replace(partial, self.path)
+        _save_atomically(trainer, self.path)
+
+
+def _save_atomically(trainer: L.Trainer, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    trainer.save_checkpoint(partial)
+    os.replace(partial, path)
+
+
+class CollapseGuard(L.Callback):
+    """Stop training when ``label_corr`` falls below ``threshold`` after a healthy epoch.
+
+    Every epoch whose mean ``label_corr`` is at least ``threshold`` is saved as
+    ``checkpoints/healthy.ckpt``. The first epoch below it after one is recorded in
+    ``checkpoints/collapsed.json`` (epoch, its correlation, the healthy epoch) and stops the
+    trainer; :func:`train_cyclegan` then returns the healthy networks, also on a later resume.
+    Before the first healthy epoch nothing stops (a fresh generator may start below it).
+    """
+
+    def __init__(self, checkpoints: Path, threshold: float) -> None:
+        self.healthy, self.marker, self.threshold = (
+            checkpoints / HEALTHY, checkpoints / COLLAPSED, threshold,
+        )  # fmt: skip
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get("label_corr_epoch")
+        if value is None:
+            return
+        value = float(value)
+        epoch = trainer.current_epoch + 1
+        if value >= self.threshold:
+            _save_atomically(trainer, self.healthy)
+            return
+        if not self.healthy.is_file():
+            return
+        import torch
+
+        saved = torch.load(self.healthy, map_location="cpu", weights_only=False)
+        healthy_epoch = int(saved["epoch"]) + 1  # Lightning stores the 0-based epoch
+        record = {"epoch": epoch, "label_corr": round(value, 4), "healthy_epoch": healthy_epoch,
+                  "threshold": self.threshold}  # fmt: skip
+        self.marker.write_text(json.dumps(record))
+        trainer.should_stop = True
+
+
+def _load_healthy(module: Any, checkpoints: Path) -> dict[str, Any] | None:
+    """The collapse record, with the healthy networks loaded into ``module``; None if none."""
+    marker = checkpoints / COLLAPSED
+    if not marker.is_file():
+        return None
+    import torch
+
+    state = torch.load(checkpoints / HEALTHY, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    return json.loads(marker.read_text())
 
 
 class PanelCallback(L.Callback):
@@ -162,7 +218,10 @@ def train_cyclegan(
     Returns
     -------
     CycleGAN
-        The trained module, in evaluation mode.
+        The trained module, in evaluation mode. Its ``collapse`` attribute is None, or, when
+        the collapse guard (``settings.collapse_threshold``, with ``masks``) stopped training,
+        the record of ``checkpoints/collapsed.json``; the module then holds the networks of the
+        last healthy epoch.
     """
     from aop.adapt.model import CycleGAN
 
@@ -179,6 +238,9 @@ def train_cyclegan(
     if resume and last.is_file():
         _checked_resume(last, settings, channels)
         ckpt_path = str(last)
+    else:  # a fresh training: an earlier one's collapse guard files are stale
+        for stale in (checkpoints / COLLAPSED, checkpoints / HEALTHY):
+            stale.unlink(missing_ok=True)
     L.seed_everything(settings.seed, verbose=False)
     module = CycleGAN(settings.model_dump(mode="json"), channels)
     if masks is not None:
@@ -188,6 +250,8 @@ def train_cyclegan(
         ]
     data = UnpairedDataModule(synthetic, real, settings, masks)
     own: list[Any] = [EpochCheckpoint(last, settings.checkpoint_every)]
+    if settings.collapse_threshold is not None:  # before the checkpoint, which saves a stop
+        own.insert(0, CollapseGuard(checkpoints, settings.collapse_threshold))
     logger: Any = False
     if tracking_uri is not None:
         from lightning.pytorch.loggers import MLFlowLogger
@@ -231,7 +295,9 @@ def train_cyclegan(
         log_every_n_steps=max(1, min(50, settings.steps_per_epoch)),
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    if not (checkpoints / COLLAPSED).is_file():  # a collapsed training is finished
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    module.collapse = _load_healthy(module, checkpoints)
     return module.cpu().eval()
 
 
@@ -354,6 +420,13 @@ def adapt_dataset(
     )
     seconds = time.perf_counter() - started
     echo(f"trained in {seconds:.0f} s; translating {len(syn.volumes)} volumes")
+    collapse = getattr(module, "collapse", None)
+    if collapse is not None:
+        echo(
+            f"the CycleGAN collapsed at epoch {collapse['epoch']} (label_corr "
+            f"{collapse['label_corr']:.2f} < {collapse['threshold']}): translating with the "
+            f"networks of epoch {collapse['healthy_epoch']}, the last healthy one"
+        )
 
     correlations: list[float] = []
 
@@ -379,8 +452,9 @@ def adapt_dataset(
         "real_intensity_range": [lo, hi],
         "foreground_fraction": shares,  # benchmark: its labels; real: Otsu (aop.adapt.gap)
         "settings": settings.model_dump(mode="json"),
-        "checkpoint": str((work / "checkpoints" / CHECKPOINT).resolve()),
+        "checkpoint": str((work / "checkpoints" / (HEALTHY if collapse else CHECKPOINT)).resolve()),
         "training_seconds": round(seconds, 1),
+        "collapse": collapse,  # None, or where the collapse guard stopped (checkpoints/)
     }
     info = DatasetInfo(
         name=out.name,
