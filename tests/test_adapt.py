@@ -118,41 +118,71 @@ class _Record(L.Callback):
         self.values.append(float(trainer.callback_metrics["label_corr_epoch"]))
 
 
-def test_collapse_guard_stops_and_returns_the_last_healthy_networks(tmp_path, nuclei_volumes):
-    """A threshold between the first epoch's label_corr and the (lower) second's makes epoch 2 a
-    collapse after the healthy epoch 1."""
+def _expected_stop(values: list[float], drop: float, patience: int = 2) -> tuple[int, int] | None:
+    """(stop epoch, best epoch) of the guard's rule on a label_corr history, 1-based."""
+    best, best_epoch, low = -np.inf, 0, 0
+    for epoch, value in enumerate(values, start=1):
+        if value > best:
+            best, best_epoch, low = value, epoch, 0
+            continue
+        low = low + 1 if value < best - drop else 0
+        if low >= patience:
+            return epoch, best_epoch
+    return None
+
+
+def test_collapse_guard_stops_and_returns_the_best_networks(tmp_path, nuclei_volumes):
     from aop.adapt.data import normalize
 
-    plain = AdaptSettings(patch=(16, 16), epochs=4, epochs_decay=0, steps_per_epoch=3,
-                          collapse_threshold=None, **TINY)  # fmt: skip
+    plain = AdaptSettings(patch=(16, 16), epochs=6, epochs_decay=0, steps_per_epoch=3,
+                          collapse_drop=None, checkpoint_every=1, **TINY)  # fmt: skip
     synthetic = [normalize(v[None])[0] for v in nuclei_volumes]
     masks = [v > np.percentile(v, 75) for v in nuclei_volumes]
     real = synthetic[::-1]
     record = _Record()
     full = train_cyclegan(synthetic, real, plain, tmp_path / "plain", progress=False,
                           masks=masks, callbacks=[record])  # fmt: skip
-    assert full.collapse is None and len(record.values) == 4  # without the guard: all epochs
-    first, second = record.values[:2]
-    assert first > second  # the premise of this test (seeded, deterministic on the CPU)
-    settings = plain.model_copy(update={"collapse_threshold": (first + second) / 2})
+    assert full.collapse is None and len(record.values) == 6  # without the guard: all epochs
+    settings = plain.model_copy(update={"collapse_drop": 0.001})
+    expected = _expected_stop(record.values, 0.001)
+    assert expected is not None and expected[0] < 6  # the premise (seeded, deterministic)
+    stop, best = expected
     again = _Record()
     module = train_cyclegan(synthetic, real, settings, tmp_path / "guarded", progress=False,
                             masks=masks, callbacks=[again])  # fmt: skip
-    assert again.values == pytest.approx(record.values[:2], abs=1e-6)  # stopped after epoch 2
+    assert again.values == pytest.approx(record.values[:stop], abs=1e-6)  # then it stopped
     checkpoints = tmp_path / "guarded" / "checkpoints"
     marker = json.loads((checkpoints / "collapsed.json").read_text())
     assert module.collapse == marker
-    assert marker["epoch"] == 2 and marker["healthy_epoch"] == 1
-    assert marker["label_corr"] == pytest.approx(second, abs=1e-4)
-    healthy = torch.load(checkpoints / "healthy.ckpt", weights_only=False)["state_dict"]
+    assert marker["epoch"] == stop and marker["best_epoch"] == best
+    assert marker["best_label_corr"] == pytest.approx(max(record.values[:stop]), abs=1e-4)
+    saved = torch.load(checkpoints / "best.ckpt", weights_only=False)
+    assert saved["epoch"] + 1 == best
     ours = module.state_dict()
-    assert all(torch.equal(v, ours[k]) for k, v in healthy.items())  # epoch 1's networks
+    assert all(torch.equal(v, ours[k]) for k, v in saved["state_dict"].items())
     assert not all(torch.equal(v, ours[k]) for k, v in full.state_dict().items())
-    # a resume finds the training finished and returns the same healthy networks
+    # a resume finds the training finished and returns the same best networks
+    third = _Record()
     resumed = train_cyclegan(synthetic, real, settings, tmp_path / "guarded", progress=False,
-                             masks=masks, callbacks=[third := _Record()])  # fmt: skip
+                             masks=masks, callbacks=[third])  # fmt: skip
     assert third.values == [] and resumed.collapse == marker
     assert all(torch.equal(v, ours[k]) for k, v in resumed.state_dict().items())
+
+
+def test_collapse_guard_state_survives_an_interruption(tmp_path, nuclei_volumes):
+    """Interrupted after epoch 1 and resumed, the guard remembers epoch 1's best."""
+    from aop.adapt.data import normalize
+
+    settings = AdaptSettings(patch=(16, 16), epochs=2, epochs_decay=0, steps_per_epoch=2,
+                             checkpoint_every=1, **TINY)  # fmt: skip
+    synthetic = [normalize(v[None])[0] for v in nuclei_volumes]
+    masks = [v > np.percentile(v, 75) for v in nuclei_volumes]
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train_cyclegan(synthetic, synthetic[::-1], settings, tmp_path, progress=False,
+                       masks=masks, callbacks=[_Interrupt()])  # fmt: skip
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    guard = next(v for k, v in state.items() if "CollapseGuard" in k)
+    assert guard["best_epoch"] == 1 and np.isfinite(guard["best_value"])
 
 
 class _Interrupt(L.Callback):

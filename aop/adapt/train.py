@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +51,7 @@ __all__ = [
 
 ADAPT_GENERATOR = "aop.adapt"
 CHECKPOINT = "last.ckpt"
-HEALTHY = "healthy.ckpt"
+BEST = "best.ckpt"
 COLLAPSED = "collapsed.json"
 
 
@@ -101,49 +102,54 @@ def _save_atomically(trainer: L.Trainer, path: Path) -> None:
 
 
 class CollapseGuard(L.Callback):
-    """Stop training when ``label_corr`` falls below ``threshold`` after a healthy epoch.
+    """Keep the epoch of the highest ``label_corr``; stop when it drifts ``drop`` below it.
 
-    Every epoch whose mean ``label_corr`` is at least ``threshold`` is saved as
-    ``checkpoints/healthy.ckpt``. The first epoch below it after one is recorded in
-    ``checkpoints/collapsed.json`` (epoch, its correlation, the healthy epoch) and stops the
-    trainer; :func:`train_cyclegan` then returns the healthy networks, also on a later resume.
-    Before the first healthy epoch nothing stops (a fresh generator may start below it).
+    Each epoch with a new highest mean ``label_corr`` is saved as ``checkpoints/best.ckpt``.
+    When ``label_corr`` is more than ``drop`` below that best for ``patience`` epochs in a row,
+    ``checkpoints/collapsed.json`` records the epoch, its correlation and the best epoch, and the
+    trainer stops; :func:`train_cyclegan` then returns the best epoch's networks, also on a later
+    resume.
     """
 
-    def __init__(self, checkpoints: Path, threshold: float) -> None:
-        self.healthy, self.marker, self.threshold = (
-            checkpoints / HEALTHY, checkpoints / COLLAPSED, threshold,
+    def __init__(self, checkpoints: Path, drop: float, patience: int = 2) -> None:
+        self.best, self.marker = checkpoints / BEST, checkpoints / COLLAPSED
+        self.drop, self.patience = drop, patience
+        self.best_value, self.best_epoch, self.low = -math.inf, 0, 0
+
+    def state_dict(self) -> dict[str, Any]:  # saved in the checkpoints, so a resume continues
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "low": self.low}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_value, self.best_epoch, self.low = (
+            state["best_value"], state["best_epoch"], state["low"],
         )  # fmt: skip
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get("label_corr_epoch")
         if value is None:
             return
-        value = float(value)
-        epoch = trainer.current_epoch + 1
-        if value >= self.threshold:
-            _save_atomically(trainer, self.healthy)
+        value, epoch = float(value), trainer.current_epoch + 1
+        if value > self.best_value:
+            self.best_value, self.best_epoch, self.low = value, epoch, 0
+            _save_atomically(trainer, self.best)
             return
-        if not self.healthy.is_file():
+        self.low = self.low + 1 if value < self.best_value - self.drop else 0
+        if self.low < self.patience:
             return
-        import torch
-
-        saved = torch.load(self.healthy, map_location="cpu", weights_only=False)
-        healthy_epoch = int(saved["epoch"]) + 1  # Lightning stores the 0-based epoch
-        record = {"epoch": epoch, "label_corr": round(value, 4), "healthy_epoch": healthy_epoch,
-                  "threshold": self.threshold}  # fmt: skip
+        record = {"epoch": epoch, "label_corr": round(value, 4), "best_epoch": self.best_epoch,
+                  "best_label_corr": round(self.best_value, 4), "drop": self.drop}  # fmt: skip
         self.marker.write_text(json.dumps(record))
         trainer.should_stop = True
 
 
-def _load_healthy(module: Any, checkpoints: Path) -> dict[str, Any] | None:
-    """The collapse record, with the healthy networks loaded into ``module``; None if none."""
+def _load_best(module: Any, checkpoints: Path) -> dict[str, Any] | None:
+    """The collapse record, with the best epoch's networks loaded into ``module``; None if none."""
     marker = checkpoints / COLLAPSED
     if not marker.is_file():
         return None
     import torch
 
-    state = torch.load(checkpoints / HEALTHY, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoints / BEST, map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"])
     return json.loads(marker.read_text())
 
@@ -219,9 +225,9 @@ def train_cyclegan(
     -------
     CycleGAN
         The trained module, in evaluation mode. Its ``collapse`` attribute is None, or, when
-        the collapse guard (``settings.collapse_threshold``, with ``masks``) stopped training,
-        the record of ``checkpoints/collapsed.json``; the module then holds the networks of the
-        last healthy epoch.
+        the collapse guard (``settings.collapse_drop``, with ``masks``) stopped training, the
+        record of ``checkpoints/collapsed.json``; the module then holds the networks of the
+        epoch with the highest ``label_corr``.
     """
     from aop.adapt.model import CycleGAN
 
@@ -239,7 +245,7 @@ def train_cyclegan(
         _checked_resume(last, settings, channels)
         ckpt_path = str(last)
     else:  # a fresh training: an earlier one's collapse guard files are stale
-        for stale in (checkpoints / COLLAPSED, checkpoints / HEALTHY):
+        for stale in (checkpoints / COLLAPSED, checkpoints / BEST):
             stale.unlink(missing_ok=True)
     L.seed_everything(settings.seed, verbose=False)
     module = CycleGAN(settings.model_dump(mode="json"), channels)
@@ -250,8 +256,8 @@ def train_cyclegan(
         ]
     data = UnpairedDataModule(synthetic, real, settings, masks)
     own: list[Any] = [EpochCheckpoint(last, settings.checkpoint_every)]
-    if settings.collapse_threshold is not None:  # before the checkpoint, which saves a stop
-        own.insert(0, CollapseGuard(checkpoints, settings.collapse_threshold))
+    if settings.collapse_drop is not None:  # before the checkpoint, which saves a stop
+        own.insert(0, CollapseGuard(checkpoints, settings.collapse_drop))
     logger: Any = False
     if tracking_uri is not None:
         from lightning.pytorch.loggers import MLFlowLogger
@@ -297,7 +303,7 @@ def train_cyclegan(
     )
     if not (checkpoints / COLLAPSED).is_file():  # a collapsed training is finished
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    module.collapse = _load_healthy(module, checkpoints)
+    module.collapse = _load_best(module, checkpoints)
     return module.cpu().eval()
 
 
@@ -423,9 +429,10 @@ def adapt_dataset(
     collapse = getattr(module, "collapse", None)
     if collapse is not None:
         echo(
-            f"the CycleGAN collapsed at epoch {collapse['epoch']} (label_corr "
-            f"{collapse['label_corr']:.2f} < {collapse['threshold']}): translating with the "
-            f"networks of epoch {collapse['healthy_epoch']}, the last healthy one"
+            f"the CycleGAN drifted: label_corr {collapse['label_corr']:.2f} at epoch "
+            f"{collapse['epoch']}, more than {collapse['drop']} below its best "
+            f"({collapse['best_label_corr']:.2f}, epoch {collapse['best_epoch']}); training "
+            f"stopped, translating with the networks of epoch {collapse['best_epoch']}"
         )
 
     correlations: list[float] = []
@@ -452,7 +459,7 @@ def adapt_dataset(
         "real_intensity_range": [lo, hi],
         "foreground_fraction": shares,  # benchmark: its labels; real: Otsu (aop.adapt.gap)
         "settings": settings.model_dump(mode="json"),
-        "checkpoint": str((work / "checkpoints" / (HEALTHY if collapse else CHECKPOINT)).resolve()),
+        "checkpoint": str((work / "checkpoints" / (BEST if collapse else CHECKPOINT)).resolve()),
         "training_seconds": round(seconds, 1),
         "collapse": collapse,  # None, or where the collapse guard stopped (checkpoints/)
     }
