@@ -167,6 +167,11 @@ def test_collapse_guard_stops_and_returns_the_best_networks(tmp_path, nuclei_vol
                              masks=masks, callbacks=[third])  # fmt: skip
     assert third.values == [] and resumed.collapse == marker
     assert all(torch.equal(v, ours[k]) for k, v in resumed.state_dict().items())
+    # with the guard turned off, a resume trains on from the stop to the last epoch
+    fourth = _Record()
+    rest = train_cyclegan(synthetic, real, plain, tmp_path / "guarded", progress=False,
+                          masks=masks, callbacks=[fourth])  # fmt: skip
+    assert rest.collapse is None and len(fourth.values) == 6 - stop
 
 
 def test_collapse_guard_state_survives_an_interruption(tmp_path, nuclei_volumes):

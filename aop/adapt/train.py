@@ -301,7 +301,9 @@ def train_cyclegan(
         log_every_n_steps=max(1, min(50, settings.steps_per_epoch)),
         num_sanity_val_steps=0,
     )
-    if not (checkpoints / COLLAPSED).is_file():  # a collapsed training is finished
+    if settings.collapse_drop is None:  # the guard turned off: a stop it made does not hold
+        (checkpoints / COLLAPSED).unlink(missing_ok=True)
+    if not (checkpoints / COLLAPSED).is_file():  # a training the guard stopped is finished
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     module.collapse = _load_best(module, checkpoints)
     return module.cpu().eval()
