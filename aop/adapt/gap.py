@@ -267,11 +267,13 @@ def density_warning(benchmark: float, real: float, tolerance: float = 1.6) -> st
     more than ``tolerance`` times, else None."""
     if benchmark <= 0 or real <= 0 or max(benchmark / real, real / benchmark) <= tolerance:
         return None
-    sparser = "sparser" if benchmark < real else "denser"
+    effect = "paints nuclei into the benchmark's background" if benchmark < real else (
+        "erases benchmark nuclei"
+    )
     return (
         f"warning: the benchmark is {benchmark:.0%} foreground, the real volumes about {real:.0%} "
-        f"(Otsu); a CycleGAN between sets this much {sparser} than each other invents or erases "
-        "nuclei: simulate a benchmark of similar density (synth options density and overlap)"
+        f"(Otsu); between sets of such different density a CycleGAN {effect}: simulate a "
+        "benchmark of similar density (synth options density and overlap)"
     )
 
 
