@@ -63,8 +63,10 @@ class ClassifierSource:
 
 def classifier_source(source: str | os.PathLike) -> ClassifierSource:
     """A study folder's best classifier, or an MLflow model URI with aop's metadata."""
+    from aop.tracking import is_model_uri
+
     text = str(source)
-    if "://" in text or text.startswith(("models:/", "runs:/")):
+    if is_model_uri(text):
         import mlflow
         from mlflow.models import get_model_info
 

@@ -47,7 +47,7 @@ def resolve_model(source: str | os.PathLike) -> tuple[str, str | None]:
     AopError
         For a folder that is neither a study nor an MLflow model.
     """
-    from aop.tracking import RUN_ID_FILE
+    from aop.tracking import RUN_ID_FILE, is_model_uri
 
     path = Path(source)
     if path.is_dir():
@@ -58,7 +58,7 @@ def resolve_model(source: str | os.PathLike) -> tuple[str, str | None]:
             return str(path.resolve()), None
         raise AopError(f"{path}: neither a study folder ({RUN_ID_FILE}) nor an MLflow model")
     text = str(source)
-    if "://" in text or text.startswith(("runs:/", "models:/")):
+    if is_model_uri(text):
         return text, None
     raise AopError(f"{source}: no such study folder or model URI")
 

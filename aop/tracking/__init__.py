@@ -9,6 +9,7 @@ from aop.tracking.client import (
     StudyTracker,
     default_tracking_uri,
     flatten,
+    is_model_uri,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "StudyTracker",
     "default_tracking_uri",
     "flatten",
+    "is_model_uri",
 ]

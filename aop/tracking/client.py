@@ -86,6 +86,16 @@ __all__ = [
 TRIAL_OPEN_TAG = "aop.trial_open"  # a child run a trial opened, until its record completes it
 
 
+def is_model_uri(text: str) -> bool:
+    """Whether ``text`` names an MLflow model by URI (``runs:/``, ``models:/``, ``scheme://``)
+    rather than a local path.
+
+    >>> is_model_uri("models:/aop-classifier/3"), is_model_uri("studies/demo")
+    (True, False)
+    """
+    return "://" in text or text.startswith(("runs:/", "models:/"))
+
+
 def default_tracking_uri(study_dir: str | os.PathLike) -> str:
     """The default MLflow store of a study: ``sqlite:///<absolute study dir>/mlflow.db``."""
     return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"
