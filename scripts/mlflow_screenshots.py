@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from aop.tracking.client import wait_for_server
 
 CHROMIUM = "/usr/bin/chromium"
 PARENT_TAG = "mlflow.parentRunId"
@@ -59,19 +60,10 @@ def mlflow_server(study: Path, timeout: float) -> Iterator[str]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                tail = log.read()[-1500:]
-                raise SystemExit(f"error: mlflow server did not start ({log.name}):\n{tail}")
-            time.sleep(0.5)
+        if not wait_for_server(url, process, timeout):
+            log.seek(0)
+            tail = log.read()[-1500:]
+            raise SystemExit(f"error: mlflow server did not start ({log.name}):\n{tail}")
         yield url
     finally:
         process.terminate()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from aop.tracking.client import wait_for_server
 
 
 def wait_for_mlflow(
@@ -18,17 +18,9 @@ def wait_for_mlflow(
     Fails the test (and kills the server) when the process exits or ``timeout`` seconds pass,
     with the tail of the server's ``log`` when there is one.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            exited = process.poll() is not None
-            process.kill()
-            tail = log.read_text()[-3000:] if log is not None and log.is_file() else ""
-            pytest.fail(f"mlflow server at {url} {'exited' if exited else 'did not start'}: {tail}")
-        time.sleep(0.5)
+    if wait_for_server(url, process, timeout):
+        return
+    exited = process.poll() is not None
+    process.kill()
+    tail = log.read_text()[-3000:] if log is not None and log.is_file() else ""
+    pytest.fail(f"mlflow server at {url} {'exited' if exited else 'did not start'}: {tail}")

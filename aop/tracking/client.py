@@ -86,6 +86,25 @@ __all__ = [
 TRIAL_OPEN_TAG = "aop.trial_open"  # a child run a trial opened, until its record completes it
 
 
+def wait_for_server(url: str, process: subprocess.Popen | None, timeout: float) -> bool:
+    """Poll ``url/health`` every 0.5 s until an MLflow server answers 200 (True), or until
+    ``process`` (the server, when this program started it) exits or ``timeout`` seconds pass
+    (False)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:
+            pass
+        if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
 def is_model_uri(text: str) -> bool:
     """Whether ``text`` names an MLflow model by URI (``runs:/``, ``models:/``, ``scheme://``)
     rather than a local path.
