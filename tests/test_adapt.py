@@ -324,7 +324,7 @@ def test_density_warning_names_both_shares():
     assert density_warning(0.30, 0.38) is None
     line = density_warning(0.12, 0.38)
     assert line is not None and "12% foreground" in line and "about 38%" in line
-    assert "paints nuclei" in line and "density and overlap" in line and "\n" not in line
+    assert "paints nuclei" in line and "density with overlap" in line and "\n" not in line
     assert "erases benchmark nuclei" in (density_warning(0.5, 0.2) or "")
 
 

@@ -257,8 +257,9 @@ def collapse_warning(correlation: float, threshold: float = 0.4) -> str | None:
         return None
     return (
         f"warning: the adapted volumes correlate only {correlation:.2f} with their labels (a "
-        "real volume about 0.65): the CycleGAN has moved, inverted or invented nuclei; train "
-        "fewer steps (MLflow metric label_corr shows when it fell), or set lambda_label"
+        "real volume about 0.65): the nuclei are not where the labels are; in the MLflow metric "
+        "label_corr, train longer if it never rose (an untrained CycleGAN), fewer steps if it "
+        "fell (a collapsed one)"
     )
 
 
@@ -273,7 +274,7 @@ def density_warning(benchmark: float, real: float, tolerance: float = 1.6) -> st
     return (
         f"warning: the benchmark is {benchmark:.0%} foreground, the real volumes about {real:.0%} "
         f"(Otsu); between sets of such different density a CycleGAN {effect}: simulate a "
-        "benchmark of similar density (synth options density and overlap)"
+        "benchmark of similar density (preset packed_nuclei, or density with overlap)"
     )
 
 
