@@ -406,8 +406,7 @@ def gap_report(
         ``{"synthetic": {...}, "adapted": {...}}``, each with ``classifier_accuracy``,
         ``intensity_distance``, ``spectrum_distance``, ``label_ipq`` (the ``classical``
         model's IPQ against the benchmark labels), ``label_correlation``,
-        ``foreground_fraction`` (Otsu) and
-        ``real_foreground_fraction``.
+        ``foreground_fraction`` (Otsu) and ``real_foreground_fraction``.
     """
     from aop.adapt.data import load_volumes, match_voxel_size
     from aop.io import load_dataset

@@ -63,7 +63,11 @@ def label_loss(adapted: torch.Tensor, mask: torch.Tensor, margin: float) -> torc
     >>> float(label_loss(mask * 2 - 1, mask, 0.6)), round(float(label_loss(-mask, mask, 0.6)), 2)
     (0.0, 1.6)
     """
-    corr, informative = label_correlation(adapted, mask)
+    return _shortfall(*label_correlation(adapted, mask), margin)
+
+
+def _shortfall(corr: torch.Tensor, informative: torch.Tensor, margin: float) -> torch.Tensor:
+    """The label loss from :func:`label_correlation`'s output."""
     return (torch.relu(margin - corr) * informative).mean()
 
 
@@ -81,6 +85,8 @@ class CycleGAN(L.LightningModule):
     def __init__(self, settings: dict[str, Any], channels: int = 1) -> None:
         super().__init__()
         self.save_hyperparameters()
+        #: set by :func:`aop.adapt.train.train_cyclegan`: where the collapse guard stopped, or None
+        self.collapse: dict[str, Any] | None = None
         self.settings = AdaptSettings.model_validate(settings)
         self.channels = channels
         s = self.settings
@@ -168,8 +174,7 @@ class CycleGAN(L.LightningModule):
         if len(batch) > 2:  # the benchmark's masks: the label loss, and a collapse monitor
             corr, informative = label_correlation(fake_b, batch[2])
             if s.lambda_label > 0:
-                shortfall = torch.relu(s.label_margin - corr) * informative
-                loss_label = s.lambda_label * shortfall.mean()
+                loss_label = s.lambda_label * _shortfall(corr, informative, s.label_margin)
             corr = corr.sum() / informative.sum().clamp_min(1)
         loss_g = loss_gan_ab + loss_gan_ba + loss_cycle + loss_identity + loss_label
         opt_g.zero_grad()

@@ -38,6 +38,7 @@ from aop.adapt.gap import (
 )
 from aop.errors import AopError
 from aop.io import DATASET_FILE, DatasetInfo, load_dataset, write_dataset
+from aop.outputs import atomic_file
 
 __all__ = [
     "ADAPT_GENERATOR",
@@ -95,10 +96,8 @@ class EpochCheckpoint(L.Callback):
 
 
 def _save_atomically(trainer: L.Trainer, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    trainer.save_checkpoint(partial)
-    os.replace(partial, path)
+    with atomic_file(path) as tmp:
+        trainer.save_checkpoint(tmp)
 
 
 class CollapseGuard(L.Callback):
@@ -138,7 +137,8 @@ class CollapseGuard(L.Callback):
             return
         record = {"epoch": epoch, "label_corr": round(value, 4), "best_epoch": self.best_epoch,
                   "best_label_corr": round(self.best_value, 4), "drop": self.drop}  # fmt: skip
-        self.marker.write_text(json.dumps(record))
+        with atomic_file(self.marker) as tmp:
+            tmp.write_text(json.dumps(record))
         trainer.should_stop = True
 
 
@@ -244,9 +244,13 @@ def train_cyclegan(
     if resume and last.is_file():
         _checked_resume(last, settings, channels)
         ckpt_path = str(last)
-    else:  # a fresh training: an earlier one's collapse guard files are stale
-        for stale in (checkpoints / COLLAPSED, checkpoints / BEST):
-            stale.unlink(missing_ok=True)
+    # the collapse guard's files: stale before a fresh training; with the guard turned off, a
+    # stop it made does not hold and the resume trains on
+    stale = [checkpoints / COLLAPSED, checkpoints / BEST] if ckpt_path is None else []
+    if settings.collapse_drop is None:
+        stale.append(checkpoints / COLLAPSED)
+    for path in stale:
+        path.unlink(missing_ok=True)
     L.seed_everything(settings.seed, verbose=False)
     module = CycleGAN(settings.model_dump(mode="json"), channels)
     if masks is not None:
@@ -301,8 +305,6 @@ def train_cyclegan(
         log_every_n_steps=max(1, min(50, settings.steps_per_epoch)),
         num_sanity_val_steps=0,
     )
-    if settings.collapse_drop is None:  # the guard turned off: a stop it made does not hold
-        (checkpoints / COLLAPSED).unlink(missing_ok=True)
     if not (checkpoints / COLLAPSED).is_file():  # a training the guard stopped is finished
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     module.collapse = _load_best(module, checkpoints)
@@ -428,7 +430,7 @@ def adapt_dataset(
     )
     seconds = time.perf_counter() - started
     echo(f"trained in {seconds:.0f} s; translating {len(syn.volumes)} volumes")
-    collapse = getattr(module, "collapse", None)
+    collapse = module.collapse
     if collapse is not None:
         echo(
             f"the CycleGAN drifted: label_corr {collapse['label_corr']:.2f} at epoch "
