@@ -35,8 +35,8 @@ from ray import cloudpickle, tune
 import aop
 from aop.config import full_search_space
 from aop.errors import AopError
+from aop.ray_cluster import check_resources, connect
 from aop.synth import simulate
-from aop.tuning.cluster import check_resources, connect
 from aop.tuning.searchers import make_searcher
 from aop.tuning.segmentation import tune_space
 from aop.tuning.study import run_search

@@ -29,7 +29,7 @@ def cluster_command(
     import ray
     from rich.table import Table
 
-    from aop.tuning.cluster import check_resources, connect
+    from aop.ray_cluster import check_resources, connect
 
     joined = ray.is_initialized()
     connect(address)

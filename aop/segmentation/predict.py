@@ -187,7 +187,7 @@ def predict_dataset(
 
     import ray
 
-    from aop.tuning.cluster import check_resources, connect
+    from aop.ray_cluster import check_resources, connect
 
     if isinstance(models, Mapping):
         keyed = {str(key): _as_spec(m) for key, m in models.items()}

@@ -291,7 +291,7 @@ def _train_and_report(
 
     from aop.classification.data import SplitConfig
     from aop.classification.train import train_classifier
-    from aop.tuning.trainable import node_name
+    from aop.ray_cluster import node_name
 
     manual, pseudo = bundle["manual"], bundle["pseudo"]
     resume, resume_best, progress = None, None, {"epochs": 0, "best": 0.0}
@@ -514,7 +514,7 @@ def best_checkpoint(
         return None
     import pyarrow.fs
 
-    from aop.tuning.cluster import tune_storage
+    from aop.tuning.storage import tune_storage
 
     local = study_dir / "checkpoints" / record["search"] / record["trial_id"] / "best.ckpt"
     if local.is_file():

@@ -18,18 +18,24 @@ the disk full just after, that empty ``experiment_state-*.json`` would be the on
 the disk-full test; no Tune file is legitimately emptied.)
 
 The handler holds no state but a ``LocalFileSystem``, so it pickles to Ray's workers.
+
+:func:`tune_storage` turns a study's ``storage.tune_storage`` URI (or none: the study folder) into
+the filesystem and path that Ray Tune's ``RunConfig`` and ``Tuner.restore`` take.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 from typing import Any
 
 import pyarrow
 import pyarrow.fs as pafs
 
-__all__ = ["atomic_local_filesystem"]
+from aop.errors import AopError
+
+__all__ = ["atomic_local_filesystem", "tune_storage"]
 
 PART_TAG = ".aop-part-"
 
@@ -182,3 +188,48 @@ def atomic_local_filesystem() -> pafs.PyFileSystem:
     (b'{}', ['state.json'])
     """
     return pafs.PyFileSystem(AtomicLocalHandler())
+
+
+def tune_storage(uri: str | None, default: str | os.PathLike) -> tuple[Any, str]:
+    """Ray Tune's ``(storage_filesystem, storage_path)`` for a storage URI.
+
+    Parameters
+    ----------
+    uri : str or None
+        A URI pyarrow opens (``s3://bucket/aop``, ``gs://bucket/aop``, ``file:///shared/tune``,
+        ``hdfs://...``); ``None`` keeps the local folder ``default``.
+    default : path-like
+        The local folder used without a URI.
+
+    Returns
+    -------
+    (pyarrow.fs.FileSystem, str)
+        The filesystem and the path inside it, for
+        ``RunConfig(storage_path=..., storage_filesystem=...)`` and ``Tuner.restore``. A local
+        folder or ``file://`` URI gets :func:`atomic_local_filesystem`, so a
+        full disk cannot leave Tune a truncated state file.
+
+    Examples
+    --------
+    >>> fs, path = tune_storage("file:///tmp/aop-tune", "unused")
+    >>> fs.type_name, path
+    ('py::aop-atomic-local', '/tmp/aop-tune')
+    """
+    if uri is None:
+        folder = Path(default).resolve()
+        return atomic_local_filesystem(), str(folder)
+
+    if "://" not in uri:
+        raise AopError(
+            f"storage.tune_storage: {uri!r} is not a URI (e.g. s3://bucket/path, "
+            "file:///shared/tune); leave it out for STUDY_DIR/tune"
+        )
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            filesystem = atomic_local_filesystem()
+        filesystem.create_dir(path, recursive=True)
+    except (pyarrow.ArrowException, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AopError(f"storage.tune_storage: {uri}: {first[:300]}") from None
+    return filesystem, path.rstrip("/") or "/"

@@ -104,7 +104,7 @@ def run_search(
         Further driver-side callbacks (e.g. MLflow tracking).
     storage : str, optional
         Ray Tune storage as a URI (``s3://bucket/path``, ``gs://...``, ``file:///shared/tune``)
-        opened with pyarrow (see :func:`aop.tuning.cluster.tune_storage`); default
+        opened with pyarrow (see :func:`aop.tuning.storage.tune_storage`); default
         ``STUDY_DIR/tune``.
     topup : callable, optional
         ``topup(finished_records, part)`` returns a fresh searcher that knows the finished
@@ -134,7 +134,7 @@ def run_search(
         extras=kind.record_extras,
         curves=kind.curves,
     )
-    from aop.tuning.cluster import tune_storage
+    from aop.tuning.storage import tune_storage
 
     filesystem, root = tune_storage(storage, study_dir / "tune")
     # the trial records are aop's (results/NAME.jsonl): Tune's result.json files are not written,
@@ -403,14 +403,14 @@ def write_best(
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (``auto``, ``ray://host:10001``) or start a local Ray."""
-    from aop.tuning.cluster import connect
+    from aop.ray_cluster import connect
 
     connect(address, num_cpus=num_cpus)  # token auth of `ray start` clusters, one-line errors
 
 
 def check_study_resources(exp: BaseExperiment) -> int:
     """Refuse a ``search.resources`` request that no node can hold (before any trial)."""
-    from aop.tuning.cluster import check_resources
+    from aop.ray_cluster import check_resources
 
     bundle = {"CPU": exp.search.resources.cpus, "GPU": exp.search.resources.gpu}
     return check_resources(bundle, exp.search.concurrency, what="search.resources")

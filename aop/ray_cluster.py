@@ -1,4 +1,8 @@
-"""Joining a Ray cluster, and checking a study's resource request against it before any trial.
+"""The one place where aop starts or joins Ray, and checks a request against the cluster.
+
+Every command and library function that needs Ray (``aop search``, ``resume``, ``predict``,
+``segment``, ``classify``, ``cluster``) calls :func:`connect`, and nothing else in aop calls
+``ray.init``, so the token handling and the one-line errors below hold for all of them.
 
 :func:`connect` starts a local Ray or joins an existing cluster. Clusters started with
 ``ray start`` use token authentication; Ray looks for the token in ``RAY_AUTH_TOKEN``, the file
@@ -6,17 +10,18 @@ named by ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, but sends it only whe
 ``RAY_AUTH_MODE=token`` is set. :func:`connect` probes the cluster's GCS first (a TCP connect,
 then one authenticated request): when the cluster asks for a token and one is available, token
 mode is switched on for this process (and the workers it starts); an address where nothing listens,
-or a missing or wrong token, is one :class:`~aop.errors.AopError` line within seconds that says
-what to set, instead of Ray's 20 s of retries and a traceback.
+a missing or wrong token, or a cluster that refuses the connection is one
+:class:`~aop.errors.AopError` line within seconds that names the address and says what to set,
+instead of Ray's 20 s of retries and a traceback.
 
 :func:`check_resources` refuses a per-trial request that no node of the cluster can ever hold
 (nor any node type the autoscaler may add, read from the cluster launcher's
 ``~/ray_bootstrap_config.yaml`` on the head node or a given launcher file), so that a study does
-not hang with every trial pending.
+not hang with every trial pending. :func:`node_name` says where a task ran.
 
 Example
 -------
->>> from aop.tuning.cluster import check_resources, connect
+>>> from aop.ray_cluster import check_resources, connect
 >>> connect("10.0.0.5:6379")                              # doctest: +SKIP
 >>> check_resources({"CPU": 1, "GPU": 0.5}, concurrency=4)  # doctest: +SKIP
 4
@@ -30,7 +35,6 @@ import socket
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from aop.errors import AopError
 
@@ -40,8 +44,8 @@ __all__ = [
     "connect",
     "largest_nodes",
     "node_types_from_launcher",
+    "node_name",
     "parse_address",
-    "tune_storage",
 ]
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
@@ -62,7 +66,7 @@ def parse_address(address: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise AopError(
-            f"--address {address!r}: expected HOST:PORT (the head's GCS port, 6379 by default), "
+            f"Ray address {address!r}: expected HOST:PORT (the head's GCS port, 6379 by default), "
             "ray://HOST:PORT (Ray Client) or 'auto'"
         )
     return host.strip("[]"), int(port)
@@ -138,7 +142,7 @@ def _resolve_auto() -> str:
         found = None
     if not found:
         raise AopError(
-            "--address auto: no Ray cluster runs on this machine (start one with "
+            "Ray address auto: no Ray cluster runs on this machine (start one with "
             "`ray start --head`, or give HOST:PORT of the head node)"
         )
     return str(found)
@@ -155,7 +159,7 @@ def _join_gcs(address: str, timeout_s: float) -> str:
     host, port = parse_address(address)
     if not _reachable(host, port, timeout_s):
         raise AopError(
-            f"--address {address}: no Ray cluster answers at {host}:{port} (start one with "
+            f"Ray address {address}: no Ray cluster answers at {host}:{port} (start one with "
             "`ray start --head --port PORT`, or check the host, port and firewall)"
         )
     if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
@@ -164,7 +168,7 @@ def _join_gcs(address: str, timeout_s: float) -> str:
     if error is not None and _is_auth_error(error) and "RAY_AUTH_MODE" not in os.environ:
         if not _token_available():
             raise AopError(
-                f"--address {address}: the Ray cluster requires an authentication token and "
+                f"Ray address {address}: the Ray cluster requires an authentication token and "
                 f"none was found: {TOKEN_HINT}"
             )
         _enable_token_mode()
@@ -172,11 +176,11 @@ def _join_gcs(address: str, timeout_s: float) -> str:
     if error is not None:
         if _is_auth_error(error):
             raise AopError(
-                f"--address {address}: the Ray cluster rejected the authentication token: "
+                f"Ray address {address}: the Ray cluster rejected the authentication token: "
                 f"{TOKEN_HINT}"
             )
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AopError(f"--address {address}: cannot join the Ray cluster: {first[:300]}")
+        raise AopError(f"Ray address {address}: cannot join the Ray cluster: {first[:300]}")
     return address
 
 
@@ -202,8 +206,8 @@ def connect(
     Raises
     ------
     AopError
-        Nothing listens at the address, or the cluster wants a token that is missing or wrong
-        (one line saying what to set).
+        Nothing listens at the address, the cluster wants a token that is missing or wrong, or
+        it refuses the connection (one line naming the address and saying what to set).
 
     Examples
     --------
@@ -223,24 +227,41 @@ def connect(
         host, port = parse_address(address)
         if not _reachable(host, port, timeout_s):
             raise AopError(
-                f"--address {address}: no Ray Client server answers at {host}:{port} (start the "
-                "head with `ray start --head --ray-client-server-port PORT`, or forward the port)"
+                f"Ray address {address}: no Ray Client server answers at {host}:{port} (start "
+                "the head with `ray start --head --ray-client-server-port PORT`, or forward the "
+                "port)"
             )
         if "RAY_AUTH_MODE" not in os.environ and _token_available():
             _enable_token_mode()
         target = address
     else:
         target = _join_gcs(address, timeout_s)
+    from ray.exceptions import RaySystemError
+
     try:
         ray.init(address=target, log_to_driver=False)
-    except (ConnectionError, RuntimeError) as exc:
+    except (ConnectionError, RuntimeError, RaySystemError) as exc:
         cause = exc.__cause__ or exc
         if _is_auth_error(exc) or _is_auth_error(cause):
             hint = f": {TOKEN_HINT}"
         else:
             text = str(cause).strip().splitlines()
             hint = f": {type(cause).__name__}: {text[0][:300]}" if text else ""
-        raise AopError(f"--address {address}: cannot join the Ray cluster{hint}") from None
+        raise AopError(f"Ray address {address}: cannot join the Ray cluster{hint}") from None
+
+
+def node_name() -> str:
+    """``hostname/node-id-prefix`` of the Ray node running the caller, for the records of where a
+    trial or a volume task ran; ``hostname/local`` outside Ray (without starting one, which
+    ``ray.get_runtime_context`` would do).
+
+    >>> node_name().endswith("/local")
+    True
+    """
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else "local"
+    return f"{socket.gethostname()}/{node}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,57 +386,3 @@ def check_resources(
             stacklevel=2,
         )
     return at_once
-
-
-# ------------------------------------------------------------------------------------------------
-# Storage
-# ------------------------------------------------------------------------------------------------
-
-
-def tune_storage(uri: str | None, default: str | os.PathLike) -> tuple[Any, str]:
-    """Ray Tune's ``(storage_filesystem, storage_path)`` for a storage URI.
-
-    Parameters
-    ----------
-    uri : str or None
-        A URI pyarrow opens (``s3://bucket/aop``, ``gs://bucket/aop``, ``file:///shared/tune``,
-        ``hdfs://...``); ``None`` keeps the local folder ``default``.
-    default : path-like
-        The local folder used without a URI.
-
-    Returns
-    -------
-    (pyarrow.fs.FileSystem, str)
-        The filesystem and the path inside it, for
-        ``RunConfig(storage_path=..., storage_filesystem=...)`` and ``Tuner.restore``. A local
-        folder or ``file://`` URI gets :func:`aop.tuning.storage.atomic_local_filesystem`, so a
-        full disk cannot leave Tune a truncated state file.
-
-    Examples
-    --------
-    >>> fs, path = tune_storage("file:///tmp/aop-tune", "unused")
-    >>> fs.type_name, path
-    ('py::aop-atomic-local', '/tmp/aop-tune')
-    """
-    import pyarrow.fs
-
-    from aop.tuning.storage import atomic_local_filesystem
-
-    if uri is None:
-        folder = Path(default).resolve()
-        return atomic_local_filesystem(), str(folder)
-
-    if "://" not in uri:
-        raise AopError(
-            f"storage.tune_storage: {uri!r} is not a URI (e.g. s3://bucket/path, "
-            "file:///shared/tune); leave it out for STUDY_DIR/tune"
-        )
-    try:
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
-        if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
-            filesystem = atomic_local_filesystem()
-        filesystem.create_dir(path, recursive=True)
-    except (pyarrow.ArrowException, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AopError(f"storage.tune_storage: {uri}: {first[:300]}") from None
-    return filesystem, path.rstrip("/") or "/"
