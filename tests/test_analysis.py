@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from scipy import stats
 
 from aop.analysis import (
@@ -20,13 +22,18 @@ from aop.analysis import (
     validate_record,
 )
 from aop.analysis.plots import (
-    choose_contour_parameters,
-    effect_strength,
+    influential_parameters,
     make_study_plots,
     plot_parameter_contour,
+    records_study,
 )
 from aop.errors import AopError
 from aop.metrics import IPQ_SCORES as METRICS
+from aop.segmentation.params import PARAMETER_RANGES
+
+#: The Fig. 4 colours a segmentation study passes: IPQ grey, SQ pink, RQ orange, IQ blue.
+COLOURS = {"ipq": "#8c8c8c", "sq": "#e377c2", "rq": "#ff9f40", "iq": "#4a90d9"}
+RANGES = {name: (low, high) for name, (_, low, high) in PARAMETER_RANGES.items()}
 
 KEYS = (
     "erode_dilate", "open_close", "merge_continuity", "merge_smoothness", "merge_area",
@@ -242,27 +249,94 @@ def synthetic_study(tmp_path, n=40, seed=0):
     return read_study_records(tmp_path)
 
 
-def test_effect_strength_sees_an_optimum_inside_the_range():
-    x = np.repeat(np.arange(-4, 3), 6).astype(float)
-    y = -((x + 1) ** 2)  # no linear or rank correlation to speak of, but all variance explained
-    assert effect_strength(x, y) == pytest.approx(1.0)
+def score_records(columns, scores, search="random"):
+    """Records of one search with parameters ``{name: values}`` and the metric ``score``."""
+    return [
+        validate_record({
+            "search": search, "trial_id": f"{search}{i}", "iteration": i,
+            "params": {name: values[i] for name, values in columns.items()},
+            "metrics": {"score": float(score)},
+        })
+        for i, score in enumerate(scores)
+    ]
+
+
+def fanova(records, params):
+    study = records_study(records, "score")
+    return get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), params=params)
+
+
+def test_records_study_orders_trials_and_infers_distributions():
+    records = score_records(
+        {"depth": [3, 1, 2], "rate": [0.5, 0.1, 2], "solver": ["a", "b", "a"],
+         "on": [True, False, True]},
+        [0.2, 0.9, 0.4],
+    )
+    records[0]["iteration"] = -1  # no position: after the others
+    records[1]["iteration"], records[2]["iteration"] = 7, 3
+    study = records_study(records, "score", "min", name="random search")
+    assert study.study_name == "random search" and study.direction.name == "MINIMIZE"
+    assert [t.user_attrs["trial_id"] for t in study.trials] == ["random2", "random1", "random0"]
+    assert [t.value for t in study.trials] == [0.4, 0.9, 0.2]
+    assert study.best_value == 0.2 and study.best_params["depth"] == 3
+    distributions = study.trials[0].distributions
+    assert distributions["depth"] == IntDistribution(1, 3)
+    assert distributions["rate"] == FloatDistribution(0.1, 2.0)
+    assert study.trials[2].params["rate"] == 0.5 and study.trials[0].params["rate"] == 2.0
+    assert distributions["solver"] == CategoricalDistribution(["a", "b"])
+    assert distributions["on"] == CategoricalDistribution([True, False])  # not numbers
+    with pytest.raises(AopError, match="mode must be 'max' or 'min', got 'up'"):
+        records_study(records, "score", "up")
+    with pytest.raises(AopError, match="trial random0 of search 'random' has no metric 'loss'"):
+        records_study(records, "loss")
+
+
+def test_parameter_importance_sees_an_optimum_inside_the_range():
+    x = np.repeat(np.arange(-4, 3), 6)
+    y = -((x + 1.0) ** 2)  # no linear or rank correlation to speak of, but all variance explained
     assert abs(stats.spearmanr(x, y).statistic) < 0.5
     rng = np.random.default_rng(1)
     noise = rng.uniform(size=x.size)
-    assert effect_strength(noise, y) < 0.2
+    columns = {"noise": noise.tolist(), "x": x.tolist(), "constant": [0] * x.size}
+    importance = fanova(score_records(columns, y), ["noise", "x", "constant"])
+    assert importance["x"] > 0.9
+    assert importance["noise"] < 0.1
+    assert importance["constant"] == 0.0  # one value explains nothing
     noisy = y + rng.normal(0, 1.0, y.size)
-    assert 0.7 < effect_strength(x, noisy) < 1.0
-    assert effect_strength(np.zeros(10), np.arange(10.0)) == 0.0
+    assert 0.7 < fanova(score_records(columns, noisy), ["noise", "x"])["x"] < 1.0
+    assert influential_parameters(score_records(columns, y), "score", count=3) == [
+        "x", "noise", "constant"
+    ]
+    assert influential_parameters(score_records(columns, y), "score") == ["x", "noise"]
+
+
+def test_influential_parameters_fall_back_to_record_order():
+    columns = {"a": [1, 1, 1, 1], "kind": ["p", "q", "p", "q"], "b": [0.1, 0.2, 0.3, 0.4],
+               "c": [2, 2, 2, 2]}
+    records = score_records(columns, [0.1, 0.2, 0.3, 0.4])
+    assert influential_parameters(records, "score") == ["b", "a"]  # only b varies; then a, c
+    assert influential_parameters(records, "score", count=3) == ["b", "a", "c"]
+    constant = score_records({"a": [1, 2, 3], "b": [3, 1, 2]}, [0.5, 0.5, 0.5])
+    assert influential_parameters(constant, "score") == ["a", "b"]  # nothing to explain
+    with pytest.raises(AopError, match="at least 2 numeric parameters, have a"):
+        influential_parameters(score_records({"a": [1, 2], "kind": ["p", "q"]}, [1, 2]), "score")
+    with pytest.raises(AopError, match="no trial records"):
+        influential_parameters([], "score")
 
 
 def test_contour_parameters_are_the_influential_ones(tmp_path):
     records = synthetic_study(tmp_path)
-    assert set(choose_contour_parameters(records["gp"])) == {"erode_dilate", "split_threshold"}
+    assert set(influential_parameters(records["gp"], "ipq")) == {
+        "erode_dilate", "split_threshold"
+    }
 
 
 def test_make_study_plots_writes_readable_pngs(tmp_path):
     records = synthetic_study(tmp_path)
-    paths = make_study_plots(tmp_path)
+    paths = make_study_plots(
+        tmp_path, metric="ipq", mode="max", metrics=METRICS, colours=COLOURS,
+        pooled=("baseline",), main="gp",
+    )
     assert [p.name for p in paths[:2]] == ["comparison.png", "convergence.png"]
     assert paths[2].name in (
         "contour_erode_dilate_split_threshold.png", "contour_split_threshold_erode_dilate.png"
@@ -273,8 +347,46 @@ def test_make_study_plots_writes_readable_pngs(tmp_path):
         assert pixels.shape[0] > 300 and pixels.shape[1] > 500 and pixels[..., :3].std() > 0.05
     assert not list((tmp_path / "plots").glob(".*"))  # no temporary files left behind
     # explicit parameters are honoured
-    paths = make_study_plots(tmp_path, records, contour_parameters=("open_close", "merge_area"))
+    paths = make_study_plots(
+        tmp_path, records, metric="ipq", metrics=METRICS, pooled=("baseline",),
+        contour_parameters=("open_close", "merge_area"),
+    )
     assert paths[-1].name == "contour_open_close_merge_area.png"
+
+
+def test_plots_of_a_minimised_metric_follow_study_yaml(tmp_path):
+    """Any metric and direction: a loss over depth and rate, least at depth 3, rate 0.2."""
+    rng = np.random.default_rng(2)
+    solver = ["sgd" if i % 3 else "adam" for i in range(45)]
+    depth = rng.integers(1, 6, 45).tolist()
+    rate, other = rng.uniform(0, 1, 45).round(3).tolist(), rng.uniform(0, 1, 45).tolist()
+    loss = [
+        (d - 3) ** 2 / 4 + 2 * (r - 0.2) ** 2 + (0.5 if s == "sgd" else 0.0)
+        for d, r, s in zip(depth, rate, solver, strict=True)
+    ]
+    columns = {"solver": solver, "depth": depth, "rate": rate, "other": other}
+    records = score_records(columns, loss, search="tpe")
+    for record_ in records:
+        metrics = {"loss": record_["metrics"]["score"], "seconds": 1.0}
+        written = {k: v for k, v in record_.items() if k != "duration_s"}  # NaN: not known
+        append_record(tmp_path / "results" / "tpe.jsonl", {**written, "metrics": metrics})
+    (tmp_path / "study.yaml").write_text(json.dumps(
+        {"kind": "toy", "metric": "loss", "mode": "min", "metrics": ["loss", "seconds"]}
+    ))
+    paths = make_study_plots(tmp_path)
+    assert [p.name for p in paths[:2]] == ["comparison.png", "convergence.png"]
+    assert paths[2].name in ("contour_depth_rate.png", "contour_rate_depth.png")
+    for path in paths:
+        assert imread(path)[..., :3].std() > 0.05
+    figure = plot_parameter_contour(records, ("depth", "rate"), metric="score", mode="min")
+    axes = figure.axes[0]
+    best = min(records, key=lambda r: r["metrics"]["score"])
+    assert best["params"]["solver"] == "adam"
+    assert axes.collections[-1].get_offsets().tolist() == [
+        [best["params"]["depth"], best["params"]["rate"]]
+    ]
+    assert "for solver='adam'" in axes.get_title() and "15 evaluations" in axes.get_title()
+    plt.close(figure)
 
 
 def test_contour_plot_marks_optimum_and_repeated_points():
@@ -284,7 +396,10 @@ def test_contour_plot_marks_optimum_and_repeated_points():
             [(0, 0, 0.5), (0, 0, 0.7), (0, 0, 0.6), (-1, 1, 0.9), (2, -1, 0.3), (1, 2, 0.4)]
         )
     ] + [validate_record(record("gp", "other", "classical", [0.95], erode_dilate=5, open_close=5))]
-    figure = plot_parameter_contour(recs, "erode_dilate", "open_close", model="unet")
+    figure = plot_parameter_contour(
+        recs, ("open_close", "erode_dilate"), metric="ipq", fixed={"model": "unet"},
+        ranges=RANGES,
+    )
     axes = figure.axes[0]
     assert axes.get_xlabel() == "erode_dilate" and axes.get_ylabel() == "open_close"
     assert "6 evaluations, 4 distinct points" in axes.get_title()
@@ -293,13 +408,18 @@ def test_contour_plot_marks_optimum_and_repeated_points():
     optimum = axes.collections[-1].get_offsets()
     assert optimum.tolist() == [[-1.0, 1.0]]  # the best unet trial; the classical one is left out
     assert axes.get_xlim()[0] < -10 < 10 < axes.get_xlim()[1]  # the parameter's search range
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["optimum (ipq 0.900)"]
     plt.close(figure)
     # collinear points: no contour, still a plot with the points
     line = [
         validate_record(record("gp", f"l{i}", "unet", [0.1 * i], erode_dilate=i)) for i in range(4)
     ]
-    figure = plot_parameter_contour(line, "erode_dilate", "open_close")
+    figure = plot_parameter_contour(line, ("erode_dilate", "open_close"), metric="ipq")
     assert len(figure.axes[0].collections) == 2  # points and optimum
     plt.close(figure)
-    with pytest.raises(AopError, match="no trial records of model 'none'"):
-        plot_parameter_contour(recs, "erode_dilate", "open_close", model="none")
+    with pytest.raises(AopError, match="no trial records with model='none'"):
+        plot_parameter_contour(
+            recs, ("erode_dilate", "open_close"), metric="ipq", fixed={"model": "none"}
+        )
+    with pytest.raises(AopError, match="parameter 'model' is not numeric"):
+        plot_parameter_contour(recs, ("model", "open_close"), metric="ipq")
