@@ -153,11 +153,17 @@ def classify_dataset(
     annotator: str = "aop classify",
     progress: Callable[[str], object] | None = None,
 ) -> int:
-    """Classify every instance of ``data``; write ``source=predicted`` rows. Returns the count."""
+    """Classify every instance of ``data``; write ``source=predicted`` rows. Returns the count.
+
+    ``address`` is a Ray cluster to join (see :func:`aop.ray_cluster.connect`, which turns a
+    cluster that cannot be joined into one :class:`~aop.errors.AopError` line); None starts a local
+    Ray, and a Ray already started in this process is used as it is.
+    """
     import ray
 
     from aop.instances.annotations import read_classes, replace_annotations
     from aop.io import load_dataset
+    from aop.ray_cluster import connect
 
     if workers < 1:
         raise AopError(f"workers: must be at least 1, got {workers}")
@@ -172,8 +178,7 @@ def classify_dataset(
             f"{classifier.classes}"
         )
     classes = classifier.classes or declared
-    if not ray.is_initialized():
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
+    connect(address)
     items = ray.data.from_items([{"volume": v} for v in dataset.names])
     device = "cuda" if gpus_per_worker > 0 else "cpu"
     results = items.map_batches(

@@ -7,12 +7,13 @@ Every command and library function that needs Ray (``aop search``, ``resume``, `
 :func:`connect` starts a local Ray or joins an existing cluster. Clusters started with
 ``ray start`` use token authentication; Ray looks for the token in ``RAY_AUTH_TOKEN``, the file
 named by ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, but sends it only when
-``RAY_AUTH_MODE=token`` is set. :func:`connect` probes the cluster's GCS first (a TCP connect,
-then one authenticated request): when the cluster asks for a token and one is available, token
-mode is switched on for this process (and the workers it starts); an address where nothing listens,
-a missing or wrong token, or a cluster that refuses the connection is one
+``RAY_AUTH_MODE=token`` is set. When a token is available and ``RAY_AUTH_MODE`` is not set,
+:func:`connect` switches token mode on for this process (and the workers it starts): a cluster
+that asks for a token gets it from the first request, one without authentication ignores it.
+It then probes the cluster's GCS (a TCP connect, then one request), so that an address where
+nothing listens, a missing or wrong token, or a cluster that refuses the connection is one
 :class:`~aop.errors.AopError` line within seconds that names the address and says what to set,
-instead of Ray's 20 s of retries and a traceback.
+instead of Ray's 20 s of retries, its log lines and a traceback.
 
 :func:`check_resources` refuses a per-trial request that no node of the cluster can ever hold
 (nor any node type the autoscaler may add, read from the cluster launcher's
@@ -29,11 +30,13 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
+import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from aop.errors import AopError
@@ -116,15 +119,34 @@ def _enable_token_mode() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send what native code writes to the process's stderr (file descriptor 2) to /dev/null."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _probe_gcs(gcs_address: str) -> Exception | None:
-    """One GCS request with the current auth settings; the exception, or None when it worked."""
+    """One GCS request with the current auth settings; the exception, or None when it worked.
+
+    Ray's C++ client logs a refused request to stderr itself ("InvalidAuthToken ..."); the caller
+    reports the exception in one line of its own, so that log is silenced.
+    """
     from ray._raylet import GcsClient
 
-    try:
-        client = GcsClient(address=gcs_address)
-        client.internal_kv_get(b"__aop_probe__", None, timeout=5)
-    except Exception as exc:  # noqa: BLE001  (classified by the caller)
-        return exc
+    with _native_stderr_silenced():
+        try:
+            client = GcsClient(address=gcs_address)
+            client.internal_kv_get(b"__aop_probe__", None, timeout=5)
+        except Exception as exc:  # noqa: BLE001  (classified by the caller)
+            return exc
     return None
 
 
@@ -162,18 +184,22 @@ def _join_gcs(address: str, timeout_s: float) -> str:
             f"Ray address {address}: no Ray cluster answers at {host}:{port} (start one with "
             "`ray start --head --port PORT`, or check the host, port and firewall)"
         )
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    automatic = "RAY_AUTH_MODE" not in os.environ  # else the user's setting is kept
+    if automatic:
+        # a token found where Ray keeps one is sent from the first request on: a cluster without
+        # authentication ignores it, and one with it never sees (nor logs) a request without
+        has_token = _token_available()
+        if has_token:
+            _enable_token_mode()
+    elif os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         _token_available()  # a malformed token is one line here, not a gRPC abort
     error = _probe_gcs(address)
-    if error is not None and _is_auth_error(error) and "RAY_AUTH_MODE" not in os.environ:
-        if not _token_available():
+    if error is not None:
+        if _is_auth_error(error) and automatic and not has_token:
             raise AopError(
                 f"Ray address {address}: the Ray cluster requires an authentication token and "
                 f"none was found: {TOKEN_HINT}"
             )
-        _enable_token_mode()
-        error = _probe_gcs(address)
-    if error is not None:
         if _is_auth_error(error):
             raise AopError(
                 f"Ray address {address}: the Ray cluster rejected the authentication token: "
@@ -236,11 +262,12 @@ def connect(
         target = address
     else:
         target = _join_gcs(address, timeout_s)
-    from ray.exceptions import RaySystemError
+    from ray.exceptions import RayError  # AuthenticationError, RaySystemError
 
+    # a ConnectionError is an OSError: raised on, the CLI would report it as a disk error
     try:
         ray.init(address=target, log_to_driver=False)
-    except (ConnectionError, RuntimeError, RaySystemError) as exc:
+    except (ConnectionError, RuntimeError, RayError) as exc:
         cause = exc.__cause__ or exc
         if _is_auth_error(exc) or _is_auth_error(cause):
             hint = f": {TOKEN_HINT}"

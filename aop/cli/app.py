@@ -2,9 +2,10 @@
 
 Commands live in the modules of :mod:`aop.cli` and register themselves on :data:`app`; each is a
 thin wrapper over library functions. User errors (:class:`aop.errors.AopError`, and operating-system
-errors such as a full disk or a read-only folder) print one line and exit with status 2, without a
-traceback; any other exception prints one line and exits with status 1. ``aop --debug ...`` or
-``AOP_DEBUG=1`` shows the traceback instead (for bug reports).
+errors such as a full disk or a read-only folder; a lost connection is told apart from those)
+print one line and exit with status 2, without a traceback; any other exception prints one line and
+exits with status 1. ``aop --debug ...`` or ``AOP_DEBUG=1`` shows the traceback instead (for bug
+reports).
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ class _AopGroup(TyperGroup):
             if debug_enabled():
                 raise
             _one_line(str(exc))
+            raise typer.Exit(2) from None
+        except ConnectionError as exc:  # an OSError, but about a cluster or server, not a file
+            if debug_enabled():
+                raise
+            text = " ".join(str(exc).split())[:300] or type(exc).__name__
+            _one_line(
+                f"aop: connection failed: {text} (check the Ray cluster of --address, or the "
+                "MLflow server of --tracking-uri, and that this machine reaches it)"
+            )
             raise typer.Exit(2) from None
         except OSError as exc:
             if debug_enabled():

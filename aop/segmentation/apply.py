@@ -163,10 +163,11 @@ def apply_pipeline(
     out : str or path-like
         The output data set; ``labels/NAME.tif`` already there are kept and skipped.
     address : str, optional
-        Ray cluster address; None starts (or reuses) a local Ray.
+        Ray cluster address (see :func:`aop.ray_cluster.connect`); None starts a local Ray. A Ray
+        already started in this process is used as it is.
     num_workers : int, optional
         Actors holding the model (default: one per GPU with ``gpus_per_worker``, else one per
-        CPU; at most one per volume).
+        CPU; at most one per volume); also the CPUs of a local Ray.
     gpus_per_worker : float
         GPUs each actor takes.
     on_volume : callable, optional
@@ -180,11 +181,13 @@ def apply_pipeline(
     Raises
     ------
     AopError
-        For a missing data set, study or model, or a negative ``gpus_per_worker``.
+        For a missing data set, study or model, a negative ``gpus_per_worker``, or a Ray cluster
+        that cannot be joined.
     """
     import ray
 
     from aop.io import load_dataset
+    from aop.ray_cluster import connect
 
     if gpus_per_worker < 0:
         raise AopError(f"gpus_per_worker must be non-negative, got {gpus_per_worker}")
@@ -194,7 +197,6 @@ def apply_pipeline(
     if out.resolve() == dataset.root.resolve():
         raise AopError(f"{out}: the output must be another folder than the input data set")
     _load_check(model_uri, tracking_uri)
-    _prepare_output(dataset, out, model_uri)
     labels_dir = (out / "labels").resolve()
     done = {p.name for p in labels_dir.iterdir()} if labels_dir.is_dir() else set()
     rows = [
@@ -202,15 +204,12 @@ def apply_pipeline(
         for e in dataset.entries
         if f"{e.name}.tif" not in done
     ]
-    if not rows:
+    if not rows:  # every volume's labels written: the output was prepared by an earlier run
         return {}
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            # a new local Ray, never a `ray start` cluster that happens to run on this machine
-            ray.init(address="local", num_cpus=num_workers, log_to_driver=False,
-                     include_dashboard=False)
+    # join (or start) Ray before the output is created: a cluster that cannot be joined is one
+    # line, and leaves no output folder behind
+    connect(address, num_cpus=num_workers)
+    _prepare_output(dataset, out, model_uri)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S  # every actor holds the model before work
