@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aop.annotation.session import AnnotationSession, RequestError
+from aop.errors import validation_message
 
 __all__ = ["AnnotationServer", "create_app", "is_loopback", "page_url"]
 
@@ -252,9 +253,7 @@ def create_app(
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(422, f"{where}: {first.get('msg', 'invalid')}")
+        return _error(422, validation_message(exc, first=True))
 
     @api.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

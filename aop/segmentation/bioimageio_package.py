@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from aop.errors import AopError
+from aop.errors import AopError, validation_message
 
 __all__ = ["write_model_package"]
 
@@ -195,8 +195,7 @@ def write_model_package(
                 ),
             )
         except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(part) for part in error["loc"])
-            raise AopError(f"{folder}: invalid model package: {where}: {error['msg']}") from None
+            message = validation_message(exc, first=True)
+            raise AopError(f"{folder}: invalid model package: {message}") from None
         save_bioimageio_package_as_folder(model, output_path=out)
     return folder

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aop.errors import AopError
+from aop.errors import AopError, error_message
 from aop.labels import as_label_array
 
 __all__ = [
@@ -112,7 +112,7 @@ class PostprocessParams(BaseModel):
             kind, low, high = PARAMETER_RANGES[key]
             raise AopError(
                 f"post-processing parameter {key!r} = {values[key]!r} is invalid: "
-                f"expected {kind.__name__} in [{low}, {high}] ({error['msg']})"
+                f"expected {kind.__name__} in [{low}, {high}] ({error_message(error)})"
             ) from None
 
     @classmethod

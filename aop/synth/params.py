@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from aop.errors import AopError
+from aop.errors import AopError, error_message
 
 Layout = Literal["uniform", "spheroid", "core_shell"]
 Triple = tuple[float, float, float]
@@ -168,7 +168,7 @@ def make_params(**values: Any) -> SimulationParams:
         if error["type"] == "extra_forbidden":
             known = ", ".join(SimulationParams.model_fields)
             raise AopError(f"unknown simulation parameter {field!r} (known: {known})") from None
-        message = error["msg"].removeprefix("Value error, ")
+        message = error_message(error)
         if not field:
             raise AopError(f"simulation parameters: {message}") from None
         value = values.get(field, error.get("input"))

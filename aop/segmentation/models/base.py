@@ -30,7 +30,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from aop.errors import AopError
+from aop.errors import AopError, error_message, validation_message
 
 Spacing = tuple[float, float, float]
 
@@ -125,7 +125,7 @@ class SegmentationModel(ABC):
                 raise AopError(f"model {self.name!r}: setting {field!r} is required") from None
             value = error.get("input")
             raise AopError(
-                f"model {self.name!r}: setting {field!r} = {value!r}: {error['msg']}"
+                f"model {self.name!r}: setting {field!r} = {value!r}: {error_message(error)}"
             ) from None
         self._network: Any = None
         self._check_requirements()
@@ -312,7 +312,7 @@ def build_model(spec: ModelSpec | str | dict, **settings: Any) -> SegmentationMo
         try:
             spec = ModelSpec(**spec)
         except ValidationError as exc:
-            raise AopError(f"model spec {spec!r}: {exc.errors()[0]['msg']}") from None
+            raise AopError(f"model spec {spec!r}: {validation_message(exc, first=True)}") from None
     return model_class(spec.name)(**{**spec.settings, **settings})
 
 
