@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from cachetools import LRUCache
 
 from aop.annotation.render import (
     InstanceBox,
@@ -207,11 +207,13 @@ class AnnotationSession:
         self._order = list(range(len(self.boxes)))
         self._position = {i: p for p, i in enumerate(self._order)}
 
-        self._volumes: OrderedDict[str, _Volume] = OrderedDict()
-        self._volumes_in_memory = max(1, int(volumes_in_memory))
+        # least recently used out first; the caches are not thread-safe, and the server's request
+        # threads and the prefetch thread use them at once: each has its lock
+        self._volumes: LRUCache[str, _Volume] = LRUCache(maxsize=max(1, int(volumes_in_memory)))
         self._volume_lock = threading.Lock()
-        self._pictures: OrderedDict[tuple[int, int | None], bytes] = OrderedDict()
-        self._cache_size = int(cache_size)
+        self._pictures: LRUCache[tuple[int, int | None], bytes] = LRUCache(
+            maxsize=max(0, int(cache_size))
+        )
         self._picture_lock = threading.Lock()
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aop-prefetch")
         self._pending: dict[tuple[int, int | None], Future] = {}
@@ -274,9 +276,9 @@ class AnnotationSession:
 
     def _volume(self, name: str) -> _Volume:
         with self._volume_lock:
-            if name in self._volumes:
-                self._volumes.move_to_end(name)
-                return self._volumes[name]
+            cached = self._volumes.get(name)
+            if cached is not None:
+                return cached
             entry = self.dataset.entry(name)
             image, _ = read_volume(entry.image_path)
             labels = self._read_labels(name)
@@ -288,8 +290,6 @@ class AnnotationSession:
             image = image[None] if image.ndim == 3 else image
             volume = _Volume(image, labels, channel_limits(image))
             self._volumes[name] = volume
-            while len(self._volumes) > self._volumes_in_memory:
-                self._volumes.popitem(last=False)
             return volume
 
     def _load_annotations(self) -> None:
@@ -454,9 +454,9 @@ class AnnotationSession:
     def _picture(self, i: int, z: int | None, *, prefetching: bool = False) -> bytes:
         key = (i, z)
         with self._picture_lock:
-            if key in self._pictures:
-                self._pictures.move_to_end(key)
-                return self._pictures[key]
+            cached = self._pictures.get(key)
+            if cached is not None:
+                return cached
             pending = None if prefetching else self._pending.get(key)
         # a prefetch already drawing this picture is waited for; one still queued is not
         if pending is not None and (pending.running() or pending.done()):
@@ -478,9 +478,8 @@ class AnnotationSession:
             channel_names=self.channel_names,
         ).png
         with self._picture_lock:
-            self._pictures[key] = png
-            while len(self._pictures) > self._cache_size:
-                self._pictures.popitem(last=False)
+            if self._pictures.maxsize > 0:  # cache_size=0 keeps no picture
+                self._pictures[key] = png
         return png
 
     def _prefetch(self, i: int) -> bytes | None:

@@ -22,11 +22,9 @@ half a file. Every problem is one :class:`aop.errors.AopError` line naming the f
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from filelock import FileLock
 
 from aop.errors import AopError
 from aop.outputs import atomic_file
@@ -191,15 +190,15 @@ def _atomic_write(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-@contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """An exclusive lock over read-modify-write of the table (across threads and processes)."""
-    with open(root / f".{ANNOTATIONS_FILE}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _locked(root: Path) -> FileLock:
+    """An exclusive lock over read-modify-write of the table (across threads and processes).
+
+    The lock file ``.annotations.csv.lock`` is aop's own and stays in the data-set folder (all
+    writers lock the same file); ``root`` must exist (the lock would create it).
+    """
+    if not root.is_dir():
+        raise AopError(f"{root}: data-set folder not found")
+    return FileLock(root / f".{ANNOTATIONS_FILE}.lock")
 
 
 def _empty() -> pd.DataFrame:
@@ -427,8 +426,6 @@ def append_annotations(
     """
     root = Path(dataset_dir)
     new = _records(rows)
-    if not root.is_dir():
-        raise AopError(f"{root}: data-set folder not found")
     with _locked(root):
         checker = _Checker(root, check_labels=True)
         old = _load_rows(root, checker)
