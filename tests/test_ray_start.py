@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
 import ray
@@ -451,6 +452,185 @@ def test_cli_study_on_the_ray_start_cluster_logs_everything_to_the_server(
     overlap = 2 * np.sum((labels > 0) & (truth > 0)) / (np.sum(labels > 0) + np.sum(truth > 0))
     print(f"clean process: {labels.max()} instances, foreground Dice {overlap:.2f}")
     assert labels.max() > 0 and overlap > 0.5
+
+
+# ------------------------------------------------------------------------------------------------
+# Every command that starts Ray joins the cluster one way (aop.ray_cluster.connect)
+# ------------------------------------------------------------------------------------------------
+
+CLASSIFIER_CROP = (6, 16, 16)
+PIPELINE_PARAMS = {
+    "erode_dilate": 1, "open_close": 0, "merge_continuity": 0.0, "merge_smoothness": 0.0,
+    "merge_area": 0.0, "split_sigma": 0.0, "split_threshold": 0.0,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """What ``aop predict``, ``segment`` and ``classify`` need, made in this process without Ray:
+    a data set of two Myotube volumes with classes, a segmentation study folder whose logged
+    pipeline is ``classical`` with a dilation, and a classifier trained for one epoch on the
+    data set's truth and logged with its crop metadata, as a study logs its best one."""
+    from aop.classification.train import ClassifierConfig, train_classifier
+    from aop.instances.annotations import read_annotations, read_classes
+    from aop.instances.crops import instance_crops
+    from aop.io import load_dataset
+    from aop.synth import preset_params
+    from aop.synth.classes import class_set
+    from aop.synth.dataset import write_synthetic_dataset
+    from aop.tracking import StudyTracker
+    from aop.tuning.classification import log_classifier_model
+
+    root = tmp_path_factory.mktemp("served")
+    data = write_synthetic_dataset(
+        root / "data", preset_params("myotube"), (16, 64, 64), 2, seed=5, preset="myotube",
+        classes=class_set("myotube"),
+    )
+    dataset = load_dataset(data, require_labels=True)
+    segmentation = StudyTracker(root / "segmentation")
+    segmentation.start(
+        {"name": "served", "models": [{"name": "classical"}]},
+        {"erode_dilate": {"low": -1, "high": 1}, "models": ["classical"]},
+    )
+    segmentation.log_pipeline_model(
+        {"search": "gp", "trial_id": "t1", "model": "classical", "params": PIPELINE_PARAMS,
+         "ipq": 0.5},
+        spacing=tuple(dataset.info.voxel_size),
+    )
+
+    classes = [c.name for c in read_classes(data)]
+    truth = read_annotations(data).query("source == 'truth'")
+    crops, ys = [], []
+    for volume, part in truth.groupby("volume", sort=True):
+        named = dict(zip(part["label"].astype(int), part["class"], strict=True))
+        array, ids = instance_crops(
+            dataset.labels(volume), dataset.image(volume), size=CLASSIFIER_CROP,
+            spacing=dataset.info.voxel_size, method="mask", labels_subset=sorted(named),
+        )
+        crops.append(array)
+        ys += [classes.index(named[int(i)]) for i in ids]
+    config = ClassifierConfig(
+        encoder="test_resnet", head="slice", pretraining="none", lr=3e-3, max_epochs=1,
+        patience=1, batch_size=8, seed=0, head_width=8, head_depth=1,
+    )
+    crops = np.concatenate(crops)
+    trained = train_classifier(
+        config, crops, np.asarray(ys), out_dir=root / "training", class_names=classes
+    )
+    tracker = StudyTracker(root / "classification")
+    tracker.start({"name": "served-classifier"}, {})
+    classifier = log_classifier_model(
+        tracker, trained.checkpoint_path, crops.shape[1:], "aop-served-classifier",
+        metadata={"crop_size": list(CLASSIFIER_CROP), "target_spacing": None,
+                  "preprocessing": "mask", "sigma": 2.0, "classes": classes},
+    )
+    instances = sum(len(np.unique(dataset.labels(v))) - 1 for v in dataset.names)
+    return {
+        "data": data, "study": root / "segmentation", "classifier": classifier,
+        "tracking_uri": tracker.tracking_uri, "instances": instances, "classes": classes,
+        "names": sorted(dataset.names),
+    }
+
+
+def _aop(args: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str, float]:
+    """Run ``aop ARGS``; its exit status, its stdout and stderr together, and its seconds."""
+    start = time.monotonic()
+    done = subprocess.run([*AOP, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - start
+
+
+def test_predict_segment_and_classify_join_the_ray_start_cluster(cluster, served, tmp_path):
+    """``aop predict``, ``segment`` and ``classify`` with ``--address`` of the ``ray start`` head,
+    the token where users keep it (a file named by RAY_AUTH_TOKEN_PATH, or RAY_AUTH_TOKEN), and
+    RAY_AUTH_MODE not set: each switches token mode on as ``aop search`` does."""
+    from aop.io import load_dataset, read_volume
+    from aop.segmentation.cache import PredictionCache
+    from aop.segmentation.models import build_model
+    from aop.segmentation.postprocess import postprocess
+
+    by_path = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
+    by_value = {k: v for k, v in by_path.items() if k != "RAY_AUTH_TOKEN_PATH"}
+    by_value["RAY_AUTH_TOKEN"] = cluster.token.read_text().strip()
+    data, names = served["data"], served["names"]
+    spacing = tuple(load_dataset(data, validate=False).info.voxel_size)
+    model = build_model("classical")
+    timings = {}
+
+    cache = tmp_path / "cache"
+    status, output, timings["predict"] = _aop(
+        ["predict", "--data", str(data), "--models", "classical", "--cache", str(cache),
+         "--address", cluster.address], by_path,
+    )
+    assert status == 0, output[-3000:]
+    assert "InvalidAuthToken" not in output
+    assert len(list(cache.rglob("*.npz"))) == len(names)
+    for name in names:  # each volume's entry, under its key, holds what the model predicts here
+        image, _ = read_volume(data / "images" / f"{name}.tif")
+        entry = PredictionCache(cache).path_for(PredictionCache(cache).key(model, image, spacing))
+        np.testing.assert_array_equal(PredictionCache.load(entry), model.predict(image, spacing))
+
+    out = tmp_path / "segmented"
+    status, output, timings["segment"] = _aop(
+        ["segment", str(served["study"]), "--data", str(data), "--out", str(out),
+         "--address", cluster.address], by_path,
+    )
+    assert status == 0, output[-3000:]
+    assert "InvalidAuthToken" not in output
+    assert sorted(p.stem for p in (out / "labels").glob("*.tif")) == names
+    for name in names:
+        image, _ = read_volume(data / "images" / f"{name}.tif")
+        labels, _ = read_volume(out / "labels" / f"{name}.tif")
+        first = image if image.ndim == 3 else image[0]  # the classical model's channel
+        pipeline = postprocess(
+            model.predict(image, spacing), first.astype(np.float32), PIPELINE_PARAMS,
+            spacing=spacing,
+        )
+        np.testing.assert_array_equal(labels, pipeline)  # the logged pipeline, run on the nodes
+
+    status, output, timings["classify"] = _aop(
+        ["classify", served["classifier"], "--data", str(data), "--address", cluster.address],
+        {**by_value, "MLFLOW_TRACKING_URI": served["tracking_uri"]},
+    )
+    assert status == 0, output[-3000:]
+    assert "InvalidAuthToken" not in output
+    table = pd.read_csv(data / "predictions.csv")
+    assert len(table) == served["instances"] and set(table["volume"]) == set(names)
+    columns = [f"p_{c}" for c in served["classes"]]
+    np.testing.assert_allclose(table[columns].sum(axis=1), 1.0, atol=1e-4)
+    assert set(table["class"]) <= set(served["classes"])
+    annotations = pd.read_csv(data / "annotations.csv")
+    assert len(annotations.query("source == 'predicted'")) == served["instances"]
+    print("on the ray start cluster: " + ", ".join(f"aop {k} {v:.1f} s" for k, v in
+                                                   timings.items()))
+
+
+def test_an_address_where_nothing_listens_is_one_line_about_the_cluster(served, tmp_path):
+    """``aop segment`` and ``aop classify`` with a dead address stop within seconds with one
+    line that names the address (not a disk error), before writing anything."""
+    (port,) = _free_ports(1)
+    address = f"127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    out = tmp_path / "segmented"
+    runs = {
+        "segment": ["segment", str(served["study"]), "--data", str(served["data"]),
+                    "--out", str(out), "--address", address],
+        "classify": ["classify", served["classifier"], "--data", str(served["data"]),
+                     "--address", address],
+    }
+    before = (served["data"] / "annotations.csv").read_bytes()
+    for command, args in runs.items():
+        status, output, seconds = _aop(
+            args, {**env, "MLFLOW_TRACKING_URI": served["tracking_uri"]}, timeout=120
+        )
+        lines = output.strip().splitlines()
+        print(f"aop {command} --address {address}: exit {status} in {seconds:.1f} s: {lines}")
+        assert status == 2 and len(lines) == 1, output[-3000:]
+        assert f"no Ray cluster answers at {address}" in lines[0]
+        assert "cannot write" not in lines[0]
+        assert seconds < 60  # the interpreter's start and imports; the refusal itself is < 3 s
+    assert not out.exists()
+    assert (served["data"] / "annotations.csv").read_bytes() == before
 
 
 # ------------------------------------------------------------------------------------------------
