@@ -61,3 +61,44 @@ def test_train_unet_rejects_bad_input(tmp_path):
         app, ["train-unet", "--data", str(tmp_path), "--out", "o", "--max-steps", "0"]
     )
     assert result.exit_code == 2 and "--max-steps" in result.output
+
+
+def test_unet_module_restores_from_its_checkpoint_alone(tmp_path):
+    """A trained ``UNetModule`` comes back from a Lightning checkpoint with identical outputs.
+
+    The architecture is not the default one, so only the hyperparameters saved in the
+    checkpoint can rebuild a network that the saved weights fit.
+    """
+    import lightning as L
+
+    from aop.segmentation.unet3d import UNET_KWARGS, UNetDataModule, UNetModule
+
+    image, labels = _synthetic(0)
+    data = UNetDataModule([image], [labels], patch=(16, 32, 32), steps=3, batch_size=1, seed=0)
+    architecture = {**UNET_KWARGS, "channels": [4, 8, 16]}
+    L.seed_everything(0, verbose=False)
+    module = UNetModule(architecture, learning_rate=1e-2, boundary_weight=2.0)
+    trainer = L.Trainer(
+        max_steps=3, max_epochs=1, accelerator="cpu", devices=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 3
+    path = tmp_path / "unet.ckpt"
+    trainer.save_checkpoint(path)
+
+    restored = UNetModule.load_from_checkpoint(path, map_location="cpu")
+    assert dict(restored.hparams) == {
+        "architecture": architecture, "learning_rate": 1e-2, "boundary_weight": 2.0,
+    }  # fmt: skip
+    assert restored.bce.pos_weight.flatten().tolist() == [1.0, 2.0]
+    x = torch.from_numpy(data.images[0][None, None, :16, :32, :32].copy())
+    module.eval()
+    restored.eval()
+    with torch.no_grad():
+        expected = module(x)
+        assert torch.equal(restored(x), expected)
+        L.seed_everything(0, verbose=False)
+        untrained = UNetModule(architecture).eval()
+        assert not torch.allclose(untrained(x), expected)  # the checkpoint holds trained weights

@@ -4,20 +4,38 @@ The network is MONAI's ``UNet`` (one input channel, two sigmoid outputs: foregro
 boundaries), trained with Lightning on random crops of a labelled data set (``aop synth`` output).
 The saved package is loaded by the ``unet3d`` model (and by ``bioimageio``), so the embedded demo
 has a real deep model without any download.
+
+:class:`UNetModule` (network, loss, optimiser) and :class:`UNetDataModule` (random crops) are the
+Lightning parts; :func:`train_unet` runs them on a data set and writes the package.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
+import torch
+from monai.losses import DiceLoss
+from monai.networks.nets import UNet
 
 from aop.errors import AopError
+from aop.io import load_dataset
+from aop.outputs import prepare_output
+from aop.segmentation.bioimageio_package import write_model_package
 
-__all__ = ["UNET_KWARGS", "targets_from_labels", "train_unet"]
+__all__ = [
+    "UNET_KWARGS",
+    "RandomCrops",
+    "UNetDataModule",
+    "UNetModule",
+    "normalize_percentiles",
+    "targets_from_labels",
+    "train_unet",
+]
 
 UNET_KWARGS: dict[str, Any] = {
     "spatial_dims": 3,
@@ -47,25 +65,138 @@ def normalize_percentiles(image: np.ndarray, low: float = 1.0, high: float = 99.
     return ((image - lo) / (hi - lo + 1e-6)).astype(np.float32)
 
 
-def _crop_dataset(images, targets, patch, steps, seed):  # type: ignore[no-untyped-def]
-    import torch
+class RandomCrops(torch.utils.data.IterableDataset):
+    """``count`` random (image, target) crops of shape ``patch``, half of them flipped along x.
 
-    class Crops(torch.utils.data.IterableDataset):
-        def __iter__(self):  # type: ignore[no-untyped-def]
-            rng = np.random.default_rng(seed)
-            for _ in range(steps):
-                i = int(rng.integers(len(images)))
-                image, target = images[i], targets[i]
-                sizes = zip(image.shape, patch, strict=True)
-                corner = [int(rng.integers(0, s - p + 1)) for s, p in sizes]
-                region = tuple(slice(c, c + p) for c, p in zip(corner, patch, strict=True))
-                x = image[region][None]
-                y = target[(slice(None), *region)]
-                if rng.random() < 0.5:
-                    x, y = x[..., ::-1], y[..., ::-1]
-                yield torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+    The crops are drawn from ``numpy.random.default_rng(seed)``, so every pass over the data set
+    yields the same crops in the same order.
+    """
 
-    return Crops()
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        targets: Sequence[np.ndarray],
+        patch: Sequence[int],
+        count: int,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.images, self.targets = list(images), list(targets)
+        self.patch, self.count, self.seed = tuple(patch), count, seed
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.count):
+            i = int(rng.integers(len(self.images)))
+            image, target = self.images[i], self.targets[i]
+            sizes = zip(image.shape, self.patch, strict=True)
+            corner = [int(rng.integers(0, s - p + 1)) for s, p in sizes]
+            region = tuple(slice(c, c + p) for c, p in zip(corner, self.patch, strict=True))
+            x = image[region][None]
+            y = target[(slice(None), *region)]
+            if rng.random() < 0.5:
+                x, y = x[..., ::-1], y[..., ::-1]
+            yield torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+
+
+class UNetDataModule(L.LightningDataModule):
+    """Training crops of labelled volumes for :class:`UNetModule`.
+
+    Each image is scaled by :func:`normalize_percentiles`, its labels become
+    :func:`targets_from_labels`, and both are padded up to ``patch`` where a volume is smaller
+    (the image by reflection, the targets by zeros).
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+        (Z, Y, X) images.
+    labels : sequence of ndarray
+        (Z, Y, X) instance labels, one per image.
+    patch : (int, int, int)
+        Training crop (z, y, x).
+    steps : int
+        Optimiser steps the loader feeds (``steps * batch_size`` crops).
+    batch_size : int
+        Crops per step.
+    seed : int
+        Seed of the crops.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        *,
+        patch: Sequence[int] = (16, 32, 32),
+        steps: int = 300,
+        batch_size: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.patch = tuple(int(p) for p in patch)
+        self.images: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+        for image, label in zip(images, labels, strict=True):
+            pad = [(0, max(0, p - s)) for p, s in zip(self.patch, image.shape, strict=True)]
+            self.images.append(np.pad(normalize_percentiles(image), pad, mode="reflect"))
+            self.targets.append(np.pad(targets_from_labels(label), [(0, 0), *pad]))
+        self.steps, self.batch_size, self.seed = steps, batch_size, seed
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        crops = RandomCrops(
+            self.images, self.targets, self.patch, self.steps * self.batch_size, self.seed
+        )
+        return torch.utils.data.DataLoader(crops, batch_size=self.batch_size)
+
+
+class UNetModule(L.LightningModule):
+    """MONAI's ``UNet`` trained on foreground and boundary targets with BCE plus Dice loss.
+
+    The hyperparameters are saved with each checkpoint, so ``UNetModule.load_from_checkpoint``
+    rebuilds the same network.
+
+    Parameters
+    ----------
+    architecture : mapping, optional
+        Keyword arguments of ``monai.networks.nets.UNet``; :data:`UNET_KWARGS` when omitted.
+    learning_rate : float
+        Adam learning rate.
+    boundary_weight : float
+        Weight of the positive voxels of the boundary channel in the BCE (boundaries are thin).
+
+    Examples
+    --------
+    >>> module = UNetModule()
+    >>> tuple(module(torch.zeros(1, 1, 16, 32, 32)).shape)
+    (1, 2, 16, 32, 32)
+    """
+
+    def __init__(
+        self,
+        architecture: Mapping[str, Any] | None = None,
+        learning_rate: float = 3e-3,
+        boundary_weight: float = 3.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.network = UNet(**dict(architecture or UNET_KWARGS))
+        self.dice = DiceLoss(sigmoid=True)
+        weight = torch.tensor([1.0, boundary_weight]).view(2, 1, 1, 1)
+        self.bce = torch.nn.BCEWithLogitsLoss(pos_weight=weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of foreground and boundary, (N, 2, Z, Y, X), of (N, 1, Z, Y, X) images."""
+        return self.network(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> torch.Tensor:
+        x, y = batch
+        logits = self.network(x)
+        loss = self.bce(logits, y) + self.dice(logits, y)
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
 
 
 def train_unet(
@@ -112,9 +243,6 @@ def train_unet(
     Path
         The package folder.
     """
-    from aop.io import load_dataset
-    from aop.outputs import prepare_output
-
     if max_steps < 1:
         raise AopError(f"--max-steps must be at least 1, got {max_steps}")
     if any(p % 4 for p in patch):
@@ -123,46 +251,17 @@ def train_unet(
         out, inputs=[data], overwrite=overwrite, kind="folder", overwrite_hint=overwrite_hint
     )
     dataset = load_dataset(data, require_labels=True)
-    import lightning as L
-    import torch
-    from monai.losses import DiceLoss
-    from monai.networks.nets import UNet
-
-    from aop.segmentation.bioimageio_package import write_model_package
-
-    images, targets = [], []
-    for name in dataset.names:
-        image = dataset.image(name)
-        if image.ndim == 4:
-            image = image[0]
-        labels = dataset.labels(name)
-        pad = [(0, max(0, p - s)) for p, s in zip(patch, image.shape, strict=True)]
-        images.append(np.pad(normalize_percentiles(image), pad, mode="reflect"))
-        targets.append(np.pad(targets_from_labels(labels), [(0, 0), *pad]))
-
-    L.seed_everything(seed, verbose=False)
-    torch.manual_seed(seed)
-    network = UNet(**UNET_KWARGS)
-    dice = DiceLoss(sigmoid=True)
-    bce = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.0, 3.0]).view(2, 1, 1, 1))
-
-    class Module(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.network = network
-
-        def training_step(self, batch, _):  # type: ignore[no-untyped-def]
-            x, y = batch
-            logits = self.network(x)
-            loss = bce(logits, y) + dice(logits, y)
-            self.log("loss", loss, prog_bar=True)
-            return loss
-
-        def configure_optimizers(self):  # type: ignore[no-untyped-def]
-            return torch.optim.Adam(self.parameters(), lr=learning_rate)
-
-    crops = _crop_dataset(images, targets, tuple(patch), max_steps * batch_size, seed)
-    loader = torch.utils.data.DataLoader(crops, batch_size=batch_size)
+    images = [dataset.image(name) for name in dataset.names]
+    crops = UNetDataModule(
+        [image[0] if image.ndim == 4 else image for image in images],
+        [dataset.labels(name) for name in dataset.names],
+        patch=patch,
+        steps=max_steps,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    L.seed_everything(seed, verbose=False)  # the network's initial weights
+    module = UNetModule(dict(UNET_KWARGS), learning_rate=learning_rate)
     trainer = L.Trainer(
         max_steps=max_steps,
         max_epochs=1,
@@ -173,8 +272,8 @@ def train_unet(
         enable_progress_bar=progress,
         enable_model_summary=False,
     )
-    trainer.fit(Module(), loader)
-    network = network.cpu().eval()
+    trainer.fit(module, datamodule=crops)
+    network = module.network.cpu().eval()
     return write_model_package(
         out,
         network,
