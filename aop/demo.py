@@ -24,7 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aop.config import PROJECT_ROOT, Experiment, load_experiment
+from aop.config import PROJECT_ROOT
+from aop.tuning.kinds import load_experiment
+from aop.tuning.segmentation import SegmentationExperiment
 from aop.outputs import atomic_file
 
 DEMO_EXPERIMENT = PROJECT_ROOT / "experiments" / "demo.yaml"
@@ -36,7 +38,7 @@ ANNOTATED_FRACTION = 0.5
 
 
 def train_demo_unets(
-    exp: Experiment, unet_steps: int, quiet: bool, echo: Callable[[str], object]
+    exp: SegmentationExperiment, unet_steps: int, quiet: bool, echo: Callable[[str], object]
 ) -> None:
     """Train the experiment's ``unet3d`` models that name no weights, on fresh synthetic volumes.
 
@@ -160,9 +162,7 @@ def run_class_demo(
          f"{spread.attrs.get('cv_accuracy', float('nan')):.3f}")
     experiment = classification_experiment(out, segmented, budget)
     echo(f"[bold]9/11[/] classifier study: aop search {experiment}")
-    from aop.config import load_experiment as load
-
-    exp = load(experiment)
+    exp = load_experiment(experiment)
     study = run_study(exp, verbose=0 if quiet else 1).study_dir
     ray.shutdown()
     count = classify_dataset(study, segmented)
@@ -229,7 +229,7 @@ def _segmentation_demo(
     import ray
 
     from aop.outputs import claim_folder
-    from aop.tuning.benchmark import ensure_benchmark
+    from aop.tuning.segmentation import ensure_benchmark
     from aop.tuning.study import check_study, run_study
 
     exp = load_experiment(DEMO_EXPERIMENT)

@@ -1,6 +1,6 @@
 """The best segmentation pipeline (model + post-processing) as an MLflow pyfunc model.
 
-:class:`SegmentationPipelineModel` is what :meth:`aop.tracking.StudyTracker.log_pipeline_model`
+:class:`SegmentationPipelineModel` is what :func:`log_pipeline_model`
 logs on a study's parent run: ``mlflow.pyfunc.load_model(uri).predict(volume)`` runs the
 registry segmentation model and the found post-processing parameters on a new volume. The
 adapter's own :meth:`~aop.segmentation.models.SegmentationModel.weight_files` travel with it, as
@@ -10,7 +10,7 @@ library's cache (StarDist's ``~/.keras/models``, Cellpose's models folder) runs 
 is absent, and so does a plugin adapter wherever its distribution is installed.
 
 This module imports MLflow; the core (``aop.metrics``, ``aop.segmentation``, ``aop.synth``) does
-not import it. ``aop.tracking`` re-exports :class:`SegmentationPipelineModel`.
+not import it.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ import numpy as np
 
 from aop.errors import AopError
 
-__all__ = ["SegmentationPipelineModel"]
+__all__ = ["SegmentationPipelineModel", "log_pipeline_model"]
 
 WEIGHTS_ARTIFACT = "weights"
+#: The name of the logged pipeline model in its run (`runs:/RUN_ID/pipeline`).
+PIPELINE_NAME = "pipeline"
 
 
 class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
@@ -195,3 +197,61 @@ class SegmentationPipelineModel(mlflow.pyfunc.PythonModel):
             dtype=np.uint32,
         )
 
+
+def log_pipeline_model(
+    tracker: Any,
+    best: Mapping[str, Any],
+    spacing: tuple[float, float, float] | None = None,
+    model_spec: Any = None,
+    name: str = PIPELINE_NAME,
+) -> str:
+    """Log the best model + post-processing as an MLflow pyfunc model on a study's parent run.
+
+    Parameters
+    ----------
+    tracker : aop.tracking.StudyTracker
+        The study's tracker (its parent run receives the model).
+    best : mapping
+        A trial record (``model`` and ``params`` are used).
+    spacing : tuple of 3 floats, optional
+        Default voxel size (z, y, x); ``predict(volume, params={"spacing": [...]})`` overrides.
+    model_spec : ModelSpec or mapping, optional
+        Registry ``name`` and ``settings`` of the segmentation model; default the record's
+        ``model`` with no settings. The adapter's ``weight_files()`` are packed into the MLflow
+        model, so a model found by name in its library's cache runs elsewhere too.
+    name : str
+        Name of the logged model.
+
+    Returns
+    -------
+    str
+        The model URI, ``runs:/<parent run id>/<name>``; load it with
+        ``mlflow.pyfunc.load_model(uri)``.
+    """
+    import warnings
+
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    from aop.tracking.client import model_requirements
+
+    default_spacing = [float(s) for s in spacing or (1.0, 1.0, 1.0)]
+    signature = ModelSignature(
+        inputs=None,
+        outputs=None,
+        params=ParamSchema([ParamSpec("spacing", "double", default_spacing, (-1,))]),
+    )
+    with (
+        SegmentationPipelineModel.packed(best, spacing, model_spec) as (python_model, files),
+        tracker.parent_run() as run_id,
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.pyfunc.log_model(
+            name=name,
+            python_model=python_model,
+            artifacts=files or None,
+            signature=signature,
+            pip_requirements=model_requirements(),
+        )
+    return f"runs:/{run_id}/{name}"

@@ -35,11 +35,11 @@ import numpy as np
 from aop.adapt.config import AdaptSettings
 from aop.adapt.gap import downstream_ipq, gap_report
 from aop.adapt.train import adapt_dataset
-from aop.config import load_experiment
 from aop.demo import DEMO_EXPERIMENT
 from aop.io import DatasetInfo, write_dataset
 from aop.synth import preset_params
 from aop.synth.dataset import write_synthetic_dataset
+from aop.tuning.kinds import load_experiment
 
 REAL_SPACING = (2.0, 1.0, 1.0)
 

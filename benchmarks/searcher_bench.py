@@ -16,8 +16,8 @@ Landscapes:
 ``segmentation`` the segmentation space (model choice + the seven post-processing parameters)
                  on cached predictions of a tiny synthetic benchmark: the ``classical`` model and
                  a damaged copy of the truth as the two models; objective mean IPQ
-                 (``aop.tuning.trainable.score_volume``). Optimum: the best value any searcher
-                 found in this run (the true optimum is unknown).
+                 (``aop.tuning.segmentation_trial.score_volume``). Optimum: the best value any
+                 searcher found in this run (the true optimum is unknown).
 
 For each searcher it prints the median number of trials to reach 99 % of the optimum (over the
 seeds; ``>T`` when fewer than half the seeds reach it) and the median (and min) best value within
@@ -143,11 +143,11 @@ def categorical_landscape(seed: int = 2026) -> tuple[dict[str, Any], Callable, f
 
 def segmentation_landscape() -> tuple[dict[str, Any], Callable]:
     """Space and objective (mean IPQ) on cached predictions of a tiny synthetic benchmark."""
-    from aop.config import parameter_ranges
     from aop.segmentation.models import build_model
+    from aop.segmentation.params import PARAMETER_RANGES
     from aop.synth import simulate
     from aop.synth.damage import damage_labels
-    from aop.tuning.trainable import score_volume
+    from aop.tuning.segmentation_trial import score_volume
 
     spacing = (2.0, 1.0, 1.0)
     volumes = []
@@ -159,12 +159,12 @@ def segmentation_landscape() -> tuple[dict[str, Any], Callable]:
         predictions = {"classical": classical.predict(image, spacing), "damaged": damaged}
         volumes.append((image, labels, predictions))
     space: dict[str, Any] = {"model": tune.choice(["classical", "damaged"])}
-    for name, (kind, low, high) in parameter_ranges().items():
+    for name, (kind, low, high) in PARAMETER_RANGES.items():
         if kind is int:
             space[name] = tune.randint(int(low), int(high) + 1)
         else:
             space[name] = tune.uniform(low, high)
-    names = list(parameter_ranges())
+    names = list(PARAMETER_RANGES)
 
     def objective(config: dict) -> float:
         params = {n: config[n] for n in names}

@@ -21,9 +21,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from aop.config import full_search_space  # noqa: E402
 from aop.tuning.searchers import make_searcher  # noqa: E402
-from aop.tuning.segmentation import tune_space  # noqa: E402
+from aop.tuning.segmentation import table_iii_space  # noqa: E402
 from aop.tuning.study import run_search  # noqa: E402
 
 
@@ -33,9 +32,7 @@ def trivial_trial(config: dict) -> None:
 
 
 def trials_per_second(n_trials: int, concurrency: int, searcher: str) -> float:
-    table = full_search_space()
-    table.models = ["a", "b"]
-    space = tune_space(table)
+    space = table_iii_space(["a", "b"])
     with tempfile.TemporaryDirectory() as study:
         start = time.perf_counter()
         records = run_search(

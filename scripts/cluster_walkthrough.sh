@@ -97,7 +97,7 @@ import json, sys
 from aop.tracking import StudyTracker
 records = [json.loads(line) for line in open(sys.argv[1])]
 ids = [r["trial_id"] for r in records]
-children = StudyTracker(sys.argv[3], sys.argv[2]).child_runs("gp")
+children = StudyTracker(sys.argv[3], sys.argv[2], "aop-segmentation").child_runs("gp")
 print(len(records), "trials,", len(set(ids)), "distinct,", len(children), "MLflow child runs;",
       "nodes per trial's volumes:",
       [len({n.split("/")[1] for n in r["volume_nodes"].values()}) for r in records])

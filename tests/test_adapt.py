@@ -476,8 +476,8 @@ def test_aop_adapt_bad_input_one_line(tiny_data, adapted_run, tmp_path):
 
 
 def test_experiment_data_adapt_runs_once_and_is_cached(tiny_data, adapted_run, tmp_path):
-    from aop.config import parse_experiment
-    from aop.tuning.benchmark import ensure_benchmark
+    from aop.tuning.kinds import parse_experiment
+    from aop.tuning.segmentation import ensure_benchmark
 
     _, _, real = tiny_data
     store = adapted_run[0].with_name("adapted.training") / "mlflow.db"  # an initialised store

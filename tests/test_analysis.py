@@ -34,6 +34,8 @@ from aop.segmentation.params import PARAMETER_RANGES
 #: The Fig. 4 colours a segmentation study passes: IPQ grey, SQ pink, RQ orange, IQ blue.
 COLOURS = {"ipq": "#8c8c8c", "sq": "#e377c2", "rq": "#ff9f40", "iq": "#4a90d9"}
 RANGES = {name: (low, high) for name, (_, low, high) in PARAMETER_RANGES.items()}
+#: How a segmentation study compares its searches (its kind's metrics, pooled baseline, model).
+SEGMENTATION = {"metrics": METRICS, "pooled": ("baseline",), "group": "model"}
 
 KEYS = (
     "erode_dilate", "open_close", "merge_continuity", "merge_smoothness", "merge_area",
@@ -133,9 +135,9 @@ def test_read_study_records_groups_and_orders_searches(tmp_path):
 
 def test_best_record_takes_highest_ipq_and_first_of_ties():
     recs = [record("gp", name, "m", [ipq]) for name, ipq in [("a", 0.5), ("b", 0.7), ("c", 0.7)]]
-    assert best_record(recs)["trial_id"] == "b"
+    assert best_record(recs, "ipq")["trial_id"] == "b"
     with pytest.raises(AopError):
-        best_record([])
+        best_record([], "ipq")
 
 
 # -- comparison -----------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ def test_paired_t_test_has_the_textbook_value():
     comparison = compare_searches({
         "random": [record("random", "r", "m", random)],
         "gp": [record("gp", "g", "m", gp)],
-    })
+    }, **SEGMENTATION)
     test = comparison.tests.query("metric == 'ipq'").iloc[0]
     assert (test["search_a"], test["search_b"], test["n_pairs"]) == ("random", "gp", 5)
     assert test["statistic"] == pytest.approx(-np.sqrt(18), rel=1e-9)  # random - gp
@@ -178,7 +180,9 @@ def test_baseline_pools_every_model_and_pairs_by_volume():
         record("gp", "g0", "unet", [0.60, 0.70, 0.62, 0.71], erode_dilate=-1),
         record("gp", "g1", "unet", [0.55, 0.65, 0.60, 0.70], erode_dilate=-3),
     ]
-    comparison = compare_searches({"baseline": baseline, "random": random_search, "gp": gp})
+    comparison = compare_searches(
+        {"baseline": baseline, "random": random_search, "gp": gp}, **SEGMENTATION
+    )
     summary = comparison.summary
     assert list(summary.index) == ["baseline", "random", "gp"] and comparison.reference == "gp"
     # the paper's baseline: mean IPQ of all models without post-processing (n_2 = 2 x 4 values)
@@ -198,7 +202,7 @@ def test_baseline_pools_every_model_and_pairs_by_volume():
     assert test["p_value"].iloc[0] == pytest.approx(expected.pvalue, rel=1e-12)
     # random vs gp: best against best, one pair per volume
     expected = stats.ttest_rel([0.45, 0.42, 0.50, 0.55], [0.60, 0.70, 0.62, 0.71])
-    assert comparison.p_value("random", "gp") == pytest.approx(expected.pvalue, rel=1e-12)
+    assert comparison.p_value("random", "gp", "ipq") == pytest.approx(expected.pvalue, rel=1e-12)
     as_json = json.loads(json.dumps(comparison.to_dict()))
     assert as_json["summary"][2]["p_ipq"] is None and as_json["reference"] == "gp"
 
@@ -206,17 +210,18 @@ def test_baseline_pools_every_model_and_pairs_by_volume():
 def test_comparison_without_per_volume_scores_has_means_but_no_test():
     plain = {k: v for k, v in record("gp", "g", "m", [0.6, 0.8]).items() if k != "per_volume"}
     other = {k: v for k, v in record("random", "r", "m", [0.2, 0.4]).items() if k != "per_volume"}
-    comparison = compare_searches({"random": [other], "gp": [plain]})
+    comparison = compare_searches({"random": [other], "gp": [plain]}, **SEGMENTATION)
     assert comparison.summary.loc["gp", "ipq"] == pytest.approx(0.7)
-    assert np.isnan(comparison.p_value("random", "gp"))
+    assert np.isnan(comparison.p_value("random", "gp", "ipq"))
     assert comparison.tests["n_pairs"].eq(0).all()
 
 
 def test_comparison_rejects_nothing_to_compare():
     with pytest.raises(AopError, match="no trial records"):
-        compare_searches({"gp": []})
+        compare_searches({"gp": []}, **SEGMENTATION)
     with pytest.raises(AopError, match="reference search 'gp'"):
-        compare_searches({"random": [record("random", "r", "m", [0.2])]}, reference="gp")
+        compare_searches({"random": [record("random", "r", "m", [0.2])]}, reference="gp",
+                         **SEGMENTATION)
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,12 @@ import yaml
 from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
 
-from aop.config import load_experiment
 from aop.errors import AopError
 from aop.synth import preset_params
 from aop.synth.classes import class_set
 from aop.synth.dataset import write_synthetic_dataset
 from aop.tuning.classification import load_class_data
+from aop.tuning.kinds import load_experiment
 from aop.tuning.study import run_study
 
 SPACE = {

@@ -13,13 +13,12 @@ import ray
 from ray import cloudpickle
 from ray.cluster_utils import Cluster
 
-from aop.config import full_search_space
 from aop.synth import simulate
 from aop.synth.damage import damage_labels
 from aop.tuning.searchers import make_searcher
-from aop.tuning.segmentation import tune_space
+from aop.tuning.segmentation import table_iii_space
+from aop.tuning.segmentation_trial import make_trainable, put_benchmark, segmentation_trial
 from aop.tuning.study import run_search
-from aop.tuning.trainable import make_trainable, put_benchmark, segmentation_trial
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
 
@@ -50,9 +49,7 @@ def benchmark(two_nodes):
 
 
 def _space():
-    space = full_search_space()
-    space.models = ["split"]
-    return tune_space(space)
+    return table_iii_space(["split"])
 
 
 @pytest.mark.slow

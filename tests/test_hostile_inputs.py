@@ -94,10 +94,11 @@ def workspace(tmp_path_factory) -> Path:
     # experiments whose errors must show before any output
     _yaml(w / "good.yaml", _experiment("studies/good"))
     space = w / "space_wide.yaml"
-    _yaml(space, {"parameters": {"erode_dilate": {"low": -3, "high": 50}}})
+    _yaml(space, {"parameters": {"erode_dilate": {"int": [-3, 50]}}})
     _yaml(w / "wide.yaml", _experiment("studies/wide", search_space=str(space)))
     space = w / "space_models.yaml"
-    _yaml(space, {"models": ["nonexistent"], "parameters": {"open_close": {"low": -1, "high": 1}}})
+    _yaml(space, {"parameters": {"model": {"choice": ["nonexistent"]},
+                                 "open_close": {"int": [-1, 1]}}})
     _yaml(w / "models.yaml", _experiment("studies/models", search_space=str(space)))
     space = w / "space_reversed.yaml"
     _yaml(space, {"parameters": {"split_sigma": {"low": 0.9, "high": 0.1}}})
@@ -202,7 +203,7 @@ CASES = [
      r"old_study: holds an earlier aop output; pass --overwrite \(or continue it with aop resume",
      ["old_study"], [], {}),
     (D, "search-overwrite-with-a-bad-config", "search {W}/old_wide.yaml --overwrite", 2,
-     r"parameters.erode_dilate.high: 50.0 is outside", ["old_study"], [], {}),
+     r"parameters.erode_dilate.int.1: 50 is outside", ["old_study"], [], {}),
     (D, "demo-into-user-folder", "demo --out {W}/user_dir --budget 1", 2,
      r"holds files aop did not write", ["user_dir"], [], {}),
     # --- resources: refuse impossible work before starting it -------------------------------
@@ -230,10 +231,11 @@ CASES = [
      2, r"MLflow server not reachable", [], ["studies/good"], {}),
     # --- validation: every config error before any work or output ---------------------------
     (V, "search-range-outside-table-iii", "search {W}/wide.yaml", 2,
-     r"space_wide.yaml: parameters.erode_dilate.high: 50.0 is outside \[-10, 10\]", [],
+     r"space_wide.yaml: parameters.erode_dilate.int.1: 50 is outside \[-10, 10\]", [],
      ["studies/wide"], {}),
     (V, "search-space-unknown-model", "search {W}/models.yaml", 2,
-     r"models: 'nonexistent' is not a model of the experiment", [], ["studies/models"], {}),
+     r"parameters.model: 'nonexistent' is not a model of the experiment", [], ["studies/models"],
+     {}),
     (V, "search-space-reversed-range", "search {W}/reversed.yaml", 2,
      r"parameters.split_sigma: low \(0.9\) must be < high", [], ["studies/reversed"], {}),
     (V, "search-unknown-synth-option", "search {W}/synthopt.yaml", 2,
@@ -428,7 +430,7 @@ def test_prepare_output_refuses_inputs_and_their_parents(tmp_path):
 
 
 def test_relative_study_dir_is_relative_to_the_experiment_file(tmp_path, monkeypatch):
-    from aop.config import load_experiment
+    from aop.tuning.kinds import load_experiment
 
     project = tmp_path / "project"
     (project / "experiments").mkdir(parents=True)
@@ -444,7 +446,7 @@ def test_relative_study_dir_is_relative_to_the_experiment_file(tmp_path, monkeyp
 
 
 def test_resume_uses_the_folder_given_not_the_stored_study_dir(tmp_path):
-    from aop.config import parse_experiment
+    from aop.tuning.kinds import parse_experiment
     from aop.tuning.study import load_study_experiment, save_experiment
 
     original = tmp_path / "original"
@@ -468,8 +470,8 @@ def test_a_moved_study_writes_its_mlflow_artifacts_in_its_new_folder(tmp_path):
     """The study's own SQLite store moves its absolute artifact locations with the folder."""
     from mlflow import MlflowClient
 
-    from aop.config import parse_experiment
     from aop.tracking import StudyTracker
+    from aop.tuning.kinds import parse_experiment
     from aop.tuning.study import load_study_experiment, save_experiment
 
     original = tmp_path / "original"
@@ -508,6 +510,9 @@ def _study_with_records(root: Path, n_gp: int, torn: bool = False) -> Path:
     root.mkdir()
     (root / MARKER).write_text("{}\n")
     _yaml(root / "experiment.yaml", _experiment(str(root), search={"searcher": "gp", "budget": 4}))
+    _yaml(root / "study.yaml", {"kind": "segmentation", "metric": "ipq", "mode": "max",
+                                "metrics": ["ipq", "sq", "rq", "iq"], "main_search": "gp",
+                                "pooled": ["baseline"], "group": "model", "budgets": {"gp": 4}})
     zeros = {"erode_dilate": 0, "open_close": 0, "merge_continuity": 0.0, "merge_smoothness": 0.0,
              "merge_area": 0.0, "split_sigma": 0.0, "split_threshold": 0.0}  # fmt: skip
     for i in range(n_gp):

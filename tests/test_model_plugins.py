@@ -22,6 +22,7 @@ import pytest
 
 from aop.errors import AopError
 from aop.io import DatasetInfo, load_dataset, write_dataset
+from aop.pipeline_model import log_pipeline_model
 from aop.segmentation.models import (
     ENTRY_POINT_GROUP,
     SegmentationModel,
@@ -154,7 +155,7 @@ def study(tmp_path_factory):
     """One SQLite MLflow store with a started study, for the pipelines the tests log."""
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    tracker = StudyTracker(root / "study", tracking_uri=uri)
+    tracker = StudyTracker(root / "study", tracking_uri=uri, experiment_name="aop-segmentation")
     tracker.start(CONFIG, SPACE)
     return uri, tracker
 
@@ -250,7 +251,7 @@ def test_logged_plugin_pipeline_runs_in_a_fresh_process(plugin, study, tmp_path,
 
     uri, tracker = study
     best = {"model": "level_plugin", "params": ZEROS}
-    model_uri = tracker.log_pipeline_model(best, spacing=(1.0, 1.0, 1.0), name="plugin_pipeline")
+    model_uri = log_pipeline_model(tracker, best, spacing=(1.0, 1.0, 1.0), name="plugin_pipeline")
     shutil.rmtree(here)  # the weights cache is gone: the pipeline runs from its packed copy
     np.save(tmp_path / "volume.npy", volume)
     script = textwrap.dedent(
@@ -322,7 +323,7 @@ def test_stardist_by_name_travels_with_the_pipeline(study, tmp_path, monkeypatch
 
     uri, tracker = study
     spec = {"name": "stardist2d", "settings": {"model": "tiny_by_name"}}
-    model_uri = tracker.log_pipeline_model(
+    model_uri = log_pipeline_model(tracker,
         best, spacing=spacing, model_spec=spec, name="stardist_pipeline"
     )
     shutil.rmtree(keras_cache)  # another machine: no StarDist cache

@@ -86,7 +86,7 @@ def test_parameter_ranges_match_table_iii_and_the_search_space_file():
     space = yaml.safe_load((ROOT / "search_spaces" / "segmentation.yaml").read_text())
     for name, spec in space["parameters"].items():
         kind, low, high = PARAMETER_RANGES[name]
-        assert (spec["type"], spec["low"], spec["high"]) == (kind.__name__, low, high)
+        assert spec == {kind.__name__: [low, high]}
     assert set(space["parameters"]) == set(PARAMETER_RANGES)
 
 

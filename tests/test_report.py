@@ -46,6 +46,10 @@ def study(tmp_path):
     append_record(results / "random.jsonl", record("random", "r1", "unet", [0.1] * 4))
     append_record(results / "gp.jsonl", record("gp", "g0", "unet", GP, erode_dilate=-1,
                                                split_threshold=0.125))
+    meta = {"kind": "segmentation", "metric": "ipq", "mode": "max",
+            "metrics": ["ipq", "sq", "rq", "iq"], "main_search": "gp", "pooled": ["baseline"],
+            "group": "model"}  # fmt: skip
+    (tmp_path / "study" / "study.yaml").write_text(yaml.safe_dump(meta))
     return tmp_path / "study"
 
 

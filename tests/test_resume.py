@@ -78,7 +78,7 @@ def test_killed_search_resumes_where_it_stopped(tmp_path):
     zeros = [r for r in after if r["params"] == start]
     assert len(zeros) == 1 and zeros[0]["trial_id"] == before[0]["trial_id"]  # not restarted
     assert sorted(r["iteration"] for r in after) == list(range(BUDGET))
-    assert len(StudyTracker(study).child_runs("gp")) == BUDGET
+    assert len(StudyTracker(study, experiment_name="aop-segmentation").child_runs("gp")) == BUDGET
     best = yaml.safe_load((study / "best.yaml").read_text())
     assert best["scores"]["ipq"] == max(r["metrics"]["ipq"] for r in after)
 

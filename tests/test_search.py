@@ -9,29 +9,27 @@ import pytest
 import ray
 import yaml
 
-from aop.config import full_search_space, parse_experiment, parse_search_space
 from aop.errors import AopError
 from aop.segmentation.postprocess import PARAMETER_RANGES
 from aop.synth import simulate
 from aop.synth.damage import damage_labels
 from aop.tracking import StudyTracker
+from aop.tuning.kinds import parse_experiment
 from aop.tuning.searchers import (
     available_searchers,
     make_searcher,
     optuna_distributions,
     register_searcher,
 )
-from aop.tuning.segmentation import tune_space
+from aop.tuning.segmentation import parse_segmentation_space, table_iii_space
+from aop.tuning.segmentation_trial import make_trainable, put_benchmark
 from aop.tuning.study import run_search, run_study
-from aop.tuning.trainable import make_trainable, put_benchmark
 
 ZEROS = {name: 0 for name in PARAMETER_RANGES}
 
 
 def _space(models):
-    space = full_search_space()
-    space.models = list(models)
-    return tune_space(space)
+    return table_iii_space(list(models))
 
 
 def seven(params):
@@ -65,10 +63,10 @@ def test_optuna_space_matches_table_iii():
     assert (dists["erode_dilate"].low, dists["erode_dilate"].high) == (-10, 10)
     assert type(dists["erode_dilate"]).__name__ == "IntDistribution"
     assert (dists["split_sigma"].low, dists["split_sigma"].high) == (0.0, 1.0)
-    narrowed = parse_search_space(
-        {"models": ["a"], "parameters": {"open_close": {"low": -2, "high": 2}}}
+    narrowed = parse_segmentation_space(
+        {"parameters": {"model": {"choice": ["a"]}, "open_close": {"int": [-2, 2]}}}, ["a", "b"]
     )
-    dists = optuna_distributions(tune_space(narrowed))
+    dists = optuna_distributions(narrowed)
     assert set(dists) == {"model", "open_close"}
     assert (dists["open_close"].low, dists["open_close"].high) == (-2, 2)
 
@@ -144,12 +142,12 @@ def test_gp_with_two_workers_gets_no_duplicates_and_beats_its_start(
 ):
     # a narrowed space where every dilation (erode_dilate 1..4) scores 0.24-0.96 against the
     # start's 0.086, so that 8 trials beat the start whatever order the two workers finish in
-    narrowed = parse_search_space({"models": ["shrunk"], "parameters": {
-        "erode_dilate": {"low": -1, "high": 4}, "open_close": {"low": -1, "high": 1},
-        "merge_area": {"low": 0.0, "high": 1.0},
-    }})
+    narrowed = parse_segmentation_space({"parameters": {
+        "erode_dilate": {"int": [-1, 4]}, "open_close": {"int": [-1, 1]},
+        "merge_area": {"float": [0.0, 1.0]},
+    }}, ["shrunk"])
     records = _two_worker_search("gp", shrunk_benchmark, tmp_path, num_samples=8, seed=1,
-                                 space=tune_space(narrowed))
+                                 space=narrowed)
     assert len(records) == 8
     assert len({r["trial_id"] for r in records}) == 8
     configs = [tuple(sorted(r["params"].items())) for r in records]
@@ -227,6 +225,6 @@ def test_run_study_writes_the_study_folder(local_ray, tmp_path):
     assert (study / "experiment.yaml").is_file()
     assert (study / "benchmark" / "dataset.yaml").is_file()
     assert (study / "plots" / "comparison.png").is_file()
-    tracker = StudyTracker(study)
+    tracker = StudyTracker(study, experiment_name="aop-segmentation")
     assert len(tracker.child_runs()) == 8
     assert len(tracker.child_runs("gp")) == 4

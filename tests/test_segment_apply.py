@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from aop.cli import app
 from aop.errors import AopError
 from aop.io import DatasetInfo, load_dataset, read_volume, write_dataset
+from aop.pipeline_model import log_pipeline_model
 from aop.segmentation.apply import apply_pipeline, resolve_model
 from aop.segmentation.models import build_model
 from aop.segmentation.postprocess import postprocess
@@ -49,13 +50,13 @@ def two_nodes():
 def study(tmp_path_factory):
     """A study folder whose parent run holds the logged best pipeline (classical + dilation)."""
     root = tmp_path_factory.mktemp("segment")
-    tracker = StudyTracker(root / "study")
+    tracker = StudyTracker(root / "study", experiment_name="aop-segmentation")
     tracker.start(
         {"name": "tiny", "data": {"path": str(root / "bench")}, "models": [{"name": "classical"}],
          "search": {"searcher": "gp", "budget": 1}},
         {"erode_dilate": {"low": -1, "high": 1}, "models": ["classical"]},
     )  # fmt: skip
-    tracker.log_pipeline_model(BEST, spacing=SPACING)
+    log_pipeline_model(tracker, BEST, spacing=SPACING)
     images = [
         (f"v{i}", simulate((12, 32, 32), SPACING, seed=i, n_objects=3)[0], None) for i in range(3)
     ]

@@ -192,9 +192,9 @@ def test_tracking_server_killed_and_restarted_mid_study_loses_no_trial(tmp_path,
 
 
 def test_trials_missing_from_mlflow_are_logged_once_and_a_dead_server_is_one_line(tmp_path):
-    from aop.config import parse_experiment
     from aop.errors import AopError
     from aop.tracking import StudyTracker
+    from aop.tuning.kinds import parse_experiment
     from aop.tuning.study import log_missing_trials
 
     zeros = {"erode_dilate": 0, "open_close": 0, "merge_continuity": 0.0, "merge_smoothness": 0.0,

@@ -19,10 +19,9 @@ from typer.testing import CliRunner
 
 from aop.analysis.report import load_report
 from aop.cli import app
-from aop.config import load_experiment
 from aop.errors import AopError
 from aop.tracking import StudyTracker
-from aop.tuning.kinds import available_kinds, get_kind
+from aop.tuning.kinds import available_kinds, get_kind, load_experiment
 from aop.tuning.space import parse_space
 from aop.tuning.study import _topup_factory, load_study_experiment, run_study
 

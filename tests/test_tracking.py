@@ -17,6 +17,7 @@ from mlflow_helpers import wait_for_mlflow
 
 from aop.io import dataset_fingerprint
 from aop.metrics import IPQ_SCORES
+from aop.pipeline_model import log_pipeline_model
 from aop.segmentation.models import build_model
 from aop.segmentation.postprocess import postprocess
 from aop.tracking import (
@@ -97,7 +98,9 @@ def test_study_as_the_mlflow_ui_shows_it(mlflow_server, tmp_path, nuclei_3d, mon
     (bench / "images").mkdir(parents=True)
     (bench / "images" / "a.npy").write_bytes(b"123")
     fingerprint = dataset_fingerprint(bench)
-    tracker = StudyTracker(study, tracking_uri=mlflow_server, experiment_name="ui-study")
+    tracker = StudyTracker(
+        study, tracking_uri=mlflow_server, experiment_name="ui-study", metric="ipq", group="model"
+    )
     parent_id = tracker.start(CONFIG, SPACE, dataset=bench, description="a study of tests")
     assert (study / RUN_ID_FILE).read_text().strip() == parent_id
 
@@ -114,10 +117,13 @@ def test_study_as_the_mlflow_ui_shows_it(mlflow_server, tmp_path, nuclei_3d, mon
     (study / "best.yaml").write_text(yaml.safe_dump(best))
     (study / "plots").mkdir()
     (study / "plots" / "comparison.png").write_bytes(b"\x89PNG fake bytes")
+    tracker.log_model_safely(lambda: log_pipeline_model(
+        tracker, best, spacing=(2.0, 1.0, 1.0),
+        model_spec={"name": "classical", "settings": {"sigma": 1.0}},
+    ))  # fmt: skip
     tracker.finish(
         best, artifacts=[study / "best.yaml", study / "plots" / "comparison.png"],
-        log_pipeline=True, spacing=(2.0, 1.0, 1.0),
-        model_spec={"name": "classical", "settings": {"sigma": 1.0}}, description="done: 0.75",
+        description="done: 0.75",
     )
 
     client = MlflowClient(mlflow_server)  # what the UI reads
@@ -183,7 +189,7 @@ def test_study_as_the_mlflow_ui_shows_it(mlflow_server, tmp_path, nuclei_3d, mon
 
 def test_resumed_study_reuses_parent_and_adds_no_duplicates(tmp_path):
     study = tmp_path / "study"
-    first = StudyTracker(study)
+    first = StudyTracker(study, experiment_name="aop-segmentation")
     parent_id = first.start(CONFIG, SPACE, "fp")
     first.log_trial(record("gp", "t0", 0.5))
     first.log_trial(record("gp", "t1", 0.6))
@@ -192,7 +198,8 @@ def test_resumed_study_reuses_parent_and_adds_no_duplicates(tmp_path):
         first.experiment_id, tags={"mlflow.parentRunId": parent_id, "search": "gp",
                                    "trial_id": "t2"})
 
-    second = StudyTracker(study)  # a new driver process resumes the study
+    # a new driver process resumes the study
+    second = StudyTracker(study, experiment_name="aop-segmentation")
     assert second.start({**CONFIG, "extra": 1}, SPACE, "fp") == parent_id
     assert second.logged_trials("gp") == {"t0", "t1"}
     assert second.log_trial(record("gp", "t0", 0.5)) is None
@@ -216,13 +223,13 @@ def test_resumed_study_reuses_parent_and_adds_no_duplicates(tmp_path):
 
 
 def test_tracker_errors_are_one_line(tmp_path):
-    tracker = StudyTracker(tmp_path / "s")
+    tracker = StudyTracker(tmp_path / "s", experiment_name="aop-segmentation")
     with pytest.raises(ValueError, match="has no MLflow run yet"):
         tracker.log_trial(record("gp", "t", 0.5))
     (tmp_path / "s").mkdir(exist_ok=True)
     (tmp_path / "s" / RUN_ID_FILE).write_text("not-a-run\n")
     with pytest.raises(ValueError, match="mlflow_run_id: not an MLflow run id"):
-        StudyTracker(tmp_path / "s").start(CONFIG, SPACE)
+        StudyTracker(tmp_path / "s", experiment_name="aop-segmentation").start(CONFIG, SPACE)
     with pytest.raises(ValueError, match="trial x of search 'gp': field 'metrics' is empty"):
         trial_record("gp", "x", {"model": "m", **ZEROS}, {"ipq": None}, IPQ_SCORES)
 
@@ -327,9 +334,9 @@ def test_pipeline_model_packs_a_weights_folder(tmp_path, monkeypatch):
     assert expected.max() == 2  # two boxes, two instances
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = StudyTracker(tmp_path / "study", tracking_uri=uri)
+    tracker = StudyTracker(tmp_path / "study", tracking_uri=uri, experiment_name="aop-segmentation")
     parent_id = tracker.start(CONFIG, SPACE)
-    model_uri = tracker.log_pipeline_model(
+    model_uri = log_pipeline_model(tracker,
         best, spacing=spacing, model_spec={"name": "bioimageio", "settings": settings}
     )
     assert model_uri == f"runs:/{parent_id}/pipeline"

@@ -15,8 +15,9 @@ from pathlib import Path
 from pydantic import Field
 from ray import cloudpickle, tune
 
-from aop.config import BaseExperiment, _Strict
-from aop.tuning.kinds import Prepared, StudyKind, load_space_file, register_kind
+from aop.config import BaseExperiment, StrictModel
+from aop.tuning.kinds import Prepared, StudyKind, register_kind
+from aop.tuning.space import SearchSpace, load_space_file
 
 PARAMETERS = {
     "encoder": "which encoder",
@@ -43,16 +44,17 @@ def toy_trial(config: dict, delay: float = 0.0) -> None:
     tune.report({"score": score, "loss": 1.0 - score, "node": "toy"})
 
 
-class ToySettings(_Strict):
+class ToySettings(StrictModel):
     delay: float = Field(default=0.0, ge=0)
 
 
 class ToyExperiment(BaseExperiment):
     toy: ToySettings = Field(default_factory=ToySettings)
+    search_space: Path = Path("search_spaces/toy.yaml")
 
 
 @register_kind
-class ToyKind(StudyKind):
+class ToyKind(StudyKind[ToyExperiment]):
     """The toy study kind: no data, no baseline, objective ``score``."""
 
     name = "toy"
@@ -63,10 +65,10 @@ class ToyKind(StudyKind):
     experiment_model = ToyExperiment
     start_point = "default"
 
-    def search_space(self, exp):
-        return load_space_file(Path(exp.search_space), allowed=PARAMETERS)
+    def search_space(self, exp: ToyExperiment) -> SearchSpace:
+        return load_space_file(exp.search_space, allowed=PARAMETERS)
 
-    def prepare(self, exp):
+    def prepare(self, exp: ToyExperiment) -> Prepared:
         trainable = tune.with_parameters(toy_trial, delay=exp.toy.delay)
         return Prepared(trainable=tune.with_resources(trainable, {"cpu": 1}))
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from aop.errors import AopError
+from aop.errors import AopError, validation_message
 
 __all__ = ["ARCHITECTURE_FIELDS", "AdaptConfig", "AdaptSettings", "parse_settings"]
 
@@ -190,8 +190,6 @@ def parse_settings(values: dict[str, Any], source: str = "adaptation settings") 
     >>> parse_settings({"ngf": 8}).ngf
     8
     """
-    from aop.config import validation_message
-
     try:
         return AdaptSettings.model_validate(values)
     except ValidationError as exc:

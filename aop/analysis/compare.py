@@ -1,13 +1,13 @@
-"""Compare the searches of a study: means of IPQ, SQ, RQ, IQ and per-volume paired t-tests.
+"""Compare the searches of a study: the means of its metrics and per-volume paired t-tests.
 
 This is the analysis behind Fig. 4 of the source paper. Each search is represented by a *sample* of
 per-volume scores:
 
-- a pooled search (by default ``baseline``: every model without post-processing) contributes every
-  record's per-volume scores, ``n_models * n_volumes`` values (the paper's n_2), and its mean is the
-  mean IPQ of all models without post-processing, the paper's baseline;
+- a pooled search (e.g. a baseline grid over the candidate models) contributes every record's
+  per-volume scores, ``n_records * n_volumes`` values (the paper's n_2), and its mean is the mean
+  over the whole grid;
 - every other search (``random``, ``gp``, ...) contributes the per-volume scores of its best
-  configuration (highest mean IPQ), ``n_volumes`` values (the paper's n_1).
+  configuration (best value of the first metric), ``n_volumes`` values (the paper's n_1).
 
 Two samples are paired by volume: each value of one sample is paired with each value of the other on
 the same volume. Between two best configurations that is one pair per volume; between the pooled
@@ -28,7 +28,6 @@ from scipy import stats
 
 from aop.analysis.records import best_record, order_searches
 from aop.errors import AopError
-from aop.metrics import IPQ_SCORES
 
 __all__ = ["SearchComparison", "compare_searches", "search_sample", "significance_stars"]
 
@@ -49,9 +48,10 @@ def significance_stars(p_value: float) -> str:
 def search_sample(
     records: Sequence[Mapping[str, Any]],
     pooled: bool,
-    metrics: Sequence[str] = IPQ_SCORES,
-    metric: str = "ipq",
+    metrics: Sequence[str],
+    metric: str | None = None,
     mode: str = "max",
+    group: str | None = None,
 ) -> pd.DataFrame:
     """Per-volume scores that represent one search.
 
@@ -62,27 +62,32 @@ def search_sample(
     pooled : bool
         True: every record contributes (baseline). False: only the best record (best ``metric``).
     metrics : sequence of str
-        The metric columns (default IPQ, SQ, RQ, IQ).
+        The metric columns.
     metric, mode : str
-        What "best" means.
+        What "best" means (default metric: the first of ``metrics``).
+    group : str, optional
+        A parameter whose value becomes a column (the study kind's group, e.g. its model).
 
     Returns
     -------
     DataFrame
-        Columns ``model, trial_id, volume, *metrics``; one row per (record, volume). A record
+        Columns ``[group,] trial_id, volume, *metrics``; one row per (record, volume). A record
         without per-volume scores gives one row with ``volume = None`` and its mean scores.
     """
-    chosen = list(records) if pooled else [best_record(records, metric, mode)]
+    chosen = list(records) if pooled else [best_record(records, metric or metrics[0], mode)]
+    columns = [*([group] if group else []), "trial_id", "volume", *metrics]
     rows = []
     for record in chosen:
-        base = {"model": record["params"].get("model", ""), "trial_id": record["trial_id"]}
+        base = {"trial_id": record["trial_id"]}
+        if group:
+            base[group] = record["params"].get(group, "")
         per_volume = record.get("per_volume") or {}
         if not per_volume:
             values = record["metrics"]
             rows.append({**base, "volume": None, **{m: values.get(m, np.nan) for m in metrics}})
         for volume, scores in sorted(per_volume.items()):
             rows.append({**base, "volume": volume, **{m: scores.get(m, np.nan) for m in metrics}})
-    return pd.DataFrame(rows, columns=["model", "trial_id", "volume", *metrics])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _python(value: Any) -> Any:
@@ -104,8 +109,8 @@ class SearchComparison:
     Attributes
     ----------
     summary : DataFrame
-        Indexed by search: ``model`` and ``trial_id`` of the best configuration (pooled searches:
-        ``"all"``), ``n`` (sample size), the means of the metrics, and ``p_<metric>``: the
+        Indexed by search: the group parameter (if any) and ``trial_id`` of the best
+        configuration (pooled searches: ``"all"``), ``n`` (sample size), the means of the metrics, and ``p_<metric>``: the
         p-value of the paired t-test against the reference search (NaN for the reference).
     tests : DataFrame
         One row per (search_a, search_b, metric) for every pair of searches: ``n_pairs``,
@@ -122,7 +127,7 @@ class SearchComparison:
     samples: dict[str, pd.DataFrame]
     reference: str
 
-    def p_value(self, search_a: str, search_b: str, metric: str = "ipq") -> float:
+    def p_value(self, search_a: str, search_b: str, metric: str) -> float:
         """The p-value of the paired t-test between two searches on one metric (order-free)."""
         rows = self.tests[
             (self.tests["metric"] == metric)
@@ -151,10 +156,12 @@ class SearchComparison:
 
 def compare_searches(
     records_by_search: Mapping[str, Sequence[Mapping[str, Any]]],
-    pooled: Iterable[str] = ("baseline",),
+    pooled: Iterable[str] = (),
     reference: str | None = None,
-    metrics: Sequence[str] = IPQ_SCORES,
+    *,
+    metrics: Sequence[str],
     mode: str = "max",
+    group: str | None = None,
 ) -> SearchComparison:
     """Compare searches by their mean scores and per-volume paired t-tests.
 
@@ -164,7 +171,7 @@ def compare_searches(
         ``{search name: [trial record, ...]}`` (validated records, e.g. from
         :func:`aop.analysis.records.read_study_records`). Empty searches are left out.
     pooled : iterable of str
-        Searches represented by all their records instead of their best one (default: baseline).
+        Searches represented by all their records instead of their best one (a baseline grid).
     reference : str, optional
         The search the summary's p-values refer to, normally the study's main search; default
         the last search of :func:`aop.analysis.records.order_searches`.
@@ -172,6 +179,8 @@ def compare_searches(
         The metrics compared; the first one decides each search's best configuration.
     mode : str
         ``"max"`` or ``"min"``: the direction of the first metric.
+    group : str, optional
+        A parameter shown beside each search's best configuration (see :func:`search_sample`).
 
     Returns
     -------
@@ -188,7 +197,8 @@ def compare_searches(
     if reference not in names:
         raise AopError(f"reference search {reference!r} has no records (have: {', '.join(names)})")
     samples = {
-        name: search_sample(records_by_search[name], name in pooled, metrics, metrics[0], mode)
+        name: search_sample(records_by_search[name], name in pooled, metrics, mode=mode,
+                            group=group)
         for name in names
     }
 
@@ -227,12 +237,11 @@ def compare_searches(
     for name in names:
         sample = samples[name]
         is_pooled = name in pooled
-        row: dict[str, Any] = {
-            "search": name,
-            "model": "all" if is_pooled else sample["model"].iloc[0],
-            "trial_id": "all" if is_pooled else sample["trial_id"].iloc[0],
-            "n": int(len(sample)),
-        }
+        row: dict[str, Any] = {"search": name}
+        if group:
+            row[group] = "all" if is_pooled else sample[group].iloc[0]
+        row["trial_id"] = "all" if is_pooled else sample["trial_id"].iloc[0]
+        row["n"] = int(len(sample))
         for metric in metrics:
             row[metric] = float(sample[metric].mean())
         for metric in metrics:

@@ -4,18 +4,18 @@ A trial record is a JSON object with these fields::
 
     search       name of the search that ran the trial ("baseline", "random", "gp", "smac", ...)
     trial_id     identifier of the trial, unique within its search
-    params       the trial's configuration {name: number | string | bool}; for a segmentation
-                 study the model choice ("model") and the seven post-processing parameters
-    metrics      the scores the study kind records {name: number}, e.g. ipq sq rq iq (means over
-                 the benchmark volumes) or val_accuracy
+    params       the trial's configuration {name: number | string | bool}
+    metrics      the scores the study kind records {name: number} (e.g. means over the volumes
+                 of a benchmark)
     per_volume   {volume: {metric: value}}                                   (optional)
     duration_s   seconds the trial took                                      (optional)
     node         host or Ray node that ran it                                (optional)
     iteration    position of the trial in its search, counted from 0        (optional)
 
 A study folder keeps them in ``results/NAME.jsonl``, one line per finished trial of search NAME.
-Records written before study kinds existed (``model`` and ``ipq sq rq iq`` at the top level) are
-read as segmentation records: ``model`` moves into ``params`` and the scores into ``metrics``.
+Records written before study kinds existed have no ``metrics``: their scores and their choice of
+model stand at the top level. They are read in today's layout: every top-level number that is no
+record field moves into ``metrics``, every such string into ``params``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from typing import Any
 
 from aop.errors import AopError
 
-LEGACY_METRICS = ("ipq", "sq", "rq", "iq")
 REQUIRED_FIELDS = ("search", "trial_id", "params", "metrics")
 OPTIONAL_FIELDS = ("per_volume", "duration_s", "node", "iteration")
 RESULTS_DIR = "results"
@@ -63,12 +62,19 @@ def _param(value: Any, where: str) -> Any:
 
 
 def _legacy(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A pre-kind segmentation record (top-level ``model`` and scores) in today's layout."""
-    out = {k: v for k, v in record.items() if k not in ("model", *LEGACY_METRICS)}
+    """A record without ``metrics`` (scores and choices at the top level) in today's layout."""
+    fields = {*REQUIRED_FIELDS, *OPTIONAL_FIELDS}
+    extra = {k: v for k, v in record.items() if k not in fields}
+    scores = {k: v for k, v in extra.items() if isinstance(v, int | float)
+              and not isinstance(v, bool)}  # fmt: skip
+    choices = {k: v for k, v in extra.items() if isinstance(v, str)}
+    if not scores:
+        return dict(record)
+    out = {k: v for k, v in record.items() if k not in scores and k not in choices}
     params = record.get("params")
-    if isinstance(params, Mapping) and "model" in record:
-        out["params"] = {"model": record["model"], **params}
-    out["metrics"] = {m: record[m] for m in LEGACY_METRICS if m in record}
+    if isinstance(params, Mapping):
+        out["params"] = {**choices, **params}
+    out["metrics"] = scores
     return out
 
 
@@ -97,7 +103,7 @@ def validate_record(record: Any, where: str = "trial record") -> dict[str, Any]:
     """
     if not isinstance(record, Mapping):
         raise AopError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if "metrics" not in record and any(m in record for m in LEGACY_METRICS):
+    if "metrics" not in record:
         record = _legacy(record)
     for key in REQUIRED_FIELDS:
         if key not in record:
@@ -264,7 +270,7 @@ def append_record(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
 
 
 def best_record(
-    records: Iterable[Mapping[str, Any]], metric: str = "ipq", mode: str = "max"
+    records: Iterable[Mapping[str, Any]], metric: str, mode: str = "max"
 ) -> dict[str, Any]:
     """Return the record with the best ``metric`` (``mode`` max or min); ties go to the earliest.
 

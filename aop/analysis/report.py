@@ -23,7 +23,6 @@ from aop.analysis.records import (
 )
 from aop.config import read_yaml
 from aop.errors import AopError
-from aop.metrics import IPQ_SCORES
 
 BEST_FILE = "best.yaml"
 EXPERIMENT_FILE = "experiment.yaml"
@@ -51,8 +50,8 @@ class StudyReport:
     comparison : SearchComparison
         Means and paired t-tests (:func:`aop.analysis.compare.compare_searches`).
     best : dict
-        The best configuration: ``search``, ``trial_id``, ``params``, ``scores`` (and ``model``
-        for a segmentation study).
+        The best configuration: ``search``, ``trial_id``, ``params``, ``scores`` (and the value
+        of the kind's group parameter, when ``best.yaml`` names it).
     best_source : str
         ``best.yaml`` when read from that file, else ``results`` (best record of the reference).
     tracking_uri : str
@@ -75,7 +74,7 @@ class StudyReport:
     best_source: str
     tracking_uri: str
     plots: list[Path] = field(default_factory=list)
-    meta: StudyMeta | None = None
+    meta: StudyMeta = field(default_factory=lambda: StudyMeta("", "", "max", []))
     problems: list[str] = field(default_factory=list)
     complete: bool = True
 
@@ -102,7 +101,7 @@ class StudyMeta:
     Attributes
     ----------
     kind : str
-        ``segmentation``, ``classification``, ...
+        The study kind.
     metric, mode : str
         The objective and its direction.
     metrics : list of str
@@ -110,34 +109,38 @@ class StudyMeta:
     main_search : str or None
         The search every other search is compared with.
     pooled : list of str
-        Searches represented by all their records (segmentation: the baseline).
+        Searches represented by all their records (a baseline grid).
+    group : str or None
+        The parameter shown beside each search's best configuration.
+    budgets : dict
+        Trials each search of the study runs (``{}`` when the file does not say).
     """
 
-    kind: str = "segmentation"
-    metric: str = "ipq"
-    mode: str = "max"
-    metrics: list[str] = field(default_factory=lambda: list(IPQ_SCORES))
+    kind: str
+    metric: str
+    mode: str
+    metrics: list[str]
     main_search: str | None = None
-    pooled: list[str] = field(default_factory=lambda: ["baseline"])
+    pooled: list[str] = field(default_factory=list)
+    group: str | None = None
+    budgets: dict[str, int] = field(default_factory=dict)
 
 
 def read_study_meta(study_dir: Path) -> StudyMeta:
-    """The study's :class:`StudyMeta`; a study from before ``study.yaml`` is a segmentation one."""
+    """The study's :class:`StudyMeta` from ``study.yaml``; a folder without one is no study."""
     path = study_dir / STUDY_FILE
-    if path.is_file():
-        data = read_yaml(path)
-        if not isinstance(data, Mapping):
-            raise AopError(f"{path}: expected a mapping (kind, metric, mode, metrics)")
-        known = set(StudyMeta.__dataclass_fields__)
-        return StudyMeta(**{k: v for k, v in data.items() if k in known})
-    meta = StudyMeta()
-    experiment = study_dir / EXPERIMENT_FILE
-    if experiment.is_file():
-        data = read_yaml(experiment)
-        search = data.get("search") if isinstance(data, Mapping) else None
-        if isinstance(search, Mapping):
-            meta.main_search = search.get("searcher")
-    return meta
+    if not path.is_file():
+        raise AopError(
+            f"{study_dir}: not a study folder (no {STUDY_FILE}; start a study with aop search)"
+        )
+    data = read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise AopError(f"{path}: expected a mapping (kind, metric, mode, metrics)")
+    known = set(StudyMeta.__dataclass_fields__)
+    missing = [k for k in ("kind", "metric", "mode", "metrics") if k not in data]
+    if missing:
+        raise AopError(f"{path}: missing field {missing[0]!r}")
+    return StudyMeta(**{k: v for k, v in data.items() if k in known})
 
 
 def _tracking_uri(study_dir: Path) -> str:
@@ -151,7 +154,7 @@ def _tracking_uri(study_dir: Path) -> str:
     return uri or f"sqlite:///{study_dir.resolve() / 'mlflow.db'}"
 
 
-def _best_from_file(path: Path) -> dict[str, Any]:
+def _best_from_file(path: Path, group: str | None) -> dict[str, Any]:
     data = read_yaml(path)
     if not isinstance(data, Mapping):
         raise AopError(f"{path}: expected a mapping with model, params and scores")
@@ -159,7 +162,7 @@ def _best_from_file(path: Path) -> dict[str, Any]:
         raise AopError(f"{path}: missing field 'params'")
     if not isinstance(data["params"], Mapping):
         raise AopError(f"{path}: field 'params' must be a mapping")
-    scores = data.get("scores") or {m: data[m] for m in IPQ_SCORES if m in data}
+    scores = data.get("scores")
     if not isinstance(scores, Mapping):
         raise AopError(f"{path}: field 'scores' must be a mapping")
     best = {
@@ -168,8 +171,8 @@ def _best_from_file(path: Path) -> dict[str, Any]:
         "params": dict(data["params"]),
         "scores": dict(scores),
     }
-    if "model" in data:
-        best["model"] = data["model"]
+    if group is not None and group in data:
+        best[group] = data[group]
     return best
 
 
@@ -195,17 +198,18 @@ def load_report(study_dir: str | os.PathLike) -> StudyReport:
     meta = read_study_meta(study_dir)
     main = meta.main_search if meta.main_search in records else None
     comparison = compare_searches(
-        records, pooled=meta.pooled, reference=main, metrics=meta.metrics, mode=meta.mode
-    )
+        records, pooled=meta.pooled, reference=main, metrics=meta.metrics, mode=meta.mode,
+        group=meta.group,
+    )  # fmt: skip
     best_file = study_dir / BEST_FILE
     if best_file.is_file():
-        best, source = _best_from_file(best_file), BEST_FILE
+        best, source = _best_from_file(best_file, meta.group), BEST_FILE
     else:
         record = best_record(records[comparison.reference], meta.metric, meta.mode)
         params = dict(record["params"])
         best = {"search": record["search"], "trial_id": record["trial_id"]}
-        if "model" in params and meta.kind == "segmentation":
-            best["model"] = params.pop("model")
+        if meta.group is not None and meta.group in params:
+            best[meta.group] = params.pop(meta.group)
         best.update(params=params, scores=dict(record["metrics"]))
         source = "results"
     plots = sorted((study_dir / "plots").glob("*.png"))
@@ -214,38 +218,17 @@ def load_report(study_dir: str | os.PathLike) -> StudyReport:
         for path in sorted((study_dir / RESULTS_DIR).glob("*.jsonl"))
         if torn_last_line(path)
     ]
-    short = _short_searches(study_dir, records)
+    short = [
+        f"search {name}: {len(records.get(name, []))} of {wanted} trials finished"
+        for name, wanted in meta.budgets.items()
+        if len(records.get(name, [])) < wanted
+    ]
     if not best_file.is_file() and (study_dir / EXPERIMENT_FILE).is_file():
         short.append(f"no {BEST_FILE} (the study has not finished)")
     return StudyReport(
         study_dir, records, comparison, best, source, _tracking_uri(study_dir), plots, meta,
         problems=short + torn, complete=not short,
     )  # fmt: skip
-
-
-def _short_searches(study_dir: Path, records: Mapping[str, list]) -> list[str]:
-    """Searches of the saved experiment with fewer finished trials than their budget."""
-    path = study_dir / EXPERIMENT_FILE
-    data = read_yaml(path) if path.is_file() else None
-    if not isinstance(data, Mapping):
-        return []
-    search = data.get("search") if isinstance(data.get("search"), Mapping) else {}
-    comparison = data.get("comparison") if isinstance(data.get("comparison"), Mapping) else {}
-    models = data.get("models") if isinstance(data.get("models"), list) else []
-    main = str(search.get("searcher", "gp"))
-    budget = search.get("budget", 120)
-    expected: dict[str, Any] = {}
-    if comparison.get("baseline", True):
-        expected["baseline"] = len(models)
-    if comparison.get("random", True) and main != "random":
-        expected["random"] = comparison.get("random_budget") or budget
-    expected[main] = budget
-    short = []
-    for name, wanted in expected.items():
-        have = len(records.get(name, []))
-        if isinstance(wanted, int) and have < wanted:
-            short.append(f"search {name}: {have} of {wanted} trials finished")
-    return short
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:
@@ -279,19 +262,22 @@ def print_report(report: StudyReport, console: Any) -> None:
 
     comparison = report.comparison
     summary = comparison.summary
-    metrics = (report.meta or StudyMeta()).metrics
-    segmentation = (report.meta or StudyMeta()).kind == "segmentation"
+    meta = report.meta
+    metrics, group = meta.metrics, meta.group
     table = Table(title=f"Study {report.study_dir}: searches compared", title_justify="left")
-    columns = ["search", "trials", *(["best model", "n"] if segmentation else []),
-               *[m.upper() for m in metrics]]
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("search", "best model") else "right")
+    grouped = [f"best {group}", "n"] if group else []
+    for column in ["search", "trials", *grouped, *[m.upper() for m in metrics]]:
+        table.add_column(column, justify="left" if column == "search" or column in grouped[:1]
+                         else "right")  # fmt: skip
     for search, row in summary.iterrows():
-        model = str(row["model"] or "-") if row["model"] != "all" else "all (no post-proc.)"
+        chosen = []
+        if group:
+            value = row[group]
+            chosen = [f"all ({search})" if value == "all" else str(value or "-"), str(row["n"])]
         table.add_row(
             search,
             str(len(report.records[search])),
-            *([model, str(row["n"])] if segmentation else []),
+            *chosen,
             *[_number(row[m]) for m in metrics],
         )
     console.print(table)
@@ -327,8 +313,8 @@ def print_report(report: StudyReport, console: Any) -> None:
             f"{report.study_dir}); best so far ({origin}; from {report.best_source})",
             soft_wrap=True,
         )
-    model = f"model: {best['model']}    " if "model" in best else ""
-    console.print(f"  {model}{scores}")
+    chosen = f"{group}: {best[group]}    " if group and group in best else ""
+    console.print(f"  {chosen}{scores}")
     params = Table(show_header=True, box=None, padding=(0, 2))
     params.add_column("parameter")
     params.add_column("value", justify="right")

@@ -339,7 +339,7 @@ def search(
     ] = False,
 ) -> None:
     """Run a study (kind segmentation or classification): comparisons, then the BO (Ray Tune)."""
-    from aop.config import load_experiment
+    from aop.tuning.kinds import load_experiment
     from aop.outputs import discard_output, prepare_output
 
     exp = load_experiment(experiment)

@@ -204,3 +204,19 @@ def relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mapping = {int(v): i for i, v in enumerate(original)}
     relabelled = fastremap.remap(labels, mapping, preserve_missing_labels=False)
     return relabelled.astype(np.int32, copy=False), original
+
+
+def typed_params(config: Mapping[str, Any]) -> dict[str, float | int]:
+    """The seven parameters of a configuration, each cast to its type (absent ones 0).
+
+    Other keys of ``config`` (a trial's model choice) are left out; values are not range-checked
+    (:meth:`PostprocessParams.from_mapping` checks them).
+
+    >>> typed_params({"model": "classical", "erode_dilate": 2.0})["erode_dilate"]
+    2
+    """
+    out: dict[str, float | int] = {}
+    for name, (kind, _, _) in PARAMETER_RANGES.items():
+        value = config.get(name, 0)
+        out[name] = int(round(value)) if kind is int else float(value)
+    return out

@@ -1,11 +1,9 @@
 """MLflow tracking of studies (imports no Ray): see :mod:`aop.tracking.client`."""
 
 from aop.tracking.client import (
-    DEFAULT_EXPERIMENT,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     RUN_ID_FILE,
-    SegmentationPipelineModel,
     StudyTracker,
     default_tracking_uri,
     flatten,
@@ -13,11 +11,9 @@ from aop.tracking.client import (
 )
 
 __all__ = [
-    "DEFAULT_EXPERIMENT",
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TAG",
     "RUN_ID_FILE",
-    "SegmentationPipelineModel",
     "StudyTracker",
     "default_tracking_uri",
     "flatten",

@@ -4,20 +4,22 @@ This module imports no Ray: the Tune callback that feeds it lives in :mod:`aop.t
 
 What the MLflow UI shows for a study:
 
-- the **experiment** (``aop-segmentation``, ``aop-classification``, ...) tagged
+- the **experiment** (by default ``aop-<study kind>``) tagged
   ``mlflow.experimentKind = custom_model_development``, so the UI opens on its runs table;
 - the **parent run** (name: the study folder's name) with a description (kind, budget, best
-  result), the source and git tags MLflow's fluent API sets (``mlflow.source.name``,
-  ``mlflow.source.type``, ``mlflow.source.git.commit``, ``mlflow.user``), ``aop.version``,
+  result), the context tags MLflow's fluent API sets (``mlflow.source.name``,
+  ``mlflow.source.type``, ``mlflow.user``, and ``mlflow.source.git.commit`` when the entry point
+  lies in a git repository), ``aop.version``,
   ``dataset.fingerprint`` and ``aop.study_dir``; the benchmark as a dataset input (the runs
   table's Dataset column); params: the experiment config flattened (``config.<key>``) and the
   search space flattened (``space.<key>``); artifacts: ``experiment.yaml``, ``search_space.yaml``,
-  ``best.yaml``, the kind's plots and models (a segmentation study: the best pipeline as an MLflow
-  pyfunc model, see :mod:`aop.pipeline_model`); metrics: ``best_<metric>`` and, per search,
+  ``best.yaml``, the kind's plots and models (logged by the kind inside
+  :meth:`StudyTracker.parent_run`); metrics: ``best_<metric>`` and, per search,
   ``<search>/<objective>`` with the trial's iteration as step;
 - one **child run** per finished trial (tag ``mlflow.parentRunId``, tags ``trial_id``, ``search``,
-  ``node``, ``iteration``, and ``model`` when the trial chose one); params: the trial's
-  configuration; metrics: the kind's metrics, per-volume values (``ipq/<volume>``), ``duration_s``.
+  ``node``, ``iteration``, and the value of the kind's group parameter when it has one); params:
+  the trial's configuration; metrics: the kind's metrics, per-volume values
+  (``<metric>/<volume>``), ``duration_s``; artifacts: what the kind draws for a trial.
 
 All logging happens in the driver process (SQLite stores lock under many concurrent writers). Child
 runs are keyed by (search, trial_id): a resumed study, a re-run callback or a second
@@ -40,7 +42,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,33 +51,26 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import (
-    MLFLOW_GIT_COMMIT,
-    MLFLOW_PARENT_RUN_ID,
-    MLFLOW_RUN_NOTE,
-    MLFLOW_SOURCE_NAME,
-    MLFLOW_SOURCE_TYPE,
-    MLFLOW_USER,
-)
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils import get_results_from_paginated_fn
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
 from aop import io as aop_io
 from aop.analysis.records import validate_record
 from aop.errors import AopError
 from aop.io import dataset_fingerprint
-from aop.pipeline_model import SegmentationPipelineModel
 
 RUN_ID_FILE = "mlflow_run_id"
-DEFAULT_EXPERIMENT = "aop-segmentation"
 #: The experiment tag that makes MLflow's UI open an experiment on its runs table.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-_BATCH = 100  # MLflow's limit on params/tags per log_batch call
+_PAGE = 1000  # runs per page of a store query
+#: ``trial_artifacts(record, folder)`` writes a trial's figures into ``folder``, returns them.
+TrialArtifacts = Callable[[Mapping[str, Any], Path], list[Path]]
 
 __all__ = [
-    "DEFAULT_EXPERIMENT",
     "RUN_ID_FILE",
-    "SegmentationPipelineModel",
     "StudyTracker",
     "dataset_fingerprint",
     "default_tracking_uri",
@@ -147,21 +142,6 @@ def _safe_key(key: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", key)[:250]
 
 
-def _git_commit() -> str | None:
-    package_dir = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(package_dir), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 class StudyTracker:
     """Logs one study to MLflow: a parent run and one child run per trial.
 
@@ -174,8 +154,13 @@ class StudyTracker:
     experiment_name : str
         MLflow experiment the parent run belongs to (created when missing, tagged so that the UI
         opens on its runs table).
-    metric : str
+    metric : str, optional
         The study's objective: the parent run's per-search metric ``<search>/<metric>``.
+    group : str, optional
+        A parameter whose value tags each child run (the study kind's group parameter).
+    trial_artifacts : callable, optional
+        Draws a trial's figures for its child run (the study kind's
+        :meth:`~aop.tuning.kinds.StudyKind.trial_artifacts`).
 
     Notes
     -----
@@ -187,13 +172,19 @@ class StudyTracker:
         self,
         study_dir: str | os.PathLike,
         tracking_uri: str | None = None,
-        experiment_name: str = DEFAULT_EXPERIMENT,
-        metric: str = "ipq",
+        experiment_name: str | None = None,
+        metric: str | None = None,
+        group: str | None = None,
+        trial_artifacts: TrialArtifacts | None = None,
     ) -> None:
+        if not experiment_name:
+            raise AopError("StudyTracker: experiment_name: name the MLflow experiment")
         self.study_dir = Path(study_dir).resolve()
         self.tracking_uri = tracking_uri or default_tracking_uri(self.study_dir)
         self.experiment_name = experiment_name
         self.metric = metric
+        self.group = group
+        self.trial_artifacts = trial_artifacts
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
         self._client: MlflowClient | None = None
@@ -275,15 +266,13 @@ class StudyTracker:
         metrics: Iterable[Metric] = (),
         tags: Mapping[str, str] = (),
     ) -> None:
-        params_list = [Param(k, str(v)) for k, v in dict(params).items()]
-        tags_list = [RunTag(k, str(v)) for k, v in dict(tags).items()]
-        metrics_list = list(metrics)
-        for start in range(0, len(params_list), _BATCH):
-            self.client.log_batch(run_id, params=params_list[start : start + _BATCH])
-        for start in range(0, len(tags_list), _BATCH):
-            self.client.log_batch(run_id, tags=tags_list[start : start + _BATCH])
-        for start in range(0, len(metrics_list), 10 * _BATCH):
-            self.client.log_batch(run_id, metrics=metrics_list[start : start + 10 * _BATCH])
+        """One ``log_batch`` call (MLflow's client splits it into batches its store accepts)."""
+        self.client.log_batch(
+            run_id,
+            metrics=list(metrics),
+            params=[Param(k, str(v)) for k, v in dict(params).items()],
+            tags=[RunTag(k, str(v)) for k, v in dict(tags).items()],
+        )
 
     def _terminate(self, run_id: str, end_time: int | None = None) -> None:
         """Mark a run finished without MLflow's two "View run at" lines per run on stdout."""
@@ -361,11 +350,7 @@ class StudyTracker:
 
         if dataset is not None and dataset_fingerprint is None:
             dataset_fingerprint = aop_io.dataset_fingerprint(dataset)
-        tags = {"aop.version": __version__, **_source_tags()}
-        commit = _git_commit()
-        if commit:
-            tags["aop.git_commit"] = commit
-            tags[MLFLOW_GIT_COMMIT] = commit
+        tags = {**resolve_tags(), "aop.version": __version__}
         if dataset_fingerprint:
             tags["dataset.fingerprint"] = dataset_fingerprint
         if description:
@@ -413,9 +398,6 @@ class StudyTracker:
         self,
         best: Mapping[str, Any],
         artifacts: Iterable[str | os.PathLike] = (),
-        log_pipeline: bool = False,
-        spacing: tuple[float, float, float] | None = None,
-        model_spec: Any = None,
         *,
         metrics: Iterable[str] | None = None,
         description: str | None = None,
@@ -431,14 +413,6 @@ class StudyTracker:
         artifacts : iterable of path
             Files to log (``best.yaml``, plots...). A file inside the study folder keeps its
             relative folder (``plots/x.png`` -> artifact ``plots/x.png``); others land at the root.
-        log_pipeline : bool
-            Also log the best segmentation pipeline as the pyfunc model ``pipeline``
-            (:meth:`log_pipeline_model`, through :meth:`log_model_safely`).
-        spacing : tuple of 3 floats, optional
-            Default voxel size of the pipeline model.
-        model_spec : ModelSpec or mapping, optional
-            Registry name and settings of the best model (the record's ``model`` is the study's
-            model id); default: the record's ``model`` as registry name, no settings.
         metrics : iterable of str, optional
             The metrics logged as ``best_<metric>`` (default: all of the record's).
         description : str, optional
@@ -453,7 +427,7 @@ class StudyTracker:
         tags = {
             "best.search": best["search"],
             "best.trial_id": best["trial_id"],
-            **{f"best.{k}": _param_text(k, v) for k, v in best["params"].items()},
+            **{f"best.{k}": _param_text(v) for k, v in best["params"].items()},
         }
         if description:
             tags[MLFLOW_RUN_NOTE] = description
@@ -467,10 +441,6 @@ class StudyTracker:
                 relative = path.parent.relative_to(self.study_dir)
                 folder = None if str(relative) == "." else relative.as_posix()
             self.client.log_artifact(run_id, str(path), folder)
-        if log_pipeline:
-            self.log_model_safely(
-                lambda: self.log_pipeline_model(best, spacing=spacing, model_spec=model_spec)
-            )
         self._terminate(run_id)
 
     def log_model_safely(self, log: Any, tag: str = "pipeline") -> Any:
@@ -487,61 +457,20 @@ class StudyTracker:
             self.client.set_tag(run_id, f"{tag}.error", message)
             return None
 
-    def log_pipeline_model(
-        self,
-        best: Mapping[str, Any],
-        spacing: tuple[float, float, float] | None = None,
-        model_spec: Any = None,
-        name: str = "pipeline",
-    ) -> str:
-        """Log the best model + post-processing as an MLflow pyfunc model on the parent run.
+    @contextlib.contextmanager
+    def parent_run(self) -> Iterator[str]:
+        """MLflow's fluent API inside the parent run, for a kind that logs a model into it.
 
-        Parameters
-        ----------
-        best : mapping
-            A trial record (``model`` and ``params`` are used).
-        spacing : tuple of 3 floats, optional
-            Default voxel size (z, y, x); ``predict(volume, params={"spacing": [...]})`` overrides.
-        model_spec : ModelSpec or mapping, optional
-            Registry ``name`` and ``settings`` of the segmentation model; default the record's
-            ``model`` with no settings. The adapter's ``weight_files()`` are packed into the
-            MLflow model, so a model found by name in its library's cache runs elsewhere too.
-        name : str
-            Name of the logged model.
-
-        Returns
-        -------
-        str
-            The model URI, ``runs:/<parent run id>/<name>``; load it with
-            ``mlflow.pyfunc.load_model(uri)``.
+        Yields the parent run id; ``mlflow.<flavor>.log_model`` inside the block logs to it. The
+        run stays open afterwards (the study finishes it).
         """
         run_id = self._require_parent()
-        from mlflow.models.signature import ModelSignature
-        from mlflow.types.schema import ParamSchema, ParamSpec
-
-        default_spacing = [float(s) for s in spacing or (1.0, 1.0, 1.0)]
-        signature = ModelSignature(
-            inputs=None,
-            outputs=None,
-            params=ParamSchema([ParamSpec("spacing", "double", default_spacing, (-1,))]),
-        )
-        with (
-            SegmentationPipelineModel.packed(best, spacing, model_spec) as (python_model, files),
-            _tracking_uri(self.tracking_uri),
-            mlflow.start_run(run_id=run_id, nested=True),
-        ):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                mlflow.pyfunc.log_model(
-                    name=name,
-                    python_model=python_model,
-                    artifacts=files or None,
-                    signature=signature,
-                    pip_requirements=model_requirements(),
-                )
-        # mlflow.start_run(run_id=...) ends the run when the block closes: reopen it
-        self.client.update_run(run_id, status="RUNNING")
-        return f"runs:/{run_id}/{name}"
+        try:
+            with _tracking_uri(self.tracking_uri), mlflow.start_run(run_id=run_id, nested=True):
+                yield run_id
+        finally:
+            # mlflow.start_run(run_id=...) ends the run when the block closes: reopen it
+            self.client.update_run(run_id, status="RUNNING")
 
     # -- child runs -------------------------------------------------------------------------------
 
@@ -555,25 +484,14 @@ class StudyTracker:
             parent = self._require_parent()
             logged: set[tuple[str, str]] = set()
             self._open = {}
-            token = None
-            while True:
-                page = self.client.search_runs(
-                    [self.experiment_id],
-                    filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'",
-                    max_results=1000,
-                    page_token=token,
-                )
-                for run in page:
-                    key = (run.data.tags.get("search", ""), run.data.tags.get("trial_id", ""))
-                    if run.info.status == "FINISHED":
-                        logged.add(key)
-                    elif run.data.tags.get(TRIAL_OPEN_TAG):
-                        self._open[key] = run.info.run_id
-                    else:  # created but never completed (the driver stopped mid-way)
-                        self.client.delete_run(run.info.run_id)
-                token = page.token
-                if not token:
-                    break
+            for run in self._search_children(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'"):
+                key = (run.data.tags.get("search", ""), run.data.tags.get("trial_id", ""))
+                if run.info.status == "FINISHED":
+                    logged.add(key)
+                elif run.data.tags.get(TRIAL_OPEN_TAG):
+                    self._open[key] = run.info.run_id
+                else:  # created but never completed (the driver stopped mid-way)
+                    self.client.delete_run(run.info.run_id)
             self._logged = logged
         return self._logged
 
@@ -659,8 +577,8 @@ class StudyTracker:
             "node": record["node"],
             "iteration": str(record["iteration"]),
         }
-        if "model" in record["params"]:
-            tags["model"] = str(record["params"]["model"])
+        if self.group is not None and self.group in record["params"]:
+            tags[self.group] = str(record["params"][self.group])
         opened = self._open.pop(key, None) or self._opened_run(*key)
         if opened is not None:  # the trial's own run, with its Lightning curves
             run = self.client.get_run(opened)
@@ -673,7 +591,7 @@ class StudyTracker:
                 run_name=f"{record['search']}-{record['trial_id']}",
             )
         existing = run.data.params if opened is not None else {}
-        params = {k: _param_text(k, v) for k, v in record["params"].items() if k not in existing}
+        params = {k: _param_text(v) for k, v in record["params"].items() if k not in existing}
         metrics = [Metric(m, v, end, 0) for m, v in record["metrics"].items()]
         for volume, scores in record["per_volume"].items():
             metrics += [Metric(_safe_key(f"{m}/{volume}"), v, end, 0) for m, v in scores.items()]
@@ -683,7 +601,7 @@ class StudyTracker:
             for name, points in (record.get("curves") or {}).items():
                 metrics += [Metric(_safe_key(f"curve/{name}"), v, end, int(k)) for k, v in points]
         self._log_batch(run.info.run_id, params=params, metrics=metrics)
-        self._log_confusion(run.info.run_id, record.get("test"))
+        self._log_trial_artifacts(run.info.run_id, record)
         self._terminate(run.info.run_id, end_time=end)
         step = max(record["iteration"], 0)
         if self.metric in record["metrics"]:
@@ -693,15 +611,12 @@ class StudyTracker:
         logged.add(key)
         return run.info.run_id
 
-    def _log_confusion(self, run_id: str, test: Any) -> None:
-        """A classifier trial's confusion matrix (its test split) as the child run's image."""
-        if not isinstance(test, Mapping) or not test.get("confusion_matrix"):
+    def _log_trial_artifacts(self, run_id: str, record: Mapping[str, Any]) -> None:
+        """The kind's figures of one trial (e.g. a confusion matrix) on its child run."""
+        if self.trial_artifacts is None:
             return
-        from aop.analysis.classifier_study import plot_confusion
-
-        with tempfile.TemporaryDirectory(prefix="aop-confusion-") as tmp:
-            path = plot_confusion(test, Path(tmp) / "confusion.png")
-            if path is not None:
+        with tempfile.TemporaryDirectory(prefix="aop-trial-") as tmp:
+            for path in self.trial_artifacts(record, Path(tmp)):
                 self.client.log_artifact(run_id, str(path))
 
     def prune_trials(self, search: str, keep: Iterable[str]) -> int:
@@ -733,7 +648,17 @@ class StudyTracker:
         query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'"
         if search is not None:
             query += f" and tags.search = '{search}'"
-        return list(self.client.search_runs([self.experiment_id], query, max_results=50000))
+        return self._search_children(query)
+
+    def _search_children(self, query: str) -> list[Any]:
+        """Every run of the study's experiment that matches ``query``, page by page."""
+
+        def page(max_results: int, token: str | None) -> Any:
+            return self.client.search_runs(
+                [self.experiment_id], query, max_results=max_results, page_token=token
+            )
+
+        return list(get_results_from_paginated_fn(page, _PAGE))
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -743,29 +668,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _param_text(key: str, value: Any) -> str:
-    """A parameter as its search space types it: ``-1`` for a radius, ``0.0`` for a weight."""
-    from aop.segmentation.params import PARAMETER_RANGES
-
-    if isinstance(value, str | bool):
-        return str(value)
-    kind = PARAMETER_RANGES.get(key, (type(value),))[0]
-    if kind is int and float(value).is_integer():
-        return str(int(value))
-    return repr(float(value)) if isinstance(value, float) else str(value)
-
-
-def _source_tags() -> dict[str, str]:
-    """The source tags MLflow's fluent API sets on a run: entry point, source type, user."""
-    import getpass
-    import sys
-
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001  (no user name in some containers)
-        user = "unknown"
-    entry = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "aop"
-    return {MLFLOW_SOURCE_NAME: entry or "aop", MLFLOW_SOURCE_TYPE: "LOCAL", MLFLOW_USER: user}
+def _param_text(value: Any) -> str:
+    """A parameter as its type writes it: ``-1`` for an integer, ``0.0`` for a float."""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
 
 
 def _plain(value: Any) -> Any:

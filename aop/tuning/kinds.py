@@ -1,20 +1,31 @@
 """Study kinds: what a study optimises, with which trainable, over which search space.
 
 The engine (:mod:`aop.tuning.study`: searchers, resume, records, MLflow logging, reports) knows no
-kind. A kind is one class that declares its objective and columns and builds its trainable::
+kind. A kind is one class, typed by its experiment model, that declares its objective and columns
+and builds its trainable::
 
-    @register_kind
-    class ToyKind(StudyKind):
+    class ToyExperiment(BaseExperiment):
+        search_space: Path = Path("search_spaces/toy.yaml")
+
+    class ToyKind(StudyKind[ToyExperiment]):
         name = "toy"
         metric = "score"
         metrics = ("score",)
-        experiment_model = BaseExperiment
+        experiment_model = ToyExperiment
 
-        def search_space(self, exp): return load_space_file(exp.search_space, "toy")
-        def prepare(self, exp): return Prepared(trainable=toy_trial)
+        def search_space(self, exp: ToyExperiment) -> SearchSpace:
+            return load_space_file(exp.search_space)
 
-Kinds outside aop register through the ``aop.study_kinds`` entry-point group (``name =
-"package.module:KindClass"``); the built-in ``segmentation`` kind is declared there too.
+        def prepare(self, exp: ToyExperiment) -> Prepared:
+            return Prepared(trainable=toy_trial)
+
+Kinds register through the ``aop.study_kinds`` entry-point group (``name =
+"package.module:KindClass"``), where the built-in kinds are declared too; :func:`register_kind`
+registers a class at run time (tests, notebooks).
+
+This module also reads experiment files (:func:`load_experiment`): the ``kind`` field picks the
+kind, whose experiment model validates the file. Loading imports no Ray; a kind module imports Ray
+only inside the methods that run trials.
 """
 
 from __future__ import annotations
@@ -25,13 +36,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from aop.config import BaseExperiment, read_yaml
-from aop.errors import AopError
-from aop.tuning.space import SearchSpace, parse_space
+from pydantic import ValidationError
+
+from aop.config import DEFAULT_KIND, BaseExperiment, read_yaml
+from aop.errors import AopError, validation_message
+from aop.tuning.searchers import check_searcher
+from aop.tuning.space import SearchSpace
 
 ENTRY_POINT_GROUP = "aop.study_kinds"
+ExperimentT = TypeVar("ExperimentT", bound=BaseExperiment)
 
 
 @dataclass
@@ -53,7 +68,7 @@ class Prepared:
     context: dict[str, Any] = field(default_factory=dict)
 
 
-class StudyKind(ABC):
+class StudyKind(ABC, Generic[ExperimentT]):
     """One kind of study. Subclasses set the class attributes and implement two methods.
 
     Attributes
@@ -69,14 +84,14 @@ class StudyKind(ABC):
         Parameters shown in Ray Tune's progress table.
     experiment_model : type
         The pydantic model of the kind's experiment files (a :class:`aop.config.BaseExperiment`).
-    mlflow_experiment : str
-        Default MLflow experiment name (``aop-<name>``).
     start_point : str or None
         Name of the search-space start points that model-based searchers evaluate first.
     pooled : tuple of str
         Comparison searches represented by all their trials (a baseline over a grid).
+    group : str or None
+        The categorical parameter that reports show beside each search's best (e.g. the model).
     record_extras : tuple of str
-        Result keys kept in the trial records as they are (e.g. ``volume_nodes``).
+        Result keys kept in the trial records as they are.
     curves : tuple of str
         Metrics a trial reports repeatedly (per epoch): their history goes into the record
         (``curves``) and the trial's MLflow child run, one step per report.
@@ -87,48 +102,48 @@ class StudyKind(ABC):
     mode: ClassVar[str] = "max"
     metrics: ClassVar[tuple[str, ...]]
     parameter_columns: ClassVar[tuple[str, ...]] = ()
-    experiment_model: ClassVar[type[BaseExperiment]] = BaseExperiment
+    experiment_model: type[ExperimentT]
     start_point: ClassVar[str | None] = "default"
     pooled: ClassVar[tuple[str, ...]] = ()
+    group: ClassVar[str | None] = None
     record_extras: ClassVar[tuple[str, ...]] = ()
     curves: ClassVar[tuple[str, ...]] = ()
 
     @property
     def mlflow_experiment(self) -> str:
+        """The default MLflow experiment name: ``aop-<name>``."""
         return f"aop-{self.name}"
 
     # -- loading (no Ray needed) -----------------------------------------------------------------
 
-    def check(self, exp: BaseExperiment, source: str) -> None:
+    def check(self, exp: ExperimentT, source: str) -> None:
         """Check the kind's names in a parsed experiment (called when the file loads)."""
         self.search_space(exp)
 
     @abstractmethod
-    def search_space(self, exp: BaseExperiment) -> SearchSpace:
+    def search_space(self, exp: ExperimentT) -> SearchSpace:
         """The experiment's search space, validated (one-line :class:`AopError` per error)."""
 
-    def preflight(  # noqa: B027  (optional hook)
-        self, exp: BaseExperiment, check_models: bool = True
-    ) -> None:
+    def preflight(self, exp: ExperimentT, check_models: bool = True) -> None:  # noqa: B027
         """Checks before any output (data present, memory, models buildable); one-line errors."""
 
-    def baseline_space(self, exp: BaseExperiment, space: SearchSpace) -> dict[str, Any] | None:
+    def baseline_space(self, exp: ExperimentT, space: SearchSpace) -> dict[str, Any] | None:
         """The param space of the ``baseline`` comparison (a grid); None: the kind has none."""
         return None
 
-    def grid_space(self, exp: BaseExperiment, space: SearchSpace) -> dict[str, Any] | None:
+    def grid_space(self, exp: ExperimentT, space: SearchSpace) -> dict[str, Any] | None:
         """The param space of the ``grid`` comparison (every combination); None: none."""
         return None
 
     # -- running ----------------------------------------------------------------------------------
 
     @abstractmethod
-    def prepare(self, exp: BaseExperiment) -> Prepared:
+    def prepare(self, exp: ExperimentT) -> Prepared:
         """Expensive set-up before any trial: data, predictions, object store, the trainable."""
 
     def finish(
         self,
-        exp: BaseExperiment,
+        exp: ExperimentT,
         records: Mapping[str, Sequence[dict[str, Any]]],
         best: dict[str, Any],
         prepared: Prepared,
@@ -137,12 +152,16 @@ class StudyKind(ABC):
         """After the searches: plots, models logged to ``tracker``; returns artifact files."""
         return []
 
+    def trial_artifacts(self, record: Mapping[str, Any], folder: Path) -> list[Path]:
+        """Files (figures) to attach to a trial's MLflow child run, written into ``folder``."""
+        return []
+
     def best_summary(self, best: Mapping[str, Any]) -> dict[str, Any]:
         """The kind's view of the best record in ``best.yaml`` (default: params and scores)."""
         return {"params": dict(best["params"]), "scores": dict(best["metrics"])}
 
-    def meta(self, exp: BaseExperiment) -> dict[str, Any]:
-        """What ``study.yaml`` says of the study (read by reports, which import no Ray)."""
+    def meta(self, exp: ExperimentT) -> dict[str, Any]:
+        """What ``study.yaml`` says of the study (read by reports, which import no kind)."""
         return {
             "kind": self.name,
             "metric": self.metric,
@@ -150,6 +169,7 @@ class StudyKind(ABC):
             "metrics": list(self.metrics),
             "main_search": exp.search.searcher,
             "pooled": list(self.pooled),
+            "group": self.group,
         }
 
 
@@ -189,9 +209,53 @@ def get_kind(name: str, field_name: str = "kind") -> StudyKind:
     return _KINDS[name]()
 
 
-def load_space_file(
-    path: str | os.PathLike, allowed: Mapping[str, str] | None = None
-) -> SearchSpace:
-    """Read a search-space file in the generic format (:func:`aop.tuning.space.parse_space`)."""
+# ------------------------------------------------------------------------------------------------
+# Experiment files
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_experiment(
+    raw: Any, source: str = "<experiment>", base: Path | None = None
+) -> BaseExperiment:
+    """Validate an experiment mapping of any study kind (``kind``, default segmentation).
+
+    Every name is checked here, before any work: the kind, the searcher, and what the kind checks
+    (models, search-space parameters); relative paths resolve against ``base`` (see
+    :mod:`aop.config`).
+    """
+    if not isinstance(raw, dict):
+        raise AopError(f"{source}: expected a mapping of experiment fields")
+    kind_name = raw.get("kind", DEFAULT_KIND)
+    if not isinstance(kind_name, str):
+        raise AopError(f"{source}: kind: must be a study kind name, got {kind_name!r}")
+    kind = get_kind(kind_name, field_name=f"{source}: kind")
+    try:
+        exp = kind.experiment_model.model_validate(raw)
+    except ValidationError as exc:
+        raise AopError(f"{source}: {validation_message(exc)}") from None
+    check_searcher(exp.search.searcher, field_name=f"{source}: search.searcher")
+    exp.resolve_paths(Path.cwd() if base is None else base)
+    kind.check(exp, source)
+    return exp
+
+
+def load_experiment(path: str | os.PathLike) -> BaseExperiment:
+    """Read and validate an experiment YAML file.
+
+    Parameters
+    ----------
+    path : path-like
+        The experiment file.
+
+    Returns
+    -------
+    BaseExperiment
+        The kind's experiment model, with relative paths resolved (see :mod:`aop.config`).
+
+    Raises
+    ------
+    AopError
+        Missing file, bad YAML, unknown or invalid field; the message names file and field.
+    """
     path = Path(path)
-    return parse_space(read_yaml(path), source=str(path), allowed=allowed)
+    return parse_experiment(read_yaml(path), source=str(path), base=path.resolve().parent)

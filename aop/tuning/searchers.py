@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from ray.tune.search import ConcurrencyLimiter, Searcher
+from typing import TYPE_CHECKING, Any
 
 from aop.errors import AopError
 from aop.tuning.space import SearchSpace
+
+if TYPE_CHECKING:
+    from ray.tune.search import Searcher
 
 
 @dataclass
@@ -59,7 +60,7 @@ class SearcherRequest:
     n_startup_trials: int = 10
 
 
-SearcherFactory = Callable[[SearcherRequest], Searcher]
+SearcherFactory = Callable[[SearcherRequest], "Searcher"]
 _SEARCHERS: dict[str, SearcherFactory] = {}
 
 
@@ -127,6 +128,8 @@ def make_searcher(
     -------
     ray.tune.search.Searcher
     """
+    from ray.tune.search import ConcurrencyLimiter
+
     check_searcher(name)
     if not space.searched:
         raise AopError("search space: no searched parameter")

@@ -1,12 +1,7 @@
-"""Search spaces of every study kind, built on Ray Tune's own domains.
+"""The one search-space format of every study kind, and its Ray Tune domains.
 
-A search space is a mapping of parameter names to Ray Tune domains (``tune.choice``,
-``tune.randint``, ``tune.lograndint``, ``tune.uniform``, ``tune.loguniform``) or constants, plus
-named start points: configurations a searcher evaluates first. Ray Tune converts the domains for
-each search library (Optuna, hyperopt, SMAC through :mod:`aop.tuning.smac_search`); aop never
-translates them by hand.
-
-In a search-space file (YAML), each parameter is one of::
+A search space maps parameter names to searched domains or constants, plus named start points:
+configurations a searcher evaluates first. In a search-space file (YAML) each parameter is one of::
 
     encoder: {choice: [resnet18, resnet101]}       # categorical
     head_layers: {int: [1, 3]}                     # integer, both bounds included
@@ -19,6 +14,11 @@ and the file may name start points::
 
     start:
       default: {encoder: resnet18, head_layers: 1, lr: 1.0e-3}
+
+Parsing imports no Ray: a study kind validates its file when the experiment loads, before Ray
+starts. :meth:`SearchSpace.domains` gives the searched parameters as Ray Tune domains
+(``tune.choice``, ``tune.randint``, ``tune.lograndint``, ``tune.uniform``, ``tune.loguniform``);
+Ray Tune converts them for each search library (Optuna, hyperopt, SMAC).
 
 Example
 -------
@@ -37,16 +37,19 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from ray import tune
-from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
-from aop.errors import AopError
+from aop.config import read_yaml
+from aop.errors import AopError, validation_message
 
 Scalar = bool | int | float | str
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def describe(self) -> dict[str, Any]:
+        """The parameter as written in a search-space file."""
+        return self.model_dump(mode="json", exclude_defaults=True)
 
 
 class ChoiceSpec(_Spec):
@@ -60,7 +63,14 @@ class ChoiceSpec(_Spec):
             raise ValueError("choices must be distinct")
         return self
 
-    def domain(self) -> Domain:
+    def contains(self, value: Any) -> bool:
+        return any(value == c and type(value) is type(c) for c in self.choice) or (
+            value in self.choice
+        )
+
+    def domain(self) -> Any:
+        from ray import tune
+
         return tune.choice(list(self.choice))
 
 
@@ -79,7 +89,13 @@ class IntSpec(_Spec):
             raise ValueError(f"a log scale needs low >= 1, got {low}")
         return self
 
-    def domain(self) -> Domain:
+    def contains(self, value: Any) -> bool:
+        low, high = self.int
+        return _number(value) and float(value).is_integer() and low <= value <= high
+
+    def domain(self) -> Any:
+        from ray import tune
+
         low, high = self.int
         # Tune's integer domains exclude the upper bound
         return (tune.lograndint if self.log else tune.randint)(low, high + 1)
@@ -100,22 +116,33 @@ class FloatSpec(_Spec):
             raise ValueError(f"a log scale needs low > 0, got {low}")
         return self
 
-    def domain(self) -> Domain:
+    def contains(self, value: Any) -> bool:
+        low, high = self.float
+        return _number(value) and low <= value <= high
+
+    def domain(self) -> Any:
+        from ray import tune
+
         low, high = self.float
         return (tune.loguniform if self.log else tune.uniform)(low, high)
 
 
+Parameter = ChoiceSpec | IntSpec | FloatSpec
 _SPECS: dict[str, type[_Spec]] = {"choice": ChoiceSpec, "int": IntSpec, "float": FloatSpec}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass
 class SearchSpace:
-    """Searched parameters as Ray Tune domains, fixed parameters as constants, start points.
+    """Searched parameters, fixed parameters (constants) and named start points.
 
     Attributes
     ----------
     parameters : dict
-        ``{name: Domain | constant}`` in file order.
+        ``{name: ChoiceSpec | IntSpec | FloatSpec | constant}`` in file order.
     start_points : dict
         ``{name: [configuration, ...]}``: named lists of configurations (searched parameters
         only) a searcher evaluates first.
@@ -126,80 +153,55 @@ class SearchSpace:
 
     @property
     def searched(self) -> list[str]:
-        """Names of the parameters with a domain."""
-        return [n for n, v in self.parameters.items() if isinstance(v, Domain)]
+        """Names of the searched parameters."""
+        return [n for n, v in self.parameters.items() if isinstance(v, _Spec)]
 
     @property
     def fixed(self) -> dict[str, Any]:
         """The constants."""
-        return {n: v for n, v in self.parameters.items() if not isinstance(v, Domain)}
+        return {n: v for n, v in self.parameters.items() if not isinstance(v, _Spec)}
 
-    def domains(self) -> dict[str, Domain]:
-        """The searched parameters' domains (what a searcher receives)."""
-        return {n: v for n, v in self.parameters.items() if isinstance(v, Domain)}
+    def choices(self, name: str, default: Any = None) -> list[Any]:
+        """The values a categorical (or fixed) parameter takes; ``[default]`` when it is absent."""
+        value = self.parameters.get(name, default)
+        return list(value.choice) if isinstance(value, ChoiceSpec) else [value]
+
+    def domains(self) -> dict[str, Any]:
+        """The searched parameters as Ray Tune domains (what a searcher receives)."""
+        return {n: v.domain() for n, v in self.parameters.items() if isinstance(v, _Spec)}
 
     def contains(self, config: Mapping[str, Any]) -> bool:
         """Whether ``config`` sets every searched parameter to a value of its domain."""
-        for name, domain in self.domains().items():
-            if name not in config or not _in_domain(domain, config[name]):
-                return False
-        return True
+        return all(
+            name in config and spec.contains(config[name])
+            for name, spec in self.parameters.items()
+            if isinstance(spec, _Spec)
+        )
 
     def start(self, name: str) -> list[dict[str, Any]]:
         """The start points called ``name`` (an empty list when the space has none)."""
         return [dict(p) for p in self.start_points.get(name, [])]
 
     def describe(self) -> dict[str, Any]:
-        """A plain mapping for logs and MLflow params: ``{name: {kind, ...} | constant}``."""
-        out: dict[str, Any] = {}
-        for name, value in self.parameters.items():
-            out[name] = describe_domain(value) if isinstance(value, Domain) else value
-        return out
+        """A plain mapping for logs and MLflow params: the parameters as a file writes them."""
+        return {
+            name: value.describe() if isinstance(value, _Spec) else value
+            for name, value in self.parameters.items()
+        }
 
 
-def describe_domain(domain: Domain) -> dict[str, Any]:
-    """``{"choice": [...]}``, ``{"int": [low, high], "log": bool}`` or ``{"float": ...}``."""
-    if isinstance(domain, Categorical):
-        return {"choice": list(domain.categories)}
-    log = "LogUniform" in type(domain.get_sampler()).__name__
-    if isinstance(domain, Integer):
-        return {"int": [int(domain.lower), int(domain.upper) - 1], "log": log}
-    if isinstance(domain, Float):
-        return {"float": [float(domain.lower), float(domain.upper)], "log": log}
-    return {"domain": type(domain).__name__}
-
-
-def _in_domain(domain: Domain, value: Any) -> bool:
-    if isinstance(domain, Categorical):
-        return any(value == c and type(value) is type(c) for c in domain.categories) or (
-            value in domain.categories
-        )
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    if isinstance(domain, Integer):
-        return float(value).is_integer() and domain.lower <= value < domain.upper
-    if isinstance(domain, Float):
-        return domain.lower <= value <= domain.upper
-    return True
-
-
-def parse_parameter(raw: Any, where: str) -> Any:
-    """One parameter of a search-space file as a Tune domain or a constant (see module doc)."""
+def parse_parameter(raw: Any, where: str) -> Parameter | Scalar | None:
+    """One parameter of a search-space file as a spec or a constant (see the module docstring)."""
     if isinstance(raw, Mapping):
         kinds = [k for k in raw if k in _SPECS]
         if len(kinds) != 1:
             allowed = ", ".join(_SPECS)
             raise AopError(f"{where}: give exactly one of {allowed} (or a constant value)")
         try:
-            spec = _SPECS[kinds[0]].model_validate(dict(raw))
+            return _SPECS[kinds[0]].model_validate(dict(raw))  # type: ignore[return-value]
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field"
-            raise AopError(f"{where}{'.' + loc if loc else ''}: {msg}") from None
-        return spec.domain()
+            sep = "." if exc.errors()[0]["loc"] else ": "
+            raise AopError(f"{where}{sep}{validation_message(exc, first=True)}") from None
     if isinstance(raw, Scalar) or raw is None:
         return raw
     raise AopError(f"{where}: expected a constant or one of {', '.join(_SPECS)}")
@@ -225,7 +227,7 @@ def parse_space(
     """
     if not isinstance(raw, Mapping):
         raise AopError(f"{source}: expected a mapping with 'parameters' (and optional 'start')")
-    unknown = sorted(set(raw) - {"parameters", "start", "kind"})
+    unknown = sorted(set(raw) - {"parameters", "start"})
     if unknown:
         raise AopError(f"{source}: {unknown[0]}: unknown key (allowed: parameters, start)")
     params = raw.get("parameters")
@@ -235,8 +237,7 @@ def parse_space(
     for name, spec in params.items():
         if allowed is not None and name not in allowed:
             raise AopError(
-                f"{source}: parameters.{name}: unknown parameter "
-                f"(allowed: {', '.join(allowed)})"
+                f"{source}: parameters.{name}: unknown parameter (allowed: {', '.join(allowed)})"
             )
         parameters[str(name)] = parse_parameter(spec, f"{source}: parameters.{name}")
     space = SearchSpace(parameters=parameters)
@@ -247,20 +248,32 @@ def parse_space(
         points = [points] if isinstance(points, Mapping) else points
         if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
             raise AopError(f"{source}: start.{name}: must be a configuration or a list of them")
-        checked = []
-        for index, point in enumerate(points):
-            point = {**{k: v for k, v in space.fixed.items() if k not in point}, **point}
-            for key in point:
-                if key not in parameters:
-                    raise AopError(f"{source}: start.{name}.{index}.{key}: unknown parameter")
-            for key, domain in space.domains().items():
-                if key not in point:
-                    raise AopError(f"{source}: start.{name}.{index}: missing {key!r}")
-                if not _in_domain(domain, point[key]):
-                    raise AopError(
-                        f"{source}: start.{name}.{index}.{key}: {point[key]!r} is outside "
-                        f"{describe_domain(domain)}"
-                    )
-            checked.append({k: point[k] for k in space.searched})
-        space.start_points[str(name)] = checked
+        space.start_points[str(name)] = [
+            check_point(space, point, f"{source}: start.{name}.{index}")
+            for index, point in enumerate(points)
+        ]
     return space
+
+
+def check_point(space: SearchSpace, point: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A configuration's searched parameters, each checked against its domain.
+
+    Fixed parameters may be given (with any value equal to the constant); an unknown or missing
+    parameter, or a value outside its domain, is an :class:`AopError` naming ``where``.
+    """
+    for key in point:
+        if key not in space.parameters:
+            raise AopError(f"{where}.{key}: unknown parameter")
+    for key, spec in space.parameters.items():
+        if not isinstance(spec, _Spec):
+            continue
+        if key not in point:
+            raise AopError(f"{where}: missing {key!r}")
+        if not spec.contains(point[key]):
+            raise AopError(f"{where}.{key}: {point[key]!r} is outside {spec.describe()}")
+    return {k: point[k] for k in space.searched}
+
+
+def load_space_file(path: Any, allowed: Mapping[str, str] | None = None) -> SearchSpace:
+    """Read and validate a search-space file (:func:`parse_space`)."""
+    return parse_space(read_yaml(path), source=str(path), allowed=allowed)

@@ -42,10 +42,10 @@ from ray.tune import (
 )
 
 from aop.analysis.records import best_record, read_records
-from aop.config import BaseExperiment, load_experiment
+from aop.config import BaseExperiment
 from aop.errors import AopError
 from aop.tuning.callbacks import StudyCallback, prune_orphans
-from aop.tuning.kinds import Prepared, StudyKind, get_kind
+from aop.tuning.kinds import Prepared, StudyKind, get_kind, load_experiment
 from aop.tuning.searchers import make_searcher
 from aop.tuning.space import SearchSpace
 
@@ -66,7 +66,7 @@ def run_search(
     study_dir: str | os.PathLike,
     param_space: dict[str, Any],
     num_samples: int,
-    kind: StudyKind | str = "segmentation",
+    kind: StudyKind | str,
     searcher: Any = None,
     concurrency: int = 1,
     max_failures: int = 2,
@@ -311,12 +311,33 @@ def _write_yaml(path: Path, data: Any) -> None:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def save_experiment(exp: BaseExperiment) -> Path:
-    """Write the validated experiment and the kind's ``study.yaml`` (atomically)."""
+def save_experiment(exp: BaseExperiment, space: SearchSpace | None = None) -> Path:
+    """Write the validated experiment and ``study.yaml`` (atomically).
+
+    ``study.yaml`` holds the kind's :meth:`~aop.tuning.kinds.StudyKind.meta` and each search's
+    budget in trials (``budgets``), so that reports need neither the kind nor Ray.
+    """
+    kind = get_kind(exp.kind)
+    space = space or kind.search_space(exp)
     path = exp.study_dir / EXPERIMENT_FILE
     _write_yaml(path, exp.to_yaml_dict())
-    _write_yaml(exp.study_dir / STUDY_FILE, get_kind(exp.kind).meta(exp))
+    budgets = {}
+    for name, searcher, budget in search_plan(exp, kind):
+        if searcher is None:
+            grid = (kind.grid_space if name == "grid" else kind.baseline_space)(exp, space) or {}
+            budget = grid_size(grid)
+        budgets[name] = budget
+    _write_yaml(exp.study_dir / STUDY_FILE, {**kind.meta(exp), "budgets": budgets})
     return path
+
+
+def grid_size(param_space: Mapping[str, Any]) -> int:
+    """The number of configurations of a Tune param space's ``grid_search`` entries."""
+    size = 1
+    for value in param_space.values():
+        if isinstance(value, Mapping) and set(value) == {"grid_search"}:
+            size *= len(value["grid_search"])
+    return size
 
 
 def load_study_experiment(study_dir: str | os.PathLike) -> BaseExperiment:
@@ -337,17 +358,7 @@ def load_study_experiment(study_dir: str | os.PathLike) -> BaseExperiment:
     exp = load_experiment(path)
     old, new = exp.storage.study_dir, folder.resolve()
     if old != new:
-
-        def moved(value: Path | None) -> Path | None:
-            if value is not None and (value == old or old in value.parents):
-                return new / value.relative_to(old)
-            return value
-
-        exp.storage.study_dir = new
-        exp.storage.cache_dir = moved(exp.storage.cache_dir)
-        data = getattr(exp, "data", None)
-        if getattr(data, "benchmark", None) is not None:
-            data.benchmark = moved(data.benchmark)
+        exp.move_study(old, new)
         # the study's own SQLite store moves too, with the artifact locations in it
         from aop.tracking.relocate import moved_study_store
 
@@ -544,6 +555,8 @@ def make_tracker(exp: BaseExperiment, kind: StudyKind) -> Any:
         exp.tracking_uri,
         exp.tracking.experiment or kind.mlflow_experiment,
         metric=kind.metric,
+        group=kind.group,
+        trial_artifacts=kind.trial_artifacts,
     )
 
 
@@ -602,8 +615,8 @@ def _run_claimed_study(
     prepare: Callable[[BaseExperiment], Prepared] | None,
 ) -> StudyResult:
     """The body of :func:`run_study`, once the study folder is claimed."""
-    save_experiment(exp)
     space = kind.search_space(exp)
+    save_experiment(exp, space)
     prepared = (prepare or kind.prepare)(exp)
     tracker = make_tracker(exp, kind)
     tracker.start(

@@ -1,4 +1,4 @@
-"""The segmentation-search trial: post-process cached predictions and score them with IPQ.
+"""The segmentation trial: post-process cached predictions and score them with IPQ.
 
 The benchmark arrays (each model's cached prediction per volume, the ground-truth labels and the
 images) are put into Ray's object store once by :func:`put_benchmark`; trials receive only object
@@ -9,7 +9,6 @@ volumes in parallel as Ray tasks, so a cluster is used even when the search itse
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from aop.config import parameter_ranges
 from aop.metrics import IPQ_SCORES
+from aop.ray_cluster import node_name
+from aop.segmentation.params import typed_params
 
 METRICS = IPQ_SCORES
 Scorer = Callable[..., dict[str, float]]
@@ -109,15 +109,6 @@ def score_volume(
     return {m: float(getattr(result, m)) for m in METRICS}
 
 
-def node_name() -> str:
-    """``hostname/node-id-prefix`` of the Ray node running the caller."""
-    try:
-        node = ray.get_runtime_context().get_node_id()[:8]
-    except Exception:  # not inside Ray
-        node = "local"
-    return f"{socket.gethostname()}/{node}"
-
-
 @ray.remote(num_cpus=1)
 def _score_volume_task(
     scorer: Scorer,
@@ -128,15 +119,6 @@ def _score_volume_task(
     spacing: tuple[float, ...] | None,
 ) -> tuple[dict[str, float], str]:
     return scorer(prediction, labels, image, params, spacing), node_name()
-
-
-def trial_params(config: Mapping[str, Any]) -> dict[str, float | int]:
-    """The seven post-processing parameters of a trial configuration."""
-    out: dict[str, float | int] = {}
-    for name, (kind, _, _) in parameter_ranges().items():
-        value = config.get(name, 0)
-        out[name] = int(round(value)) if kind is int else float(value)
-    return out
 
 
 def _volume_bundles(cpus: float) -> list[dict[str, Any]]:
@@ -215,7 +197,7 @@ def segmentation_trial(
     ``duration_s`` and ``volume_nodes``.
     """
     start = time.perf_counter()
-    params = trial_params(config)
+    params = typed_params(config)
     scores = evaluate(benchmark, config["model"], params, scorer=scorer, cpus=cpus, gpu=gpu)
     report: dict[str, Any] = {m: scores[m] for m in METRICS}
     for volume, values in scores["per_volume"].items():
@@ -255,3 +237,4 @@ def make_trainable(
     return tune.with_resources(
         bound, tune.PlacementGroupFactory(bundles, strategy="SPREAD" if spread else "PACK")
     )
+
