@@ -26,10 +26,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check aop tests benchmarks scripts
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/deptry .
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check aop tests benchmarks scripts
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/deptry .
 
 bench: $(STAMP)
 	for b in benchmarks/*_bench.py; do $(PY) $$b || exit 1; done

@@ -82,7 +82,7 @@ def classifier_source(source: str | os.PathLike) -> ClassifierSource:
             meta["preprocessing"], float(meta["sigma"]), list(meta["classes"]),
             tracking_uri=mlflow.get_tracking_uri(),
         )
-    from aop.tuning.classification import best_checkpoint
+    from aop.tuning.classification_trial import best_checkpoint
 
     study = Path(source)
     best_file = study / "best.yaml"
