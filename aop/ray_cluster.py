@@ -122,8 +122,13 @@ def _enable_token_mode() -> None:
 @contextlib.contextmanager
 def _native_stderr_silenced() -> Iterator[None]:
     """Send what native code writes to the process's stderr (file descriptor 2) to /dev/null."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    if sys.stderr is not None:  # None when the process started without a stderr
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2: nothing to silence
+        yield
+        return
     try:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 2)
