@@ -34,14 +34,19 @@ from mlflow_helpers import wait_for_mlflow
 from ray import cloudpickle, tune
 
 import aop
-from aop.config import full_search_space
 from aop.errors import AopError
+from aop.pipeline_model import log_pipeline_model
 from aop.ray_cluster import check_resources, connect
 from aop.synth import simulate
 from aop.tuning.searchers import make_searcher
-from aop.tuning.segmentation import tune_space
+from aop.tuning.segmentation import table_iii_space
+from aop.tuning.segmentation_trial import (
+    make_trainable,
+    put_benchmark,
+    score_volume,
+    segmentation_trial,
+)
 from aop.tuning.study import run_search
-from aop.tuning.trainable import make_trainable, put_benchmark, score_volume, segmentation_trial
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
 
@@ -487,12 +492,13 @@ def served(tmp_path_factory):
         classes=class_set("myotube"),
     )
     dataset = load_dataset(data, require_labels=True)
-    segmentation = StudyTracker(root / "segmentation")
+    segmentation = StudyTracker(root / "segmentation", experiment_name="aop-segmentation")
     segmentation.start(
         {"name": "served", "models": [{"name": "classical"}]},
         {"erode_dilate": {"low": -1, "high": 1}, "models": ["classical"]},
     )
-    segmentation.log_pipeline_model(
+    log_pipeline_model(
+        segmentation,
         {"search": "gp", "trial_id": "t1", "model": "classical", "params": PIPELINE_PARAMS,
          "ipq": 0.5},
         spacing=tuple(dataset.info.voxel_size),
@@ -517,7 +523,7 @@ def served(tmp_path_factory):
     trained = train_classifier(
         config, crops, np.asarray(ys), out_dir=root / "training", class_names=classes
     )
-    tracker = StudyTracker(root / "classification")
+    tracker = StudyTracker(root / "classification", experiment_name="aop-classification")
     tracker.start({"name": "served-classifier"}, {})
     classifier = log_classifier_model(
         tracker, trained.checkpoint_path, crops.shape[1:], "aop-served-classifier",
@@ -673,9 +679,7 @@ def benchmark(joined):
 
 
 def _space():
-    space = full_search_space()
-    space.models = ["classical"]
-    return tune_space(space)
+    return table_iii_space(["classical"])
 
 
 class GpuProbe:

@@ -217,7 +217,7 @@ def get_kind(name: str, field_name: str = "kind") -> StudyKind:
 def parse_experiment(
     raw: Any, source: str = "<experiment>", base: Path | None = None
 ) -> BaseExperiment:
-    """Validate an experiment mapping of any study kind (``kind``, default segmentation).
+    """Validate an experiment mapping of any study kind (``kind``, default ``DEFAULT_KIND``).
 
     Every name is checked here, before any work: the kind, the searcher, and what the kind checks
     (models, search-space parameters); relative paths resolve against ``base`` (see

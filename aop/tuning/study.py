@@ -10,7 +10,7 @@ Study folder (self-contained)::
     STUDY_DIR/results/NAME.jsonl   one trial record per finished trial of search NAME
     STUDY_DIR/best.yaml            best configuration and scores of the main search
 
-plus what the kind writes (a segmentation study: ``benchmark/``, ``predictions/``, ``plots/``).
+plus what the kind writes (its data, caches, plots).
 
 The engine knows no kind (:mod:`aop.tuning.kinds`): the kind gives the search space, the
 trainable, the objective and the columns; the main searcher is whatever ``search.searcher`` names.
