@@ -1,10 +1,13 @@
-"""SMACSearch: Tune domains to ConfigSpace, seeds, concurrency, start points, restore, a Tuner."""
+"""SMACSearch: Tune domains to ConfigSpace, seeds, concurrency, start points, told trials,
+restore, a Tuner and its restore."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
+import signal
 import sys
 
 import pytest
@@ -40,6 +43,20 @@ def _loop(searcher, n, start=0, objective=_objective):
     return configs
 
 
+def _history(searcher):
+    """SMAC's run history as ``{Tune configuration: (status, cost)}``."""
+    history = {}
+    for key, value in searcher.runhistory.items():
+        values = searcher.runhistory.get_config(key.config_id)  # the choice: an option index
+        config = {"model": "abc"[values["model"]], "lr": values["lr"], "n": values["n"]}
+        history[_key(config)] = (value.status.name, value.cost)
+    return history
+
+
+def _key(config):
+    return repr(sorted((n, v) for n, v in config.items() if n != "epochs"))
+
+
 SPACE = {
     "model": tune.choice(["a", "b", "c"]),
     "lr": tune.loguniform(1e-4, 1e-1),
@@ -50,45 +67,31 @@ SPACE = {
 
 def test_every_domain_kind_converts_to_configspace():
     space = {
-        "choice": tune.choice([None, [1, 2], "x"]),
+        "choice": tune.choice([1, True, "x", 2.5]),
         "randint": tune.randint(0, 5),
         "lograndint": tune.lograndint(1, 100),
-        "qrandint": tune.qrandint(0, 10, 2),
-        "qlograndint": tune.qlograndint(2, 64, 2),
+        "one": tune.randint(3, 4),  # an integer range of one value (an aop {int: [3, 3]})
         "uniform": tune.uniform(-1.0, 1.0),
         "loguniform": tune.loguniform(1e-4, 1e-1),
-        "quniform": tune.quniform(0.0, 1.0, 0.25),
-        "qloguniform": tune.qloguniform(0.01, 1.0, 0.01),
-        "randn": tune.randn(2.0, 0.5),
-        "nested": {"inner": tune.uniform(0, 1), "fixed": "keep"},
         "constant": 7,
     }
-    cs, params = config_space(space)
-    kinds = {p.name: (type(cs[p.name]).__name__, p.kind) for p in params}
+    cs = config_space(space)
+    kinds = {name: type(hp).__name__ for name, hp in cs.items()}
     assert kinds == {
-        "choice": ("CategoricalHyperparameter", "choice"),
-        "randint": ("UniformIntegerHyperparameter", "int"),
-        "lograndint": ("UniformIntegerHyperparameter", "int"),
-        "qrandint": ("UniformIntegerHyperparameter", "grid"),
-        "qlograndint": ("UniformIntegerHyperparameter", "grid"),
-        "uniform": ("UniformFloatHyperparameter", "float"),
-        "loguniform": ("UniformFloatHyperparameter", "float"),
-        "quniform": ("UniformIntegerHyperparameter", "grid"),
-        "qloguniform": ("UniformIntegerHyperparameter", "grid"),
-        "randn": ("NormalFloatHyperparameter", "float"),
-        "nested/inner": ("UniformFloatHyperparameter", "float"),
+        "choice": "CategoricalHyperparameter",
+        "randint": "UniformIntegerHyperparameter",
+        "lograndint": "UniformIntegerHyperparameter",
+        "one": "CategoricalHyperparameter",
+        "uniform": "UniformFloatHyperparameter",
+        "loguniform": "UniformFloatHyperparameter",
     }
-    # Tune's upper bounds: randint/lograndint exclusive, quantized inclusive (grid indices)
-    assert (cs["randint"].lower, cs["randint"].upper) == (0, 4)
+    assert list(cs["choice"].choices) == [0, 1, 2, 3]  # option indices: 1 and True stay apart
+    # Tune's randint/lograndint exclude the upper bound, ConfigSpace includes it
+    assert (cs["randint"].lower, cs["randint"].upper, cs["randint"].log) == (0, 4, False)
     assert (cs["lograndint"].lower, cs["lograndint"].upper, cs["lograndint"].log) == (1, 99, True)
-    assert (cs["qrandint"].lower, cs["qrandint"].upper) == (0, 5)
-    qlog = cs["qlograndint"]
-    assert (qlog.lower, qlog.upper, qlog.log) == (1, 32, True)
-    assert (cs["quniform"].lower, cs["quniform"].upper) == (0, 4)
-    assert (cs["qloguniform"].lower, cs["qloguniform"].upper) == (1, 100)
+    assert list(cs["one"].choices) == [3]
+    assert (cs["uniform"].lower, cs["uniform"].upper) == (-1.0, 1.0)
     assert cs["loguniform"].log and not cs["uniform"].log
-    assert cs["randn"].mu == 2.0 and cs["randn"].sigma == 0.5
-    assert (cs["randn"].lower, cs["randn"].upper) == (0.0, 4.0)
 
     searcher = _searcher(space, n_initial_points=8)
     seen = []
@@ -96,25 +99,41 @@ def test_every_domain_kind_converts_to_configspace():
         config = searcher.suggest(f"t{i}")
         searcher.on_trial_complete(f"t{i}", {"score": float(i % 5)})
         seen.append(config)
-        assert config["constant"] == 7 and config["nested"]["fixed"] == "keep"
-        assert config["choice"] in (None, [1, 2], "x")
+        assert config["constant"] == 7 and config["one"] == 3
+        assert any(config["choice"] == c and type(config["choice"]) is type(c)
+                   for c in (1, True, "x", 2.5))  # fmt: skip
         assert isinstance(config["randint"], int) and 0 <= config["randint"] <= 4
-        assert 1 <= config["lograndint"] <= 99
-        assert config["qrandint"] in range(0, 11, 2)
-        assert config["qlograndint"] % 2 == 0 and 2 <= config["qlograndint"] <= 64
+        assert isinstance(config["lograndint"], int) and 1 <= config["lograndint"] <= 99
         assert -1.0 <= config["uniform"] <= 1.0 and 1e-4 <= config["loguniform"] <= 1e-1
-        assert config["quniform"] in (0.0, 0.25, 0.5, 0.75, 1.0)
-        assert round(config["qloguniform"] / 0.01) == pytest.approx(config["qloguniform"] / 0.01)
-        assert 0.0 <= config["randn"] <= 4.0 and 0.0 <= config["nested"]["inner"] <= 1.0
         for name, domain in space.items():
-            if hasattr(domain, "is_valid") and name not in ("randn",):
+            if hasattr(domain, "is_valid"):
                 assert domain.is_valid(config[name]), (name, config[name])
     assert len({repr(sorted(c.items())) for c in seen}) == 12
 
-    with pytest.raises(AopError, match="grid_search"):
-        config_space({"a": tune.grid_search([1, 2])})
-    with pytest.raises(AopError, match="sample_from"):
-        config_space({"a": tune.sample_from(lambda _: 1)})
+    unsupported = {
+        "qrandint": tune.qrandint(0, 10, 2),
+        "qlograndint": tune.qlograndint(2, 64, 2),
+        "quniform": tune.quniform(0.0, 1.0, 0.25),
+        "qloguniform": tune.qloguniform(0.01, 1.0, 0.01),
+        "randn": tune.randn(2.0, 0.5),
+        "qrandn": tune.qrandn(2.0, 0.5, 0.1),
+        "sample_from": tune.sample_from(lambda _: 1),
+        "grid_search": tune.grid_search([1, 2]),
+        "nested": {"inner": tune.uniform(0, 1)},
+    }
+    messages = {
+        "qrandint": "a Quantized Integer", "qlograndint": "a Quantized Integer",
+        "quniform": "a Quantized Float", "qloguniform": "a Quantized Float",
+        "randn": "a Normal Float", "qrandn": "a Quantized Float",
+        "sample_from": "tune.sample_from", "grid_search": "tune.grid_search",
+        "nested": "a nested dict",
+    }  # fmt: skip
+    for name, domain in unsupported.items():
+        with pytest.raises(AopError) as caught:
+            config_space({"lr": tune.uniform(0, 1), name: domain})
+        message = str(caught.value)
+        assert message.startswith(f"search space: {name}: {messages[name]} is not supported")
+        assert "\n" not in message and "tune.loguniform" in message  # one line, what is supported
     with pytest.raises(AopError, match="unknown option 'trees'"):
         SMACSearch(SPACE, metric="score", mode="max", trees=3)
     with pytest.raises(AopError, match="mode"):
@@ -133,24 +152,6 @@ def test_same_seed_same_suggestions_and_surrogate_improves():
     # suggestions score better on average than the initial design's
     scores = [_objective(c) for c in first]
     assert sum(scores[3:]) / 7 > sum(scores[:3]) / 3
-
-
-def test_suggestions_do_not_depend_on_the_hash_seed_of_the_process():
-    """A driver restarted by aop resume (a new process, a new string hash) replays its searcher."""
-    import subprocess
-
-    script = (
-        "import json, sys; sys.path.insert(0, 'tests')\n"
-        "from test_smac_search import _searcher, SPACE, _loop\n"
-        "print(json.dumps(_loop(_searcher(SPACE, seed=3), 8)))\n"
-    )
-    runs = []
-    for hash_seed in ("1", "2"):
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONHASHSEED": hash_seed}, timeout=120)
-        assert done.returncode == 0, done.stderr[-2000:]
-        runs.append(done.stdout.strip().splitlines()[-1])
-    assert runs[0] == runs[1]
 
 
 def test_concurrent_suggestions_are_distinct_until_the_space_is_exhausted():
@@ -183,51 +184,148 @@ def test_points_first_in_order_and_failures_are_crashed_trials():
     searcher.on_trial_complete("t0", {"score": 0.25})
     searcher.on_trial_complete("t1", error=True)
     searcher.on_trial_complete("t2", {"other": 1.0})  # metric missing
-    statuses = [v.status for v in searcher._facade.runhistory.values()]
-    costs = [v.cost for v in searcher._facade.runhistory.values()]
+    statuses = [v.status for v in searcher.runhistory.values()]
+    costs = [v.cost for v in searcher.runhistory.values()]
     assert statuses == [StatusType.SUCCESS, StatusType.CRASHED, StatusType.CRASHED]
     assert costs[0] == 0.25  # mode min: the metric itself is the cost
     maximiser = _searcher(SPACE, points_to_evaluate=points[:1])
     maximiser.suggest("m")
     maximiser.on_trial_complete("m", {"score": 0.25})
-    assert [v.cost for v in maximiser._facade.runhistory.values()] == [-0.25]
+    assert [v.cost for v in maximiser.runhistory.values()] == [-0.25]
+    # a start point is suggested with its own values (ConfigSpace keeps 13 decimals of a float)
+    precise = {"model": "b", "lr": 0.00123456789012345, "n": 3, "epochs": 5}
+    assert _searcher(SPACE, points_to_evaluate=[precise]).suggest("p") == precise
 
 
-def test_restored_searcher_continues_exactly(tmp_path):
+def test_the_engine_builds_smac_on_every_kind_of_aop_space_and_tops_it_up():
+    from aop.tuning.searchers import make_searcher
+    from aop.tuning.space import parse_space
+
+    space = parse_space({"parameters": {
+        "encoder": {"choice": ["r18", "r50", 1, True]},
+        "layers": {"int": [1, 3]},
+        "batch": {"int": [8, 64], "log": True},
+        "single": {"int": [2, 2]},
+        "dropout": {"float": [0.0, 0.5]},
+        "lr": {"float": [1.0e-5, 1.0e-2], "log": True},
+        "width": 256,
+    }})  # fmt: skip
+    start = {"encoder": True, "layers": 3, "batch": 8, "single": 2, "dropout": 0.5, "lr": 1e-5}
+
+    def searcher(starts):
+        return make_searcher("smac", space, metric="score", mode="max", seed=1, concurrency=2,
+                             start_points=starts, n_startup_trials=2)  # fmt: skip
+
+    def run(searcher, n):
+        configs = []
+        for i in range(n):
+            config = searcher.suggest(f"t{i}")
+            assert space.contains(config) and "width" not in config  # the factory gives domains
+            searcher.on_trial_complete(f"t{i}", {"score": config["layers"] + config["dropout"]})
+            configs.append(config)
+        return configs
+
+    done = run(searcher([start]), 6)
+    assert done[0] == start and type(done[0]["encoder"]) is bool  # True, not the option 1
+    topup = searcher([])  # the study engine's top-up: start points evaluated, trials told
+    for config in done:
+        topup.add_evaluated_point(config, config["layers"] + config["dropout"])
+    more = run(topup, 6)
+    assert len({repr(sorted(c.items())) for c in done + more}) == 12
+
+
+def test_restored_searcher_holds_the_told_trials_and_never_repeats_one(tmp_path):
     uninterrupted = _searcher(SPACE, seed=5)
-    _loop(uninterrupted, 6)
+    before = _loop(uninterrupted, 6)
     pending = [uninterrupted.suggest("p0"), uninterrupted.suggest("p1")]
     path = tmp_path / "searcher.pkl"
     uninterrupted.save(str(path))
+    state = pickle.loads(path.read_bytes())
+    assert len(json.loads(state["runhistory"])["data"]) == 8  # SMAC's own run history (JSON)
+    assert sorted(state["pending"]) == ["p0", "p1"] and state["points"] == []
 
     restored = SMACSearch()
     restored.restore(str(path))
     copied = pickle.loads(pickle.dumps(uninterrupted))  # how Tuner.restore gets its searcher
+    told = {_key(c): ("SUCCESS", -_objective(c)) for c in before}
+    running = {_key(c): ("RUNNING", None) for c in pending}
+    for searcher in (restored, copied):
+        history = _history(searcher)
+        # exactly the told trials, with their costs (mode max: the negated score), and the
+        # pending ones as running
+        assert {k: v for k, v in history.items() if v[0] != "RUNNING"} == told
+        assert {k: (v[0], None) for k, v in history.items() if v[0] == "RUNNING"} == running
+
     for searcher in (uninterrupted, restored, copied):
         for trial_id, config in zip(("p0", "p1"), pending, strict=True):
             searcher.on_trial_complete(trial_id, {"score": _objective(config)})
-    expected = _loop(uninterrupted, 4, start=10)
-    assert _loop(restored, 4, start=10) == expected
-    assert _loop(copied, 4, start=10) == expected
+    everything = {**told, **{_key(c): ("SUCCESS", -_objective(c)) for c in pending}}
+    for searcher in (restored, copied):
+        assert _history(searcher) == everything  # the pending trials were told after restore
+        after = _loop(searcher, 8, start=10)
+        configs = [_key(c) for c in before + pending + after]
+        assert len(set(configs)) == 16  # no configuration suggested twice across the restore
+        # the surrogate, fitted on the restored history, beats the initial design (3 points)
+        scores = [_objective(c) for c in after]
+        assert sum(scores) / len(scores) > sum(_objective(c) for c in before[:3]) / 3
+        assert len(searcher.runhistory) == 16
 
-    # a log SMAC does not replay (another SMAC version): continue from the told history
-    state = pickle.loads(path.read_bytes())
-    entry = state["log"][0]
-    state["log"][0] = (entry[0], entry[1], {**entry[2], "n": entry[2]["n"] % 10 + 1}, entry[3])
-    path.write_bytes(pickle.dumps(state))
-    fallback = SMACSearch()
-    fallback.restore(str(path))
-    told = {repr(sorted(e[2].items())) for e in state["log"] if e[0] in ("ask", "point")}
-    assert len(fallback._facade.runhistory) == 8
-    for trial_id, config in zip(("p0", "p1"), pending, strict=True):
-        fallback.on_trial_complete(trial_id, {"score": _objective(config)})
-    for config in _loop(fallback, 4, start=10):
-        cs_values = {"model": "abc".index(config["model"]), "lr": config["lr"], "n": config["n"]}
-        assert repr(sorted(cs_values.items())) not in told
-
+    path.write_bytes(pickle.dumps({**state, "version": 1}))
+    with pytest.raises(AopError, match="unknown state version 1"):
+        SMACSearch().restore(str(path))
     path.write_bytes(b"not a pickle")
     with pytest.raises(AopError, match="cannot read the SMAC searcher state"):
         SMACSearch().restore(str(path))
+
+
+def test_add_evaluated_point_gives_smac_the_history():
+    from smac.runhistory.enumerations import StatusType
+
+    points = [
+        {"model": "a", "lr": 1e-3, "n": 2},
+        {"model": "b", "lr": 3e-3, "n": 6},
+        {"model": "c", "lr": 1e-2, "n": 9},
+        {"model": "b", "lr": 1e-4, "n": 1, "epochs": 5},  # a constant is ignored
+    ]
+    searcher = _searcher(SPACE)
+    for point in points:
+        searcher.add_evaluated_point(point, _objective(point))
+    searcher.add_evaluated_point({"model": "a", "lr": 0.1, "n": 10}, 0.0, error=True)
+    statuses = [v.status for v in searcher.runhistory.values()]
+    costs = [v.cost for v in searcher.runhistory.values()]
+    assert statuses == [StatusType.SUCCESS] * 4 + [StatusType.CRASHED]
+    assert costs[:4] == [-_objective(p) for p in points]  # mode max: the negated score
+    told = {_key(p) for p in points} | {_key({"model": "a", "lr": 0.1, "n": 10})}
+    assert set(_history(searcher)) == told
+    later = _loop(searcher, 8, start=0)
+    assert not told & {_key(c) for c in later}  # the next suggestions differ from them
+    assert len(searcher.runhistory) == 13
+
+    minimiser = _searcher(SPACE, mode="min")
+    minimiser.add_evaluated_point(points[0], 0.25)
+    assert [v.cost for v in minimiser.runhistory.values()] == [0.25]
+    with pytest.raises(AopError, match=r"add_evaluated_point.n: 11 is outside \[1, 10\]$"):
+        searcher.add_evaluated_point({"model": "a", "lr": 1e-3, "n": 11}, 0.5)
+    with pytest.raises(AopError, match=r"add_evaluated_point.model: 'd' is not one of"):
+        searcher.add_evaluated_point({"model": "d", "lr": 1e-3, "n": 1}, 0.5)
+    with pytest.raises(AopError, match=r"add_evaluated_point.lr: 'fast' is outside"):
+        searcher.add_evaluated_point({"model": "a", "lr": "fast", "n": 1}, 0.5)
+    with pytest.raises(AopError, match="the searched parameter n is missing"):
+        searcher.add_evaluated_point({"model": "a", "lr": 1e-3}, 0.5)
+    with pytest.raises(AopError, match="no search space"):
+        SMACSearch(metric="score", mode="max").add_evaluated_point(points[0], 0.5)
+
+
+def test_a_top_up_searcher_told_the_finished_trials_does_not_suggest_them_again():
+    first = _loop(_searcher(SPACE, seed=7), 8)
+    assert _loop(_searcher(SPACE, seed=7), 2) == first[:2]  # untold, it would start over
+    topup = _searcher(SPACE, seed=7)
+    for config in first:
+        topup.add_evaluated_point(config, _objective(config))
+    assert len(topup.runhistory) == 8
+    more = _loop(topup, 8, start=8)
+    assert len({_key(c) for c in first + more}) == 16
+    assert len(topup.runhistory) == 16
 
 
 def test_tuner_runs_smac_search(tmp_path):
@@ -260,3 +358,72 @@ def test_tuner_runs_smac_search(tmp_path):
     assert {r.metrics["epochs"] for r in results} == {5}  # constants passed through
     assert len({repr(sorted(r.config.items())) for r in results}) == 6
     assert set(os.listdir(".")) == cwd_before  # SMAC left no output folder behind
+
+
+class _InterruptOnce(tune.Callback):
+    """Interrupt the Tune run once, after ``n`` finished trials, as a Ctrl+C would.
+
+    Tune's handler of SIGUSR1 saves the experiment and the searcher state, and returns. The
+    marker file keeps the restored run (which unpickles this callback) from interrupting again.
+    """
+
+    def __init__(self, n: int, marker: str) -> None:
+        self.n, self.marker, self.done = n, marker, 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        if self.done == self.n and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_tuner_restore_continues_the_smac_search_to_its_budget(tmp_path):
+    import ray
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+    def trainable(config):
+        tune.report({"score": _objective(config)})
+
+    budget, path = 8, str(tmp_path / "smac")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=SPACE,
+            tune_config=tune.TuneConfig(
+                search_alg=SMACSearch(seed=0, n_initial_points=3, **FAST),
+                metric="score",
+                mode="max",
+                num_samples=budget,
+                max_concurrent_trials=2,
+            ),
+            run_config=tune.RunConfig(
+                name="smac",
+                storage_path=str(tmp_path),
+                verbose=0,
+                callbacks=[_InterruptOnce(3, str(tmp_path / "interrupted"))],
+            ),
+        )
+        first = [r for r in tuner.fit() if r.metrics and "score" in r.metrics]
+        assert 3 <= len(first) < budget, "the search was not interrupted"
+        saved = SMACSearch()
+        saved.restore_from_dir(path)
+        saved_history = _history(saved)  # at the interruption: the finished trials, told
+        told = {k for k, v in saved_history.items() if v[0] == "SUCCESS"}
+        assert told and told <= {_key(r.config) for r in first}
+        running = [k for k, v in saved_history.items() if v[0] == "RUNNING"]
+        assert len(running) == len(saved.get_state()["pending"])  # the trials Tune resumes
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, param_space=SPACE)
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert len(results) == budget and not results.errors
+    configs = {_key(r.config) for r in results}
+    assert len(configs) == budget  # the restored searcher repeated no configuration
+    assert {_key(r.config) for r in first} <= configs
+    searcher = SMACSearch()
+    searcher.restore_from_dir(path)  # the searcher state Tune saved at the end
+    # SMAC's run history holds every trial of the budget, before and after the restore, with
+    # its cost; none is left running
+    assert _history(searcher) == {_key(r.config): ("SUCCESS", -r.metrics["score"]) for r in results}

@@ -1,35 +1,27 @@
 """``SMACSearch``: SMAC3's random forest + expected improvement as a Ray Tune searcher.
 
-SMAC3's ``HyperparameterOptimizationFacade`` recipe (a random forest surrogate on log-scaled
-costs, log expected improvement maximised by local and sorted random search, a Sobol initial
-design, one in five configurations drawn at random) driven through its ask/tell interface, so
-that Ray Tune runs the trials.
+SMAC3's ``HyperparameterOptimizationFacade`` recipe (a random forest on log-scaled costs, log
+expected improvement maximised by local and random search, a Sobol initial design, one in five
+configurations at random), driven through SMAC's public ask/tell interface. Conventions:
 
-Conventions fixed here:
-
-- The search space is a Ray Tune param space: ``tune.choice``, ``tune.randint``,
-  ``tune.lograndint``, ``tune.qrandint``, ``tune.uniform``, ``tune.loguniform``,
-  ``tune.quniform``, ``tune.qloguniform``, ``tune.randn``, ``tune.qrandn`` and constants, in
-  nested dicts if wanted. It is converted to a ConfigSpace space: a choice becomes a categorical
-  over the option indices (so options may be any object), a quantized domain an integer over its
-  grid indices (so two SMAC configurations never map to one Tune configuration), Ray's
-  exclusive upper bounds become ConfigSpace's inclusive ones, and a normal domain is cut at 4
-  standard deviations. Constants are passed through unchanged.
-- Every trial is one evaluation (a deterministic scenario, one call per configuration), so the
-  intensifier never asks for a configuration twice; pending trials count as evaluated when new
-  configurations are chosen, so concurrent trials get distinct configurations.
-- SMAC minimises a cost: the cost is the metric, negated for ``mode="max"``. A trial that errors,
-  or ends without a finite metric, is told as ``StatusType.CRASHED``: SMAC never suggests it
-  again, and the surrogate is fitted on successful trials only.
-- ``points_to_evaluate`` are suggested first, in order, and told to SMAC as trials (missing
-  searched keys are drawn from the space with the searcher's seed).
-- The state is the searcher's settings and the log of its asks and tells. ``restore`` replays
-  the log on a new SMAC instance with the same seed, which brings SMAC back to the same state,
-  so the next suggestions are the ones the uninterrupted searcher would make. Should a replayed
-  ask differ (another SMAC version), the restored SMAC is given the told and pending trials as
-  its history instead: it continues from them and never repeats them.
-- SMAC writes its scenario to disk when it starts: that happens in a temporary folder, removed
-  at once; nothing else is written.
+- The space is a flat dict of the Tune domains aop's search spaces produce: ``tune.choice``,
+  ``tune.randint`` and ``tune.lograndint`` (upper bound excluded, as in Tune), ``tune.uniform``
+  and ``tune.loguniform``, and constants, passed through. Any other domain (quantized, normal,
+  ``sample_from``, ``grid_search``, a nested dict) is an :class:`~aop.errors.AopError`. A choice
+  is a categorical over its option indices, so options like ``1`` and ``True`` stay apart.
+- A trial is one evaluation: a deterministic scenario, one call per configuration, one trial
+  seed for the whole search (the first trial's, else ``seed``). SMAC never asks for a
+  configuration its run history holds, told or running: concurrent trials get distinct
+  configurations, and told ones are not suggested again.
+- SMAC minimises a cost: the metric, negated for ``mode="max"``. A trial that errors or ends
+  without a finite metric is told as ``StatusType.CRASHED``; the forest fits successful trials.
+- ``points_to_evaluate`` come first, in order (missing searched keys drawn with ``seed``), as
+  running trials of SMAC's run history; ``add_evaluated_point`` tells SMAC a finished trial.
+- The state is the settings, the start points left, the pending trials and SMAC's run history
+  (the JSON ``RunHistory.save`` writes). Restoring tells a fresh SMAC the finished trials and
+  registers the pending ones as running: the forest sees the history and no told or pending
+  configuration is suggested again (the suggestions need not be the uninterrupted ones).
+- SMAC's scenario and the run-history file live in temporary folders; nothing else is written.
 """
 
 from __future__ import annotations
@@ -39,216 +31,71 @@ import logging
 import math
 import pickle
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ConfigSpace
 import numpy as np
+from ConfigSpace import Configuration, ConfigurationSpace
 from ray.tune.search import Searcher
-from ray.tune.search.sample import Categorical, Domain, Float, Integer, Normal, Quantized
-from ray.tune.search.variant_generator import parse_spec_vars
+from ray.tune.search.sample import Categorical, Domain, Integer, LogUniform, Uniform
+from smac import HyperparameterOptimizationFacade as HPO
+from smac import Scenario
+from smac.main.exceptions import ConfigurationSpaceExhaustedException
+from smac.model.random_forest import RandomForest
+from smac.runhistory import RunHistory, StatusType, TrialInfo, TrialValue
+from smac.runhistory.encoder import RunHistoryLogScaledEncoder
 
 from aop.errors import AopError
 
 __all__ = ["SMACSearch", "config_space"]
 
-logger = logging.getLogger(__name__)
-
-_STATE_VERSION = 1
-# options of SMAC's components a caller may change, with SMAC's defaults or ours (see docstring)
-_OPTIONS: dict[str, Any] = {
-    "retrain_after": 1,
-    "n_trees": 10,
-    "random_probability": 0.2,
-    "challengers": 2000,
-    "local_search_iterations": 10,
-}
-_NORMAL_CUT = 4.0
-_MISSING = object()
+_STATE_VERSION = 2
+# SMAC's options a caller may change, with the HPO facade's values
+_OPTIONS = {"retrain_after": 1, "n_trees": 10, "random_probability": 0.2, "challengers": 2000,
+            "local_search_iterations": 10}  # fmt: skip
+_SUPPORTED = "tune.choice, tune.randint, tune.lograndint, tune.uniform, tune.loguniform"
+_NO_SPACE = "SMACSearch: no search space (give space= or a Tuner param_space)"
 
 
-@dataclass
-class _Param:
-    """One searched Tune domain and its ConfigSpace hyperparameter."""
+def config_space(space: dict[str, Any], seed: int = 0) -> ConfigurationSpace:
+    """Convert a Ray Tune param space to a ConfigSpace space, one hyperparameter per domain.
 
-    path: tuple
-    name: str
-    kind: str  # "choice" | "int" | "float" | "grid" (quantized: integer grid index k, value k * q)
-    categories: list[Any] | None = None
-    q: float | int | None = None
-    integer: bool = False  # the Tune value is an int
+    A choice becomes a categorical over its option indices, an integer range includes both
+    bounds (a range of one value is a categorical of one option); constants are left out.
+    Another domain is an AopError naming its key.
 
-    def decode(self, value: Any) -> Any:
-        """The Tune value of a ConfigSpace value."""
-        if self.kind == "choice":
-            return self.categories[int(value)]
-        if self.kind == "grid":
-            out = int(value) * self.q
-            return int(out) if self.integer else float(out)
-        return int(value) if self.kind == "int" else float(value)
-
-    def encode(self, value: Any, hp: Any, where: str) -> Any:
-        """The ConfigSpace value of a Tune value; ``where`` names it in an error."""
-        if self.kind == "choice":
-            for index, option in enumerate(self.categories):
-                if type(option) is type(value) and option == value:
-                    return index
-            for index, option in enumerate(self.categories):
-                if option == value:
-                    return index
-            raise AopError(f"{where}: {value!r} is not one of the choices {self.categories!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise AopError(f"{where}: {value!r} is not a number")
-        if self.kind == "grid":
-            encoded: Any = int(round(float(value) / float(self.q)))
-        elif self.kind == "int":
-            encoded = int(round(float(value)))
-        else:
-            encoded = float(value)
-        if not hp.lower <= encoded <= hp.upper:
-            low, high = self.decode(hp.lower), self.decode(hp.upper)
-            raise AopError(f"{where}: {value!r} is outside [{low}, {high}]")
-        return encoded
-
-
-def _hyperparameter(name: str, path: tuple, domain: Domain) -> tuple[_Param, Any]:
-    """Convert one Tune domain to a ConfigSpace hyperparameter."""
-    from ConfigSpace import (
-        CategoricalHyperparameter,
-        NormalFloatHyperparameter,
-        NormalIntegerHyperparameter,
-        UniformFloatHyperparameter,
-        UniformIntegerHyperparameter,
-    )
-
-    sampler = domain.get_sampler()
-    if isinstance(domain, Categorical):
-        categories = list(domain.categories)
-        if not categories:
-            raise AopError(f"search space: {name}: tune.choice of no option")
-        param = _Param(path, name, "choice", categories=categories)
-        return param, CategoricalHyperparameter(name, list(range(len(categories))))
-    if not isinstance(domain, (Integer, Float)):
-        raise AopError(f"search space: {name}: {type(domain).__name__} domains cannot be searched")
-    q = None
-    if isinstance(sampler, Quantized):
-        q, sampler = sampler.q, sampler.get_sampler()
-    kind = type(sampler).__name__.lstrip("_")  # Uniform | LogUniform | Normal
-    log = kind == "LogUniform"
-    integer = isinstance(domain, Integer)
-    if kind == "Normal" or isinstance(sampler, Normal):
-        mean, sd = float(sampler.mean), float(sampler.sd)
-        low = domain.lower if np.isfinite(domain.lower) else mean - _NORMAL_CUT * sd
-        high = domain.upper if np.isfinite(domain.upper) else mean + _NORMAL_CUT * sd
-        if q is not None:
-            k_low, k_high = math.ceil(low / q), math.floor(high / q)
-            param = _Param(path, name, "grid", q=q, integer=integer)
-            return param, NormalIntegerHyperparameter(
-                name, mu=mean / q, sigma=sd / q, lower=k_low, upper=k_high
-            )
-        if integer:
-            raise AopError(f"search space: {name}: a normal integer domain needs a quantization")
-        return _Param(path, name, "float"), NormalFloatHyperparameter(
-            name, mu=mean, sigma=sd, lower=low, upper=high
-        )
-    if kind not in ("Uniform", "LogUniform"):
-        raise AopError(f"search space: {name}: the {kind} sampler is not supported")
-    low, high = domain.lower, domain.upper
-    if q is not None:
-        # the grid indices Ray's Quantized sampler draws from (upper exclusive for integers, q=1)
-        k_low = math.ceil(low / q - 1e-9)
-        k_high = math.floor(high / q + 1e-9) - (1 if integer and q == 1 else 0)
-        if k_high < k_low:
-            raise AopError(f"search space: {name}: no multiple of q={q} in [{low}, {high}]")
-        param = _Param(path, name, "grid", q=q, integer=integer)
-        if k_high == k_low:
-            return param, CategoricalHyperparameter(name, [k_low])
-        return param, UniformIntegerHyperparameter(name, k_low, k_high, log=log)
-    if integer:
-        high = high - 1  # Tune's randint and lograndint exclude the upper bound
-        if high < low:
-            raise AopError(f"search space: {name}: empty integer range [{low}, {high + 1})")
-        if high == low:
-            return _Param(path, name, "int"), CategoricalHyperparameter(name, [int(low)])
-        return _Param(path, name, "int"), UniformIntegerHyperparameter(name, low, high, log=log)
-    if not low < high:
-        raise AopError(f"search space: {name}: empty range [{low}, {high}]")
-    return _Param(path, name, "float"), UniformFloatHyperparameter(name, low, high, log=log)
-
-
-def config_space(space: dict[str, Any], seed: int = 0) -> tuple[Any, list[_Param]]:
-    """Convert a Ray Tune param space to a ConfigSpace space.
-
-    Parameters
-    ----------
-    space : dict
-        Tune domains and constants, possibly nested (a nested key is named ``outer/inner``).
-    seed : int
-        Seed of the ConfigSpace space.
-
-    Returns
-    -------
-    ConfigSpace.ConfigurationSpace
-        One hyperparameter per searched domain.
-    list of _Param
-        How each hyperparameter maps back to its Tune value.
-
-    Raises
-    ------
-    AopError
-        On a grid search, a ``tune.sample_from`` or an empty range (the message names the key).
-
-    Examples
-    --------
     >>> from ray import tune
-    >>> cs, params = config_space({"lr": tune.loguniform(1e-4, 1e-1), "epochs": 10})
-    >>> [p.name for p in params], cs["lr"].log
-    (['lr'], True)
+    >>> cs = config_space({"lr": tune.loguniform(1e-4, 1e-1), "n": tune.randint(1, 11), "e": 5})
+    >>> list(cs), cs["lr"].log, (cs["n"].lower, cs["n"].upper)
+    (['lr', 'n'], True, (1, 10))
     """
-    from ConfigSpace import ConfigurationSpace
-
     if not isinstance(space, dict):
         raise AopError(f"search space: expected a dict of Tune domains, got {type(space).__name__}")
-    _, domain_vars, grid_vars = parse_spec_vars(space)
-    if grid_vars:
-        name = "/".join(map(str, grid_vars[0][0]))
-        raise AopError(f"search space: {name}: tune.grid_search cannot be searched by SMAC")
     cs = ConfigurationSpace(seed=seed)
-    params = []
-    for path, domain in domain_vars:
-        name = "/".join(map(str, path))
-        if domain.is_function():
-            raise AopError(f"search space: {name}: tune.sample_from cannot be searched by SMAC")
-        param, hp = _hyperparameter(name, path, domain)
-        cs.add(hp)
-        params.append(param)
-    return cs, params
-
-
-def _assign(config: Any, path: tuple, value: Any) -> None:
-    for key in path[:-1]:
-        config = config[key]
-    config[path[-1]] = value
-
-
-def _hash_independent_local_search(maximizer: Any) -> None:
-    """Make SMAC's local search start from its points in an order that is the same in every process.
-
-    SMAC 2.4 deduplicates the local search's start points through a ``set`` of configurations,
-    whose order follows Python's per-process string hash: one seed gave other suggestions under
-    another ``PYTHONHASHSEED``, so a driver restarted by ``aop resume`` could not replay the
-    searcher's ask log. The start points are sorted by their vector values instead.
-    """
-    local = getattr(maximizer, "_local_search", None)
-    original = getattr(local, "_get_initial_points", None)
-    if original is None:  # another SMAC layout: nothing to fix here
-        return
-
-    def initial_points(*args: Any, **kwargs: Any) -> list[Any]:
-        points = original(*args, **kwargs)
-        return sorted(points, key=lambda c: tuple(np.nan_to_num(c.get_array(), nan=-1.0)))
-
-    local._get_initial_points = initial_points
+    for name, domain in space.items():
+        if isinstance(domain, dict):
+            what = "tune.grid_search" if "grid_search" in domain else "a nested dict"
+            raise AopError(f"search space: {name}: {what} is not supported ({_SUPPORTED})")
+        if not isinstance(domain, Domain):
+            continue  # a constant
+        sampler = domain.get_sampler()
+        if not isinstance(sampler, Uniform | LogUniform):  # quantized, normal, sample_from
+            kind = f"a {type(sampler).__name__.strip('_')} {type(domain).__name__}"
+            what = "tune.sample_from" if domain.is_function() else kind
+            raise AopError(f"search space: {name}: {what} is not supported ({_SUPPORTED})")
+        log = isinstance(sampler, LogUniform)
+        if isinstance(domain, Categorical):
+            cs.add(ConfigSpace.Categorical(name, list(range(len(domain.categories)))))
+        elif isinstance(domain, Integer) and domain.upper - 1 == domain.lower:
+            cs.add(ConfigSpace.Categorical(name, [int(domain.lower)]))
+        elif isinstance(domain, Integer):
+            bounds = (int(domain.lower), int(domain.upper) - 1)
+            cs.add(ConfigSpace.Integer(name, bounds, log=log))
+        else:
+            bounds = (float(domain.lower), float(domain.upper))
+            cs.add(ConfigSpace.Float(name, bounds, log=log))
+    return cs
 
 
 class SMACSearch(Searcher):
@@ -257,8 +104,7 @@ class SMACSearch(Searcher):
     Parameters
     ----------
     space : dict, optional
-        Ray Tune param space (domains and constants). Leave it out to take ``param_space`` from
-        the ``Tuner`` (through :meth:`set_search_properties`).
+        Tune param space (see the module docstring); left out, the ``Tuner``'s ``param_space``.
     metric : str, optional
         The reported metric to optimise.
     mode : {"min", "max"}, optional
@@ -266,25 +112,25 @@ class SMACSearch(Searcher):
     points_to_evaluate : list of dict, optional
         Configurations suggested first, in order (missing searched keys are drawn at random).
     seed : int
-        Seed of SMAC (initial design, random forest, acquisition maximiser): the same seed and
-        the same results give the same suggestions.
+        Seed of SMAC: in one process, the same seed and results give the same suggestions.
     n_initial_points : int
-        Size of SMAC's Sobol initial design, suggested before the surrogate takes over.
-    **kwargs
-        Options of SMAC's components: ``retrain_after`` (configurations per surrogate fit, 1),
-        ``n_trees`` (10), ``random_probability`` (share of random configurations, 0.2),
-        ``challengers`` (random configurations scored per ask, 2000) and
-        ``local_search_iterations`` (10).
+        Size of SMAC's Sobol initial design, suggested before the forest takes over.
+    **options
+        ``retrain_after`` (configurations per forest fit, 1), ``n_trees`` (10),
+        ``random_probability`` (0.2), ``challengers`` (random configurations scored per ask,
+        2000) and ``local_search_iterations`` (10).
 
     Examples
     --------
     >>> from ray import tune
     >>> space = {"model": tune.choice(["a", "b"]), "lr": tune.loguniform(1e-4, 1e-1)}
     >>> searcher = SMACSearch(space, metric="acc", mode="max", seed=1, n_initial_points=2)
-    >>> config = searcher.suggest("t1")
-    >>> sorted(config)
+    >>> searcher.add_evaluated_point({"model": "a", "lr": 0.01}, 0.25)
+    >>> sorted(searcher.suggest("t1"))
     ['lr', 'model']
     >>> searcher.on_trial_complete("t1", {"acc": 0.5})
+    >>> sorted(value.cost for value in searcher.runhistory.values())
+    [-0.5, -0.25]
     """
 
     def __init__(
@@ -295,299 +141,223 @@ class SMACSearch(Searcher):
         points_to_evaluate: list[dict[str, Any]] | None = None,
         seed: int = 0,
         n_initial_points: int = 10,
-        **kwargs: Any,
+        **options: Any,
     ) -> None:
-        if mode not in (None, "min", "max"):
-            raise AopError(f"SMACSearch: mode must be 'min' or 'max', got {mode!r}")
-        unknown = sorted(set(kwargs) - set(_OPTIONS))
-        if unknown:
-            raise AopError(
-                f"SMACSearch: unknown option {unknown[0]!r} (known: {', '.join(_OPTIONS)})"
-            )
+        if set(options) - set(_OPTIONS):
+            unknown = sorted(set(options) - set(_OPTIONS))[0]
+            raise AopError(f"SMACSearch: unknown option {unknown!r} (known: {', '.join(_OPTIONS)})")
         if int(n_initial_points) < 0:
             raise AopError(f"SMACSearch: n_initial_points must be >= 0, got {n_initial_points}")
-        super().__init__(metric=metric, mode=mode)
-        self._seed = int(seed)
-        self._n_initial_points = int(n_initial_points)
-        self._options = {**_OPTIONS, **kwargs}
-        self._points_given = [dict(p) for p in points_to_evaluate or []]
+        super().__init__(metric=metric, mode=_checked(mode))
+        self._seed, self._n_initial_points = int(seed), int(n_initial_points)
+        self._options = {**_OPTIONS, **options}
+        self._points = [dict(p) for p in points_to_evaluate or []]  # Tune values, not suggested
         self._space: dict[str, Any] | None = None
-        self._log: list[tuple] = []  # ("ask" | "point", trial_id, values, seed) and ("tell", ...)
-        self._reset_runtime()
+        self._facade: Any = None  # SMAC's HPO facade, once the space is known
+        self._pending: dict[str, TrialInfo] = {}
         if space is not None:
-            self._set_space(space)
+            self._start(space)
 
-    # -- construction --------------------------------------------------------------------------
-
-    def _reset_runtime(self) -> None:
-        self._facade: Any = None
-        self._cs: Any = None
-        self._params: list[_Param] = []
-        self._points: list[dict[str, Any]] = []  # ConfigSpace values, not yet suggested
-        self._pending: dict[str, Any] = {}  # trial_id -> SMAC TrialInfo
-        self._seen: set[tuple] = set()
-        self._finished = False
-
-    def _set_space(self, space: dict[str, Any]) -> None:
-        self._space = copy.deepcopy(space)
-        self._cs, self._params = config_space(self._space, seed=self._seed)
-        self._facade = self._make_facade()
-        rng = np.random.RandomState(self._seed)
-        self._points = [self._point_values(p, i, rng) for i, p in enumerate(self._points_given)]
-
-    def _make_facade(self) -> Any:
-        from smac import HyperparameterOptimizationFacade as HPO
-        from smac import Scenario
-        from smac.model.random_forest import RandomForest
-        from smac.runhistory.encoder import RunHistoryLogScaledEncoder
-        from smac.runhistory.enumerations import StatusType
-
-        options = self._options
-        logging.getLogger("smac").setLevel(logging.ERROR)
-        with tempfile.TemporaryDirectory(prefix="aop-smac-") as tmp:
-            scenario = Scenario(
-                self._cs,
-                name="aop",
-                output_directory=Path(tmp),
-                deterministic=True,
-                n_trials=2**31 - 1,
-                seed=self._seed,
-            )
-            facade = HPO(
-                scenario,
-                target_function=None,
-                model=RandomForest(
-                    self._cs,
-                    log_y=True,
-                    n_trees=int(options["n_trees"]),
-                    ratio_features=1.0,
-                    min_samples_split=2,
-                    min_samples_leaf=1,
-                    seed=self._seed,
-                    n_jobs=1,  # joblib threads cost more than they save on small forests
-                    # SMAC's default (2**20) has scikit-learn allocate a million nodes per tree
-                    # (~90 ms each, most of an ask); without the cap the trees grow depth-first
-                    # to the same stopping rules (pure or 2-sample leaves), 10x faster per ask
-                    max_leaf_nodes=None,
-                ),
-                acquisition_maximizer=HPO.get_acquisition_maximizer(
-                    scenario,
-                    challengers=int(options["challengers"]),
-                    local_search_iterations=int(options["local_search_iterations"]),
-                ),
-                initial_design=HPO.get_initial_design(
-                    scenario, n_configs=self._n_initial_points, max_ratio=1.0
-                ),
-                random_design=HPO.get_random_design(
-                    scenario, probability=float(options["random_probability"])
-                ),
-                intensifier=HPO.get_intensifier(scenario, max_config_calls=1),
-                runhistory_encoder=RunHistoryLogScaledEncoder(
-                    scenario, considered_states=[StatusType.SUCCESS]
-                ),
-                config_selector=HPO.get_config_selector(
-                    scenario, retrain_after=int(options["retrain_after"])
-                ),
-                logging_level=False,
-                overwrite=True,
-            )
-        _hash_independent_local_search(facade._acquisition_maximizer)
-        return facade
-
-    def _point_values(
-        self, point: dict[str, Any], index: int, rng: np.random.RandomState
-    ) -> dict[str, Any]:
-        """ConfigSpace values of a start point; missing keys drawn with ``rng``."""
-        values = {}
-        for param in self._params:
-            hp = self._cs[param.name]
-            node: Any = point
-            for key in param.path:
-                if isinstance(node, dict) and key in node:
-                    node = node[key]
-                else:
-                    node = point.get(param.name, _MISSING)  # also accept a flat "outer/inner"
-                    break
-            if node is _MISSING:
-                values[param.name] = hp.sample_value(seed=rng)
-            else:
-                where = f"points_to_evaluate[{index}].{param.name}"
-                values[param.name] = param.encode(node, hp, where)
-        return values
+    @property
+    def runhistory(self) -> RunHistory | None:
+        """SMAC's run history: told, crashed and running trials (``None`` before a space)."""
+        return None if self._facade is None else self._facade.runhistory
 
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict, **spec: Any
     ) -> bool:
-        """Take the search space (and metric and mode) from the ``Tuner``.
-
-        Returns ``False`` when the searcher already has a space (Tune then reports the clash).
-        """
+        """Take the space, metric and mode from the ``Tuner``; ``False`` if it has a space."""
         if self._space is not None:
             return False
-        if mode not in (None, "min", "max"):
-            raise AopError(f"SMACSearch: mode must be 'min' or 'max', got {mode!r}")
-        if metric:
-            self._metric = metric
-        if mode:
-            self._mode = mode
-        self._set_space(config)
+        self._metric, self._mode = metric or self._metric, _checked(mode) or self._mode
+        self._start(config)
         return True
 
-    # -- ask and tell --------------------------------------------------------------------------
+    def _start(self, space: dict[str, Any]) -> None:
+        """Build the ConfigSpace space and SMAC, and complete and check the start points."""
+        self._cs = config_space(space, seed=self._seed)
+        self._space = copy.deepcopy(space)
+        self._facade = self._make_facade()
+        rng = np.random.RandomState(self._seed)
+        for index, point in enumerate(self._points):
+            for name, hp in self._cs.items():
+                if name not in point:
+                    point[name] = self._config({name: hp.sample_value(seed=rng)})[name]
+            self._values(point, f"points_to_evaluate[{index}]")
 
-    def _config(self, values: dict[str, Any]) -> dict[str, Any]:
-        """The Tune configuration (constants included) of ConfigSpace values."""
-        config = copy.deepcopy(self._space)
-        for param in self._params:
-            _assign(config, param.path, param.decode(values[param.name]))
+    def _make_facade(self) -> HPO:
+        logging.getLogger("smac").setLevel(logging.ERROR)
+        options, cs, seed = self._options, self._cs, self._seed
+        # HPO.get_model's forest, on one thread (joblib costs more than it saves here) and
+        # without SMAC's cap of 2**20 leaves, for which scikit-learn allocates a million nodes
+        # per tree: the trees grow to the same stopping rules, three times faster per ask
+        model = RandomForest(cs, log_y=True, n_trees=options["n_trees"], ratio_features=1.0,
+                             min_samples_split=2, min_samples_leaf=1, seed=seed, n_jobs=1,
+                             max_leaf_nodes=None)  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="aop-smac-") as tmp:
+            scenario = Scenario(cs, name="aop", output_directory=Path(tmp), deterministic=True,
+                                n_trials=2**31 - 1, seed=seed)  # fmt: skip
+            return HPO(
+                scenario, None, model=model, logging_level=False, overwrite=True,
+                acquisition_maximizer=HPO.get_acquisition_maximizer(
+                    scenario, challengers=options["challengers"],
+                    local_search_iterations=options["local_search_iterations"]),
+                initial_design=HPO.get_initial_design(
+                    scenario, n_configs=self._n_initial_points, max_ratio=1.0),
+                random_design=HPO.get_random_design(
+                    scenario, probability=options["random_probability"]),
+                intensifier=HPO.get_intensifier(scenario, max_config_calls=1),
+                runhistory_encoder=RunHistoryLogScaledEncoder(
+                    scenario, considered_states=[StatusType.SUCCESS]),
+                config_selector=HPO.get_config_selector(
+                    scenario, retrain_after=options["retrain_after"]),
+            )  # fmt: skip
+
+    # -- Tune values, ConfigSpace values, SMAC trials ------------------------------------------
+
+    def _config(self, values: Any) -> dict[str, Any]:
+        """The Tune configuration of ConfigSpace values (and the constants)."""
+        assert self._space is not None
+        config = {}
+        for name, domain in self._space.items():
+            if not isinstance(domain, Domain):
+                config[name] = copy.deepcopy(domain)
+            elif name in values and isinstance(domain, Categorical):
+                config[name] = domain.categories[int(values[name])]
+            elif name in values:
+                config[name] = (int if isinstance(domain, Integer) else float)(values[name])
         return config
 
-    @staticmethod
-    def _key(values: dict[str, Any]) -> tuple:
-        plain = {k: v.item() if hasattr(v, "item") else v for k, v in values.items()}
-        return tuple(sorted((k, repr(v)) for k, v in plain.items()))
+    def _values(self, params: dict[str, Any], where: str) -> dict[str, Any]:
+        """The ConfigSpace values of Tune values; ``where`` names them in an error."""
+        assert self._space is not None
+        values = {}
+        for name, hp in self._cs.items():
+            if name not in params:
+                raise AopError(f"{where}: the searched parameter {name} is missing")
+            domain, value = self._space[name], params[name]
+            if isinstance(domain, Categorical):  # the option of the same type first: True, 1
+                options = domain.categories
+                same = [i for i, c in enumerate(options) if type(c) is type(value) and c == value]
+                found = same + [i for i, c in enumerate(options) if c == value]
+                if not found:
+                    raise AopError(f"{where}.{name}: {value!r} is not one of {options!r}")
+                values[name] = found[0]
+            elif _number(value):
+                whole = isinstance(domain, Integer) and float(value).is_integer()
+                values[name] = int(value) if whole else float(value)
+            if name not in values or not hp.legal_value(values[name]):
+                high = domain.upper - 1 if isinstance(domain, Integer) else domain.upper
+                raise AopError(f"{where}.{name}: {value!r} is outside [{domain.lower}, {high}]")
+        return values
 
-    def _trial_seed(self) -> int:
-        """The seed SMAC gives every trial of this (deterministic) search."""
-        for info in self._facade.runhistory.keys():
-            return int(info.seed)
-        return self._seed
+    def _trial(self, values: Any, seed: int | None = None) -> TrialInfo:
+        """A SMAC trial of ConfigSpace values, with the search's one seed unless given.
+
+        Its configuration is read back from its vector, as SMAC's own: ConfigSpace hashes a
+        configuration by its text, and ``1`` and ``np.int64(1)`` would be two configurations.
+        """
+        vector = Configuration(self._cs, values=dict(values)).get_array()
+        if seed is None:
+            seed = next((key.seed for key in self._facade.runhistory), self._seed)
+        return TrialInfo(Configuration(self._cs, vector=vector), seed=seed)
+
+    def _value(self, value: Any) -> TrialValue:
+        """SMAC's trial value of a metric: its cost, or a crash if it is not a finite number."""
+        if not _number(value) or not math.isfinite(value):
+            return TrialValue(cost=math.inf, status=StatusType.CRASHED)
+        return TrialValue(cost=-float(value) if self._mode == "max" else float(value))
+
+    # -- ask and tell --------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         """Next configuration: a start point, else SMAC's ask; ``FINISHED`` when none is left."""
         if self._space is None:
-            raise AopError("SMACSearch: no search space (give space= or a Tuner param_space)")
+            raise AopError(_NO_SPACE)
         if not self._metric or not self._mode:
             raise AopError("SMACSearch: metric and mode must be set (metric='acc', mode='max')")
-        if self._finished:
-            return Searcher.FINISHED
-        if self._points:
-            values = self._points.pop(0)
-            entry = ("point", trial_id, values, self._trial_seed())
-        else:
-            entry = self._ask(trial_id)
-            if entry is None:
-                self._finished = True
-                return Searcher.FINISHED
-        self._apply(entry)
-        self._log.append(entry)
-        return self._config(entry[2])
-
-    def _ask(self, trial_id: str) -> tuple | None:
-        from smac.main.exceptions import ConfigurationSpaceExhaustedException
-
-        try:
-            info = self._facade.ask()
-        except (StopIteration, ConfigurationSpaceExhaustedException):
-            return None
-        self._pending[trial_id] = info
-        return ("ask", trial_id, dict(info.config), int(info.seed))
-
-    def _apply(self, entry: tuple) -> None:
-        """Bring SMAC and the bookkeeping up to date with one log entry (already asked)."""
-        from ConfigSpace import Configuration
-        from smac.runhistory.dataclasses import TrialInfo
-
-        action, trial_id = entry[0], entry[1]
-        if action == "point":
-            values, seed = entry[2], entry[3]
-            info = TrialInfo(Configuration(self._cs, values=values), seed=seed)
+        point = self._points.pop(0) if self._points else {}
+        if point:
+            info = self._trial(self._values(point, "points_to_evaluate"))
             self._facade.runhistory.add_running_trial(info)
-            self._pending[trial_id] = info
-        if action in ("point", "ask"):
-            key = self._key(entry[2])
-            if key in self._seen:  # SMAC never asks twice for one trial (one seed per config)
-                raise RuntimeError(f"SMACSearch: configuration suggested twice: {entry[2]}")
-            self._seen.add(key)
-        if action == "tell":
-            self._tell(trial_id, entry[2])
-
-    def _tell(self, trial_id: str, cost: float | None) -> None:
-        from smac.runhistory.dataclasses import TrialValue
-        from smac.runhistory.enumerations import StatusType
-
-        info = self._pending.pop(trial_id)
-        if cost is None:
-            value = TrialValue(cost=float("inf"), status=StatusType.CRASHED)
         else:
-            value = TrialValue(cost=float(cost), status=StatusType.SUCCESS)
-        self._facade.tell(info, value, save=False)
+            try:
+                info = self._facade.ask()
+            except (StopIteration, ConfigurationSpaceExhaustedException):
+                return Searcher.FINISHED
+        self._pending[trial_id] = info
+        # a start point keeps its own values (ConfigSpace rounds floats to 13 decimals)
+        return {**self._config(info.config), **{n: point[n] for n in point if n in self._cs}}
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         """Tell SMAC the trial's cost (the metric, negated for ``max``), or that it crashed."""
-        if trial_id not in self._pending:
-            return
-        value = None if (error or not result) else result.get(self._metric)
-        cost: float | None = None
-        if isinstance(value, (int, float, np.integer, np.floating)) and np.isfinite(value):
-            cost = -float(value) if self._mode == "max" else float(value)
-        entry = ("tell", trial_id, cost)
-        self._apply(entry)
-        self._log.append(entry)
+        info = self._pending.pop(trial_id, None)
+        if info is not None:
+            value = None if error or not result else result.get(self._metric)
+            self._facade.tell(info, self._value(value), save=False)
+
+    def add_evaluated_point(
+        self,
+        parameters: dict[str, Any],
+        value: float,
+        error: bool = False,
+        pruned: bool = False,
+        intermediate_values: list[float] | None = None,
+    ) -> None:
+        """Tell SMAC a trial evaluated elsewhere (Ray Tune's signature): it joins the history.
+
+        ``parameters`` holds the Tune value of every searched parameter (a missing or outside
+        one is an AopError naming it; constants are ignored), ``value`` its metric; ``error``
+        tells it as crashed. A pruned trial's value is told as is; ``intermediate_values`` are
+        not used.
+        """
+        if self._space is None:
+            raise AopError(_NO_SPACE)
+        info = self._trial(self._values(parameters, "SMACSearch.add_evaluated_point"))
+        self._facade.tell(info, self._value(None if error else value), save=False)
 
     # -- state ---------------------------------------------------------------------------------
 
     def get_state(self) -> dict[str, Any]:
-        """Settings and the log of asks and tells: everything :meth:`set_state` needs."""
+        """Settings, start points left, pending trials and SMAC's run history (JSON text)."""
+        history = None
+        if self._facade is not None:
+            with tempfile.TemporaryDirectory(prefix="aop-smac-") as tmp:
+                self._facade.runhistory.save(Path(tmp) / "runhistory.json")
+                history = (Path(tmp) / "runhistory.json").read_text()
         return {
-            "version": _STATE_VERSION,
-            "metric": self._metric,
-            "mode": self._mode,
-            "seed": self._seed,
-            "n_initial_points": self._n_initial_points,
-            "options": dict(self._options),
-            "points": copy.deepcopy(self._points_given),
-            "space": copy.deepcopy(self._space),
-            "log": copy.deepcopy(self._log),
-        }
+            "version": _STATE_VERSION, "metric": self._metric, "mode": self._mode,
+            "seed": self._seed, "n_initial_points": self._n_initial_points,
+            "options": dict(self._options), "space": copy.deepcopy(self._space),
+            "points": copy.deepcopy(self._points), "runhistory": history,
+            "pending": {trial_id: dict(info.config) for trial_id, info in self._pending.items()},
+        }  # fmt: skip
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Rebuild SMAC and bring it to the saved state (see the module docstring)."""
+        """Build a fresh SMAC and tell it the saved run history (see the module docstring)."""
         if state.get("version") != _STATE_VERSION:
             raise AopError(f"SMACSearch: unknown state version {state.get('version')!r}")
         self._metric, self._mode = state["metric"], state["mode"]
         self._seed, self._n_initial_points = state["seed"], state["n_initial_points"]
-        self._options, self._points_given = dict(state["options"]), list(state["points"])
-        self._log = list(state["log"])
-        self._space = None
-        self._reset_runtime()
+        self._options, self._points = dict(state["options"]), [dict(p) for p in state["points"]]
+        self._space, self._facade, self._pending = None, None, {}
         if state["space"] is None:
             return
-        self._set_space(state["space"])
-        if not self._replay():
-            logger.warning("SMACSearch: SMAC does not replay its log; restoring from history")
-            self._set_space(state["space"])
-            self._load_history()
-
-    def _replay(self) -> bool:
-        """Redo every logged ask and tell on the fresh SMAC; ``False`` if an ask differs."""
-        for entry in self._log:
-            if entry[0] == "ask":
-                again = self._ask(entry[1])
-                if again is None or self._key(again[2]) != self._key(entry[2]):
-                    return False
-            elif entry[0] == "point":
-                self._points.pop(0)
-            self._apply(entry)
-        return True
-
-    def _load_history(self) -> None:
-        """Give the fresh SMAC the logged trials as its history: told ones and pending ones."""
-        from ConfigSpace import Configuration
-        from smac.runhistory.dataclasses import TrialInfo
-
-        for entry in self._log:
-            if entry[0] in ("ask", "point"):
-                if entry[0] == "point":
-                    self._points.pop(0)
-                info = TrialInfo(Configuration(self._cs, values=entry[2]), seed=entry[3])
+        self._start(state["space"])
+        saved = RunHistory()
+        with tempfile.TemporaryDirectory(prefix="aop-smac-") as tmp:
+            (Path(tmp) / "runhistory.json").write_text(state["runhistory"])
+            saved.load(Path(tmp) / "runhistory.json", self._cs)
+        for key, value in saved.items():
+            info = self._trial(saved.get_config(key.config_id), seed=key.seed)
+            if value.status == StatusType.RUNNING:
                 self._facade.runhistory.add_running_trial(info)
-                self._pending[entry[1]] = info
-                self._seen.add(self._key(entry[2]))
             else:
-                self._tell(entry[1], entry[2])
+                self._facade.tell(info, value, save=False)
+        for trial_id, values in state["pending"].items():  # running trials of the history
+            self._pending[trial_id] = self._trial(values)
 
     def save(self, checkpoint_path: str) -> None:
         """Pickle :meth:`get_state` to ``checkpoint_path``."""
@@ -610,3 +380,14 @@ class SMACSearch(Searcher):
     def __setstate__(self, state: dict[str, Any]) -> None:
         Searcher.__init__(self, metric=state["metric"], mode=state["mode"])
         self.set_state(state)
+
+
+def _checked(mode: str | None) -> str | None:
+    if mode not in (None, "min", "max"):
+        raise AopError(f"SMACSearch: mode must be 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def _number(value: Any) -> bool:
+    """Whether ``value`` is a real number (a bool is not)."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
