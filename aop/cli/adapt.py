@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from aop.cli.app import app, console, err_console
+from aop.cli.app import app, console, err_console, print_line
 from aop.errors import AopError
 
 
@@ -32,46 +32,35 @@ def _settings_values(config: Path | None, settings: list[str]) -> dict[str, obje
 
 @app.command()
 def adapt(
-    synthetic: Annotated[
-        Path, typer.Option("--synthetic", help="Synthetic benchmark (images/, labels/).")
-    ],
+    synthetic: Annotated[Path, typer.Option(help="Synthetic benchmark (images/, labels/).")],
     real: Annotated[
-        Path, typer.Option("--real", help="Real volumes: a data set or a folder of volume files.")
+        Path, typer.Option(help="Real volumes: a data set or a folder of volume files.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Adapted data set to write.")],
+    out: Annotated[Path, typer.Option(help="Adapted data set to write.")],
     mode: Annotated[
-        str | None, typer.Option("--mode", help="2d (slices with context, default) or 3d.")
+        str | None, typer.Option(help="2d (slices with context, default) or 3d.")
     ] = None,
     patch: Annotated[
-        str | None,
-        typer.Option("--patch", help="Crop and tile: 'Y,X' in 2D (48,48), 'Z,Y,X' in 3D."),
+        str | None, typer.Option(help="Crop and tile: 'Y,X' in 2D (48,48), 'Z,Y,X' in 3D.")
     ] = None,
     epochs: Annotated[
-        int | None, typer.Option("--epochs", help="Epochs at constant learning rate (100).")
+        int | None, typer.Option(help="Epochs at constant learning rate (100).")
     ] = None,
-    epochs_decay: Annotated[
-        int | None, typer.Option("--epochs-decay", help="Epochs of linear decay (100).")
-    ] = None,
-    steps_per_epoch: Annotated[
-        int | None, typer.Option("--steps-per-epoch", help="Steps per epoch (100).")
-    ] = None,
+    epochs_decay: Annotated[int | None, typer.Option(help="Epochs of linear decay (100).")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Steps per epoch (100).")] = None,
     setting: Annotated[
         list[str] | None,
         typer.Option("--setting", "-s", help="Any other setting as KEY=VALUE, e.g. ngf=32."),
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="YAML file of adaptation settings.")
-    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of adaptation settings.")] = None,
     work: Annotated[
-        Path | None,
-        typer.Option("--work", help="Checkpoints and MLflow store (default: OUT.training)."),
+        Path | None, typer.Option(help="Checkpoints and MLflow store (default: OUT.training).")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume/--restart", help="Resume from the last checkpoint.")
     ] = True,
     tracking_uri: Annotated[
-        str | None,
-        typer.Option("--tracking-uri", help="MLflow URI (default: sqlite in the work folder)."),
+        str | None, typer.Option(help="MLflow URI (default: sqlite in the work folder).")
     ] = None,
     tracking: Annotated[
         bool, typer.Option("--tracking/--no-tracking", help="Log losses and panels to MLflow.")
@@ -80,7 +69,7 @@ def adapt(
         bool, typer.Option("--gap/--no-gap", help="Measure the domain gap before and after.")
     ] = True,
     gap_steps: Annotated[
-        int, typer.Option("--gap-steps", min=1, help="Training steps of the domain classifier.")
+        int, typer.Option(min=1, help="Training steps of the domain classifier.")
     ] = 200,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     overwrite: Annotated[
@@ -92,14 +81,9 @@ def adapt(
     from aop.adapt.train import adapt_dataset
 
     values = _settings_values(config, setting or [])
-    for key, value in {
-        "mode": mode,
-        "epochs": epochs,
-        "epochs_decay": epochs_decay,
-        "steps_per_epoch": steps_per_epoch,
-    }.items():
-        if value is not None:
-            values[key] = value
+    given = {"mode": mode, "epochs": epochs, "epochs_decay": epochs_decay,
+             "steps_per_epoch": steps_per_epoch}  # fmt: skip
+    values.update({key: value for key, value in given.items() if value is not None})
     if patch is not None:
         try:
             values["patch"] = [int(p) for p in patch.split(",")]
@@ -112,18 +96,9 @@ def adapt(
         uri = tracking_uri or f"sqlite:///{(work_dir / 'mlflow.db').resolve()}"
         work_dir.mkdir(parents=True, exist_ok=True)
     root = adapt_dataset(
-        synthetic,
-        real,
-        out,
-        settings,
-        work_dir=work_dir,
-        resume=resume,
-        tracking_uri=uri,
-        progress=not quiet,
-        echo=lambda line: err_console.print(line, highlight=False),
-        overwrite=overwrite,
-        overwrite_hint="--overwrite",
-    )
+        synthetic, real, out, settings, work_dir=work_dir, resume=resume, tracking_uri=uri,
+        progress=not quiet, echo=print_line, overwrite=overwrite, overwrite_hint="--overwrite",
+    )  # fmt: skip
     console.print(f"wrote the adapted benchmark to {root}")
     if not gap:
         return
@@ -133,7 +108,8 @@ def adapt(
     report = gap_report(real, synthetic, root, seed=settings.seed, steps=gap_steps)
     (work_dir / "gap.json").write_text(json.dumps(report, indent=2))
     console.print("measure                   synthetic   adapted   (against real)")
-    real_share = report["synthetic"]["real_foreground_fraction"]
+    synthetic_gap, adapted_gap = report["synthetic"], report["adapted"]
+    real_share = synthetic_gap["real_foreground_fraction"]
     for key, label in (
         ("classifier_accuracy", "domain classifier acc."),
         ("intensity_distance", "intensity Wasserstein"),
@@ -142,6 +118,4 @@ def adapt(
         ("label_correlation", "label correlation"),
         ("foreground_fraction", f"foreground (real {real_share:.2f})"),
     ):
-        console.print(
-            f"{label:<25} {report['synthetic'][key]:>9.3f} {report['adapted'][key]:>9.3f}"
-        )
+        console.print(f"{label:<25} {synthetic_gap[key]:>9.3f} {adapted_gap[key]:>9.3f}")

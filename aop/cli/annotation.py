@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from aop.cli.app import app, console, err_console
+from aop.cli.app import FeaturesOption, app, console, print_line
 from aop.errors import AopError
 
 
@@ -18,39 +18,27 @@ def annotate(
     ],
     classes: Annotated[
         str | None,
-        typer.Option(
-            "--classes",
-            help="Comma-separated class names, keys 1..9 in this order (added to dataset.yaml).",
-        ),
+        typer.Option(help="Comma-separated class names, keys 1..9 in this order (added to "
+                     "dataset.yaml)."),
     ] = None,
-    annotator: Annotated[
-        str, typer.Option("--annotator", help="Name written into every annotation row.")
-    ] = "",
+    annotator: Annotated[str, typer.Option(help="Name written into every annotation row.")] = "",
     order: Annotated[
         str,
-        typer.Option(
-            "--order", help="sequential, or uncertain: most uncertain first by label spreading."
-        ),
+        typer.Option(help="sequential, or uncertain: most uncertain first by label spreading."),
     ] = "sequential",
     respread_every: Annotated[
-        int, typer.Option("--respread-every", help="Spread labels again after N annotations.")
+        int, typer.Option(help="Spread labels again after N annotations.")
     ] = 10,
     suggest: Annotated[
-        bool,
-        typer.Option("--suggest/--no-suggest", help="Show label-spreading suggestions."),
+        bool, typer.Option("--suggest/--no-suggest", help="Show label-spreading suggestions.")
     ] = True,
-    features: Annotated[
-        Path | None,
-        typer.Option("--features", help="Feature table from `aop instances` (default: computed)."),
-    ] = None,
+    features: FeaturesOption = None,
     host: Annotated[
-        str,
-        typer.Option("--host", help="Address to listen on; any but loopback requires a token."),
+        str, typer.Option(help="Address to listen on; any but loopback requires a token.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port (0: a free one).")] = 8765,
+    port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 8765,
     token: Annotated[
-        str | None,
-        typer.Option("--token", help="Token to require (default: a random one off loopback)."),
+        str | None, typer.Option(help="Token to require (default: a random one off loopback).")
     ] = None,
 ) -> None:
     """Annotate instance classes in the browser, one instance at a time, by keyboard."""
@@ -60,15 +48,9 @@ def annotate(
         raise AopError(f"--port: expected 0..65535, got {port}")
     names = [c for c in classes.split(",")] if classes is not None else None
     session = AnnotationSession(
-        data,
-        classes=names,
-        annotator=annotator,
-        order=order,
-        respread_every=respread_every,
-        suggest=suggest,
-        features=features,
-        progress=lambda line: err_console.print(line, highlight=False),
-    )
+        data, classes=names, annotator=annotator, order=order, respread_every=respread_every,
+        suggest=suggest, features=features, progress=print_line,
+    )  # fmt: skip
     try:
         server = AnnotationServer(session, host=host, port=port, token=token)
     except OSError as exc:

@@ -1,11 +1,12 @@
 """The ``aop`` Typer app, its error handling and its consoles.
 
 Commands live in the modules of :mod:`aop.cli` and register themselves on :data:`app`; each is a
-thin wrapper over library functions. User errors (:class:`aop.errors.AopError`, and operating-system
-errors such as a full disk or a read-only folder; a lost connection is told apart from those)
-print one line and exit with status 2, without a traceback; any other exception prints one line and
-exits with status 1. ``aop --debug ...`` or ``AOP_DEBUG=1`` shows the traceback instead (for bug
-reports).
+thin wrapper over library functions. The options that several commands declare alike and the
+progress and output helpers are defined here once. User errors (:class:`aop.errors.AopError`, and
+operating-system errors such as a full disk or a read-only folder; a lost connection is told apart
+from those) print one line and exit with status 2, without a traceback; any other exception prints
+one line and exits with status 1. ``aop --debug ...`` or ``AOP_DEBUG=1`` shows the traceback
+instead (for bug reports).
 """
 
 from __future__ import annotations
@@ -55,41 +56,35 @@ class _AopGroup(TyperGroup):
             return super().invoke(ctx)
         except _PASS_THROUGH:  # --help, typer.Exit(code), usage errors: Typer's own handling
             raise
-        except AopError as exc:
-            if debug_enabled():
-                raise
-            _one_line(str(exc))
-            raise typer.Exit(2) from None
-        except ConnectionError as exc:  # an OSError, but about a cluster or server, not a file
-            if debug_enabled():
-                raise
-            text = " ".join(str(exc).split())[:300] or type(exc).__name__
-            _one_line(
-                f"aop: connection failed: {text} (check the Ray cluster of --address, or the "
-                "MLflow server of --tracking-uri, and that this machine reaches it)"
-            )
-            raise typer.Exit(2) from None
-        except OSError as exc:
-            if debug_enabled():
-                raise
-            from aop.outputs import os_error_message
-
-            _one_line(os_error_message(exc.filename or "aop", exc))
-            raise typer.Exit(2) from None
         except Exception as exc:
             if debug_enabled():
                 raise
-            from aop.outputs import is_disk_full
+            message, status = _error_line(exc)
+            _one_line(message)
+            raise typer.Exit(status) from None
 
-            if is_disk_full(exc):  # e.g. inside a Ray worker's error: not a bug
-                _one_line("aop: cannot write: no space left on the device")
-                raise typer.Exit(2) from None
-            text = " ".join(str(exc).split())[:300]
-            _one_line(
-                f"{type(exc).__name__}: {text} (an aop bug? rerun with --debug or "
-                f"{DEBUG_ENV}=1 for the traceback and report it)"
-            )
-            raise typer.Exit(1) from None
+
+def _error_line(exc: Exception) -> tuple[str, int]:
+    """The one line that reports ``exc``, and the exit status: 2 for a user error, 1 for a bug."""
+    if isinstance(exc, AopError):
+        return str(exc), 2
+    if isinstance(exc, ConnectionError):  # an OSError, but about a cluster or server, not a file
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        return (
+            f"aop: connection failed: {text} (check the Ray cluster of --address, or the "
+            "MLflow server of --tracking-uri, and that this machine reaches it)"
+        ), 2
+    from aop.outputs import is_disk_full, os_error_message
+
+    if isinstance(exc, OSError):
+        return os_error_message(exc.filename or "aop", exc), 2
+    if is_disk_full(exc):  # e.g. inside a Ray worker's error: not a bug
+        return "aop: cannot write: no space left on the device", 2
+    text = " ".join(str(exc).split())[:300]
+    return (
+        f"{type(exc).__name__}: {text} (an aop bug? rerun with --debug or "
+        f"{DEBUG_ENV}=1 for the traceback and report it)"
+    ), 1
 
 
 class _DropDiskFull(logging.Filter):
@@ -173,8 +168,7 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
     debug: Annotated[
-        bool,
-        typer.Option("--debug", help=f"Show tracebacks (for bug reports; or {DEBUG_ENV}=1)."),
+        bool, typer.Option("--debug", help=f"Show tracebacks (for bug reports; or {DEBUG_ENV}=1).")
     ] = False,
 ) -> None:
     """3D data Analysis Optimization Pipeline."""
@@ -183,25 +177,48 @@ def _root(
         _quiet_libraries()
 
 
-def volume_progress(what: str, total: int, unit: str) -> tuple[Any, Any]:
+# Options that several commands declare with the same name, type and help
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an earlier output of aop at --out.")
+]
+AddressOption = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (default: local Ray).")
+]
+TuneQuietOption = Annotated[bool, typer.Option("--quiet", help="No Ray Tune progress table.")]
+FeaturesOption = Annotated[
+    Path | None,
+    typer.Option("--features", help="Feature table from `aop instances` (default: computed)."),
+]
+
+
+def at_least_one(option: str, value: int | None) -> None:
+    """Refuse an integer ``option`` given below 1 (``None``: not given, nothing to check)."""
+    if value is not None and value < 1:
+        raise AopError(f"{option} must be at least 1, got {value}")
+
+
+def print_line(line: str) -> None:
+    """Print a line on stderr as it is written (markup, but no highlighting of numbers)."""
+    err_console.print(line, highlight=False)
+
+
+def volume_progress(what: str, total: int, unit: str = "", completed: int = 0) -> tuple[Any, Any]:
     """A transient progress bar over ``total`` volumes on stderr, and its per-volume callback.
 
-    The callback ``advance(name, count)`` moves the bar by one volume and shows ``name: count
-    unit``; use the bar as a context manager around the work.
+    The callback ``advance(name, count=None)`` moves the bar by one volume and shows ``name``, or
+    ``name: count unit`` when given a count; the bar starts at ``completed`` volumes. Use the bar
+    as a context manager around the work.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     progress = Progress(
-        TextColumn(what),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        console=err_console,
-        transient=True,
-    )
-    task = progress.add_task("", total=total)
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+        console=err_console, transient=True,
+    )  # fmt: skip
+    task = progress.add_task("", total=total, completed=completed)
 
-    def advance(name: str, count: int) -> None:
-        progress.update(task, advance=1, description=f"{name}: {count} {unit}")
+    def advance(name: str, count: int | None = None) -> None:
+        description = name if count is None else f"{name}: {count} {unit}"
+        progress.update(task, advance=1, description=description)
 
     return progress, advance

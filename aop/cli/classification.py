@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from aop.cli.app import app, console, err_console  # noqa: F401
+from aop.cli.app import AddressOption, app, console
 
 
 @app.command()
@@ -16,14 +16,9 @@ def analyze(
     data: Annotated[
         Path, typer.Argument(help="Classified data set (labels/, dataset.yaml, annotations.csv).")
     ],
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Output folder (default DATA/analysis).")
-    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default DATA/analysis).")] = None,
     sources: Annotated[
-        str,
-        typer.Option(
-            "--sources", help="Sources that decide an instance's class, first wins (comma list)."
-        ),
+        str, typer.Option(help="Sources that decide an instance's class, first wins (comma list).")
     ] = "manual,predicted,truth,spread",
 ) -> None:
     """Class counts per volume, instance volumes per class in µm³ and a summary (CSV + PNG)."""
@@ -50,14 +45,10 @@ def classify(
     source: Annotated[
         str, typer.Argument(help="Classification study folder, or an MLflow model URI.")
     ],
-    data: Annotated[Path, typer.Option("--data", help="Segmented data set (images/, labels/).")],
-    address: Annotated[
-        str | None, typer.Option("--address", help="Ray cluster address (default: local Ray).")
-    ] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Actors holding the model.")] = 1,
-    gpus_per_worker: Annotated[
-        float, typer.Option("--gpus-per-worker", help="GPUs per actor (0: CPU).")
-    ] = 0.0,
+    data: Annotated[Path, typer.Option(help="Segmented data set (images/, labels/).")],
+    address: AddressOption = None,
+    workers: Annotated[int, typer.Option(help="Actors holding the model.")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per actor (0: CPU).")] = 0.0,
 ) -> None:
     """Classify every instance: source=predicted rows in annotations.csv, predictions.csv."""
     from aop.classify import classify_dataset

@@ -7,23 +7,21 @@ from typing import Annotated
 
 import typer
 
-from aop.cli.app import app, console, err_console
+from aop.cli.app import app, console, print_line
 
 
 @app.command("cluster")
 def cluster_command(
     address: Annotated[
         str | None,
-        typer.Option("--address", help="Ray cluster to join: HOST:PORT, 'auto' or ray://HOST:PORT "
+        typer.Option(help="Ray cluster to join: HOST:PORT, 'auto' or ray://HOST:PORT "
                      "(default: start a local Ray)."),
     ] = None,
-    cpus: Annotated[
-        float, typer.Option("--cpus", help="CPUs one volume task of a trial reserves.")
-    ] = 1.0,
+    cpus: Annotated[float, typer.Option(help="CPUs one volume task of a trial reserves.")] = 1.0,
     gpu: Annotated[
-        float, typer.Option("--gpu", help="GPU fraction one volume task reserves (e.g. 0.5).")
+        float, typer.Option(help="GPU fraction one volume task reserves (e.g. 0.5).")
     ] = 0.0,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Trials at once.")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Trials at once.")] = 1,
 ) -> None:
     """Join the cluster (token auth as Ray keeps it), list its nodes, check a trial's request."""
     import ray
@@ -51,7 +49,7 @@ def cluster_command(
             {"CPU": cpus, "GPU": gpu}, concurrency, what="search.resources (one volume)"
         )
     for warning in caught:
-        err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
+        print_line(f"[yellow]warning:[/] {warning.message}")
     console.print(f"a trial with cpus={cpus:g}, gpu={gpu:g} fits; {at_once} run at once")
     if not joined:
         ray.shutdown()

@@ -9,16 +9,19 @@ import typer
 from rich import box
 from rich.table import Table
 
-from aop.cli.app import app, console, err_console, volume_progress  # noqa: F401
+from aop.cli.app import (
+    AddressOption,
+    OverwriteOption,
+    TuneQuietOption,
+    app,
+    at_least_one,
+    console,
+    err_console,
+    volume_progress,
+)
 from aop.errors import AopError
 
-OverwriteOption = Annotated[
-    bool, typer.Option("--overwrite", help="Replace an earlier output of aop at --out.")
-]
-
-# ------------------------------------------------------------------------------------------------
-# Data sets
-# ------------------------------------------------------------------------------------------------
+# Data sets --------------------------------------------------------------------------------------
 
 
 @app.command()
@@ -33,9 +36,8 @@ def info(
     from aop.io import load_dataset, read_volume
 
     ds = load_dataset(dataset)
-    table = Table(title=f"{ds.info.name}  voxel size (z, y, x) = {ds.info.voxel_size}")
-    for column in ("volume", "shape", "dtype", "labels", "instances"):
-        table.add_column(column)
+    title = f"{ds.info.name}  voxel size (z, y, x) = {ds.info.voxel_size}"
+    table = Table("volume", "shape", "dtype", "labels", "instances", title=title)
     for entry in ds:
         image, _ = read_volume(entry.image_path)
         n = "-"
@@ -48,9 +50,7 @@ def info(
     console.print(table)
 
 
-# ------------------------------------------------------------------------------------------------
-# Scoring
-# ------------------------------------------------------------------------------------------------
+# Scoring ----------------------------------------------------------------------------------------
 
 
 def _label_volumes(path: Path, role: str) -> dict[str, Path]:
@@ -93,7 +93,7 @@ def score(
         Path, typer.Argument(help="Predicted label volume, or a folder (labels/NAME.* or NAME.*).")
     ],
     iou_threshold: Annotated[
-        float, typer.Option("--iou-threshold", help="IoU threshold of IPQ, PQ and AP (IoU > T).")
+        float, typer.Option(help="IoU threshold of IPQ, PQ and AP (IoU > T).")
     ] = 0.5,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")
@@ -156,61 +156,44 @@ def score(
     console.print(table)
 
 
-# ------------------------------------------------------------------------------------------------
-# Synthetic benchmark
-# ------------------------------------------------------------------------------------------------
+# Synthetic benchmark ----------------------------------------------------------------------------
 
 
 @app.command()
 def synth(
-    out: Annotated[
-        Path, typer.Option("--out", help="Data-set folder to write (new, empty or aop's own).")
-    ],
-    n_volumes: Annotated[int, typer.Option("--n-volumes", help="Number of volumes.")] = 3,
+    out: Annotated[Path, typer.Option(help="Data-set folder to write (new, empty or aop's own).")],
+    n_volumes: Annotated[int, typer.Option(help="Number of volumes.")] = 3,
     shape: Annotated[
         tuple[int, int, int] | None,
-        typer.Option("--shape", help="Volume shape Z Y X in voxels (default: the preset's)."),
+        typer.Option(help="Volume shape Z Y X in voxels (default: the preset's)."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Data-set seed (non-negative).")] = 0,
+    seed: Annotated[int, typer.Option(help="Data-set seed (non-negative).")] = 0,
     preset: Annotated[
-        str,
-        typer.Option(
-            "--preset", help="Parameter set: nuclei, packed_nuclei, myotube or core_shell."
-        ),
+        str, typer.Option(help="Parameter set: nuclei, packed_nuclei, myotube or core_shell.")
     ] = "nuclei",
     spacing: Annotated[
         tuple[float, float, float] | None,
-        typer.Option("--spacing", help="Voxel size Z Y X (default: the preset's)."),
+        typer.Option(help="Voxel size Z Y X (default: the preset's)."),
     ] = None,
     n_objects: Annotated[
-        int | None,
-        typer.Option("--n-objects", help="Objects per volume (default: the preset's density)."),
+        int | None, typer.Option(help="Objects per volume (default: the preset's density).")
     ] = None,
     density: Annotated[
-        float | None, typer.Option("--density", help="Volume fraction filled by objects.")
+        float | None, typer.Option(help="Volume fraction filled by objects.")
     ] = None,
     touching_fraction: Annotated[
-        float | None,
-        typer.Option("--touching-fraction", help="Fraction of objects touching a neighbour."),
+        float | None, typer.Option(help="Fraction of objects touching a neighbour.")
     ] = None,
     overlap: Annotated[
         float | None,
-        typer.Option(
-            "--overlap",
-            help="Fraction (0-0.5) of their radii by which objects' bounding balls may overlap: "
-            "packs them densely, neighbours touch (preset packed_nuclei: 0.4).",
-        ),
+        typer.Option(help="Fraction (0-0.5) of their radii by which objects' bounding balls may "
+                     "overlap: packs them densely, neighbours touch (preset packed_nuclei: 0.4)."),
     ] = None,
-    layout: Annotated[
-        str | None, typer.Option("--layout", help="uniform, spheroid or core_shell.")
-    ] = None,
+    layout: Annotated[str | None, typer.Option(help="uniform, spheroid or core_shell.")] = None,
     classes: Annotated[
         bool,
-        typer.Option(
-            "--classes",
-            help="Instance classes with marker channels (presets myotube, core_shell); the truth "
-            "goes to annotations.csv.",
-        ),
+        typer.Option("--classes", help="Instance classes with marker channels (presets myotube, "
+                     "core_shell); the truth goes to annotations.csv."),
     ] = False,
     overwrite: OverwriteOption = False,
 ) -> None:
@@ -220,8 +203,7 @@ def synth(
     from aop.synth.classes import class_set
     from aop.synth.dataset import write_synthetic_dataset
 
-    if n_volumes < 1:
-        raise AopError(f"--n-volumes must be at least 1, got {n_volumes}")
+    at_least_one("--n-volumes", n_volumes)
     if shape is None:
         shape = PRESETS[preset].default_shape if preset in PRESETS else (32, 128, 128)
     if min(shape) < 1:
@@ -229,13 +211,9 @@ def synth(
     if seed < 0:
         raise AopError(f"--seed must be non-negative, got {seed}")
     overrides = {
-        "spacing": spacing,
-        "n_objects": n_objects,
-        "density": density,
-        "touching_fraction": touching_fraction,
-        "overlap": overlap,
-        "layout": layout,
-    }
+        "spacing": spacing, "n_objects": n_objects, "density": density,
+        "touching_fraction": touching_fraction, "overlap": overlap, "layout": layout,
+    }  # fmt: skip
     progress, advance = volume_progress("simulating", n_volumes, "objects")
 
     try:
@@ -249,15 +227,13 @@ def synth(
     except AopError as exc:  # name the command-line option rather than the parameter
         message = str(exc)
         for field in overrides:
-            option = f"--{field.replace('_', '-')}"
+            option = "--" + field.replace("_", "-")
             message = message.replace(f"simulation parameter {field!r}", option)
         raise AopError(message) from None
     console.print(f"wrote {n_volumes} volume(s) of shape {tuple(shape)} to {root}")
 
 
-# ------------------------------------------------------------------------------------------------
-# Study report
-# ------------------------------------------------------------------------------------------------
+# Study report -----------------------------------------------------------------------------------
 
 
 @app.command()
@@ -275,31 +251,24 @@ def report(
     import json
 
     from aop.analysis.plots import make_study_plots
-    from aop.analysis.report import load_report, print_report
+    from aop.analysis.report import load_report
 
     if plots:
         make_study_plots(study_dir)
-    study = load_report(study_dir)
     if as_json:
-        typer.echo(json.dumps(study.to_dict(), indent=2))
+        typer.echo(json.dumps(load_report(study_dir).to_dict(), indent=2))
     else:
-        print_report(study, console)
+        _print_study_report(study_dir)
 
 
-# ------------------------------------------------------------------------------------------------
-# Segmentation study: search, resume, demo
-# ------------------------------------------------------------------------------------------------
+# Segmentation study: search, resume, demo -------------------------------------------------------
 
 
-def _run_study_command(
-    exp: Any, address: str | None, tracking_uri: str | None, quiet: bool
-) -> None:
+def _run_study_command(exp: Any, address: str | None, quiet: bool) -> None:
     from aop.tuning.study import run_study
 
     if address:
         exp.ray.address = address
-    if tracking_uri:
-        exp.tracking.tracking_uri = tracking_uri
     result = run_study(exp, verbose=0 if quiet else 1)
     _print_study_report(result.study_dir)
 
@@ -317,38 +286,36 @@ def search(
     ],
     address: Annotated[
         str | None,
-        typer.Option("--address", help="Ray cluster to join: 'auto' or ray://host:10001 "
+        typer.Option(help="Ray cluster to join: 'auto' or ray://host:10001 "
                      "(default: the file's ray.address, else a local Ray)."),
     ] = None,
     tracking_uri: Annotated[
         str | None,
-        typer.Option(
-            "--tracking-uri", help="MLflow tracking URI (default sqlite:///STUDY_DIR/mlflow.db)."
-        ),
+        typer.Option(help="MLflow tracking URI (default sqlite:///STUDY_DIR/mlflow.db)."),
     ] = None,
     study_dir: Annotated[
-        Path | None, typer.Option("--study-dir", help="Study folder (overrides storage.study_dir).")
+        Path | None, typer.Option(help="Study folder (overrides storage.study_dir).")
     ] = None,
     budget: Annotated[
-        int | None,
-        typer.Option("--budget", help="Trials of the main search (overrides search.budget)."),
+        int | None, typer.Option(help="Trials of the main search (overrides search.budget).")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No Ray Tune progress table.")] = False,
+    quiet: TuneQuietOption = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier study in the study folder.")
     ] = False,
 ) -> None:
     """Run a study (kind segmentation or classification): comparisons, then the BO (Ray Tune)."""
-    from aop.tuning.kinds import load_experiment
     from aop.outputs import discard_output, prepare_output
+    from aop.tuning.kinds import load_experiment
 
     exp = load_experiment(experiment)
     if study_dir is not None:
         exp.storage.study_dir = study_dir.resolve()
     if budget is not None:
-        if budget < 1:
-            raise AopError(f"--budget must be at least 1, got {budget}")
+        at_least_one("--budget", budget)
         exp.search.budget = budget
+    if tracking_uri:
+        exp.tracking.tracking_uri = tracking_uri
     inputs = [experiment, *exp.input_paths()]
     prepare_output(
         exp.study_dir, inputs=inputs, overwrite=overwrite, kind="study",
@@ -357,31 +324,27 @@ def search(
     if overwrite:
         from aop.tuning.study import check_study
 
-        if tracking_uri:
-            exp.tracking.tracking_uri = tracking_uri
         check_study(exp)  # every other error first: the earlier study is kept on any of them
         discard_output(exp.study_dir)
-    _run_study_command(exp, address, tracking_uri, quiet)
+    _run_study_command(exp, address, quiet)
 
 
 @app.command()
 def resume(
     study_dir: Annotated[Path, typer.Argument(help="Folder of an interrupted study.")],
     address: Annotated[
-        str | None, typer.Option("--address", help="Ray cluster to join ('auto', ray://host:10001).")
+        str | None, typer.Option(help="Ray cluster to join ('auto', ray://host:10001).")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No Ray Tune progress table.")] = False,
+    quiet: TuneQuietOption = False,
 ) -> None:
     """Continue an interrupted study: finished trials are kept, unfinished ones rerun."""
     from aop.tuning.study import load_study_experiment
 
     exp = load_study_experiment(study_dir)
-    _run_study_command(exp, address, None, quiet)
+    _run_study_command(exp, address, quiet)
 
 
-# ------------------------------------------------------------------------------------------------
-# Post-processing
-# ------------------------------------------------------------------------------------------------
+# Post-processing --------------------------------------------------------------------------------
 
 
 def _postprocess_values(values: dict[str, float]) -> dict[str, float]:
@@ -443,17 +406,11 @@ def postprocess(
     from aop.resources import check_postprocess_memory, volume_shape
     from aop.segmentation import postprocess as engine
 
-    values = _postprocess_values(
-        {
-            "erode_dilate": erode_dilate,
-            "open_close": open_close,
-            "merge_continuity": merge_continuity,
-            "merge_smoothness": merge_smoothness,
-            "merge_area": merge_area,
-            "split_sigma": split_sigma,
-            "split_threshold": split_threshold,
-        }
-    )
+    values = _postprocess_values({
+        "erode_dilate": erode_dilate, "open_close": open_close,
+        "merge_continuity": merge_continuity, "merge_smoothness": merge_smoothness,
+        "merge_area": merge_area, "split_sigma": split_sigma, "split_threshold": split_threshold,
+    })  # fmt: skip
     inputs = [pred, image]
     outputs = [out, *([features] if features is not None else [])]
     for path in outputs:
@@ -497,14 +454,12 @@ def postprocess(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Study folder of the demo.")] = Path("demo"),
+    out: Annotated[Path, typer.Option(help="Study folder of the demo.")] = Path("demo"),
     budget: Annotated[
-        int | None, typer.Option("--budget", help="Trials of the Bayesian search (default 30).")
+        int | None, typer.Option(help="Trials of the Bayesian search (default 30).")
     ] = None,
-    unet_steps: Annotated[
-        int, typer.Option("--unet-steps", help="Training steps of the demo's 3D UNet.")
-    ] = 150,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No Ray Tune progress table.")] = False,
+    unet_steps: Annotated[int, typer.Option(help="Training steps of the demo's 3D UNet.")] = 150,
+    quiet: TuneQuietOption = False,
     skip_segmentation: Annotated[
         bool,
         typer.Option("--skip-segmentation", help="Reuse the segmentation study already in OUT."),
@@ -513,17 +468,15 @@ def demo(
         bool, typer.Option("--no-classification", help="Stop after the segmentation study.")
     ] = False,
     class_budget: Annotated[
-        int | None,
-        typer.Option("--class-budget", help="Trials of the classifier study (default 10)."),
+        int | None, typer.Option(help="Trials of the classifier study (default 10).")
     ] = None,
 ) -> None:
     """Run the embedded demo end to end: segmentation study -> aop segment -> (simulated)
     annotation -> aop spread -> classifier study -> aop classify -> aop analyze."""
     from aop.demo import run_demo
 
-    for name, value in (("--budget", budget), ("--class-budget", class_budget)):
-        if value is not None and value < 1:
-            raise AopError(f"{name} must be at least 1, got {value}")
+    at_least_one("--budget", budget)
+    at_least_one("--class-budget", class_budget)
     study_dir = run_demo(
         out, budget=budget, unet_steps=unet_steps, quiet=quiet, echo=console.print,
         segmentation=not skip_segmentation, classification=not no_classification,
@@ -536,9 +489,7 @@ def demo(
         console.print(f"Class analysis (aop analyze): {analysis}")
 
 
-# ------------------------------------------------------------------------------------------------
-# Segmentation models: predict a data set into the cache, train aop's own UNet
-# ------------------------------------------------------------------------------------------------
+# Segmentation models: predict a data set into the cache, train aop's own UNet -------------------
 
 
 ModelsOption = Annotated[
@@ -595,18 +546,16 @@ def models(
 
 @app.command()
 def predict(
-    data: Annotated[Path, typer.Option("--data", help="Data-set folder (images/, dataset.yaml).")],
+    data: Annotated[Path, typer.Option(help="Data-set folder (images/, dataset.yaml).")],
     models: ModelsOption = "",
     cache: Annotated[
-        Path, typer.Option("--cache", help="Prediction cache folder (shared storage on a cluster).")
+        Path, typer.Option(help="Prediction cache folder (shared storage on a cluster).")
     ] = Path("aop-cache"),
     setting: SettingOption = None,
     config: ModelsFileOption = None,
-    address: Annotated[
-        str | None, typer.Option("--address", help="Ray cluster address (default: local Ray).")
-    ] = None,
+    address: AddressOption = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Actors per model (default: one per CPU/GPU).")
+        int | None, typer.Option(help="Actors per model (default: one per CPU/GPU).")
     ] = None,
 ) -> None:
     """Predict every volume of a data set with each model once, into the prediction cache."""
@@ -616,12 +565,10 @@ def predict(
 
     specs = parse_model_specs(models, setting or [], config)
     dataset = load_dataset(data)
-    if workers is not None and workers < 1:
-        raise AopError(f"--workers must be at least 1, got {workers}")
+    at_least_one("--workers", workers)
     results = predict_dataset(dataset, specs, cache, address=address, num_workers=workers)
-    table = Table(title=f"predictions of {dataset.info.name} in {cache}")
-    for column in ("model", "volume", "cache entry"):
-        table.add_column(column)
+    title = f"predictions of {dataset.info.name} in {cache}"
+    table = Table("model", "volume", "cache entry", title=title)
     for model, entries in results.items():
         for name, path in entries.items():
             table.add_row(model, name, str(path))
@@ -630,10 +577,10 @@ def predict(
 
 @app.command("train-unet")
 def train_unet_command(
-    data: Annotated[Path, typer.Option("--data", help="Labelled data set (e.g. from aop synth).")],
-    out: Annotated[Path, typer.Option("--out", help="BioImage.IO package folder to write.")],
-    max_steps: Annotated[int, typer.Option("--max-steps", help="Optimiser steps.")] = 300,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of weights and crops.")] = 0,
+    data: Annotated[Path, typer.Option(help="Labelled data set (e.g. from aop synth).")],
+    out: Annotated[Path, typer.Option(help="BioImage.IO package folder to write.")],
+    max_steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of weights and crops.")] = 0,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Train aop's small 3D UNet (foreground + boundary) and save it for the unet3d model."""

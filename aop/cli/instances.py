@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from aop.cli.app import app, console, err_console, volume_progress
+from aop.cli.app import AddressOption, FeaturesOption, app, console, volume_progress
 from aop.errors import AopError
 
 _DATA = Annotated[
@@ -16,13 +16,11 @@ _DATA = Annotated[
 
 
 def _features_with_progress(data: Path):  # type: ignore[no-untyped-def]
-
     from aop.instances.features import dataset_features
     from aop.io import load_dataset
 
     n_volumes = len(load_dataset(data, require_labels=True, validate=False))
     progress, advance = volume_progress("features", n_volumes, "instances")
-
     with progress:
         return dataset_features(data, on_volume=advance)
 
@@ -41,7 +39,7 @@ def write_table(frame, out: Path, as_csv: bool) -> None:  # type: ignore[no-unty
 @app.command("instances")
 def instances(
     data: _DATA,
-    out: Annotated[Path, typer.Option("--out", help="Feature table to write (.parquet).")],
+    out: Annotated[Path, typer.Option(help="Feature table to write (.parquet).")],
     as_csv: Annotated[bool, typer.Option("--csv", help="Write CSV instead of Parquet.")] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
@@ -62,21 +60,15 @@ def instances(
 @app.command("spread")
 def spread(
     data: _DATA,
-    features: Annotated[
-        Path | None,
-        typer.Option("--features", help="Feature table from `aop instances` (default: computed)."),
-    ] = None,
-    gamma: Annotated[
-        float | None, typer.Option("--gamma", help="RBF kernel width (default: by CV).")
-    ] = None,
+    features: FeaturesOption = None,
+    gamma: Annotated[float | None, typer.Option(help="RBF kernel width (default: by CV).")] = None,
     alpha: Annotated[
-        float | None, typer.Option("--alpha", help="Clamping factor in (0, 1) (default: by CV).")
+        float | None, typer.Option(help="Clamping factor in (0, 1) (default: by CV).")
     ] = None,
     n_components: Annotated[
-        float,
-        typer.Option("--n-components", help="PCA variance fraction (< 1) or component count."),
+        float, typer.Option(help="PCA variance fraction (< 1) or component count.")
     ] = 0.95,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the cross-validation.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the cross-validation.")] = 0,
 ) -> None:
     """Label spreading: pseudo-labels (source=spread) for every instance without a manual label."""
     import pandas as pd
@@ -121,45 +113,24 @@ def segment(
     source: Annotated[
         str, typer.Argument(help="Study folder (its best pipeline) or an MLflow model URI.")
     ],
-    data: Annotated[Path, typer.Option("--data", help="Data set to segment (images/).")],
-    out: Annotated[Path, typer.Option("--out", help="Output data set (labels/ written there).")],
-    address: Annotated[
-        str | None, typer.Option("--address", help="Ray cluster address (default: local Ray).")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", help="Actors holding the model.")
-    ] = None,
-    gpus_per_worker: Annotated[
-        float, typer.Option("--gpus-per-worker", help="GPUs per actor (0: CPU only).")
-    ] = 0.0,
+    data: Annotated[Path, typer.Option(help="Data set to segment (images/).")],
+    out: Annotated[Path, typer.Option(help="Output data set (labels/ written there).")],
+    address: AddressOption = None,
+    workers: Annotated[int | None, typer.Option(help="Actors holding the model.")] = None,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per actor (0: CPU only).")] = 0.0,
 ) -> None:
     """Apply the best segmentation pipeline to every volume; a rerun skips finished volumes."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from aop.io import load_dataset
     from aop.segmentation.apply import apply_pipeline
 
     total = len(load_dataset(data, validate=False))
-    progress = Progress(
-        TextColumn("segmenting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        console=err_console,
-        transient=True,
-    )
     labels = out / "labels"
     before = len(list(labels.glob("*.tif"))) if labels.is_dir() else 0
-    task = progress.add_task("", total=total, completed=before)
+    progress, advance = volume_progress("segmenting", total, completed=before)
     with progress:
         done = apply_pipeline(
-            source,
-            data,
-            out,
-            address=address,
-            num_workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            on_volume=lambda name: progress.update(task, advance=1, description=name),
-        )
+            source, data, out, address=address, num_workers=workers,
+            gpus_per_worker=gpus_per_worker, on_volume=advance,
+        )  # fmt: skip
     skipped = total - len(done)
     console.print(f"segmented {len(done)} volume(s) into {out / 'labels'} ({skipped} already done)")
