@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from aop.config import PROJECT_ROOT
+from aop.outputs import atomic_file
 from aop.tuning.kinds import load_experiment
 from aop.tuning.segmentation import SegmentationExperiment
-from aop.outputs import atomic_file
 
 DEMO_EXPERIMENT = PROJECT_ROOT / "experiments" / "demo.yaml"
 DEMO_CLASSIFICATION = PROJECT_ROOT / "experiments" / "demo_classification.yaml"

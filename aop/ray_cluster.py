@@ -189,22 +189,20 @@ def _join_gcs(address: str, timeout_s: float) -> str:
             f"Ray address {address}: no Ray cluster answers at {host}:{port} (start one with "
             "`ray start --head --port PORT`, or check the host, port and firewall)"
         )
-    automatic = "RAY_AUTH_MODE" not in os.environ  # else the user's setting is kept
-    if automatic:
-        # a token found where Ray keeps one is sent from the first request on: a cluster without
-        # authentication ignores it, and one with it never sees (nor logs) a request without
-        has_token = _token_available()
-        if has_token:
-            _enable_token_mode()
-    elif os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         _token_available()  # a malformed token is one line here, not a gRPC abort
-    error = _probe_gcs(address)
-    if error is not None:
-        if _is_auth_error(error) and automatic and not has_token:
+    error = _probe_gcs(address)  # without a token first (the probe's own log is silenced)
+    if error is not None and _is_auth_error(error) and "RAY_AUTH_MODE" not in os.environ:
+        # the cluster asks for a token: send the one found where Ray keeps it from now on. A
+        # cluster without authentication never gets token mode, whose workers would expect one
+        if not _token_available():
             raise AopError(
                 f"Ray address {address}: the Ray cluster requires an authentication token and "
                 f"none was found: {TOKEN_HINT}"
             )
+        _enable_token_mode()
+        error = _probe_gcs(address)
+    if error is not None:
         if _is_auth_error(error):
             raise AopError(
                 f"Ray address {address}: the Ray cluster rejected the authentication token: "

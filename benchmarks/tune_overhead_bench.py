@@ -39,6 +39,7 @@ def trials_per_second(n_trials: int, concurrency: int, searcher: str) -> float:
             f"{searcher}_c{concurrency}",
             tune.with_resources(trivial_trial, {"cpu": 1}),
             study_dir=study,
+            kind="segmentation",
             param_space={},
             num_samples=n_trials,
             searcher=make_searcher(searcher, space, metric="ipq", concurrency=concurrency),

@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
 import aop
-from aop.tuning.kinds import available_kinds, get_kind
+from aop.tuning.kinds import ENTRY_POINT_GROUP, get_kind
 
 AOP = Path(aop.__file__).resolve().parent
 ENGINE = ["study", "kinds", "space", "searchers", "callbacks", "storage", "smac_search"]
@@ -31,9 +32,9 @@ COMMON_WORDS = {"epoch"}
 
 
 def kind_words() -> set[str]:
-    """Every registered kind's name, objective and metric columns."""
+    """Every installed kind's name, objective and metric columns (the entry points)."""
     words: set[str] = set()
-    for name in available_kinds():
+    for name in {entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)}:
         kind = get_kind(name)
         words |= {kind.name, kind.metric, *kind.metrics}
     return words - COMMON_WORDS

@@ -60,6 +60,7 @@ def test_trials_and_volume_tasks_run_on_both_nodes(two_nodes, benchmark, tmp_pat
         "gp",
         make_trainable(benchmark, volume_tasks=2, spread=True),
         study_dir=tmp_path,
+        kind="segmentation",
         param_space={},
         num_samples=4,
         searcher=make_searcher(
@@ -77,6 +78,7 @@ def test_trials_and_volume_tasks_run_on_both_nodes(two_nodes, benchmark, tmp_pat
         "parallel",
         make_trainable(benchmark, volume_tasks=1),
         study_dir=tmp_path,
+        kind="segmentation",
         param_space={},
         num_samples=6,
         searcher=make_searcher("random", _space(), metric="ipq", concurrency=2),
@@ -102,6 +104,7 @@ def test_a_trial_whose_worker_dies_is_retried(two_nodes, benchmark, tmp_path):
         "retry",
         make_trainable(benchmark, trial_fn=dies_once),
         study_dir=tmp_path,
+        kind="segmentation",
         param_space={"marker": str(tmp_path)},
         num_samples=1,
         searcher=make_searcher(
@@ -114,3 +117,31 @@ def test_a_trial_whose_worker_dies_is_retried(two_nodes, benchmark, tmp_path):
     first_pid = int((tmp_path / "split").read_text())
     assert records[0]["params"]["split_threshold"] == 0  # the zero start point, rerun
     assert np.isfinite(records[0]["metrics"]["ipq"]) and first_pid > 0
+
+
+def test_a_token_on_disk_does_not_switch_token_mode_on_for_a_cluster_without_one(
+    two_nodes, tmp_path
+):
+    """A user who keeps a token for another cluster joins a cluster without authentication: aop
+    joins it in plain mode, and work scheduled on both nodes runs."""
+    import subprocess
+
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a" * 64 + "\n")
+    code = (
+        "import os, ray; from aop.ray_cluster import connect; "
+        "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On; "
+        f"connect({two_nodes.address!r}); "
+        "f = ray.remote(num_cpus=1)(lambda: ray.get_runtime_context().get_node_id()); "
+        "ids = [n['NodeID'] for n in ray.nodes() if n['Alive']]; "
+        "ran = ray.get([f.options(scheduling_strategy=On(i, soft=False)).remote() for i in ids]); "
+        "print(len(set(ran)), os.environ.get('RAY_AUTH_MODE'))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**env, "HOME": str(home)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["2", "None"]

@@ -484,7 +484,7 @@ def served(tmp_path_factory):
     from aop.synth.classes import class_set
     from aop.synth.dataset import write_synthetic_dataset
     from aop.tracking import StudyTracker
-    from aop.tuning.classification import log_classifier_model
+    from aop.tuning.classification_trial import log_classifier_model
 
     root = tmp_path_factory.mktemp("served")
     data = write_synthetic_dataset(
@@ -714,6 +714,7 @@ def test_half_gpu_trials_run_two_per_logical_gpu(joined, benchmark, tmp_path):
         "gpu",
         make_trainable(benchmark, cpus=0.25, gpu=0.5, scorer=GpuProbe(probes, 4)),
         study_dir=tmp_path,
+        kind="segmentation",
         param_space={},
         num_samples=4,
         searcher=make_searcher("random", _space(), metric="ipq", concurrency=4),
@@ -791,6 +792,7 @@ def test_tune_storage_uri_through_pyarrow_and_resume_from_it(joined, benchmark, 
         max_failures=0,
         verbose=0,
         storage=uri,
+        kind="segmentation",
     )
     first = run_search(
         "gp", make_trainable(benchmark, trial_fn=fails_once),
@@ -860,6 +862,7 @@ def test_a_killed_worker_node_retries_its_trial_with_the_exact_budget(
         "gp",
         make_trainable(benchmark, trial_fn=slow_trial),
         study_dir=tmp_path / "study",
+        kind="segmentation",
         param_space={"marker": str(marker)},
         num_samples=BUDGET,
         searcher=make_searcher("random", _space(), metric="ipq", concurrency=2),

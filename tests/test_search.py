@@ -126,6 +126,7 @@ def _two_worker_search(searcher, benchmark, study_dir, num_samples, seed, space=
         searcher,
         make_trainable(refs, volume_tasks=1),
         study_dir=study_dir,
+        kind="segmentation",
         param_space={},
         num_samples=num_samples,
         searcher=make_searcher(

@@ -110,8 +110,9 @@ class SearchComparison:
     ----------
     summary : DataFrame
         Indexed by search: the group parameter (if any) and ``trial_id`` of the best
-        configuration (pooled searches: ``"all"``), ``n`` (sample size), the means of the metrics, and ``p_<metric>``: the
-        p-value of the paired t-test against the reference search (NaN for the reference).
+        configuration (pooled searches: ``"all"``), ``n`` (sample size), the means of the
+        metrics, and ``p_<metric>``: the p-value of the paired t-test against the reference
+        search (NaN for the reference).
     tests : DataFrame
         One row per (search_a, search_b, metric) for every pair of searches: ``n_pairs``,
         ``mean_a``, ``mean_b`` (means over the paired values), ``statistic`` and ``p_value`` of

@@ -114,6 +114,10 @@ class StudyMeta:
         The parameter shown beside each search's best configuration.
     budgets : dict
         Trials each search of the study runs (``{}`` when the file does not say).
+    colours : dict
+        ``{metric: colour}`` of the comparison plot.
+    ranges : dict
+        ``{parameter: [low, high]}`` of the searched numeric parameters.
     """
 
     kind: str
@@ -124,6 +128,8 @@ class StudyMeta:
     pooled: list[str] = field(default_factory=list)
     group: str | None = None
     budgets: dict[str, int] = field(default_factory=dict)
+    colours: dict[str, str] = field(default_factory=dict)
+    ranges: dict[str, list[float]] = field(default_factory=dict)
 
 
 def read_study_meta(study_dir: Path) -> StudyMeta:

@@ -90,6 +90,8 @@ class StudyKind(ABC, Generic[ExperimentT]):
         Comparison searches represented by all their trials (a baseline over a grid).
     group : str or None
         The categorical parameter that reports show beside each search's best (e.g. the model).
+    colours : dict
+        ``{metric: colour}`` of the metric columns in the comparison plot (default: matplotlib's).
     record_extras : tuple of str
         Result keys kept in the trial records as they are.
     curves : tuple of str
@@ -106,6 +108,7 @@ class StudyKind(ABC, Generic[ExperimentT]):
     start_point: ClassVar[str | None] = "default"
     pooled: ClassVar[tuple[str, ...]] = ()
     group: ClassVar[str | None] = None
+    colours: ClassVar[dict[str, str]] = {}
     record_extras: ClassVar[tuple[str, ...]] = ()
     curves: ClassVar[tuple[str, ...]] = ()
 
@@ -170,6 +173,7 @@ class StudyKind(ABC, Generic[ExperimentT]):
             "main_search": exp.search.searcher,
             "pooled": list(self.pooled),
             "group": self.group,
+            "colours": dict(self.colours),
         }
 
 

@@ -51,8 +51,6 @@ from aop.tuning.kinds import Prepared, StudyKind
 from aop.tuning.space import FloatSpec, IntSpec, SearchSpace, parse_space
 
 DEFAULT_SEARCH_SPACE = "search_spaces/segmentation.yaml"
-#: Colours of the paper's Fig. 4: IPQ grey, SQ pink, RQ orange, IQ blue.
-METRIC_COLOURS = {"ipq": "#8c8c8c", "sq": "#e377c2", "rq": "#ff9f40", "iq": "#4a90d9"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,6 +295,8 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
     start_point = "zeros"
     pooled = ("baseline",)
     group = "model"
+    #: the paper's Fig. 4: IPQ grey, SQ pink, RQ orange, IQ blue
+    colours = {"ipq": "#8c8c8c", "sq": "#e377c2", "rq": "#ff9f40", "iq": "#4a90d9"}
     record_extras = ("volume_nodes",)
 
     def search_space(self, exp: SegmentationExperiment) -> SearchSpace:
@@ -402,16 +402,7 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
         from aop.analysis.plots import make_study_plots
         from aop.pipeline_model import log_pipeline_model
 
-        plots = make_study_plots(
-            exp.study_dir,
-            dict(records),
-            metric=self.metric,
-            mode=self.mode,
-            metrics=self.metrics,
-            colours=METRIC_COLOURS,
-            pooled=self.pooled,
-            main=exp.search.searcher,
-        )
+        plots = make_study_plots(exp.study_dir, dict(records))  # as study.yaml says
         spec = next(m for m in exp.models if m.key == best["params"]["model"])
         tracker.log_model_safely(
             lambda: log_pipeline_model(

@@ -170,6 +170,14 @@ class SearchSpace:
         """The searched parameters as Ray Tune domains (what a searcher receives)."""
         return {n: v.domain() for n, v in self.parameters.items() if isinstance(v, _Spec)}
 
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """``{name: (low, high)}`` of the searched numeric parameters (plots span them)."""
+        return {
+            name: (spec.int if isinstance(spec, IntSpec) else spec.float)
+            for name, spec in self.parameters.items()
+            if isinstance(spec, IntSpec | FloatSpec)
+        }
+
     def contains(self, config: Mapping[str, Any]) -> bool:
         """Whether ``config`` sets every searched parameter to a value of its domain."""
         return all(

@@ -314,8 +314,9 @@ def _write_yaml(path: Path, data: Any) -> None:
 def save_experiment(exp: BaseExperiment, space: SearchSpace | None = None) -> Path:
     """Write the validated experiment and ``study.yaml`` (atomically).
 
-    ``study.yaml`` holds the kind's :meth:`~aop.tuning.kinds.StudyKind.meta` and each search's
-    budget in trials (``budgets``), so that reports need neither the kind nor Ray.
+    ``study.yaml`` holds the kind's :meth:`~aop.tuning.kinds.StudyKind.meta`, each search's
+    budget in trials (``budgets``) and the searched numeric ranges (``ranges``), so that reports
+    and plots need neither the kind nor Ray.
     """
     kind = get_kind(exp.kind)
     space = space or kind.search_space(exp)
@@ -327,7 +328,9 @@ def save_experiment(exp: BaseExperiment, space: SearchSpace | None = None) -> Pa
             grid = (kind.grid_space if name == "grid" else kind.baseline_space)(exp, space) or {}
             budget = grid_size(grid)
         budgets[name] = budget
-    _write_yaml(exp.study_dir / STUDY_FILE, {**kind.meta(exp), "budgets": budgets})
+    ranges = {name: list(bounds) for name, bounds in space.ranges().items()}
+    meta = {**kind.meta(exp), "budgets": budgets, "ranges": ranges}
+    _write_yaml(exp.study_dir / STUDY_FILE, meta)
     return path
 
 
