@@ -428,3 +428,28 @@ def test_contour_plot_marks_optimum_and_repeated_points():
         )
     with pytest.raises(AopError, match="parameter 'model' is not numeric"):
         plot_parameter_contour(recs, ("model", "open_close"), metric="ipq")
+
+
+def test_few_volumes_give_an_interval_and_no_stars():
+    """Two volumes, a consistent tiny gain: a small p-value that means little. The test is marked
+    not meaningful (no stars) and carries the 95 % interval of the paired difference."""
+    random = [0.500, 0.600]
+    gp = [0.501, 0.6012]
+    comparison = compare_searches(
+        {"random": [record("random", "r", "m", random)], "gp": [record("gp", "g", "m", gp)]},
+        **SEGMENTATION,
+    )
+    expected = stats.ttest_rel(gp, random)
+    test = comparison.test("gp", "random", "ipq")
+    assert test["n_volumes"] == 2 and not test["meaningful"] and test["stars"] == ""
+    assert test["p_value"] == pytest.approx(expected.pvalue)
+    assert test["difference"] == pytest.approx(0.0011)
+    low, high = expected.confidence_interval(0.95)
+    assert (test["ci_low"], test["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert low < 0 < 0.0011 < high  # the interval shows that two volumes decide nothing
+    assert comparison.summary.loc["random", "ci_ipq"] == (pytest.approx(low), pytest.approx(high))
+    assert not comparison.summary.loc["random", "tested_ipq"]
+    # the same test the other way round: the difference and the interval change sign
+    back = comparison.test("random", "gp", "ipq")
+    assert back["difference"] == pytest.approx(-0.0011)
+    assert (back["ci_low"], back["ci_high"]) == (pytest.approx(-high), pytest.approx(-low))

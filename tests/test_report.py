@@ -66,8 +66,12 @@ def test_report_prints_comparison_best_and_mlflow_command(study):
     assert f"{np.mean(BASELINE):.3f}" in rows["baseline"] and "0.281" in rows["baseline"]
     assert f"{np.mean(RANDOM):.3f}" in rows["random"] and "classical" in rows["random"]
     assert f"{np.mean(GP):.3f}" in rows["gp"] and "unet" in rows["gp"]
-    p_random = stats.ttest_rel(GP, RANDOM).pvalue
-    assert f"+{np.mean(GP) - np.mean(RANDOM):.3f}  p={p_random:.2g}" in out
+    test = stats.ttest_rel(GP, RANDOM)
+    low, high = test.confidence_interval(0.95)
+    # four volumes: the difference and its interval, the p-value marked not meaningful
+    assert f"+{np.mean(GP) - np.mean(RANDOM):.3f}  p={test.pvalue:.2g} n.m." in out
+    assert f"[{low:+.3f}, {high:+.3f}]" in out
+    assert "with 4 volume(s) a paired t-test is not meaningful (it needs at least 5)" in out
     assert "Best configuration (search gp, trial g0; from results)" in out
     assert "split_threshold" in out and "0.125" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{study.resolve()}/mlflow.db" in out

@@ -14,6 +14,12 @@ the same volume. Between two best configurations that is one pair per volume; be
 baseline and a best configuration it pairs every model's score on a volume with the best
 configuration's score on that volume, so the test has n_2 pairs. The test is
 :func:`scipy.stats.ttest_rel` (two-sided).
+
+The pairs of a pooled search repeat each volume, so they are not independent draws: with fewer
+than :data:`MIN_VOLUMES` distinct volumes a p-value means little, however small. Such a test is
+marked not meaningful (``meaningful`` False, no stars), and every test carries the 95 %
+confidence interval of the mean paired difference (Student's t), which shows the effect and its
+uncertainty either way.
 """
 
 from __future__ import annotations
@@ -29,7 +35,16 @@ from scipy import stats
 from aop.analysis.records import best_record, order_searches
 from aop.errors import AopError
 
-__all__ = ["SearchComparison", "compare_searches", "search_sample", "significance_stars"]
+__all__ = [
+    "MIN_VOLUMES",
+    "SearchComparison",
+    "compare_searches",
+    "search_sample",
+    "significance_stars",
+]
+
+#: Distinct volumes a paired t-test needs before its p-value is reported as meaningful.
+MIN_VOLUMES = 5
 
 
 def significance_stars(p_value: float) -> str:
@@ -95,11 +110,35 @@ def _python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The pairs of two samples on one metric: columns ``volume``, ``<metric>_a``, ``_b``."""
     left = a.loc[a["volume"].notna(), ["volume", metric]]
     right = b.loc[b["volume"].notna(), ["volume", metric]]
-    pairs = left.merge(right, on="volume", suffixes=("_a", "_b")).dropna()
-    return pairs[f"{metric}_a"].to_numpy(float), pairs[f"{metric}_b"].to_numpy(float)
+    return left.merge(right, on="volume", suffixes=("_a", "_b")).dropna()
+
+
+def _test(pairs: pd.DataFrame, metric: str) -> dict[str, Any]:
+    """The paired t-test of ``a - b`` and the 95 % confidence interval of its mean."""
+    a, b = pairs[f"{metric}_a"].to_numpy(float), pairs[f"{metric}_b"].to_numpy(float)
+    diff = a - b
+    statistic = p_value = low = high = np.nan
+    if len(diff) >= 2 and np.ptp(diff) > 0:
+        result = stats.ttest_rel(a, b)
+        statistic, p_value = float(result.statistic), float(result.pvalue)
+        low, high = result.confidence_interval(0.95)
+    elif len(diff) >= 1:
+        low = high = float(diff.mean())  # constant differences: no spread to test
+    volumes = int(pairs["volume"].nunique())
+    meaningful = volumes >= MIN_VOLUMES and np.isfinite(p_value)
+    return {
+        "n_pairs": len(diff), "n_volumes": volumes,
+        "mean_a": float(a.mean()) if len(a) else np.nan,
+        "mean_b": float(b.mean()) if len(b) else np.nan,
+        "difference": float(diff.mean()) if len(diff) else np.nan,
+        "ci_low": float(low), "ci_high": float(high), "statistic": statistic,
+        "p_value": p_value, "meaningful": bool(meaningful),
+        "stars": significance_stars(p_value) if meaningful else "",
+    }  # fmt: skip
 
 
 @dataclass
@@ -111,12 +150,16 @@ class SearchComparison:
     summary : DataFrame
         Indexed by search: the group parameter (if any) and ``trial_id`` of the best
         configuration (pooled searches: ``"all"``), ``n`` (sample size), the means of the
-        metrics, and ``p_<metric>``: the p-value of the paired t-test against the reference
-        search (NaN for the reference).
+        metrics, and against the reference search (NaN for the reference itself): ``p_<metric>``
+        the paired t-test's p-value, ``ci_<metric>`` the 95 % interval of the reference's mean
+        paired difference to this search, ``tested_<metric>`` whether the test is meaningful.
     tests : DataFrame
         One row per (search_a, search_b, metric) for every pair of searches: ``n_pairs``,
-        ``mean_a``, ``mean_b`` (means over the paired values), ``statistic`` and ``p_value`` of
-        ``ttest_rel(a, b)`` (NaN with fewer than two pairs or constant differences), ``stars``.
+        ``n_volumes`` (distinct volumes among them), ``mean_a``, ``mean_b`` (means over the paired
+        values), ``difference`` (mean of ``a - b``) with its 95 % confidence interval
+        ``ci_low``, ``ci_high``, ``statistic`` and ``p_value`` of ``ttest_rel(a, b)`` (NaN with
+        fewer than two pairs or constant differences), ``meaningful`` (at least
+        :data:`MIN_VOLUMES` volumes) and ``stars`` (empty when not meaningful).
     samples : dict of DataFrame
         The per-volume sample of each search (see :func:`search_sample`).
     reference : str
@@ -128,18 +171,24 @@ class SearchComparison:
     samples: dict[str, pd.DataFrame]
     reference: str
 
+    def test(self, search_a: str, search_b: str, metric: str) -> dict[str, Any]:
+        """The paired test of ``search_a - search_b`` on one metric, whichever order it ran in.
+
+        The difference and its confidence interval are oriented as ``search_a - search_b``.
+        """
+        tests = self.tests[self.tests["metric"] == metric]
+        for a, b, sign in ((search_a, search_b, 1.0), (search_b, search_a, -1.0)):
+            rows = tests[(tests["search_a"] == a) & (tests["search_b"] == b)]
+            if not rows.empty:
+                row = rows.iloc[0].to_dict()
+                low, high = sorted((sign * row["ci_low"], sign * row["ci_high"]))
+                return {**row, "difference": sign * row["difference"], "ci_low": low,
+                        "ci_high": high}  # fmt: skip
+        raise AopError(f"no test between searches {search_a!r} and {search_b!r} on {metric!r}")
+
     def p_value(self, search_a: str, search_b: str, metric: str) -> float:
         """The p-value of the paired t-test between two searches on one metric (order-free)."""
-        rows = self.tests[
-            (self.tests["metric"] == metric)
-            & (
-                ((self.tests["search_a"] == search_a) & (self.tests["search_b"] == search_b))
-                | ((self.tests["search_a"] == search_b) & (self.tests["search_b"] == search_a))
-            )
-        ]
-        if rows.empty:
-            raise AopError(f"no test between searches {search_a!r} and {search_b!r} on {metric!r}")
-        return float(rows["p_value"].iloc[0])
+        return float(self.test(search_a, search_b, metric)["p_value"])
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form (NaN becomes None)."""
@@ -207,31 +256,12 @@ def compare_searches(
     for i, name_a in enumerate(names):
         for name_b in names[i + 1 :]:
             for metric in metrics:
-                a, b = _paired(samples[name_a], samples[name_b], metric)
-                statistic = p_value = np.nan
-                if len(a) >= 2 and np.ptp(a - b) > 0:
-                    result = stats.ttest_rel(a, b)
-                    statistic, p_value = float(result.statistic), float(result.pvalue)
-                tests.append(
-                    {
-                        "search_a": name_a,
-                        "search_b": name_b,
-                        "metric": metric,
-                        "n_pairs": len(a),
-                        "mean_a": float(a.mean()) if len(a) else np.nan,
-                        "mean_b": float(b.mean()) if len(b) else np.nan,
-                        "statistic": statistic,
-                        "p_value": p_value,
-                        "stars": significance_stars(p_value),
-                    }
-                )
-    tests_frame = pd.DataFrame(
-        tests,
-        columns=[
-            "search_a", "search_b", "metric", "n_pairs", "mean_a", "mean_b",
-            "statistic", "p_value", "stars",
-        ],
-    )
+                pairs = _paired(samples[name_a], samples[name_b], metric)
+                tests.append({"search_a": name_a, "search_b": name_b, "metric": metric,
+                              **_test(pairs, metric)})  # fmt: skip
+    columns = ["search_a", "search_b", "metric", "n_pairs", "n_volumes", "mean_a", "mean_b",
+               "difference", "ci_low", "ci_high", "statistic", "p_value", "meaningful", "stars"]
+    tests_frame = pd.DataFrame(tests, columns=columns)
     comparison = SearchComparison(pd.DataFrame(), tests_frame, samples, reference)
 
     rows = []
@@ -246,9 +276,10 @@ def compare_searches(
         for metric in metrics:
             row[metric] = float(sample[metric].mean())
         for metric in metrics:
-            row[f"p_{metric}"] = (
-                np.nan if name == reference else comparison.p_value(name, reference, metric)
-            )
+            test = comparison.test(reference, name, metric) if name != reference else {}
+            row[f"p_{metric}"] = test.get("p_value", np.nan)
+            row[f"ci_{metric}"] = (test.get("ci_low", np.nan), test.get("ci_high", np.nan))
+            row[f"tested_{metric}"] = bool(test.get("meaningful", False))
         rows.append(row)
     comparison.summary = pd.DataFrame(rows).set_index("search")
     return comparison

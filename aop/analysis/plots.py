@@ -396,7 +396,9 @@ def plot_search_comparison(
         x_ref = tops[(reference, metric)][0]
         level = max(top for (_, m), (_, top) in tops.items() if m == metric) + 0.04 * scale
         for other in (s for s in searches if s != reference):
-            text = significance_stars(summary.loc[other, f"p_{metric}"]) or "n/a"
+            p_value = summary.loc[other, f"p_{metric}"]
+            text = (significance_stars(p_value) if summary.loc[other, f"tested_{metric}"]
+                    else "n.m." if np.isfinite(p_value) else "") or "n/a"
             x_other = tops[(other, metric)][0]
             axes.plot([x_other, x_other, x_ref, x_ref],
                       [level - 0.015 * scale, level, level, level - 0.015 * scale],

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aop.analysis.compare import SearchComparison, compare_searches, significance_stars
+from aop.analysis.compare import MIN_VOLUMES, SearchComparison, compare_searches
 from aop.analysis.records import (
     RESULTS_DIR,
     best_record,
@@ -250,10 +250,11 @@ def _number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def _p_text(p_value: float) -> str:
+def _p_text(test: Mapping[str, Any]) -> str:
+    p_value = test["p_value"]
     if p_value is None or not math.isfinite(p_value):
         return "-"
-    return f"p={p_value:.2g} {significance_stars(p_value)}"
+    return f"p={p_value:.2g} {test['stars'] or 'n.s.' if test['meaningful'] else 'n.m.'}"
 
 
 def print_report(report: StudyReport, console: Any) -> None:
@@ -297,14 +298,27 @@ def print_report(report: StudyReport, console: Any) -> None:
         tests.add_column("metric")
         for other in others:
             tests.add_column(f"vs {other}", justify="right")
+        untested: set[int] = set()
         for metric in metrics:
             cells = []
             for other in others:
-                delta = summary.loc[comparison.reference, metric] - summary.loc[other, metric]
-                cells.append(f"{delta:+.3f}  {_p_text(summary.loc[other, f'p_{metric}'])}")
+                test = comparison.test(comparison.reference, other, metric)
+                low, high, diff = (test[k] + 0.0 for k in ("ci_low", "ci_high", "difference"))
+                if not test["meaningful"]:
+                    untested.add(int(test["n_volumes"]))
+                cells.append(f"{diff:+.3f}  {_p_text(test)}\n[{low:+.3f}, {high:+.3f}]")
             tests.add_row(metric.upper(), *cells)
         console.print(tests)
-        console.print("  difference of means; * p<0.05, ** p<0.01, *** p<0.001, n.s. otherwise")
+        console.print(
+            "  difference of means and its [95% confidence interval]; * p<0.05, ** p<0.01, "
+            "*** p<0.001, n.s. otherwise", highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        if untested:
+            console.print(
+                f"  n.m.: with {min(untested)} volume(s) a paired t-test is not meaningful (it "
+                f"needs at least {MIN_VOLUMES}); read the differences and their intervals",
+                highlight=False, soft_wrap=True,
+            )
 
     for problem in report.problems:
         console.print(f"[bold yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
