@@ -18,12 +18,12 @@ A data set is a folder::
     labels/NAME.tif     optional instance labels, matched to images by NAME
 
 Every problem found while loading raises :class:`aop.errors.AopError` with one line naming the file
-(relative to the data-set folder) and the problem.
+(relative to the data-set folder) and the problem. Every write goes through :mod:`aop.outputs`.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
@@ -35,14 +35,17 @@ import numpy as np
 import tifffile
 import yaml
 
+from aop.config import read_yaml
 from aop.errors import AopError
 from aop.labels import as_label_array
-from aop.outputs import TIFF_SOFTWARE
+from aop.outputs import TIFF_SOFTWARE, atomic_output
 
 Spacing = tuple[float, float, float]
 
 VOLUME_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
 DATASET_FILE = "dataset.yaml"
+_INFO_KEYS = ("channel_names", "classes", "name", "provenance", "voxel_size")  # sorted
+_AXES = {2: "YX", 3: "ZYX", 4: "CZYX"}
 
 __all__ = [
     "DATASET_FILE",
@@ -50,6 +53,7 @@ __all__ = [
     "DatasetInfo",
     "Spacing",
     "VolumeEntry",
+    "dataset_fingerprint",
     "find_volumes",
     "load_dataset",
     "read_volume",
@@ -74,9 +78,8 @@ def volume_name(path: str | os.PathLike) -> str:
 
 
 def _suffix(path: Path) -> str:
-    name = path.name.lower()
     for suffix in VOLUME_SUFFIXES:
-        if name.endswith(suffix):
+        if path.name.lower().endswith(suffix):
             return suffix
     raise AopError(f"{path}: unknown volume format (expected one of {', '.join(VOLUME_SUFFIXES)})")
 
@@ -106,11 +109,9 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Spacing | None]:
         raise AopError(f"{path}: file not found")
     suffix = _suffix(path)
     try:
-        if suffix in (".tif", ".tiff"):
-            return _read_tiff(path)
         if suffix == ".npy":
             return np.load(path, allow_pickle=False), None
-        return _read_zarr(path)
+        return _read_zarr(path) if suffix == ".zarr" else _read_tiff(path)
     except AopError:
         raise
     except Exception as exc:  # corrupt or truncated files surface as many exception types
@@ -119,56 +120,45 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Spacing | None]:
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, Spacing | None]:
     with tifffile.TiffFile(path) as tif:
-        if len(tif.pages) == 0:
+        if not tif.pages:
             raise AopError(f"{path}: cannot read volume (no image data: empty or corrupt TIFF)")
         data = tif.asarray()
-        spacing = None
         if tif.ome_metadata:
-            spacing = _ome_xml_spacing(tif.ome_metadata)
-        elif tif.imagej_metadata is not None:
-            spacing = _imagej_spacing(tif)
-        elif tif.shaped_metadata and "spacing" in tif.shaped_metadata[0]:
-            spacing = tuple(float(v) for v in tif.shaped_metadata[0]["spacing"])
-    return data, spacing
+            return data, _ome_xml_spacing(tif.ome_metadata)
+        if tif.imagej_metadata is not None:
+            return data, _imagej_spacing(tif)
+        shaped = tif.shaped_metadata
+        if shaped and "spacing" in shaped[0]:
+            return data, tuple(float(v) for v in shaped[0]["spacing"])  # type: ignore[return-value]
+        return data, None
 
 
 def _ome_xml_spacing(xml: str) -> Spacing | None:
-    root = ET.fromstring(xml)
-    for element in root.iter():
-        if element.tag.endswith("Pixels"):
-            sizes = [element.get(f"PhysicalSize{axis}") for axis in "ZYX"]
-            if all(s is None for s in sizes):
-                return None
-            return tuple(float(s) if s is not None else 1.0 for s in sizes)  # type: ignore[return-value]
-    return None
+    pixels = ET.fromstring(xml).find(".//{*}Pixels")
+    attributes = pixels.attrib if pixels is not None else {}
+    sizes = [attributes.get(f"PhysicalSize{axis}") for axis in "ZYX"]
+    if all(s is None for s in sizes):
+        return None
+    return tuple(1.0 if s is None else float(s) for s in sizes)  # type: ignore[return-value]
 
 
 def _imagej_spacing(tif: tifffile.TiffFile) -> Spacing | None:
-    meta = tif.imagej_metadata or {}
-    page = tif.pages[0]
-    xy = []
-    for tag_name in ("YResolution", "XResolution"):
-        tag = page.tags.get(tag_name)
-        if tag is None:
-            xy.append(1.0)
-            continue
-        numerator, denominator = tag.value
-        xy.append(denominator / numerator if numerator else 1.0)
-    z = float(meta.get("spacing", 1.0))
-    if "spacing" not in meta and xy == [1.0, 1.0]:
+    meta, tags = tif.imagej_metadata, tif.pages[0].tags
+    resolution = (tags.valueof(name, (1, 1)) for name in ("YResolution", "XResolution"))
+    y, x = (d / n if n else 1.0 for n, d in resolution)
+    if "spacing" not in meta and (y, x) == (1.0, 1.0):
         return None
-    return (z, xy[0], xy[1])
+    return float(meta.get("spacing", 1.0)), y, x
 
 
 def _read_zarr(path: Path) -> tuple[np.ndarray, Spacing | None]:
     import zarr
 
     node = zarr.open(str(path), mode="r")
-    if hasattr(node, "shape"):
+    if isinstance(node, zarr.Array):
         return np.asarray(node[...]), None
     attrs = dict(node.attrs)
-    attrs = attrs.get("ome", attrs)  # OME-Zarr 0.5 nests its metadata under "ome"
-    multiscales = attrs.get("multiscales")
+    multiscales = attrs.get("ome", attrs).get("multiscales")  # OME-Zarr 0.5 nests under "ome"
     if not multiscales:
         raise AopError(f"{path}: Zarr group is not an OME-Zarr image (no 'multiscales')")
     level = multiscales[0]["datasets"][0]
@@ -189,10 +179,7 @@ def write_volume(
     overwrite: bool = False,
     inputs: Iterable[str | os.PathLike] = (),
 ) -> Path:
-    """Write a volume atomically (a temporary sibling renamed into place).
-
-    The output policy of :mod:`aop.outputs` applies: an existing file that aop did not write is
-    refused, replacing aop's own needs ``overwrite=True``, and the output may not be an input.
+    """Write a volume atomically under the output policy of :mod:`aop.outputs`.
 
     Parameters
     ----------
@@ -223,34 +210,19 @@ def write_volume(
     >>> read_volume(out)[0].shape
     (1, 4, 4)
     """
-    from aop.outputs import atomic_output
-
     path = Path(path)
     suffix = _suffix(path)
     data = np.asarray(data)
-    axes = {2: "YX", 3: "ZYX", 4: "CZYX"}.get(data.ndim)
-    if axes is None:
+    if data.ndim not in _AXES:
         raise AopError(f"{path}: cannot write a {data.ndim}D array (expected YX, ZYX or CZYX)")
     with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
-        _write_to(tmp, suffix, data, spacing, axes, compression)
+        if suffix == ".zarr":
+            _write_zarr(tmp, data, spacing)
+        elif suffix == ".npy":
+            np.save(tmp, data)
+        else:
+            _write_tiff(tmp, data, spacing, _AXES[data.ndim], compression)
     return path
-
-
-def _write_to(
-    path: Path,
-    suffix: str,
-    data: np.ndarray,
-    spacing: Spacing | None,
-    axes: str,
-    compression: str | None,
-) -> None:
-    """Write ``data`` to a fresh path (no checks, no temporary file)."""
-    if suffix == ".zarr":
-        _write_zarr(path, data, spacing, axes)
-    elif suffix == ".npy":
-        np.save(path, data)
-    else:
-        _write_tiff(str(path), data, spacing, axes, compression)
 
 
 # OME-XML has no 64-bit integer pixel types, and readers squeeze its axes of length 1 (one z-slice
@@ -260,30 +232,27 @@ _OME_DTYPES = {"int8", "int16", "int32", "uint8", "uint16", "uint32", "float32",
 
 
 def _write_tiff(
-    path: str, data: np.ndarray, spacing: Spacing | None, axes: str, compression: str | None
+    path: Path, data: np.ndarray, spacing: Spacing | None, axes: str, compression: str | None
 ) -> None:
-    if data.dtype.name in _OME_DTYPES and (data.ndim < 3 or 1 not in data.shape):
-        metadata: dict[str, Any] = {"axes": axes}
-        if spacing is not None:
-            z, y, x = (float(s) for s in spacing)
-            metadata.update(PhysicalSizeZ=z, PhysicalSizeY=y, PhysicalSizeX=x)
-        options: dict[str, Any] = {"ome": True, "metadata": metadata}
-    else:
-        shaped: dict[str, Any] = {"axes": axes}
-        if spacing is not None:
-            shaped["spacing"] = [float(s) for s in spacing]
-        options = {"shaped": True, "metadata": shaped}
+    ome = data.dtype.name in _OME_DTYPES and (data.ndim < 3 or 1 not in data.shape)
+    metadata: dict[str, Any] = {"axes": axes}
+    if spacing is not None and ome:
+        z, y, x = (float(s) for s in spacing)
+        metadata.update(PhysicalSizeZ=z, PhysicalSizeY=y, PhysicalSizeX=x)
+    elif spacing is not None:
+        metadata["spacing"] = [float(s) for s in spacing]
     tifffile.imwrite(
-        path,
+        str(path),
         data,
         compression=compression,
         photometric="minisblack",
         software=TIFF_SOFTWARE,
-        **options,
+        metadata=metadata,
+        **({"ome": True} if ome else {"shaped": True}),
     )
 
 
-def _write_zarr(path: Path, data: np.ndarray, spacing: Spacing | None, axes: str) -> None:
+def _write_zarr(path: Path, data: np.ndarray, spacing: Spacing | None) -> None:
     import zarr
 
     root = zarr.open_group(str(path), mode="w")
@@ -293,15 +262,9 @@ def _write_zarr(path: Path, data: np.ndarray, spacing: Spacing | None, axes: str
     if spacing is not None and data.ndim >= 3:
         scale[-3:] = [float(s) for s in spacing]
     kinds = {"C": "channel", "Z": "space", "Y": "space", "X": "space"}
-    root.attrs["multiscales"] = [
-        {
-            "version": "0.4",
-            "axes": [{"name": a.lower(), "type": kinds[a]} for a in axes],
-            "datasets": [
-                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-            ],
-        }
-    ]
+    axes = [{"name": a.lower(), "type": kinds[a]} for a in _AXES[data.ndim]]
+    level = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [level]}]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,12 +283,13 @@ class DatasetInfo:
     classes: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The YAML mapping: plain types, ``classes`` only when the data set has any."""
         out: dict[str, Any] = {
             "name": self.name,
             "voxel_size": [float(v) for v in self.voxel_size],
             "channel_names": list(self.channel_names),
         }
-        if self.classes:  # only data sets with instance classes carry the key
+        if self.classes:
             out["classes"] = [{str(k): str(v) for k, v in c.items()} for c in self.classes]
         out["provenance"] = _plain(self.provenance)
         return out
@@ -370,16 +334,14 @@ class Dataset:
 
     def image(self, name: str) -> np.ndarray:
         """The image of volume ``name`` as float32."""
-        data, _ = read_volume(self.entry(name).image_path)
-        return data.astype(np.float32, copy=False)
+        return read_volume(self.entry(name).image_path)[0].astype(np.float32, copy=False)
 
     def labels(self, name: str) -> np.ndarray:
         """The label volume of ``name``; raises when the volume has none."""
         entry = self.entry(name)
         if entry.label_path is None:
             raise AopError(f"{self.root}: volume {name!r} has no labels")
-        data, _ = read_volume(entry.label_path)
-        return data
+        return read_volume(entry.label_path)[0]
 
 
 def _plain(value: Any) -> Any:
@@ -390,44 +352,33 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    return str(value) if isinstance(value, Path) else value
 
 
 def find_volumes(folder: Path) -> dict[str, Path]:
     """Map volume name -> path for every volume file directly inside ``folder``."""
-    found: dict[str, Path] = {}
     if not folder.is_dir():
-        return found
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            continue
-        if any(path.name.lower().endswith(s) for s in VOLUME_SUFFIXES):
-            found[volume_name(path)] = path
-    return found
+        return {}
+    return {
+        volume_name(path): path
+        for path in sorted(folder.iterdir())
+        if not path.name.startswith(".") and path.name.lower().endswith(VOLUME_SUFFIXES)
+    }
 
 
 def _read_info(root: Path) -> DatasetInfo:
     info_path = root / DATASET_FILE
     if not info_path.exists():
         return DatasetInfo(name=root.name)
-    from aop.config import read_yaml
-
     raw = read_yaml(info_path) or {}
     if not isinstance(raw, dict):
         raise AopError(f"{info_path}: expected a mapping of keys, got {type(raw).__name__}")
-    known = {"name", "voxel_size", "channel_names", "provenance", "classes"}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - set(_INFO_KEYS))
     if unknown:
-        known_keys = ", ".join(sorted(known))
-        raise AopError(f"{info_path}: unknown key {unknown[0]!r} (known: {known_keys})")
+        raise AopError(f"{info_path}: unknown key {unknown[0]!r} (known: {', '.join(_INFO_KEYS)})")
     voxel_size = raw.get("voxel_size", [1.0, 1.0, 1.0])
-    if (
-        not isinstance(voxel_size, list | tuple)
-        or len(voxel_size) != 3
-        or not all(isinstance(v, int | float) and v > 0 for v in voxel_size)
-    ):
+    triple = isinstance(voxel_size, list | tuple) and len(voxel_size) == 3
+    if not (triple and all(isinstance(v, int | float) and v > 0 for v in voxel_size)):
         raise AopError(
             f"{info_path}: voxel_size must be three positive numbers [z, y, x], got {voxel_size!r}"
         )
@@ -441,15 +392,6 @@ def _read_info(root: Path) -> DatasetInfo:
         provenance=raw.get("provenance") or {},
         classes=list(raw.get("classes") or []),  # validated by aop.instances.annotations
     )
-
-
-def _check_image(rel: str, image: np.ndarray) -> None:
-    if image.dtype.kind not in "uif b":
-        raise AopError(f"{rel}: image has unsupported dtype {image.dtype}")
-    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
-        raise AopError(f"{rel}: image has non-finite values (NaN or inf)")
-    if image.ndim not in (3, 4):
-        raise AopError(f"{rel}: image must be 3D (Z, Y, X) or 4D (C, Z, Y, X), got {image.shape}")
 
 
 def load_dataset(
@@ -495,17 +437,21 @@ def load_dataset(
 
 
 def _validate_entry(root: Path, entry: VolumeEntry) -> None:
-    image_rel = str(entry.image_path.relative_to(root))
+    rel = entry.image_path.relative_to(root)
     image, _ = read_volume(entry.image_path)
-    _check_image(image_rel, image)
+    if image.dtype.kind not in "uif b":
+        raise AopError(f"{rel}: image has unsupported dtype {image.dtype}")
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+        raise AopError(f"{rel}: image has non-finite values (NaN or inf)")
+    if image.ndim not in (3, 4):
+        raise AopError(f"{rel}: image must be 3D (Z, Y, X) or 4D (C, Z, Y, X), got {image.shape}")
     if entry.label_path is None:
         return
-    label_rel = str(entry.label_path.relative_to(root))
+    rel = entry.label_path.relative_to(root)
     labels, _ = read_volume(entry.label_path)
-    as_label_array(labels, label_rel, allow_bool=False)
-    spatial = image.shape[-3:]
-    if labels.shape != spatial:
-        raise AopError(f"{label_rel}: shape {labels.shape} does not match image {spatial}")
+    as_label_array(labels, str(rel), allow_bool=False)
+    if labels.shape != image.shape[-3:]:
+        raise AopError(f"{rel}: shape {labels.shape} does not match image {image.shape[-3:]}")
 
 
 def write_dataset(
@@ -520,10 +466,8 @@ def write_dataset(
 ) -> Path:
     """Write a data-set folder: ``images/``, ``labels/`` and ``dataset.yaml``.
 
-    The folder is built beside ``root`` and renamed into place only when complete, so an interrupted
-    write leaves no half-written data set. The output policy of :mod:`aop.outputs` applies: a
-    folder holding files aop did not write is refused, and replacing an earlier aop data set needs
-    ``overwrite=True``. The check runs before the first volume is generated.
+    The folder is built beside ``root`` and renamed into place only when complete, under the output
+    policy of :mod:`aop.outputs`, which is checked before the first volume is generated.
 
     Parameters
     ----------
@@ -543,35 +487,26 @@ def write_dataset(
     overwrite_hint : str
         How a refusal names the way to allow replacing.
     """
-    from aop.outputs import atomic_output
-
     with atomic_output(
         root, kind="dataset", overwrite=overwrite, inputs=inputs, overwrite_hint=overwrite_hint
     ) as tmp:
         for name, image, labels in volumes:
             image = np.asarray(image)
-            axes = {3: "ZYX", 4: "CZYX"}.get(image.ndim)
-            if axes is None:
+            if image.ndim not in (3, 4):
                 raise AopError(f"{name}: image must be 3D (Z, Y, X) or 4D, got {image.shape}")
             (tmp / "images").mkdir(exist_ok=True)
-            _write_to(tmp / "images" / f"{name}.tif", ".tif", image, info.voxel_size, axes, "zlib")
+            axes = _AXES[image.ndim]
+            _write_tiff(tmp / "images" / f"{name}.tif", image, info.voxel_size, axes, "zlib")
             if labels is not None:
                 labels = np.asarray(labels)
                 if labels.dtype.kind == "b":
                     raise AopError(f"{name}: labels are a boolean mask, not instance labels")
                 (tmp / "labels").mkdir(exist_ok=True)
-                _write_to(
-                    tmp / "labels" / f"{name}.tif", ".tif", labels, info.voxel_size, "ZYX", "zlib"
-                )
+                _write_tiff(tmp / "labels" / f"{name}.tif", labels, info.voxel_size, "ZYX", "zlib")
         (tmp / DATASET_FILE).write_text(yaml.safe_dump(info.to_dict(), sort_keys=False))
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
     return Path(root)
-
-
-def to_json(value: Any) -> str:
-    """Serialise results with NumPy scalars and paths as plain JSON."""
-    return json.dumps(_plain(value), indent=2)
 
 
 def dataset_fingerprint(root: str | os.PathLike) -> str:
@@ -580,8 +515,6 @@ def dataset_fingerprint(root: str | os.PathLike) -> str:
     Identifies the data a study ran on (the MLflow parent run's ``dataset.fingerprint`` tag and
     dataset input digest).
     """
-    import hashlib
-
     root = Path(root)
     if not root.is_dir():
         raise AopError(f"{root}: data-set folder not found")
@@ -589,6 +522,6 @@ def dataset_fingerprint(root: str | os.PathLike) -> str:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(root)).encode())
         with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):  # noqa: B023
+            while chunk := handle.read(1 << 22):
                 digest.update(chunk)
     return digest.hexdigest()[:16]

@@ -43,17 +43,17 @@ def as_label_array(labels: Any, name: str = "labels", *, allow_bool: bool = True
             )
         return labels.astype(np.uint8)
     if kind == "f":
-        if labels.size and not np.all(np.isfinite(labels)):
+        if not np.all(np.isfinite(labels)):
             raise AopError(f"{name}: labels must be finite integers, found NaN or inf")
-        if labels.size and np.any(labels != np.floor(labels)):
+        if np.any(labels != np.floor(labels)):
             raise AopError(f"{name}: labels must be integers, got non-integral {labels.dtype}")
-        if labels.size and labels.min() < 0:
+        if labels.min(initial=0) < 0:
             raise AopError(f"{name}: labels must be non-negative, found {labels.min():g}")
-        if labels.size and labels.max() >= 2.0**63:
+        if labels.max(initial=0) >= 2.0**63:
             raise AopError(f"{name}: label value {labels.max():g} is too large")
         return labels.astype(np.int64)
     if kind not in "iu":
         raise AopError(f"{name}: labels must be an integer array, got dtype {labels.dtype}")
-    if kind == "i" and labels.size and labels.min() < 0:
+    if kind == "i" and labels.min(initial=0) < 0:
         raise AopError(f"{name}: labels must be non-negative, found {labels.min()}")
     return labels

@@ -41,6 +41,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
+import psutil
+
 from aop.errors import AopError
 
 MARKER = ".aop-output"
@@ -70,17 +72,13 @@ __all__ = [
 
 
 def _legacy_dataset(path: Path) -> bool:
-    info = path / "dataset.yaml"
-    if not info.is_file():
-        return False
     try:
         import yaml
 
-        raw = yaml.safe_load(info.read_text(encoding="utf-8"))
-    except Exception:  # unreadable: not recognisably aop's
+        raw = yaml.safe_load((path / "dataset.yaml").read_text(encoding="utf-8"))
+        generator = raw["provenance"]["generator"]
+    except Exception:  # missing, unreadable or without a generator: not recognisably aop's
         return False
-    provenance = raw.get("provenance") if isinstance(raw, dict) else None
-    generator = provenance.get("generator") if isinstance(provenance, dict) else None
     return isinstance(generator, str) and generator.startswith("aop")
 
 
@@ -101,24 +99,11 @@ def _aop_tiff(path: Path) -> bool:
 
 
 def is_aop_output(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is output that aop wrote (see the module docstring for the markers).
-
-    Parameters
-    ----------
-    path : path-like
-        A file or folder.
-
-    Returns
-    -------
-    bool
-        ``False`` for a missing path.
-    """
+    """Whether the file or folder ``path`` is output that aop wrote (``False`` when missing)."""
     path = Path(path)
     if path.is_dir():
         return (path / MARKER).is_file() or _legacy_dataset(path) or _legacy_study(path)
-    if path.is_file() and path.name.lower().endswith((".tif", ".tiff")):
-        return _aop_tiff(path)
-    return False
+    return path.is_file() and path.name.lower().endswith((".tif", ".tiff")) and _aop_tiff(path)
 
 
 def write_marker(folder: str | os.PathLike, kind: str) -> Path:
@@ -161,24 +146,19 @@ def is_disk_full(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        text = str(current).lower()
-        if any(marker in text for marker in _DISK_FULL_TEXT):
+        full = isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or any(marker in str(current).lower() for marker in _DISK_FULL_TEXT):
             return True
         current = current.__cause__ or current.__context__
     return False
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
+def _absolute(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 def _writable_parent(path: Path) -> None:
-    parent = path.parent
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
+    existing = next(parent for parent in path.parents if parent.exists())
     if not existing.is_dir():
         raise AopError(f"{path}: cannot write: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -187,32 +167,18 @@ def _writable_parent(path: Path) -> None:
 
 def _clean_stale(path: Path) -> None:
     """Remove temporary siblings of ``path`` left by an aop process of this host that died."""
-    prefix = f".{path.name}{_TMP_TAG}"
-    host = socket.gethostname()
+    prefix, host = f".{path.name}{_TMP_TAG}", socket.gethostname()
     try:
-        siblings = list(path.parent.iterdir())
+        siblings = [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
     except OSError:
         return
     for sibling in siblings:
-        if not sibling.name.startswith(prefix):
-            continue
         parts = sibling.name[len(prefix) :].rsplit("-", 2)
         if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue
         pid = int(parts[1])
-        if pid == os.getpid() or _alive(pid):
-            continue
-        _remove(sibling)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if pid != os.getpid() and not psutil.pid_exists(pid):
+            _remove(sibling)
 
 
 def prepare_output(
@@ -230,8 +196,8 @@ def prepare_output(
     path : path-like
         The output file or folder.
     inputs : iterable of path-like
-        Inputs of the same request; the output may be none of them, hold none of them, and (for a
-        folder) lie inside none of them... unless the input is a folder the output is written into.
+        Inputs of the same request; the output may be none of them and (for a folder) hold none
+        of them.
     overwrite : bool
         Allow replacing an existing output that aop wrote.
     kind : {"file", "folder", "dataset", "study"}
@@ -263,48 +229,36 @@ def prepare_output(
     ...     print(str(error).split(": ", 1)[1])
     folder holds files aop did not write (mine.txt); choose a new or empty folder
     """
-    shown = Path(path)
-    target = Path(os.path.abspath(Path(path).expanduser()))
-    folder = kind != "file"
+    shown, target, folder = Path(path), _absolute(path), kind != "file"
     for item in inputs:
-        source = Path(os.path.abspath(Path(item).expanduser()))
-        same = target == source or (
+        source = _absolute(item)
+        if target == source or (
             target.exists() and source.exists() and os.path.samefile(target, source)
-        )
-        if same:
+        ):
             raise AopError(f"{shown}: output is one of the inputs; choose another path")
-        if folder and _inside(source, target):
+        if folder and source.is_relative_to(target):
             raise AopError(f"{shown}: output folder holds the input {item}; choose another path")
-    if folder and _inside(Path.cwd(), target):
+    if folder and Path.cwd().is_relative_to(target):
         raise AopError(f"{shown}: output folder holds the current folder; choose a new folder")
     if target.is_symlink() and not target.exists():
         raise AopError(f"{shown}: is a broken symbolic link; choose another path")
-    if target.exists():
-        if folder and not target.is_dir():
-            raise AopError(f"{shown}: exists and is a file, not a folder; choose another path")
-        if not folder and target.is_dir() and not target.name.lower().endswith(".zarr"):
-            raise AopError(f"{shown}: exists and is a folder; give a file name")
-        empty = target.is_dir() and not any(target.iterdir())
-        if not empty:
-            if not is_aop_output(target):
-                what = "folder holds files aop did not write" if target.is_dir() else (
-                    "file exists and was not written by aop"
-                )
-                if target.is_dir():
-                    names = sorted(p.name for p in target.iterdir())[:3]
-                    what += f" ({', '.join(names)})"
-                raise AopError(f"{shown}: {what}; choose a new or empty {_noun(kind)}")
-            if not overwrite:
-                raise AopError(
-                    f"{shown}: holds an earlier aop output; pass {overwrite_hint} to replace it"
-                )
+    if folder and target.exists() and not target.is_dir():
+        raise AopError(f"{shown}: exists and is a file, not a folder; choose another path")
+    if not folder and target.is_dir() and not target.name.lower().endswith(".zarr"):
+        raise AopError(f"{shown}: exists and is a folder; give a file name")
+    occupied = target.exists() and not (target.is_dir() and not any(target.iterdir()))
+    if occupied and not is_aop_output(target):
+        if target.is_dir():
+            names = ", ".join(sorted(p.name for p in target.iterdir())[:3])
+            what = f"folder holds files aop did not write ({names})"
+        else:
+            what = "file exists and was not written by aop"
+        raise AopError(f"{shown}: {what}; choose a new or empty {'folder' if folder else 'path'}")
+    if occupied and not overwrite:
+        raise AopError(f"{shown}: holds an earlier aop output; pass {overwrite_hint} to replace it")
     _writable_parent(target)
     _clean_stale(target)
     return target
-
-
-def _noun(kind: str) -> str:
-    return "path" if kind == "file" else "folder"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,15 +318,14 @@ def atomic_output(
         From :func:`prepare_output`, or one line when the disk is full or read-only; nothing is
         left behind.
     """
-    target = (
-        prepare_output(
+    if check:
+        target = prepare_output(
             path, inputs=inputs, overwrite=overwrite, kind=kind, overwrite_hint=overwrite_hint
         )
-        if check
-        else Path(os.path.abspath(path))
-    )
+    else:
+        target = Path(os.path.abspath(path))
     folder = kind != "file" or target.name.lower().endswith(".zarr")
-    suffix = "".join(target.suffixes[-2:]) if target.suffixes else ""
+    suffix = "".join(target.suffixes[-2:])
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if folder:
@@ -419,20 +372,26 @@ def atomic_file(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
     return atomic_output(path, kind="file", check=False)
 
 
+def _move_aside(target: Path) -> Path:
+    """Rename ``target`` into a fresh temporary sibling folder, which is returned."""
+    aside = Path(tempfile.mkdtemp(prefix=_tmp_name(target), dir=target.parent))
+    os.replace(target, aside / "old")
+    return aside
+
+
 def _replace(tmp: Path, target: Path) -> None:
     """Rename ``tmp`` over ``target``; an old folder is moved aside first, then deleted."""
-    if target.is_dir() and not target.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=_tmp_name(target), dir=target.parent))
-        os.replace(target, old / "old")
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            os.replace(old / "old", target)
-            shutil.rmtree(old, ignore_errors=True)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+    if not target.is_dir() or target.is_symlink():
         os.replace(tmp, target)
+        return
+    aside = _move_aside(target)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(aside / "old", target)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -444,7 +403,6 @@ def claim_folder(
     path: str | os.PathLike,
     kind: Kind | str,
     *,
-    inputs: Iterable[str | os.PathLike] = (),
     recognise: Iterable[str] = (),
     dry_run: bool = False,
 ) -> Path:
@@ -460,9 +418,6 @@ def claim_folder(
         The folder (a study folder, the prediction cache).
     kind : str
         Recorded in the marker.
-    inputs : iterable of path-like
-        Inputs that must not lie inside the folder... unless they are aop's own (see
-        :func:`prepare_output`); only checked when the folder is new.
     recognise : iterable of str
         Entry names that identify an unmarked older aop folder of this kind.
     dry_run : bool
@@ -480,29 +435,25 @@ def claim_folder(
     >>> (cache / MARKER).is_file()
     True
     """
-    shown = Path(path)
-    target = Path(os.path.abspath(Path(path).expanduser()))
-    if target.is_dir() and (target / MARKER).is_file():
+    shown, target = Path(path), _absolute(path)
+    if (target / MARKER).is_file():
         return target
     if target.exists() and not target.is_dir():
         raise AopError(f"{shown}: exists and is a file, not a folder; choose another path")
     names = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
-    if names:
-        known = set(recognise)
-        if not (is_aop_output(target) or (known and known.intersection(names))):
-            raise AopError(
-                f"{shown}: folder holds files aop did not write ({', '.join(names[:3])}); "
-                f"choose a new or empty folder for the {kind}"
-            )
-    else:
-        prepare_output(target, inputs=inputs, kind="folder")
-    if dry_run:
-        return target
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        write_marker(target, str(kind))
-    except OSError as exc:
-        raise AopError(os_error_message(target, exc)) from None
+    if not names:
+        prepare_output(target, kind="folder")
+    elif not (is_aop_output(target) or set(recognise).intersection(names)):
+        raise AopError(
+            f"{shown}: folder holds files aop did not write ({', '.join(names[:3])}); "
+            f"choose a new or empty folder for the {kind}"
+        )
+    if not dry_run:
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            write_marker(target, str(kind))
+        except OSError as exc:
+            raise AopError(os_error_message(target, exc)) from None
     return target
 
 
@@ -517,7 +468,5 @@ def discard_output(path: str | os.PathLike) -> bool:
     target = Path(os.path.abspath(path))
     if not target.exists() or not is_aop_output(target):
         return False
-    aside = Path(tempfile.mkdtemp(prefix=_tmp_name(target), dir=target.parent))
-    os.replace(target, aside / "old")
-    shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(_move_aside(target), ignore_errors=True)
     return True

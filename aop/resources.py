@@ -26,6 +26,7 @@ aop.errors.AopError: test request needs about 20.0 kB of memory, more than the 1
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -39,6 +40,7 @@ SYNTH_BYTES_PER_VOXEL = 28
 POSTPROCESS_BYTES_PER_VOXEL = 140
 PREDICT_BYTES_PER_VOXEL = 40
 MEMORY_LIMIT_ENV = "AOP_MEMORY_LIMIT"
+TRACKING_TIMEOUT_S = 5.0
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 __all__ = [
@@ -49,14 +51,15 @@ __all__ = [
     "check_synth_memory",
     "check_tracking_uri",
     "format_bytes",
+    "volume_shape",
 ]
 
 
 def format_bytes(n: float) -> str:
     """``1.5e9`` -> ``'1.5 GB'`` (decimal units)."""
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} PB"
 
@@ -77,11 +80,9 @@ def available_memory() -> int:
     """Bytes this process may use now: available memory, or ``AOP_MEMORY_LIMIT`` if lower."""
     import psutil
 
-    limit = int(psutil.virtual_memory().available)
+    available = int(psutil.virtual_memory().available)
     text = os.environ.get(MEMORY_LIMIT_ENV)
-    if text:
-        limit = min(limit, _parse_limit(text))
-    return limit
+    return min(available, _parse_limit(text)) if text else available
 
 
 def check_memory(what: str, estimate: float, *, limit: int | None = None) -> None:
@@ -110,11 +111,9 @@ def _voxels(shape: Sequence[int]) -> int:
 
 def check_synth_memory(shape: Sequence[int], n_objects: int | None = None) -> None:
     """Refuse a simulation whose volume does not fit (one volume is held at a time)."""
-    shape = tuple(int(s) for s in shape)
-    estimate = SYNTH_BYTES_PER_VOXEL * _voxels(shape)
-    if n_objects:
-        estimate += 2_000 * n_objects  # per-object shapes and placement bookkeeping
-    check_memory(f"simulating a volume of shape {list(shape)}", estimate)
+    # 2 kB per object: its shape and the placement bookkeeping
+    estimate = SYNTH_BYTES_PER_VOXEL * _voxels(shape) + 2_000 * (n_objects or 0)
+    check_memory(f"simulating a volume of shape {[int(s) for s in shape]}", estimate)
 
 
 def check_postprocess_memory(shape: Sequence[int]) -> None:
@@ -126,18 +125,15 @@ def check_postprocess_memory(shape: Sequence[int]) -> None:
 def volume_shape(path: str | os.PathLike) -> tuple[int, ...] | None:
     """The shape of a volume file read from its header (no voxels loaded); None if unknown."""
     import numpy as np
+    import tifffile
 
     name = str(path).lower()
-    try:
+    with contextlib.suppress(Exception):  # unreadable here: the reader reports it with its message
         if name.endswith((".tif", ".tiff")):
-            import tifffile
-
             with tifffile.TiffFile(path) as tif:
                 return tuple(tif.series[0].shape)
         if name.endswith(".npy"):
             return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
-    except Exception:  # unreadable here: the reader reports it with its own message
-        return None
     return None
 
 
@@ -158,8 +154,8 @@ def check_prediction_memory(dataset: Any, num_workers: int | None = None) -> Non
     check_memory(f"predicting {dataset.root} with {workers} worker(s)", estimate)
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Refuse an MLflow tracking server that does not answer within ``timeout`` seconds.
+def check_tracking_uri(uri: str) -> None:
+    """Refuse an MLflow tracking server that does not answer within ``TRACKING_TIMEOUT_S`` seconds.
 
     Only ``http``/``https`` URIs are contacted (a TCP connection, then ``GET /health``); local
     stores (``sqlite:``, ``file:``, paths) are left to MLflow.
@@ -176,20 +172,19 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         raise AopError(f"tracking URI {uri!r}: no host name")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            pass
+        socket.create_connection((parsed.hostname, port), timeout=TRACKING_TIMEOUT_S).close()
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
         raise AopError(
             f"tracking URI {uri}: MLflow server not reachable ({reason}; waited up to "
-            f"{timeout:g} s)"
+            f"{TRACKING_TIMEOUT_S:g} s)"
         ) from None
     import urllib.error
     import urllib.request
 
     health = f"{uri.rstrip('/')}/health"
     try:
-        with urllib.request.urlopen(health, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(health, timeout=TRACKING_TIMEOUT_S) as response:  # noqa: S310
             response.read(64)
     except urllib.error.HTTPError:
         return  # a server answered (a proxy without /health): MLflow will say more
