@@ -9,8 +9,10 @@ EXTRAS ?= all,dev
 # Test processes: the suite's modules run side by side (pytest-xdist), each module in one process
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.aop-installed
+# The documentation site (mkdocs.yml); mkdocs-material's notice about MkDocs 2 is left out of the output
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +30,7 @@ test: $(STAMP)
 	$(PY) -m ruff check aop tests benchmarks scripts
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/deptry .
+	$(MKDOCS) build --strict --quiet
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: $(STAMP)
@@ -35,8 +38,12 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/deptry .
 
+# the site in site/ (open site/index.html); `make test` builds it with --strict
+docs: $(STAMP)
+	$(MKDOCS) build
+
 bench: $(STAMP)
 	for b in benchmarks/*_bench.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
