@@ -49,36 +49,27 @@ from typing import Any
 import mlflow
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils import get_results_from_paginated_fn
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+from mlflow.utils.time import get_current_time_millis
+from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
 from aop import io as aop_io
 from aop.analysis.records import validate_record
 from aop.errors import AopError
-from aop.io import dataset_fingerprint
+from aop.outputs import atomic_file
 
 RUN_ID_FILE = "mlflow_run_id"
 #: The experiment tag that makes MLflow's UI open an experiment on its runs table.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-_MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+TRIAL_OPEN_TAG = "aop.trial_open"  # a child run a trial opened, until its record completes it
 _PAGE = 1000  # runs per page of a store query
 #: ``trial_artifacts(record, folder)`` writes a trial's figures into ``folder``, returns them.
 TrialArtifacts = Callable[[Mapping[str, Any], Path], list[Path]]
-
-__all__ = [
-    "RUN_ID_FILE",
-    "StudyTracker",
-    "dataset_fingerprint",
-    "default_tracking_uri",
-    "flatten",
-]
-
-
-TRIAL_OPEN_TAG = "aop.trial_open"  # a child run a trial opened, until its record completes it
 
 
 def wait_for_server(url: str, process: subprocess.Popen | None, timeout: float) -> bool:
@@ -115,31 +106,32 @@ def default_tracking_uri(study_dir: str | os.PathLike) -> str:
     return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"
 
 
-def _is_local_store(tracking_uri: str) -> bool:
-    return tracking_uri.startswith(("sqlite:", "file:", "/", "mysql", "postgresql", "mssql"))
-
-
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     """Flatten nested mappings and lists into ``{"a.b.0": "text"}`` MLflow params.
 
     Keys are joined with dots (list items by index); characters MLflow does not allow in a key
     become ``_``; values are strings cut to MLflow's 6000-character limit.
     """
-    out: dict[str, str] = {}
     if isinstance(value, Mapping):
         items = [(str(k), v) for k, v in value.items()]
     elif isinstance(value, list | tuple) and any(isinstance(v, Mapping | list) for v in value):
         items = [(str(i), v) for i, v in enumerate(value)]
     else:
         text = json.dumps(value) if isinstance(value, list | tuple) else str(value)
-        return {prefix or "value": text[:_MAX_PARAM_LENGTH]}
+        return {prefix or "value": text[:MAX_PARAM_VAL_LENGTH]}
+    out: dict[str, str] = {}
     for key, item in items:
         out.update(flatten(item, f"{prefix}.{key}" if prefix else key))
     return {_safe_key(k): v for k, v in out.items()}
 
 
 def _safe_key(key: str) -> str:
-    return re.sub(r"[^\w\-. /]", "_", key)[:250]
+    return re.sub(r"[^\w\-. /]", "_", key)[:MAX_ENTITY_KEY_LENGTH]
+
+
+def _param_text(value: Any) -> str:
+    """A parameter as its type writes it: ``-1`` for an integer, ``0.0`` for a float."""
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 class StudyTracker:
@@ -188,17 +180,13 @@ class StudyTracker:
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
         self._client: MlflowClient | None = None
-        self._logged: set[tuple[str, str]] | None = None
+        self._logged: set[tuple[str, str]] | None = None  # (search, trial_id) of finished runs
         self._open: dict[tuple[str, str], str] = {}  # child runs a trial opened, not logged yet
 
     # -- plumbing ---------------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_client"] = None
-        state["_logged"] = None
-        state["_open"] = {}
-        return state
+        return {**self.__dict__, "_client": None, "_logged": None, "_open": {}}
 
     @property
     def client(self) -> MlflowClient:
@@ -241,14 +229,16 @@ class StudyTracker:
         return run_id
 
     def _experiment(self) -> str:
+        """The experiment's id: created (artifacts in the study folder for a local store),
+        restored when deleted, and tagged to open on its runs table."""
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
-            location = None
-            if _is_local_store(self.tracking_uri):
-                location = (self.study_dir / "mlartifacts").as_uri()
+            local = self.tracking_uri.startswith(
+                ("sqlite:", "file:", "/", "mysql", "postgresql", "mssql")
+            )
             return self.client.create_experiment(
                 self.experiment_name,
-                artifact_location=location,
+                artifact_location=(self.study_dir / "mlartifacts").as_uri() if local else None,
                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         if experiment.lifecycle_stage == "deleted":
@@ -274,12 +264,12 @@ class StudyTracker:
             tags=[RunTag(k, str(v)) for k, v in dict(tags).items()],
         )
 
-    def _terminate(self, run_id: str, end_time: int | None = None) -> None:
-        """Mark a run finished without MLflow's two "View run at" lines per run on stdout."""
+    def _terminate(
+        self, run_id: str, end_time: int | None = None, status: str = "FINISHED"
+    ) -> None:
+        """End a run without MLflow's two "View run at" lines per run on stdout."""
         with contextlib.redirect_stdout(io.StringIO()):
-            self.client.set_terminated(
-                run_id, status=RunStatus.to_string(RunStatus.FINISHED), end_time=end_time
-            )
+            self.client.set_terminated(run_id, status=status, end_time=end_time)
 
     # -- the parent run ---------------------------------------------------------------------------
 
@@ -299,7 +289,8 @@ class StudyTracker:
         config : mapping
             The validated experiment config; logged as ``config.*`` params.
         search_space : mapping
-            The search space; logged as ``space.*`` params and as ``search_space.yaml``.
+            The search space as a file writes it (plain YAML values); logged as ``space.*``
+            params and as ``search_space.yaml``.
         dataset_fingerprint : str, optional
             Identifies the benchmark data set (see :func:`aop.io.dataset_fingerprint`); computed
             from ``dataset`` when that is given.
@@ -332,21 +323,20 @@ class StudyTracker:
                     "starting a new parent run there",
                     stacklevel=2,
                 )
-            if run is not None and run.info.lifecycle_stage == "deleted":
-                run = None
-        if run is None:
+        if run is None or run.info.lifecycle_stage == "deleted":
             self.experiment_id = self._experiment()
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=self.study_dir.name,
                 tags={"aop.study_dir": str(self.study_dir)},
             )
-            _atomic_write(self.study_dir / RUN_ID_FILE, run.info.run_id + "\n")
+            with atomic_file(self.study_dir / RUN_ID_FILE) as tmp:
+                tmp.write_text(run.info.run_id + "\n", encoding="utf-8")
         else:
             self.experiment_id = run.info.experiment_id
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
-        self.parent_run_id = run.info.run_id
+        run_id = self.parent_run_id = run.info.run_id
 
         if dataset is not None and dataset_fingerprint is None:
             dataset_fingerprint = aop_io.dataset_fingerprint(dataset)
@@ -356,38 +346,32 @@ class StudyTracker:
         if description:
             tags[MLFLOW_RUN_NOTE] = description
         params = {**flatten(dict(config), "config"), **flatten(dict(search_space), "space")}
-        existing = run.data.params
-        params = {k: v for k, v in params.items() if k not in existing}
-        self._log_batch(self.parent_run_id, params=params, tags=tags)
+        params = {k: v for k, v in params.items() if k not in run.data.params}
+        self._log_batch(run_id, params=params, tags=tags)
 
         experiment_file = self.study_dir / "experiment.yaml"
         if experiment_file.is_file():
-            self.client.log_artifact(self.parent_run_id, str(experiment_file))
-        with tempfile.TemporaryDirectory() as tmp:
-            space_file = Path(tmp) / "search_space.yaml"
-            space_file.write_text(yaml.safe_dump(_plain(search_space), sort_keys=False))
-            self.client.log_artifact(self.parent_run_id, str(space_file))
+            self.client.log_artifact(run_id, str(experiment_file))
+        space_text = yaml.safe_dump(dict(search_space), sort_keys=False)
+        self.client.log_text(run_id, space_text, "search_space.yaml")
         if dataset is not None and dataset_fingerprint and not run.inputs.dataset_inputs:
             self._log_dataset(Path(dataset), dataset_fingerprint)
-        return self.parent_run_id
+        return run_id
 
     def _log_dataset(self, root: Path, digest: str) -> None:
         """The data set as the parent run's MLflow dataset input (role ``benchmark``)."""
-        from mlflow.entities import Dataset as DatasetEntity
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        info = root / "dataset.yaml"
         name = root.name
-        if info.is_file():
-            data = yaml.safe_load(info.read_text(encoding="utf-8")) or {}
+        if (root / "dataset.yaml").is_file():
+            data = yaml.safe_load((root / "dataset.yaml").read_text(encoding="utf-8")) or {}
             name = str(data.get("name") or name) if isinstance(data, dict) else name
-        volumes = sorted(p.name for p in (root / "images").glob("*")) if root.is_dir() else []
-        entity = DatasetEntity(
+        entity = Dataset(
             name=name,
             digest=digest,
             source_type="local",
             source=json.dumps({"uri": root.resolve().as_uri()}),
-            profile=json.dumps({"volumes": len(volumes)}),
+            profile=json.dumps({"volumes": len(list((root / "images").glob("*")))}),
         )
         self.client.log_inputs(
             self._require_parent(),
@@ -421,9 +405,9 @@ class StudyTracker:
         run_id = self._require_parent()
         best = validate_record(best, "best configuration")
         step = len(self._logged_keys())
-        timestamp = _now_ms()
-        names = list(metrics) if metrics is not None else list(best["metrics"])
-        logged = [Metric(f"best_{m}", best["metrics"][m], timestamp, step) for m in names]
+        now = get_current_time_millis()
+        names = best["metrics"] if metrics is None else metrics
+        logged = [Metric(f"best_{m}", best["metrics"][m], now, step) for m in names]
         tags = {
             "best.search": best["search"],
             "best.trial_id": best["trial_id"],
@@ -437,9 +421,8 @@ class StudyTracker:
             if not path.is_file():
                 raise AopError(f"{path}: artifact not found")
             folder = None
-            if path.is_relative_to(self.study_dir):
-                relative = path.parent.relative_to(self.study_dir)
-                folder = None if str(relative) == "." else relative.as_posix()
+            if path.is_relative_to(self.study_dir) and path.parent != self.study_dir:
+                folder = path.parent.relative_to(self.study_dir).as_posix()
             self.client.log_artifact(run_id, str(path), folder)
         self._terminate(run_id)
 
@@ -452,7 +435,7 @@ class StudyTracker:
         try:
             return log()
         except Exception as exc:  # noqa: BLE001  (a finished study must not be lost)
-            message = f"{type(exc).__name__}: {exc}"[:_MAX_PARAM_LENGTH]
+            message = f"{type(exc).__name__}: {exc}"[:MAX_PARAM_VAL_LENGTH]
             warnings.warn(f"{tag} model not logged: {message}", stacklevel=2)
             self.client.set_tag(run_id, f"{tag}.error", message)
             return None
@@ -465,10 +448,13 @@ class StudyTracker:
         run stays open afterwards (the study finishes it).
         """
         run_id = self._require_parent()
+        before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+        mlflow.set_tracking_uri(self.tracking_uri)
         try:
-            with _tracking_uri(self.tracking_uri), mlflow.start_run(run_id=run_id, nested=True):
+            with mlflow.start_run(run_id=run_id, nested=True):
                 yield run_id
         finally:
+            mlflow.set_tracking_uri(before)  # None unsets it again
             # mlflow.start_run(run_id=...) ends the run when the block closes: reopen it
             self.client.update_run(run_id, status="RUNNING")
 
@@ -481,10 +467,9 @@ class StudyTracker:
         trial's record completes it.
         """
         if self._logged is None:
-            parent = self._require_parent()
             logged: set[tuple[str, str]] = set()
             self._open = {}
-            for run in self._search_children(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'"):
+            for run in self.child_runs():
                 key = (run.data.tags.get("search", ""), run.data.tags.get("trial_id", ""))
                 if run.info.status == "FINISHED":
                     logged.add(key)
@@ -510,39 +495,22 @@ class StudyTracker:
         ``aop.trial_open`` until :meth:`log_trial` completes it with the trial's record.
         """
         parent = self._require_parent()
-        run = self._trial_run(search, trial_id)
-        if run is not None:
-            if run.info.status not in ("RUNNING", "FINISHED"):
-                self.client.update_run(run.info.run_id, status="RUNNING")
-            return run.info.run_id
+        runs = self.child_runs(search, trial_id)
+        if runs:
+            if runs[0].info.status not in ("RUNNING", "FINISHED"):
+                self.client.update_run(runs[0].info.run_id, status="RUNNING")
+            return runs[0].info.run_id
         tags = {MLFLOW_PARENT_RUN_ID: parent, "search": search, "trial_id": trial_id,
                 "node": node, TRIAL_OPEN_TAG: "true"}  # fmt: skip
-        run = self.client.create_run(
-            self.experiment_id, tags=tags, run_name=f"{search}-{trial_id}"
-        )
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"{search}-{trial_id}")
         return run.info.run_id
-
-    def _trial_run(self, search: str, trial_id: str, opened: bool = False) -> Any:
-        """The child run of one trial (one opened by the trial, if ``opened``), or None."""
-        query = (f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self._require_parent()}' and "
-                 f"tags.search = '{search}' and tags.trial_id = '{trial_id}'")  # fmt: skip
-        if opened:
-            query += f" and tags.`{TRIAL_OPEN_TAG}` = 'true'"
-        runs = self.client.search_runs([self.experiment_id], query, max_results=1)
-        return runs[0] if runs else None
-
-    def _opened_run(self, search: str, trial_id: str) -> str | None:
-        """The run a trial opened after this tracker last read the store, if any."""
-        run = self._trial_run(search, trial_id, opened=True)
-        return run.info.run_id if run is not None and run.info.status != "FINISHED" else None
 
     def close_open_runs(self, status: str = "FAILED") -> int:
         """End the child runs that trials opened and no record completed (trials in error)."""
         self.forget_logged()
         self._logged_keys()
         for run_id in self._open.values():
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.client.set_terminated(run_id, status=status)
+            self._terminate(run_id, status=status)
         closed, self._open = len(self._open), {}
         return closed
 
@@ -563,61 +531,57 @@ class StudyTracker:
         """
         parent = self._require_parent()
         record = validate_record(record)
-        key = (record["search"], record["trial_id"])
+        search, trial_id = key = (record["search"], record["trial_id"])
         logged = self._logged_keys()
         if key in logged:
             return None
-        end = _now_ms()
+        end = get_current_time_millis()
         duration = record["duration_s"]
-        start = end - int(1000 * duration) if math.isfinite(duration) else end
-        tags = {
-            MLFLOW_PARENT_RUN_ID: parent,
-            "search": record["search"],
-            "trial_id": record["trial_id"],
-            "node": record["node"],
-            "iteration": str(record["iteration"]),
-        }
+        tags = {MLFLOW_PARENT_RUN_ID: parent, "search": search, "trial_id": trial_id,
+                "node": record["node"], "iteration": str(record["iteration"])}  # fmt: skip
         if self.group is not None and self.group in record["params"]:
             tags[self.group] = str(record["params"][self.group])
-        opened = self._open.pop(key, None) or self._opened_run(*key)
-        if opened is not None:  # the trial's own run, with its Lightning curves
+        # the run the trial opened for its curves: known since the last read of the store, or
+        # opened after it
+        opened = self._open.pop(key, None) or next(
+            (run.info.run_id for run in self.child_runs(search, trial_id)
+             if run.data.tags.get(TRIAL_OPEN_TAG) and run.info.status != "FINISHED"),
+            None,
+        )  # fmt: skip
+        if opened is not None:
             run = self.client.get_run(opened)
-            self._log_batch(opened, tags=tags)
         else:
             run = self.client.create_run(
                 self.experiment_id,
-                start_time=start,
+                start_time=end - int(1000 * duration) if math.isfinite(duration) else end,
                 tags=tags,
-                run_name=f"{record['search']}-{record['trial_id']}",
+                run_name=f"{search}-{trial_id}",
             )
-        existing = run.data.params if opened is not None else {}
-        params = {k: _param_text(v) for k, v in record["params"].items() if k not in existing}
+        params = {k: _param_text(v) for k, v in record["params"].items()
+                  if k not in run.data.params}  # fmt: skip
         metrics = [Metric(m, v, end, 0) for m, v in record["metrics"].items()]
-        for volume, scores in record["per_volume"].items():
-            metrics += [Metric(_safe_key(f"{m}/{volume}"), v, end, 0) for m, v in scores.items()]
+        metrics += [Metric(_safe_key(f"{m}/{volume}"), v, end, 0)
+                    for volume, scores in record["per_volume"].items()
+                    for m, v in scores.items()]  # fmt: skip
         if math.isfinite(duration):
             metrics.append(Metric("duration_s", duration, end, 0))
         if opened is None:  # no trial logger (store out of its reach): curves from Tune's reports
-            for name, points in (record.get("curves") or {}).items():
-                metrics += [Metric(_safe_key(f"curve/{name}"), v, end, int(k)) for k, v in points]
-        self._log_batch(run.info.run_id, params=params, metrics=metrics)
-        self._log_trial_artifacts(run.info.run_id, record)
+            metrics += [Metric(_safe_key(f"curve/{name}"), v, end, int(step))
+                        for name, points in (record.get("curves") or {}).items()
+                        for step, v in points]  # fmt: skip
+        self._log_batch(run.info.run_id, params=params, metrics=metrics, tags=tags)
+        if self.trial_artifacts is not None:  # the kind's figures (e.g. a confusion matrix)
+            with tempfile.TemporaryDirectory(prefix="aop-trial-") as tmp:
+                for path in self.trial_artifacts(record, Path(tmp)):
+                    self.client.log_artifact(run.info.run_id, str(path))
         self._terminate(run.info.run_id, end_time=end)
-        step = max(record["iteration"], 0)
         if self.metric in record["metrics"]:
-            value = record["metrics"][self.metric]
-            name = _safe_key(f"{record['search']}/{self.metric}")
-            self.client.log_batch(parent, metrics=[Metric(name, value, end, step)])
+            self.client.log_metric(
+                parent, _safe_key(f"{search}/{self.metric}"), record["metrics"][self.metric],
+                timestamp=end, step=max(record["iteration"], 0),
+            )  # fmt: skip
         logged.add(key)
         return run.info.run_id
-
-    def _log_trial_artifacts(self, run_id: str, record: Mapping[str, Any]) -> None:
-        """The kind's figures of one trial (e.g. a confusion matrix) on its child run."""
-        if self.trial_artifacts is None:
-            return
-        with tempfile.TemporaryDirectory(prefix="aop-trial-") as tmp:
-            for path in self.trial_artifacts(record, Path(tmp)):
-                self.client.log_artifact(run_id, str(path))
 
     def prune_trials(self, search: str, keep: Iterable[str]) -> int:
         """Delete the child runs of ``search`` whose trial id is not in ``keep``.
@@ -642,16 +606,13 @@ class StudyTracker:
                 dropped += 1
         return dropped
 
-    def child_runs(self, search: str | None = None) -> list[Any]:
-        """The child runs of the study (of one search, or all), as :class:`mlflow.entities.Run`."""
-        parent = self._require_parent()
-        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'"
+    def child_runs(self, search: str | None = None, trial_id: str | None = None) -> list[Run]:
+        """The study's child runs (of one search, of one of its trials, or all), every page."""
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self._require_parent()}'"
         if search is not None:
             query += f" and tags.search = '{search}'"
-        return self._search_children(query)
-
-    def _search_children(self, query: str) -> list[Any]:
-        """Every run of the study's experiment that matches ``query``, page by page."""
+        if trial_id is not None:
+            query += f" and tags.trial_id = '{trial_id}'"
 
         def page(max_results: int, token: str | None) -> Any:
             return self.client.search_runs(
@@ -659,31 +620,6 @@ class StudyTracker:
             )
 
         return list(get_results_from_paginated_fn(page, _PAGE))
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _param_text(value: Any) -> str:
-    """A parameter as its type writes it: ``-1`` for an integer, ``0.0`` for a float."""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    from aop.outputs import atomic_file
-
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def model_requirements(*packages: str) -> list[str]:
@@ -703,14 +639,3 @@ def model_requirements(*packages: str) -> list[str]:
         except PackageNotFoundError:
             pins.append(name)
     return pins
-
-
-@contextlib.contextmanager
-def _tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API at ``uri`` for the block, then restore the previous URI."""
-    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # None unsets it again

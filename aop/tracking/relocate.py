@@ -25,19 +25,14 @@ LOCATION_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _mover(old: Path, new: Path):  # noqa: ANN202
-    pairs = [(old.as_uri(), new.as_uri()), (str(old), str(new))]
-
-    def move(value: str | None) -> str | None:
-        if value is None:
-            return None
-        for before, after in pairs:
-            if value == before:
-                return after
-            value = value.replace(before + "/", after + "/").replace(before + '"', after + '"')
-        return value
-
-    return move
+def _moved(value: str, old: Path, new: Path) -> str:
+    """``value`` with the folder ``old`` (as a URI or a path, whole or followed by ``/`` or a
+    JSON string's closing quote) replaced by ``new``."""
+    for before, after in ((old.as_uri(), new.as_uri()), (str(old), str(new))):
+        if value == before:
+            return after
+        value = value.replace(before + "/", after + "/").replace(before + '"', after + '"')
+    return value
 
 
 def relocate_store(db: str | Path, old: str | Path, new: str | Path) -> int:
@@ -61,24 +56,20 @@ def relocate_store(db: str | Path, old: str | Path, new: str | Path) -> int:
         The file is not a readable SQLite store.
     """
     db, old, new = Path(db), Path(old), Path(new)
-    move = _mover(old, new)
     changed = 0
     try:
         with sqlite3.connect(db) as conn:  # one transaction: all rows move, or none
-            tables = {row[0] for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {name for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}  # fmt: skip
             for table, column in LOCATION_COLUMNS:
                 if table not in tables:
                     continue
-                rows = conn.execute(
-                    f"SELECT rowid, {column} FROM {table} WHERE instr({column}, ?) > 0",
-                    (str(old),),
-                ).fetchall()
-                for rowid, value in rows:
-                    moved = move(value)
+                query = f"SELECT rowid, {column} FROM {table} WHERE instr({column}, ?) > 0"
+                for rowid, value in conn.execute(query, (str(old),)).fetchall():
+                    moved = _moved(value, old, new)
                     if moved != value:
                         conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?",
-                                     (moved, rowid))
+                                     (moved, rowid))  # fmt: skip
                         changed += 1
     except sqlite3.Error as exc:
         raise AopError(f"{db}: cannot move the MLflow store with the study ({exc})") from None
@@ -116,14 +107,11 @@ def moved_study_store(uri: str | None, old: str | Path, new: str | Path) -> str 
     prefix = "sqlite:///"
     if uri is None:
         db = new / "mlflow.db"
-    elif uri.startswith(prefix):
-        saved = Path(uri[len(prefix):])
-        if saved != old and old not in saved.parents:
-            return uri  # a store outside the study
-        db = new / saved.relative_to(old)
+    elif uri.startswith(prefix) and Path(uri[len(prefix) :]).is_relative_to(old):
+        db = new / Path(uri[len(prefix) :]).relative_to(old)
         uri = f"{prefix}{db}"
     else:
-        return uri
+        return uri  # an MLflow server, or a store outside the study
     if old != new and db.is_file():
         relocate_store(db, old, new)
     return uri

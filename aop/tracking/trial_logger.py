@@ -1,21 +1,18 @@
 """Lightning's MLflow logger inside a Ray Tune trial, writing the trial's curves into its child run.
 
-A classifier trial opens its own child run under the study's parent run when it starts
-(:meth:`aop.tracking.StudyTracker.open_trial_run`, keyed by search and trial id, so a trial
-resumed after ``aop resume`` reopens the same run) and gives :class:`TrialCurveLogger` to the
-Lightning ``Trainer``. The trainer logs every epoch's ``train_loss``, ``train_acc``, ``val_loss``
-and ``val_acc`` as ``curve/<name>``. When the trial ends, the driver completes the same run with
-the trial's parameters, final metrics and confusion matrix, and marks it finished.
+A trial opens its own child run under the study's parent run when it starts
+(:meth:`aop.tracking.StudyTracker.open_trial_run`, keyed by search and trial id, so a resumed
+trial reopens the same run) and gives :class:`TrialCurveLogger` to the Lightning ``Trainer``,
+which logs each epoch's metrics as ``curve/<name>``. When the trial ends, the driver completes
+the run with the trial's record and marks it finished.
 
-Conventions:
-
-- The step of a curve point is the trial's epoch counted over both trainings of ``semi`` and
-  across a resume (the Tune report's ``epoch``), so curves neither restart nor overlap.
-- Parameters are the driver's (the searched configuration); Lightning's hyperparameters are not
-  logged, and the logger never ends the run, so the driver alone decides when a trial is logged.
-- Tracking must never stop a training: a failed write is dropped with one warning, and a store
-  this node cannot reach (an SQLite file on the driver's disk only) means no in-trial logger, in
-  which case the driver logs the curves from Tune's reports instead.
+- A curve point's step is the trial's epoch (the Tune report's ``epoch``, counted over every
+  training of the trial and across a resume), so curves neither restart nor overlap.
+- Parameters are the driver's (the searched configuration); the logger logs no hyperparameters
+  and never ends the run.
+- Tracking never stops a training: a failed write is dropped with one warning, and a store this
+  node cannot reach (an SQLite file on the driver's disk only) means no in-trial logger: the
+  driver then logs the curves from Tune's reports.
 """
 
 from __future__ import annotations
@@ -67,9 +64,6 @@ class TrialCurveLogger(MLFlowLogger):
                 )
 
     def finalize(self, status: str = "success") -> None:  # the driver ends the run
-        return
-
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         return
 
 
