@@ -160,7 +160,7 @@ def test_every_searcher_runs_the_toy_study_through_the_engine(local_ray, tmp_pat
         kind = get_kind("toy")
         space = kind.search_space(exp)
         start = space.start("default")
-        make = _topup_factory(exp, kind, space, "gp", start, 10)
+        make = _topup_factory(exp, kind, space, "gp", start)
         told = make(again, 1).searcher
         assert len(told._ot_study.trials) == 11 and told._points_to_evaluate in (None, [])
         fresh = make([r for r in again if r["params"] != {**start[0], "width": 64}], 1)

@@ -19,12 +19,7 @@ from typing import Any
 from ray.tune import Callback
 
 from aop.analysis.records import append_record, read_records, validate_record
-
-RecordSink = Callable[[dict[str, Any]], Any]
-
-
-def _is_param(value: Any) -> bool:
-    return isinstance(value, str | bool | int | float) and value is not None
+from aop.outputs import atomic_file, is_disk_full
 
 
 def _finite(value: Any) -> bool:
@@ -93,7 +88,7 @@ def trial_record(
     record = {
         "search": search,
         "trial_id": str(trial_id),
-        "params": {k: v for k, v in config.items() if _is_param(v)},
+        "params": {k: v for k, v in config.items() if isinstance(v, str | bool | int | float)},
         "metrics": {m: result[m] for m in metrics if _finite(result.get(m))},
         "per_volume": per_volume,
         "duration_s": result.get("duration_s", result.get("time_total_s")),
@@ -136,7 +131,7 @@ class StudyCallback(Callback):
         search: str,
         metric: str,
         metrics: Sequence[str],
-        sink: RecordSink | None = None,
+        sink: Callable[[dict[str, Any]], Any] | None = None,
         extras: Sequence[str] = (),
         curves: Sequence[str] = (),
     ) -> None:
@@ -172,30 +167,20 @@ class StudyCallback(Callback):
         position = next((i for i, t in enumerate(trials) if t.trial_id == trial.trial_id), -1)
         self._add(trial.trial_id, trial.config, result, position)
 
-    def recover(self, grid: Any) -> int:
+    def recover(self, grid: Any) -> None:
         """Record the finished trials of Tune's result grid that have no record yet.
 
         A trial whose completion Tune saved while writing its record failed (a full disk stops
         the study there) is terminated in Tune's state: a restored run never reports it again.
         Its record is rebuilt from its last result (without its curve).
-
-        Returns
-        -------
-        int
-            The records added.
         """
         self._seen |= {r["trial_id"] for r in self.records()}
-        added = 0
         for position, result in enumerate(grid):
             metrics = result.metrics or {}
             trial_id = metrics.get("trial_id")
-            if result.error is not None or not trial_id or trial_id in self._seen:
-                continue
-            if self.metric not in metrics:
-                continue
-            self._add(str(trial_id), result.config or {}, metrics, position)
-            added += 1
-        return added
+            new = trial_id and trial_id not in self._seen and self.metric in metrics
+            if new and result.error is None:
+                self._add(str(trial_id), result.config or {}, metrics, position)
 
     def _add(self, trial_id: str, config: Any, result: Mapping[str, Any], position: int) -> None:
         record = trial_record(
@@ -214,8 +199,6 @@ class StudyCallback(Callback):
             forget = getattr(getattr(self.sink, "__self__", None), "forget_logged", None)
             if forget is not None:
                 forget()  # re-read which trials are logged (and clean half-written runs)
-            from aop.outputs import is_disk_full
-
             if is_disk_full(exc):
                 reason, when = "no space left on the device", "there is space again"
             else:
@@ -243,8 +226,6 @@ def prune_orphans(path: Path, trial_ids: set[str], tracker: Any = None, search: 
     records = read_records(path) if path.is_file() else []
     kept = [r for r in records if r["trial_id"] in trial_ids]
     if len(kept) != len(records):
-        from aop.outputs import atomic_file
-
         with atomic_file(path) as tmp:
             for record in kept:
                 append_record(tmp, record)

@@ -25,25 +25,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from ray.tune import (
-    Callback,
-    CheckpointConfig,
-    CLIReporter,
-    FailureConfig,
-    RunConfig,
-    TuneConfig,
-    Tuner,
-)
+from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 
-from aop.analysis.records import best_record, read_records
+from aop.analysis.records import best_record
 from aop.config import BaseExperiment
 from aop.errors import AopError
+from aop.outputs import atomic_file, claim_folder, is_disk_full, prepare_output
 from aop.tuning.callbacks import StudyCallback, prune_orphans
 from aop.tuning.kinds import Prepared, StudyKind, get_kind, load_experiment
 from aop.tuning.searchers import make_searcher
@@ -71,7 +65,6 @@ def run_search(
     concurrency: int = 1,
     max_failures: int = 2,
     tracker: Any = None,
-    callbacks: Sequence[Callback] = (),
     verbose: int = 1,
     storage: str | None = None,
     topup: Callable[[list[dict[str, Any]], int], Any] | None = None,
@@ -100,8 +93,8 @@ def run_search(
         Retries of a trial whose worker died.
     tracker : StudyTracker, optional
         Logs each finished trial as an MLflow child run.
-    callbacks : sequence of Callback
-        Further driver-side callbacks (e.g. MLflow tracking).
+    verbose : int
+        Ray Tune verbosity (0 silent, 1 progress table).
     storage : str, optional
         Ray Tune storage as a URI (``s3://bucket/path``, ``gs://...``, ``file:///shared/tune``)
         opened with pyarrow (see :func:`aop.tuning.storage.tune_storage`); default
@@ -153,10 +146,33 @@ def run_search(
                 storage_filesystem=filesystem,
             )
         else:
-            tuner = _new_tuner(
-                experiment, trainable, param_space, kind, search_alg, samples, concurrency,
-                max_failures, root, filesystem, [recorder, *callbacks], verbose,
-            )  # fmt: skip
+            tuner = Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=TuneConfig(
+                    search_alg=search_alg,
+                    num_samples=samples,
+                    # a searcher is already limited by a ConcurrencyLimiter (see make_searcher)
+                    max_concurrent_trials=concurrency if search_alg is None else None,
+                    reuse_actors=True,
+                    trial_dirname_creator=lambda trial: trial.trial_id,
+                ),
+                run_config=RunConfig(
+                    name=experiment,
+                    storage_path=root,
+                    storage_filesystem=filesystem,
+                    failure_config=FailureConfig(max_failures=max_failures),
+                    # a trial resumes from its newest checkpoint; older ones only take disk space
+                    checkpoint_config=CheckpointConfig(num_to_keep=2),
+                    callbacks=[recorder],
+                    progress_reporter=CLIReporter(
+                        metric_columns=[*kind.metrics, "node"],
+                        parameter_columns=list(kind.parameter_columns) or None,
+                        max_report_frequency=30,
+                    ),
+                    verbose=verbose,
+                ),
+            )
         grid = tuner.fit()
         _report_errors(name, grid)
         recorder.recover(grid)
@@ -190,7 +206,7 @@ def run_search(
         kept |= _trial_ids(grid)
         part += 1
     prune_orphans(recorder.path, kept, tracker, name)
-    return read_records(recorder.path) if recorder.path.is_file() else []
+    return recorder.records()
 
 
 def topup_name(search: str, part: int) -> str:
@@ -210,57 +226,11 @@ def _trial_ids(grid: Any) -> set[str]:
     return {r.metrics.get("trial_id") for r in grid if r.metrics}
 
 
-def _new_tuner(
-    name: str,
-    trainable: Any,
-    param_space: dict[str, Any],
-    kind: StudyKind,
-    searcher: Any,
-    num_samples: int,
-    concurrency: int,
-    max_failures: int,
-    root: str,
-    filesystem: Any,
-    callbacks: list[Callback],
-    verbose: int,
-) -> Tuner:
-    reporter = CLIReporter(
-        metric_columns=[*kind.metrics, "node"],
-        parameter_columns=list(kind.parameter_columns) or None,
-        max_report_frequency=30,
-    )
-    return Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=TuneConfig(
-            search_alg=searcher,
-            num_samples=num_samples,
-            # a searcher is already limited by a ConcurrencyLimiter (see make_searcher)
-            max_concurrent_trials=concurrency if searcher is None else None,
-            reuse_actors=True,
-            trial_dirname_creator=lambda trial: trial.trial_id,
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=root,
-            storage_filesystem=filesystem,
-            failure_config=FailureConfig(max_failures=max_failures),
-            # a trial resumes from its newest checkpoint; older ones only take disk space
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
-            progress_reporter=reporter,
-            verbose=verbose,
-        ),
-    )
-
-
 def _report_errors(name: str, grid: Any) -> None:
     """One line per trial that ended in error (after its retries), with Tune's error file.
 
     Such a trial has no record; ``aop resume`` retries it from its last checkpoint.
     """
-    import sys
-
     for result in grid:
         if result.error is None:
             continue
@@ -301,12 +271,9 @@ class StudyResult:
     best: dict[str, Any]
     main_search: str
     analysis: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _write_yaml(path: Path, data: Any) -> None:
-    from aop.outputs import atomic_file
-
     with atomic_file(path) as tmp:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))
 
@@ -322,12 +289,10 @@ def save_experiment(exp: BaseExperiment, space: SearchSpace | None = None) -> Pa
     space = space or kind.search_space(exp)
     path = exp.study_dir / EXPERIMENT_FILE
     _write_yaml(path, exp.to_yaml_dict())
-    budgets = {}
-    for name, searcher, budget in search_plan(exp, kind):
-        if searcher is None:
-            grid = (kind.grid_space if name == "grid" else kind.baseline_space)(exp, space) or {}
-            budget = grid_size(grid)
-        budgets[name] = budget
+    budgets = {
+        name: budget if searcher else grid_size(_comparison_space(exp, kind, space, name))
+        for name, searcher, budget in search_plan(exp, kind)
+    }
     ranges = {name: list(bounds) for name, bounds in space.ranges().items()}
     meta = {**kind.meta(exp), "budgets": budgets, "ranges": ranges}
     _write_yaml(exp.study_dir / STUDY_FILE, meta)
@@ -389,45 +354,29 @@ def search_plan(exp: BaseExperiment, kind: StudyKind) -> list[tuple[str, str | N
     return plan
 
 
+def _comparison_space(
+    exp: BaseExperiment, kind: StudyKind, space: SearchSpace, name: str
+) -> dict[str, Any]:
+    """The Tune param space of a comparison without a searcher (``grid`` or ``baseline``)."""
+    return (kind.grid_space if name == "grid" else kind.baseline_space)(exp, space) or {}
+
+
 def write_best(
     study_dir: Path, kind: StudyKind, records: dict[str, list[dict]], main: str
 ) -> dict[str, Any]:
     """Write ``best.yaml``: the main search's best trial plus each search's best value."""
-    best = best_record(records[main], kind.metric, kind.mode)
-    summary = {
-        "kind": kind.name,
-        "search": main,
-        "trial_id": best["trial_id"],
-        **kind.best_summary(best),
-        "searches": {
-            name: {
-                "trials": len(recs),
-                f"best_{kind.metric}": best_record(recs, kind.metric, kind.mode)["metrics"][
-                    kind.metric
-                ],
-                "best_params": best_record(recs, kind.metric, kind.mode)["params"],
-            }
-            for name, recs in records.items()
-            if recs
-        },
-    }
+    metric = kind.metric
+    best = best_record(records[main], metric, kind.mode)
+    searches = {}
+    for name, recs in records.items():
+        if recs:
+            top = best_record(recs, metric, kind.mode)
+            searches[name] = {"trials": len(recs), f"best_{metric}": top["metrics"][metric],
+                              "best_params": top["params"]}  # fmt: skip
+    summary = {"kind": kind.name, "search": main, "trial_id": best["trial_id"],
+               **kind.best_summary(best), "searches": searches}  # fmt: skip
     _write_yaml(study_dir / BEST_FILE, summary)
     return best
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` (``auto``, ``ray://host:10001``) or start a local Ray."""
-    from aop.ray_cluster import connect
-
-    connect(address, num_cpus=num_cpus)  # token auth of `ray start` clusters, one-line errors
-
-
-def check_study_resources(exp: BaseExperiment) -> int:
-    """Refuse a ``search.resources`` request that no node can hold (before any trial)."""
-    from aop.ray_cluster import check_resources
-
-    bundle = {"CPU": exp.search.resources.cpus, "GPU": exp.search.resources.gpu}
-    return check_resources(bundle, exp.search.concurrency, what="search.resources")
 
 
 def check_study(
@@ -440,7 +389,6 @@ def check_study(
     its work (:meth:`aop.tuning.kinds.StudyKind.preflight`: data, memory and, with
     ``check_models``, that every model can be built: libraries, settings, weights).
     """
-    from aop.outputs import claim_folder, prepare_output
     from aop.resources import check_tracking_uri
 
     kind = kind or get_kind(exp.kind)
@@ -461,32 +409,18 @@ def run_searches(
     *,
     tracker: Any = None,
     verbose: int = 1,
-    n_startup_trials: int = 10,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run (or continue) every search of the experiment's plan; return ``{search: records}``."""
     records: dict[str, list[dict[str, Any]]] = {}
     for name, searcher_name, budget in search_plan(exp, kind):
         if searcher_name is None:
-            grid = kind.grid_space if name == "grid" else kind.baseline_space
-            param_space, searcher, samples = grid(exp, space) or {}, None, 1
-            topup = None
+            param_space, samples = _comparison_space(exp, kind, space, name), 1
+            searcher = topup = None
         else:
-            param_space = dict(space.fixed)
-            starts = space.start(kind.start_point) if kind.start_point else []
-            if name == "random":
-                starts = []
-            searcher = make_searcher(
-                searcher_name,
-                space,
-                metric=kind.metric,
-                mode=kind.mode,
-                seed=exp.search.seed,
-                concurrency=exp.search.concurrency,
-                start_points=starts,
-                n_startup_trials=n_startup_trials,
-            )
-            samples = budget
-            topup = _topup_factory(exp, kind, space, searcher_name, starts, n_startup_trials)
+            use_starts = kind.start_point and name != "random"
+            starts = space.start(kind.start_point) if use_starts else []
+            topup = _topup_factory(exp, kind, space, searcher_name, starts)
+            param_space, samples, searcher = dict(space.fixed), budget, topup([], 0)
         records[name] = run_search(
             name,
             trainable,
@@ -511,14 +445,13 @@ def _topup_factory(
     space: SearchSpace,
     searcher_name: str,
     starts: list[dict[str, Any]],
-    n_startup_trials: int,
 ) -> Callable[[list[dict[str, Any]], int], Any]:
-    """The searcher of a search's top-up (see :func:`run_search`).
+    """``make(done, part)``: the searcher of a search (``make([], 0)``) and of its top-ups.
 
-    It is seeded with ``search.seed + part`` (so it does not draw the first experiment's
-    configurations again), first evaluates the start points no finished trial has evaluated,
-    and is told every finished trial (``add_evaluated_point``; a searcher without it, such as
-    ``tpe``, starts without them).
+    A top-up's searcher (see :func:`run_search`) is seeded with ``search.seed + part`` (so it
+    does not draw the first experiment's configurations again), first evaluates the start points
+    no finished trial has evaluated, and is told every finished trial (``add_evaluated_point``;
+    a searcher without it, such as ``tpe``, starts without them).
     """
 
     def make(done: list[dict[str, Any]], part: int) -> Any:
@@ -533,7 +466,6 @@ def _topup_factory(
             seed=exp.search.seed + part,
             concurrency=exp.search.concurrency,
             start_points=[p for p in starts if not evaluated(p)],
-            n_startup_trials=n_startup_trials,
         )
         for record in done:
             value = record["metrics"].get(kind.metric)
@@ -589,15 +521,33 @@ def run_study(
     -------
     StudyResult
     """
-    from aop.outputs import claim_folder, is_disk_full
+    from aop.ray_cluster import check_resources, connect
 
     kind = get_kind(exp.kind)
     check_study(exp, kind)
-    init_ray(exp.ray.address, exp.ray.num_cpus)  # first: a cluster that refuses writes nothing
-    check_study_resources(exp)
+    # Ray first (token auth of `ray start` clusters, one-line errors): a cluster that refuses
+    # writes nothing; then refuse a search.resources request that no node can hold
+    connect(exp.ray.address, num_cpus=exp.ray.num_cpus)
+    resources = {"CPU": exp.search.resources.cpus, "GPU": exp.search.resources.gpu}
+    check_resources(resources, exp.search.concurrency, what="search.resources")
     study_dir = claim_folder(exp.study_dir, "study")
     try:
-        return _run_claimed_study(exp, kind, study_dir, verbose, prepare)
+        space = kind.search_space(exp)
+        save_experiment(exp, space)
+        prepared = (prepare or kind.prepare)(exp)
+        tracker = make_tracker(exp, kind)
+        tracker.start(exp.to_yaml_dict(), space.describe(), dataset=prepared.dataset,
+                      description=_description(exp, kind))  # fmt: skip
+        records = run_searches(exp, kind, space, prepared.trainable, tracker=tracker,
+                               verbose=verbose)  # fmt: skip
+        log_missing_trials(exp, records, kind)
+        tracker.close_open_runs()  # runs that trials opened but that ended in error: FAILED
+        main = exp.search.searcher
+        best = write_best(study_dir, kind, records, main)
+        artifacts = kind.finish(exp, records, best, prepared, tracker)
+        tracker.finish(best, metrics=kind.metrics, artifacts=[study_dir / BEST_FILE, *artifacts],
+                       description=_description(exp, kind, best))  # fmt: skip
+        return StudyResult(study_dir, records, best, main, analysis=artifacts)
     except Exception as exc:
         # a full disk surfaces as OSError (or aop's one line for it), as SQLite's "database or
         # disk is full" inside MLflow, or as a Tune error around a worker's: one line, since the
@@ -608,39 +558,6 @@ def run_study(
             f"{study_dir}: cannot write: no space left on the device; free space, then run aop "
             f"resume {study_dir} (it continues from the last state Ray Tune saved)"
         ) from None
-
-
-def _run_claimed_study(
-    exp: BaseExperiment,
-    kind: StudyKind,
-    study_dir: Path,
-    verbose: int,
-    prepare: Callable[[BaseExperiment], Prepared] | None,
-) -> StudyResult:
-    """The body of :func:`run_study`, once the study folder is claimed."""
-    space = kind.search_space(exp)
-    save_experiment(exp, space)
-    prepared = (prepare or kind.prepare)(exp)
-    tracker = make_tracker(exp, kind)
-    tracker.start(
-        exp.to_yaml_dict(),
-        space.describe(),
-        dataset=prepared.dataset,
-        description=_description(exp, kind),
-    )
-    records = run_searches(exp, kind, space, prepared.trainable, tracker=tracker, verbose=verbose)
-    log_missing_trials(exp, records, kind)
-    tracker.close_open_runs()  # runs that trials opened but that ended in error: FAILED
-    main = exp.search.searcher
-    best = write_best(study_dir, kind, records, main)
-    artifacts = kind.finish(exp, records, best, prepared, tracker)
-    tracker.finish(
-        best,
-        metrics=kind.metrics,
-        artifacts=[study_dir / BEST_FILE, *artifacts],
-        description=_description(exp, kind, best),
-    )
-    return StudyResult(study_dir, records, best, main, analysis=artifacts)
 
 
 def _description(exp: BaseExperiment, kind: StudyKind, best: dict | None = None) -> str:
