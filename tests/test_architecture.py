@@ -18,7 +18,9 @@ import aop
 from aop.tuning.kinds import ENTRY_POINT_GROUP, get_kind
 
 AOP = Path(aop.__file__).resolve().parent
-ENGINE = ["study", "kinds", "space", "searchers", "callbacks", "storage", "smac_search"]
+ENGINE = [
+    "study", "kinds", "space", "searchers", "callbacks", "storage", "smac_search", "progress",
+]
 GENERIC = sorted(
     [AOP / "tuning" / f"{name}.py" for name in ENGINE]
     + list((AOP / "tracking").glob("*.py"))

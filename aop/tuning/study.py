@@ -40,6 +40,7 @@ from aop.errors import AopError
 from aop.outputs import atomic_file, claim_folder, is_disk_full, prepare_output
 from aop.tuning.callbacks import StudyCallback, prune_orphans
 from aop.tuning.kinds import Prepared, StudyKind, get_kind, load_experiment
+from aop.tuning.progress import SearchProgress, set_budget
 from aop.tuning.searchers import make_searcher
 from aop.tuning.space import SearchSpace
 
@@ -65,9 +66,10 @@ def run_search(
     concurrency: int = 1,
     max_failures: int = 2,
     tracker: Any = None,
-    verbose: int = 1,
+    verbose: int = 0,
     storage: str | None = None,
     topup: Callable[[list[dict[str, Any]], int], Any] | None = None,
+    per_trial_lines: bool = True,
 ) -> list[dict[str, Any]]:
     """Run (or continue) one Ray Tune search and return its trial records.
 
@@ -94,7 +96,8 @@ def run_search(
     tracker : StudyTracker, optional
         Logs each finished trial as an MLflow child run.
     verbose : int
-        Ray Tune verbosity (0 silent, 1 progress table).
+        0: aop's own progress (:class:`aop.tuning.progress.SearchProgress`); 1 or more: Ray
+        Tune's own progress table at that verbosity instead; below 0: no progress at all.
     storage : str, optional
         Ray Tune storage as a URI (``s3://bucket/path``, ``gs://...``, ``file:///shared/tune``)
         opened with pyarrow (see :func:`aop.tuning.storage.tune_storage`); default
@@ -103,6 +106,8 @@ def run_search(
         ``topup(finished_records, part)`` returns a fresh searcher that knows the finished
         trials, for a search that a resume left short of ``num_samples`` trials (a searcher
         search; ``None``: no top-up, as for a grid).
+    per_trial_lines : bool
+        Without a terminal, print a line per finished trial (else one line when it ends).
 
     Returns
     -------
@@ -134,6 +139,11 @@ def run_search(
     # and its result grid would warn about each of them once per search
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
+    budget = num_samples * (grid_size(param_space) if searcher is None else 1)
+    set_budget(name, budget)
+    shown = [SearchProgress(name, budget, kind.metric, kind.mode, records=recorder.path,
+                            per_trial=per_trial_lines)] if verbose == 0 else []  # fmt: skip
+
     def fit(experiment: str, search_alg: Any, samples: int) -> Any:
         path = f"{root}/{experiment}"
         if Tuner.can_restore(path, storage_filesystem=filesystem):
@@ -164,13 +174,13 @@ def run_search(
                     failure_config=FailureConfig(max_failures=max_failures),
                     # a trial resumes from its newest checkpoint; older ones only take disk space
                     checkpoint_config=CheckpointConfig(num_to_keep=2),
-                    callbacks=[recorder],
+                    callbacks=[recorder, *shown],
                     progress_reporter=CLIReporter(
                         metric_columns=[*kind.metrics, "node"],
                         parameter_columns=list(kind.parameter_columns) or None,
                         max_report_frequency=30,
-                    ),
-                    verbose=verbose,
+                    ) if verbose > 0 else None,
+                    verbose=max(verbose, 0),
                 ),
             )
         grid = tuner.fit()
@@ -435,6 +445,7 @@ def run_searches(
             verbose=verbose,
             storage=exp.storage.tune_storage,
             topup=topup,
+            per_trial_lines=name == exp.search.searcher,
         )
     return records
 
