@@ -98,8 +98,8 @@ def agglomerate_average(
     for (a, b), s, c in zip(pairs.tolist(), sums.tolist(), counts.tolist(), strict=True):
         edges[a][b] = edges[b][a] = [s, c]  # one shared [sum, count] per pair
 
-    def merge(a: int, b: int) -> int:
-        """Merge the smaller region into the larger; return the survivor."""
+    def merge(a: int, b: int) -> None:
+        """Merge the region with fewer neighbours into the other."""
         if len(edges[a]) < len(edges[b]):
             a, b = b, a
         parent[b] = a
@@ -114,7 +114,6 @@ def agglomerate_average(
             edges[c][a] = pooled
             push(a, c, pooled)
         edges[b] = {}
-        return a
 
     heap: list[tuple[float, int, int, int]] = []
 

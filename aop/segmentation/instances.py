@@ -6,6 +6,7 @@ Pure functions on NumPy arrays (no Ray, no MLflow), shared by the model adapters
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import cc3d
 import edt
@@ -17,10 +18,10 @@ from scipy.sparse.csgraph import connected_components
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-__all__ = ["distance_watershed", "stitch_slices"]
+__all__ = ["distance_watershed", "sigma_voxels", "stitch_slices"]
 
 
-def _sigma_voxels(sigma: float, spacing: Sequence[float]) -> tuple[float, ...]:
+def sigma_voxels(sigma: float, spacing: Sequence[float]) -> tuple[float, ...]:
     """A Gaussian width of ``sigma`` in units of the finest axis, as voxels along each axis."""
     finest = min(spacing)
     return tuple(sigma * finest / s for s in spacing)
@@ -77,70 +78,49 @@ def distance_watershed(
     """
     if foreground is None and boundary is None:
         raise ValueError("distance_watershed needs a foreground or a boundary map")
-    options = dict(
-        threshold=threshold, sigma_seeds=sigma_seeds, sigma_weights=sigma_weights,
-        seed_height=seed_height, alpha=alpha, min_size=min_size,
-    )
-    if not stacked:
-        labels = _watershed(foreground, boundary, tuple(spacing), **options)
-    else:
+
+    def one(foreground: Any, boundary: Any, spacing: tuple[float, ...]) -> np.ndarray:
+        """The watershed of one 2D or 3D array (labels not yet consecutive)."""
+        connectivity = 26 if len(spacing) == 3 else 8
+        if foreground is not None:
+            region = np.asarray(foreground) > threshold
+        else:
+            region = np.ones(np.shape(boundary), dtype=bool)
+        interior = region & (np.asarray(boundary) < threshold) if boundary is not None else region
+        if not interior.any():
+            return np.zeros(region.shape, dtype=np.uint32)
+        distance = edt.edt(interior, anisotropy=tuple(map(float, spacing)), black_border=False)
+        if sigma_seeds > 0:
+            distance = ndi.gaussian_filter(distance, sigma_voxels(sigma_seeds, spacing))
+        peaks = h_maxima(distance, seed_height) & interior
+        seeds = cc3d.connected_components(peaks, connectivity=connectivity).astype(np.int32)
+        relief = 1.0 - distance / max(float(distance.max()), 1e-6)
+        if boundary is not None and alpha > 0:
+            smooth_boundary = np.asarray(boundary, dtype=np.float32)
+            if sigma_weights > 0:
+                sigma = sigma_voxels(sigma_weights, spacing)
+                smooth_boundary = ndi.gaussian_filter(smooth_boundary, sigma)
+            relief = alpha * smooth_boundary + (1.0 - alpha) * relief
+        labels = watershed(relief, seeds, mask=region if foreground is not None else None)
+        if min_size > 0:
+            labels = cc3d.dust(labels, threshold=min_size, connectivity=connectivity, in_place=True)
+        return labels
+
+    if stacked:
         depth = np.shape(foreground if foreground is not None else boundary)[0]
         planes = [
-            _watershed(
+            one(
                 None if foreground is None else foreground[z],
                 None if boundary is None else boundary[z],
                 tuple(spacing[1:]),
-                **options,
             )
             for z in range(depth)
         ]
         labels, _ = _separate_slices(np.stack(planes))
+    else:
+        labels = one(foreground, boundary, tuple(spacing))
     labels, _ = fastremap.renumber(labels, preserve_zero=True)
     return labels.astype(np.uint32, copy=False)
-
-
-def _watershed(
-    foreground: np.ndarray | None,
-    boundary: np.ndarray | None,
-    spacing: tuple[float, ...],
-    *,
-    threshold: float,
-    sigma_seeds: float,
-    sigma_weights: float,
-    seed_height: float,
-    alpha: float,
-    min_size: int,
-) -> np.ndarray:
-    """:func:`distance_watershed` on one 2D or 3D array (labels not yet consecutive)."""
-    connectivity = 26 if len(spacing) == 3 else 8
-    if foreground is not None:
-        region = np.asarray(foreground) > threshold
-    else:
-        region = np.ones(np.shape(boundary), dtype=bool)
-    interior = region.copy()
-    if boundary is not None:
-        interior &= np.asarray(boundary) < threshold
-    if not interior.any():
-        return np.zeros(region.shape, dtype=np.uint32)
-    distance = edt.edt(interior, anisotropy=tuple(float(s) for s in spacing), black_border=False)
-    if sigma_seeds > 0:
-        distance = ndi.gaussian_filter(distance, _sigma_voxels(sigma_seeds, spacing))
-    peaks = h_maxima(distance, seed_height) & interior
-    seeds = cc3d.connected_components(peaks, connectivity=connectivity).astype(np.int32)
-    relief = 1.0 - distance / max(float(distance.max()), 1e-6)
-    if boundary is not None and alpha > 0:
-        smooth_boundary = np.asarray(boundary, dtype=np.float32)
-        if sigma_weights > 0:
-            smooth_boundary = ndi.gaussian_filter(
-                smooth_boundary, _sigma_voxels(sigma_weights, spacing)
-            )
-        relief = alpha * smooth_boundary + (1.0 - alpha) * relief
-    labels = watershed(relief, seeds, mask=region if foreground is not None else None)
-    if boundary is not None and foreground is None:
-        labels[~region] = 0
-    if min_size > 0:
-        labels = cc3d.dust(labels, threshold=min_size, connectivity=connectivity, in_place=True)
-    return labels
 
 
 def stitch_slices(slices: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -184,18 +164,12 @@ def stitch_slices(slices: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         keep = ratio > threshold
         rows.append(left[keep])
         cols.append(right[keep])
-    n = offset + 1
-    if rows:
-        r, c = np.concatenate(rows), np.concatenate(cols)
-    else:
-        r = c = np.zeros(0, dtype=np.int64)
-    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(n, n))
+    none = np.zeros(0, dtype=np.int64)
+    r, c = np.concatenate([none, *rows]), np.concatenate([none, *cols])
+    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(offset + 1,) * 2)
     _, component = connected_components(graph, directed=False)
-    # node 0 (background) has no links, so it is alone in its component
-    lookup = component.astype(np.int64) + 1
-    lookup[0] = 0
-    out = lookup[unique]
-    out, _ = fastremap.renumber(out, preserve_zero=True)
+    # node 0 (background) has no links, so it is alone in component 0
+    out, _ = fastremap.renumber(component[unique], preserve_zero=True)
     return out.astype(np.uint32, copy=False)
 
 

@@ -9,9 +9,10 @@ nor background: erosion does not eat in from the volume border.
 
 Dilations only need distances up to the radius, so their transform skips the far background (see
 :func:`_reach`; the few boolean box dilations that delimit the near region cost little beside
-it). The voxels a dilation or closing adds take the nearest instance's label, read at the ball
-offsets whose length equals the voxel's distance (one lattice shell: a handful of offsets for
-small radii, a few dozen at radius 10) rather than from one transform per instance.
+it). The voxels a dilation or closing adds take the nearest instance's label (the smallest label
+between equidistant instances), read at the ball offsets whose length equals the voxel's
+distance (one lattice shell: a handful of offsets for small radii, a few dozen at radius 10)
+rather than from one transform per instance.
 """
 
 from __future__ import annotations
@@ -57,18 +58,14 @@ def ball(radius: int, spacing: Spacing = None, ndim: int = 3) -> np.ndarray:
     return squared <= _limit(radius)
 
 
-def _squared_distance(mask: np.ndarray, aniso: tuple[float, ...]) -> np.ndarray:
-    """Squared distance from each True voxel to the nearest False voxel (inf when there is none)."""
-    # edt runs 2-3x faster on a uint8 view than on a boolean array (measured here)
-    data = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
-    return edt.edtsq(data, anisotropy=aniso, black_border=False, parallel=1)
-
-
 def erode_mask(mask: np.ndarray, radius: int, spacing: Spacing = None) -> np.ndarray:
     """Binary erosion by a ball: keep a voxel when no background voxel lies within ``radius``."""
     if radius <= 0:
         return mask.copy()
-    return _squared_distance(mask, anisotropy(spacing, mask.ndim)) > _limit(radius)
+    # edt runs 2-3x faster on a uint8 view than on a boolean array
+    data = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    aniso = anisotropy(spacing, mask.ndim)
+    return edt.edtsq(data, anisotropy=aniso, black_border=False, parallel=1) > _limit(radius)
 
 
 def _box_dilate(mask: np.ndarray, half: Sequence[int]) -> np.ndarray:
@@ -116,7 +113,7 @@ def _ball_cover_dilate(mask: np.ndarray, radius: float, aniso: Sequence[float]) 
     much closer to the ball than one box around it, yet made of box dilations only (the boxes
     shrink away from the centre, so each is grown from the next smaller one).
     """
-    first = int(np.floor(radius / aniso[0] * (1 + RADIUS_TOLERANCE)))
+    first = _half_widths(radius, aniso)[0]
     out = np.zeros_like(mask)
     plane, grown = mask, [0] * mask.ndim
     for level in range(first, -1, -1):
@@ -174,20 +171,23 @@ def dilate_mask(mask: np.ndarray, radius: int, spacing: Spacing = None) -> np.nd
     return _reach(mask, radius, anisotropy(spacing, mask.ndim))[0]
 
 
-def _nearest_labels(
+def _fill_nearest(
+    out: np.ndarray,
     labels: np.ndarray,
     targets: np.ndarray,
     squared: np.ndarray,
     radius: float,
     aniso: tuple[float, ...],
 ) -> np.ndarray:
-    """Label of the nearest instance of every ``targets`` voxel (in ``np.flatnonzero`` order).
+    """Write into ``out`` the label of the nearest instance of ``labels`` at every target voxel.
 
     ``squared`` holds each target's squared distance to the foreground (at most ``radius**2``).
     The nearest instances are those with a voxel at exactly that distance, so only the ball
     offsets of that length are looked at: the smallest label among the instance voxels they
     reach wins. The cost per target is the size of one spherical shell of the lattice.
     """
+    if not targets.any():
+        return out
     half = np.asarray(_half_widths(radius, aniso))
     shape = labels.shape
     wide = np.uint32 if int(labels.max()) < 2**32 - 1 else np.uint64
@@ -249,7 +249,8 @@ def _nearest_labels(
             )
             best_length[better] = lengths[k]
             nearest[lost[better]] = found[better]
-    return nearest
+    out[targets] = nearest.astype(labels.dtype, copy=False)
+    return out
 
 
 def open_mask(mask: np.ndarray, radius: int, spacing: Spacing = None) -> np.ndarray:
@@ -276,11 +277,8 @@ def nearest_label_fill(
     spacing : sequence of float, optional
         Voxel size; distances are physical.
     reach : float
-        Upper bound (finest-axis units) on the distance from any target to its nearest instance.
-        One distance transform of the voxels near the foreground finds each target's distance;
-        the instances at exactly that distance are then read at the few offsets of that length,
-        so the cost grows with the voxel count, not with the number of instances. Targets
-        farther than ``reach`` from every instance stay 0.
+        Upper bound (finest-axis units) on the distance from any target to its nearest instance:
+        targets farther than ``reach`` from every instance stay 0.
 
     Returns
     -------
@@ -294,12 +292,7 @@ def nearest_label_fill(
         return out
     aniso = anisotropy(spacing, labels.ndim)
     within, squared = _reach(foreground, reach, aniso)
-    fill = targets & within & ~foreground
-    if fill.any():
-        out[fill] = _nearest_labels(labels, fill, squared, reach, aniso).astype(
-            labels.dtype, copy=False
-        )
-    return out
+    return _fill_nearest(out, labels, targets & within & ~foreground, squared, reach, aniso)
 
 
 def erode_dilate(labels: np.ndarray, radius: int, spacing: Spacing = None) -> np.ndarray:
@@ -367,18 +360,12 @@ def open_close(labels: np.ndarray, radius: int, spacing: Spacing = None) -> np.n
         return labels.copy()
     foreground = labels != 0
     if radius < 0:
-        # Opening: the foreground voxels within |radius| of the eroded foreground survive.
-        kept = dilate_mask(erode_mask(foreground, -radius, spacing), -radius, spacing)
-        return np.where(kept & foreground, labels, 0).astype(labels.dtype, copy=False)
+        kept = open_mask(foreground, -radius, spacing) & foreground
+        return np.where(kept, labels, 0).astype(labels.dtype, copy=False)
     # Closing: dilate, erode the dilated foreground, then give the voxels it added the nearest
     # instance's label (read from the dilation's own distances, for those voxels only).
     aniso = anisotropy(spacing, labels.ndim)
     dilated, squared = _reach(foreground, radius, aniso)
     closed = erode_mask(dilated, radius, spacing)
-    added = closed & ~foreground
     out = np.where(closed, labels, 0).astype(labels.dtype, copy=False)
-    if added.any():
-        out[added] = _nearest_labels(labels, added, squared, radius, aniso).astype(
-            labels.dtype, copy=False
-        )
-    return out
+    return _fill_nearest(out, labels, closed & ~foreground, squared, radius, aniso)

@@ -12,22 +12,9 @@ spec/POSTPROCESSING.md):
 
 A category whose parameters are all 0 is skipped, so it is exactly the identity; the output is
 relabelled 1..N in the order of the input labels. Each category is also a public function of its
-own, re-exported here.
-
-The module imports neither Ray nor MLflow: it runs the same in a test, a Ray task or a notebook.
-
-Readings of the spec where it leaves a choice (each documented in its module):
-
-- Dilation and closing: a voxel equidistant from several instances takes the smallest label.
-- ``f_s``: ``|hull|`` counts the voxels whose centres lie in the convex hull of the union's voxel
-  centres (the digital convex hull), so a digitised ball scores exactly 1 and ``f_s <= 1``.
-- ``f_r``: faces weighted by physical area (plain counts on isotropic data); faces on the volume
-  border are not boundary. On voxelised spheres the staircase surface is about 1.5x the smooth
-  one, so two halves of a ball give ``f_r`` near 0.26 rather than the spec's "near 1/3".
-- ``f_c``: when the smaller mean intensity is <= 0 the ratio is replaced by 1 (no drop below it
-  along the segment) or 0.
-- Splitting: the Gaussian's sigma is ``3 * theta_Ssigma`` in finest-axis units (voxels on
-  isotropic data, fewer voxels along coarser axes); markers are connected with full connectivity.
+own, re-exported here; where the spec leaves a choice, its module's docstring says which reading
+it takes. The module imports neither Ray nor MLflow: it runs the same in a test, a Ray task or a
+notebook.
 """
 
 from __future__ import annotations
@@ -38,11 +25,9 @@ from typing import Any
 import numpy as np
 
 from aop.segmentation.merging import (
-    MERGE_THRESHOLD,
     adjacency_features,
     contact_graph,
     merge_instances,
-    merge_relabelled,
     merge_with_boxes,
     smoothness,
 )
@@ -52,12 +37,10 @@ from aop.segmentation.morphology import (
     dilate_mask,
     erode_dilate,
     erode_mask,
-    nearest_label_fill,
     open_close,
     open_mask,
 )
 from aop.segmentation.params import (
-    CATEGORIES,
     PARAMETER_RANGES,
     PostprocessParams,
     anisotropy,
@@ -65,17 +48,13 @@ from aop.segmentation.params import (
     check_labels,
     relabel_consecutive,
 )
-from aop.segmentation.splitting import split_instance, split_instances, split_relabelled
+from aop.segmentation.splitting import split_instances, split_relabelled
 
 __all__ = [
-    "CATEGORIES",
-    "MERGE_THRESHOLD",
     "PARAMETER_RANGES",
     "PostprocessParams",
     "adjacency_features",
-    "anisotropy",
     "ball",
-    "check_image",
     "check_labels",
     "close_mask",
     "contact_graph",
@@ -83,17 +62,12 @@ __all__ = [
     "erode_dilate",
     "erode_mask",
     "merge_instances",
-    "merge_relabelled",
-    "merge_with_boxes",
-    "nearest_label_fill",
     "open_close",
     "open_mask",
     "postprocess",
     "relabel_consecutive",
     "smoothness",
-    "split_instance",
     "split_instances",
-    "split_relabelled",
 ]
 
 

@@ -27,50 +27,25 @@ from skimage.segmentation import watershed
 
 from aop.segmentation.params import anisotropy, check_labels, relabel_consecutive
 
-__all__ = ["split_instance", "split_instances", "split_relabelled"]
+__all__ = ["split_instances", "split_relabelled"]
 
 Spacing = Sequence[float] | None
 
 
-def split_instance(
-    mask: np.ndarray,
-    distance: np.ndarray,
-    sigma: float,
-    threshold: float,
-    spacing: Spacing = None,
+def _split_instance(
+    mask: np.ndarray, distance: np.ndarray, sigma: float, threshold: float, aniso: tuple
 ) -> tuple[np.ndarray, int]:
-    """Split one instance given its distance transform.
+    """Split one instance (``mask``, cropped) by its ``distance`` transform, as described above.
 
-    Parameters
-    ----------
-    mask : ndarray of bool
-        The instance (typically cropped to its bounding box).
-    distance : ndarray of float
-        Its distance transform, same shape (values outside ``mask`` are ignored).
-    sigma : float
-        theta_Ssigma in [0, 1].
-    threshold : float
-        theta_St in (0, 1].
-    spacing : sequence of float, optional
-        Voxel size (z, y, x); scales the Gaussian per axis.
-
-    Returns
-    -------
-    parts : ndarray of int32
-        0 outside the mask, 1..n inside.
-    n : int
-        Number of parts (1 when the instance stays whole).
+    Returns the int32 parts (0 outside the mask, 1..n inside) and their number ``n``.
     """
     smooth = np.where(mask, distance, 0).astype(np.float32)
     if sigma > 0:
-        aniso = anisotropy(spacing, mask.ndim)
         smooth = ndi.gaussian_filter(
             smooth, sigma=[3.0 * sigma / a for a in aniso], mode="constant", cval=0.0
         )
-    values = smooth[mask]
-    level = np.quantile(values, threshold)
-    structure = np.ones((3,) * mask.ndim, dtype=bool)
-    markers, n = ndi.label(mask & (smooth >= level), structure=structure)
+    level = np.quantile(smooth[mask], threshold)
+    markers, n = ndi.label(mask & (smooth >= level), structure=np.ones((3,) * mask.ndim, bool))
     if n < 2:
         return mask.astype(np.int32), 1
     parts = watershed(-smooth, markers, mask=mask)
@@ -81,13 +56,6 @@ def split_instance(
         )
         parts[lost] = parts[tuple(index[lost] for index in nearest)]
     return parts.astype(np.int32, copy=False), n
-
-
-def _gaussian_radii(sigma: float, aniso: tuple[float, ...]) -> list[int]:
-    """Half-widths of :func:`scipy.ndimage.gaussian_filter`'s kernels (``truncate=4``)."""
-    if sigma <= 0:
-        return [0] * len(aniso)
-    return [int(4.0 * (3.0 * sigma / a) + 0.5) for a in aniso]
 
 
 def _linear_quantiles(ordered: np.ndarray, starts: np.ndarray, counts: np.ndarray, q: float):
@@ -120,7 +88,7 @@ def _split_candidates(
     aniso: tuple[float, ...],
     chunk: int = 64,
 ) -> list[int]:
-    """Labels whose markers (as in :func:`split_instance`) form two or more components.
+    """Labels whose markers (as in :func:`_split_instance`) form two or more components.
 
     Instead of one smoothing, quantile and labelling per instance, the instances' bounding boxes
     are stacked along the first axis in chunks of similar size, each box's distances zeroed
@@ -130,8 +98,8 @@ def _split_candidates(
     instances come from one sort, and one multi-label connected-components pass counts every
     instance's markers. Only the few instances with two or more markers are split afterwards.
     """
-    radii = _gaussian_radii(sigma, aniso)
-    gap = max(radii[0], 1)
+    # the reach of gaussian_filter's kernel (truncate=4) along the first axis
+    gap = max(int(4.0 * (3.0 * sigma / aniso[0]) + 0.5), 1) if sigma > 0 else 1
     present = [k for k, box in enumerate(boxes, start=1) if box is not None]
     extents = {k: [s.stop - s.start for s in boxes[k - 1]] for k in present}
     present.sort(key=lambda k: (max(extents[k][1:]), min(extents[k][1:])))
@@ -209,8 +177,7 @@ def split_instances(
     >>> int(split_instances(dumbbell, 0.0, 0.8).max())
     2
     """
-    labels = check_labels(labels)
-    relabelled, _ = relabel_consecutive(labels)
+    relabelled, _ = relabel_consecutive(check_labels(labels))
     return split_relabelled(relabelled, sigma, threshold, spacing)
 
 
@@ -232,18 +199,17 @@ def split_relabelled(
     # edt is fastest on the narrowest unsigned type (int32 input is about 2x slower here)
     narrow = relabelled.astype(np.uint16 if relabelled.max() < 2**16 else np.uint32)
     distance = edt.edt(narrow, anisotropy=aniso, black_border=False, parallel=1)
-    out = relabelled
     next_label = int(relabelled.max()) + 1
     if boxes is None:
         boxes = ndi.find_objects(relabelled)
     for label in _split_candidates(relabelled, distance, boxes, sigma, threshold, aniso):
         box = boxes[label - 1]
         mask = relabelled[box] == label
-        parts, n = split_instance(mask, distance[box], sigma, threshold, spacing)
+        parts, n = _split_instance(mask, distance[box], sigma, threshold, aniso)
         if n < 2:
             continue
         # Part 1 keeps the label; parts 2..n get new numbers.
         new = np.where(parts > 1, parts - 2 + next_label, label)
-        out[box][mask] = new[mask]
+        relabelled[box][mask] = new[mask]
         next_label += n - 1
-    return out
+    return relabelled

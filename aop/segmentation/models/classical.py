@@ -5,18 +5,22 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from aop.segmentation.instances import _sigma_voxels, distance_watershed
-from aop.segmentation.models.base import SegmentationModel, Spacing, register_model
+from aop.config import StrictModel
+from aop.segmentation.instances import distance_watershed, sigma_voxels
+from aop.segmentation.models.base import (
+    SegmentationModel,
+    Spacing,
+    register_model,
+    single_channel,
+)
 
 
-class ClassicalSettings(BaseModel):
+class ClassicalSettings(StrictModel):
     """Settings of the ``classical`` model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     channel: int = Field(0, ge=0, description="Channel of a (C, Z, Y, X) image to segment.")
     sigma: float = Field(1.0, ge=0, description="Smoothing width, voxels of the finest axis.")
@@ -41,12 +45,10 @@ class ClassicalModel(SegmentationModel):
     Settings = ClassicalSettings
 
     def predict(self, image: np.ndarray, spacing: Spacing) -> np.ndarray:
-        from aop.segmentation.models.base import single_channel
-
         s = self.settings
         volume = single_channel(image, s.channel, self.name)
         if s.sigma > 0:
-            volume = ndi.gaussian_filter(volume, _sigma_voxels(s.sigma, spacing))
+            volume = ndi.gaussian_filter(volume, sigma_voxels(s.sigma, spacing))
         if volume.max() <= volume.min():
             return np.zeros(volume.shape, dtype=np.uint32)
         level = threshold_otsu(volume) if s.threshold == "otsu" else float(s.threshold)
