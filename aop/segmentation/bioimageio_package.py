@@ -19,14 +19,23 @@ import numpy as np
 
 from aop.errors import AopError, validation_message
 
-__all__ = ["write_model_package"]
+__all__ = ["normalize_percentiles", "write_model_package"]
 
-#: Cited by default: the U-Net paper (packages must cite a DOI or URL).
+#: Every package scales its input between these percentiles of each volume (``scale_range``).
+PERCENTILES = (1.0, 99.8)
+
+#: The reference every package cites (a package must cite a DOI or URL).
 UNET_CITATION = (
     "Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image "
     "Segmentation. MICCAI 2015",
     "10.1007/978-3-319-24574-4_28",
 )
+
+
+def normalize_percentiles(image: np.ndarray) -> np.ndarray:
+    """Scale ``image`` to its :data:`PERCENTILES`, as the package's ``scale_range`` step does."""
+    low, high = np.percentile(image, PERCENTILES)
+    return ((image - low) / (high - low + 1e-6)).astype(np.float32)
 
 
 def write_model_package(
@@ -43,13 +52,12 @@ def write_model_package(
     min_shape: Sequence[int] = (24, 24, 24),
     step: Sequence[int] = (4, 4, 4),
     halo: Sequence[int] = (8, 8, 8),
-    percentiles: tuple[float, float] = (1.0, 99.8),
-    sigmoid: bool = True,
-    documentation: str = "",
-    citation: tuple[str, str] = UNET_CITATION,
     overwrite: bool = False,
 ) -> Path:
     """Save ``network`` as a BioImage.IO model package folder (written beside, renamed in).
+
+    The package scales its input (:func:`normalize_percentiles`), passes the output through a
+    sigmoid and cites the U-Net paper.
 
     Parameters
     ----------
@@ -72,14 +80,6 @@ def write_model_package(
         halo.
     halo : sequence of 3 ints
         Output border (per side) to discard when tiling.
-    percentiles : (float, float)
-        Input normalisation (``scale_range`` over each volume).
-    sigmoid : bool
-        Whether outputs pass through a sigmoid (post-processing step).
-    documentation : str
-        README text.
-    citation : (str, str)
-        Text and DOI of the reference to cite.
     overwrite : bool
         Replace an earlier package written by aop.
 
@@ -97,13 +97,12 @@ def write_model_package(
     from bioimageio.spec import save_bioimageio_package_as_folder
     from bioimageio.spec.common import FileDescr
     from bioimageio.spec.model import v0_5 as spec
+    from loguru import logger
     from pydantic import ValidationError
 
-    from aop.segmentation.models.bioimageio import _quiet_bioimageio
-
-    _quiet_bioimageio()
     from aop.outputs import atomic_output
 
+    logger.disable("bioimageio")  # its INFO logging has one line per file hashed
     folder = Path(folder)
     network.eval()
     with (
@@ -113,15 +112,11 @@ def write_model_package(
         files = Path(sources)
         torch.save(network.state_dict(), files / "weights.pt")
         test_input = np.random.default_rng(0).random((1, 1, *min_shape), dtype=np.float32)
-        low, high = np.percentile(test_input, percentiles)
-        scaled = ((test_input - low) / (high - low + 1e-6)).astype(np.float32)
         with torch.no_grad():
-            test_output = network(torch.from_numpy(scaled)).numpy()
-        if sigmoid:
-            test_output = 1.0 / (1.0 + np.exp(-test_output))
+            logits = network(torch.from_numpy(normalize_percentiles(test_input))).numpy()
         np.save(files / "test_input.npy", test_input)
-        np.save(files / "test_output.npy", test_output.astype(np.float32))
-        (files / "README.md").write_text(documentation or f"# {name}\n\n{description}\n")
+        np.save(files / "test_output.npy", (1.0 / (1.0 + np.exp(-logits))).astype(np.float32))
+        (files / "README.md").write_text(f"# {name}\n\n{description}\n")
 
         ids = [spec.AxisId(a) for a in ("z", "y", "x")]
         scale = [float(v) for v in voxel_size] if voxel_size is not None else [1.0] * 3
@@ -148,8 +143,8 @@ def write_model_package(
                     spec.ScaleRangeDescr(
                         kwargs=spec.ScaleRangeKwargs(
                             axes=tuple(ids),
-                            min_percentile=float(percentiles[0]),
-                            max_percentile=float(percentiles[1]),
+                            min_percentile=PERCENTILES[0],
+                            max_percentile=PERCENTILES[1],
                         )
                     )
                 ],
@@ -171,13 +166,13 @@ def write_model_package(
                     ],
                 ],
                 test_tensor=FileDescr(source=files / "test_output.npy"),
-                postprocessing=[spec.SigmoidDescr()] if sigmoid else [],
+                postprocessing=[spec.SigmoidDescr()],
             )
             model = spec.ModelDescr(
                 name=name,
                 description=description,
                 authors=[spec.Author(name="aop")],
-                cite=[spec.CiteEntry(text=citation[0], doi=spec.Doi(citation[1]))],
+                cite=[spec.CiteEntry(text=UNET_CITATION[0], doi=spec.Doi(UNET_CITATION[1]))],
                 license=spec.LicenseId("BSD-3-Clause"),
                 documentation=FileDescr(source=files / "README.md"),
                 inputs=[inputs],

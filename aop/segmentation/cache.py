@@ -38,10 +38,6 @@ def volume_hash(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _labels_checksum(labels: np.ndarray) -> str:
-    return volume_hash(labels)
-
-
 class PredictionCache:
     """Predictions stored by (model identity, volume content).
 
@@ -93,7 +89,7 @@ class PredictionCache:
             raise AopError(f"{path}: cache entry not found") from None
         except Exception as exc:  # truncated zip, bad header, missing member
             raise AopError(f"{path}: corrupt cache entry ({type(exc).__name__})") from None
-        if _labels_checksum(labels) != checksum:
+        if volume_hash(labels) != checksum:
             raise AopError(f"{path}: corrupt cache entry (checksum mismatch)")
         return labels
 
@@ -104,12 +100,9 @@ class PredictionCache:
         return self._get(self.key(model, image, spacing))
 
     def _get(self, key: str) -> np.ndarray | None:
-        path = self.path_for(key)
-        if not path.exists():
-            return None
         try:
-            return self.load(path)
-        except AopError:
+            return self.load(self.path_for(key))
+        except AopError:  # missing or corrupt
             return None
 
     def put(
@@ -129,7 +122,7 @@ class PredictionCache:
             np.savez_compressed(
                 f,
                 labels=labels,
-                checksum=np.str_(_labels_checksum(labels)),
+                checksum=np.str_(volume_hash(labels)),
                 key=np.str_(key),
                 identity=np.str_(json.dumps(identity, sort_keys=True)),
             )
@@ -139,8 +132,7 @@ class PredictionCache:
         self, model: SegmentationModel, image: np.ndarray, spacing: Spacing
     ) -> np.ndarray:
         """Cached labels of ``model`` on ``image``; predicts and stores them on a miss."""
-        labels, _ = self.fetch(model, image, spacing)
-        return labels
+        return self.fetch(model, image, spacing)[0]
 
     def fetch(
         self, model: SegmentationModel, image: np.ndarray, spacing: Spacing

@@ -16,6 +16,7 @@ CPU, and the driver warns once per model; with ``require_gpu=True`` it stops wit
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import numpy as np
 
 from aop.errors import AopError
 from aop.io import Dataset
-from aop.segmentation.models import ModelSpec, build_model
+from aop.segmentation.models import ModelSpec, build_model, model_class
+from aop.segmentation.models.base import as_spec
 
 __all__ = ["CachedPredictor", "cuda_usable", "predict_dataset"]
 
@@ -82,52 +84,27 @@ class CachedPredictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from aop.io import read_volume
 
-        names, paths, hits = [], [], []
         count = len(batch["name"])
-        where = {
-            "node": np.asarray([self.node] * count),
-            "gpus": np.asarray([self.gpus] * count),
-            "cuda": np.asarray([self.cuda] * count),
-            "note": np.asarray([self.note] * count),
-            "error": np.asarray([self.error] * count),
-        }
-        if self.error:
-            return {
-                "name": np.asarray([str(n) for n in batch["name"]]),
-                "model": np.asarray([self.model.name] * count),
-                "entry": np.asarray([""] * count),
-                "hit": np.zeros(count, dtype=bool),
-                **where,
-            }
-        for name, path in zip(batch["name"], batch["path"], strict=True):
+        entries, hits = [""] * count, [False] * count
+        for i, path in enumerate([] if self.error else batch["path"]):  # an error predicts nothing
             image, _ = read_volume(str(path))
             key = self.cache.key(self.model, image, self.spacing)
-            hit = self.cache._get(key) is not None
-            if not hit:
-                labels = self.model.predict(image, self.spacing)
-                self.cache._put(key, labels, self.model.identity())
-            names.append(str(name))
-            paths.append(str(self.cache.path_for(key)))
-            hits.append(hit)
+            hits[i] = self.cache._get(key) is not None
+            if not hits[i]:
+                self.cache._put(key, self.model.predict(image, self.spacing), self.model.identity())
+            entries[i] = str(self.cache.path_for(key))
+        same = {name: getattr(self, name) for name in ("node", "gpus", "cuda", "note", "error")}
+        same["model"] = self.model.name
         return {
-            "name": np.asarray(names),
-            "model": np.asarray([self.model.name] * len(names)),
-            "entry": np.asarray(paths),
-            "hit": np.asarray(hits),
-            **where,
+            "name": np.asarray([str(n) for n in batch["name"]]),
+            "entry": np.asarray(entries),
+            "hit": np.asarray(hits, dtype=bool),
+            **{column: np.asarray([value] * count) for column, value in same.items()},
         }
 
 
 # the two-hex-digit shard folders of a prediction cache written before caches were marked
 CACHE_LAYOUT = tuple(f"{i:02x}" for i in range(256))
-
-
-def _as_spec(model: ModelSpec | str | dict) -> ModelSpec:
-    if isinstance(model, ModelSpec):
-        return model
-    if isinstance(model, dict):
-        return ModelSpec(**model)
-    return ModelSpec(name=model)
 
 
 def predict_dataset(
@@ -183,18 +160,19 @@ def predict_dataset(
         starts); for a GPU request no node can hold; with ``require_gpu``, for a GPU actor
         without a usable CUDA device.
     """
-    import warnings
-
     import ray
+    from rich.progress import Progress
 
+    from aop.outputs import claim_folder
     from aop.ray_cluster import check_resources, connect
+    from aop.resources import check_prediction_memory
 
     if isinstance(models, Mapping):
-        keyed = {str(key): _as_spec(m) for key, m in models.items()}
+        keyed = {str(key): as_spec(m) for key, m in models.items()}
     else:
         keyed = {}
         for m in models:
-            spec = _as_spec(m)
+            spec = as_spec(m)
             if spec.name in keyed:
                 raise AopError(
                     f"model {spec.name!r} is listed twice: give each entry its own key (an 'id' "
@@ -203,25 +181,20 @@ def predict_dataset(
             keyed[spec.name] = spec
     for spec in keyed.values():
         build_model(spec)  # fail fast: names, settings, libraries and weights
-    from aop.outputs import claim_folder
-    from aop.resources import check_prediction_memory
-
     cache_root = claim_folder(cache_root, "prediction cache", recognise=CACHE_LAYOUT)
     check_prediction_memory(dataset, num_workers)
     connect(address, num_cpus=num_workers)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ray.data.DataContext.get_current().enable_progress_bars = False
     rows = [{"name": e.name, "path": str(e.image_path.resolve())} for e in dataset.entries]
     spacing = tuple(float(s) for s in dataset.info.voxel_size)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     results: dict[str, dict[str, Path]] = {}
-    total = len(rows) * len(keyed)
-    with _Progress(progress, total) as bar:
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("predicting", total=len(rows) * len(keyed))
         for key, spec in keyed.items():
-            cls = type(build_model(spec))
             if gpus_per_worker is None:
-                per_worker = 1.0 if gpus > 0 and cls.uses_gpu else 0.0
+                per_worker = 1.0 if gpus > 0 and model_class(spec.name).uses_gpu else 0.0
             else:
                 per_worker = float(gpus_per_worker)
             if per_worker:
@@ -266,32 +239,9 @@ def predict_dataset(
                             "hit": bool(row["hit"]),
                         }
                     )
-                bar.advance(f"{key}: {row['name']}")
+                bar.update(task, advance=1, description=f"{key}: {row['name']}")
             if notes:
                 warnings.warn(sorted(notes)[0] + f" ({len(notes)} actor(s))", stacklevel=2)
             results[key] = {name: entries[name] for name in dataset.names}
     return results
 
-
-class _Progress:
-    """A rich progress bar, or nothing."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import Progress
-
-            self.progress = Progress()
-            self.progress.__enter__()
-            self.task = self.progress.add_task("predicting", total=self.total)
-        return self
-
-    def advance(self, description: str) -> None:
-        if self.enabled:
-            self.progress.update(self.task, advance=1, description=description)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.progress.__exit__(*exc)  # type: ignore[arg-type]

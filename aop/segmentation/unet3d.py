@@ -25,14 +25,13 @@ from monai.networks.nets import UNet
 from aop.errors import AopError
 from aop.io import load_dataset
 from aop.outputs import prepare_output
-from aop.segmentation.bioimageio_package import write_model_package
+from aop.segmentation.bioimageio_package import normalize_percentiles, write_model_package
 
 __all__ = [
     "UNET_KWARGS",
     "RandomCrops",
     "UNetDataModule",
     "UNetModule",
-    "normalize_percentiles",
     "targets_from_labels",
     "train_unet",
 ]
@@ -46,8 +45,6 @@ UNET_KWARGS: dict[str, Any] = {
     "num_res_units": 1,
     "norm": "batch",  # running statistics: the same output whichever tile a voxel falls in
 }
-HALO = (8, 8, 8)
-STEP = (4, 4, 4)
 
 
 def targets_from_labels(labels: np.ndarray) -> np.ndarray:
@@ -57,12 +54,6 @@ def targets_from_labels(labels: np.ndarray) -> np.ndarray:
     foreground = labels > 0
     boundary = find_boundaries(labels, connectivity=1, mode="inner") & foreground
     return np.stack([foreground, boundary]).astype(np.float32)
-
-
-def normalize_percentiles(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """Scale to the (low, high) percentiles, as the package's ``scale_range`` step does."""
-    lo, hi = np.percentile(image, [low, high])
-    return ((image - lo) / (hi - lo + 1e-6)).astype(np.float32)
 
 
 class RandomCrops(torch.utils.data.IterableDataset):
@@ -204,9 +195,6 @@ def train_unet(
     out: str | os.PathLike,
     *,
     max_steps: int = 300,
-    patch: Sequence[int] = (16, 32, 32),
-    batch_size: int = 2,
-    learning_rate: float = 3e-3,
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
@@ -222,13 +210,7 @@ def train_unet(
         Package folder to write: new, empty, or (with ``overwrite``) an earlier aop package
         (checked before training; written beside and renamed in, see :mod:`aop.outputs`).
     max_steps : int
-        Optimiser steps.
-    patch : (int, int, int)
-        Training crop (z, y, x); volumes smaller than it are padded.
-    batch_size : int
-        Crops per step.
-    learning_rate : float
-        Adam learning rate.
+        Optimiser steps (of two 16 x 32 x 32 crops each; smaller volumes are padded).
     seed : int
         Seed of weights and crops.
     progress : bool
@@ -245,8 +227,6 @@ def train_unet(
     """
     if max_steps < 1:
         raise AopError(f"--max-steps must be at least 1, got {max_steps}")
-    if any(p % 4 for p in patch):
-        raise AopError(f"patch {tuple(patch)} must be multiples of 4 (two 2x poolings)")
     prepare_output(
         out, inputs=[data], overwrite=overwrite, kind="folder", overwrite_hint=overwrite_hint
     )
@@ -255,13 +235,11 @@ def train_unet(
     crops = UNetDataModule(
         [image[0] if image.ndim == 4 else image for image in images],
         [dataset.labels(name) for name in dataset.names],
-        patch=patch,
         steps=max_steps,
-        batch_size=batch_size,
         seed=seed,
     )
     L.seed_everything(seed, verbose=False)  # the network's initial weights
-    module = UNetModule(dict(UNET_KWARGS), learning_rate=learning_rate)
+    module = UNetModule(dict(UNET_KWARGS))
     trainer = L.Trainer(
         max_steps=max_steps,
         max_epochs=1,
@@ -285,10 +263,7 @@ def train_unet(
             f"Small 3D UNet (foreground, boundary) trained by aop for {max_steps} steps on "
             f"{dataset.info.name}."
         ),
-        channel_names=("foreground", "boundary"),
         voxel_size=dataset.info.voxel_size,
-        min_shape=(20, 20, 20),
-        step=STEP,
-        halo=HALO,
+        min_shape=(20, 20, 20),  # the package's default step (4) and halo (8) fit this UNet
         overwrite=overwrite,
     )

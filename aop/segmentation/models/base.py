@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from aop.config import StrictModel
 from aop.errors import AopError, error_message, validation_message
 
 Spacing = tuple[float, float, float]
@@ -50,19 +51,11 @@ __all__ = [
 ]
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(StrictModel):
     """How experiment files and the CLI name a model: a registry name and adapter settings."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str
     settings: dict[str, Any] = {}
-
-
-class NoSettings(BaseModel):
-    """Settings of an adapter that takes none."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class SegmentationModel(ABC):
@@ -107,7 +100,7 @@ class SegmentationModel(ABC):
     """
 
     name: ClassVar[str]
-    Settings: ClassVar[type[BaseModel]] = NoSettings
+    Settings: ClassVar[type[BaseModel]] = StrictModel  # no settings
     extra: ClassVar[str | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
     uses_gpu: ClassVar[bool] = False
@@ -128,9 +121,6 @@ class SegmentationModel(ABC):
                 f"model {self.name!r}: setting {field!r} = {value!r}: {error_message(error)}"
             ) from None
         self._network: Any = None
-        self._check_requirements()
-
-    def _check_requirements(self) -> None:
         for module in self.requires:
             if importlib.util.find_spec(module) is None:
                 hint = f"pip install 'aop[{self.extra}]'" if self.extra else f"pip install {module}"
@@ -306,14 +296,20 @@ def build_model(spec: ModelSpec | str | dict, **settings: Any) -> SegmentationMo
     >>> build_model("classical", sigma=1.5).identity()["settings"]["sigma"]
     1.5
     """
+    spec = as_spec(spec)
+    return model_class(spec.name)(**{**spec.settings, **settings})
+
+
+def as_spec(spec: ModelSpec | str | dict) -> ModelSpec:
+    """A :class:`ModelSpec` from itself, a registered name or a ``{name, settings}`` dict."""
     if isinstance(spec, str):
-        spec = ModelSpec(name=spec)
-    elif isinstance(spec, dict):
+        return ModelSpec(name=spec)
+    if isinstance(spec, dict):
         try:
-            spec = ModelSpec(**spec)
+            return ModelSpec(**spec)
         except ValidationError as exc:
             raise AopError(f"model spec {spec!r}: {validation_message(exc, first=True)}") from None
-    return model_class(spec.name)(**{**spec.settings, **settings})
+    return spec
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy import ndimage as ndi
 
+from aop.config import StrictModel
 from aop.errors import AopError
 from aop.segmentation.agglomeration import agglomerate_average
 from aop.segmentation.instances import distance_watershed
@@ -47,10 +48,8 @@ _SPATIAL = ("z", "y", "x")
 _MICROMETRES = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "meter": 1e6}
 
 
-class BioImageIOSettings(BaseModel):
+class BioImageIOSettings(StrictModel):
     """Settings of the ``bioimageio`` model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(
         None, description="Package folder, rdf.yaml or .zip (or env AOP_BIOIMAGEIO_MODEL)."
@@ -88,13 +87,6 @@ class BioImageIOSettings(BaseModel):
         "while the mean boundary is below beta (PlantSeg: 0.5); None: off."
     )
     gasp_min_size: int = Field(100, ge=0, description="Agglomeration: merge smaller instances.")
-
-
-def _quiet_bioimageio() -> None:
-    """Keep bioimageio's INFO logging (one line per file hashed) off the console."""
-    from loguru import logger
-
-    logger.disable("bioimageio")
 
 
 def _rdf_path(source: Path) -> Path:
@@ -147,8 +139,9 @@ def load_package(
     """
     from bioimageio.spec import InvalidDescr, load_description
     from bioimageio.spec.model import v0_5
+    from loguru import logger
 
-    _quiet_bioimageio()
+    logger.disable("bioimageio")  # its INFO logging has one line per file hashed
     path = Path(source).expanduser()
     if path.suffix != ".zip":
         rdf = _rdf_path(path)
@@ -221,7 +214,6 @@ class BioImageIOModel(SegmentationModel):
 
     name = "bioimageio"
     Settings = BioImageIOSettings
-    extra = None
     requires = ("torch", "bioimageio.core")
     uses_gpu = True
     weights_setting = "model"

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from aop.config import StrictModel
 from aop.segmentation.models.base import (
     SegmentationModel,
     Spacing,
@@ -26,10 +27,8 @@ from aop.segmentation.models.base import (
 NAMED = ("cpsam_v2", "cpsam")
 
 
-class CellposeSettings(BaseModel):
+class CellposeSettings(StrictModel):
     """Settings of the ``cellpose`` model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field("cpsam_v2", description="Model name in CELLPOSE_LOCAL_MODELS_PATH or file.")
     channel: int = Field(0, ge=0, description="Channel of a (C, Z, Y, X) image to segment.")

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from aop.config import StrictModel
 from aop.segmentation.instances import stitch_slices
 from aop.segmentation.models.base import (
     SegmentationModel,
@@ -31,10 +32,8 @@ from aop.segmentation.models.base import (
 WEIGHT_NAMES = ("weights_best.h5", "weights_last.h5")
 
 
-class StarDistSettings(BaseModel):
+class StarDistSettings(StrictModel):
     """Settings shared by the StarDist adapters."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
         "2D_versatile_fluo", description="Registered model name or path to a model folder."
@@ -135,12 +134,9 @@ class _StarDistBase(SegmentationModel):
         return normalize(volume, low, high, axis=(0, 1, 2)).astype(np.float32)
 
     def _thresholds(self) -> dict[str, float]:
-        out = {}
-        if self.settings.prob_thresh is not None:
-            out["prob_thresh"] = self.settings.prob_thresh
-        if self.settings.nms_thresh is not None:
-            out["nms_thresh"] = self.settings.nms_thresh
-        return out
+        """The thresholds set, overriding the model's ``thresholds.json``."""
+        chosen = {"prob_thresh": self.settings.prob_thresh, "nms_thresh": self.settings.nms_thresh}
+        return {name: value for name, value in chosen.items() if value is not None}
 
 
 @register_model
