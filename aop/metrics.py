@@ -29,7 +29,7 @@ Conventions this module fixes where the spec leaves room:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import fastremap
@@ -136,39 +136,31 @@ def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return renumbered, original
 
 
-def _joint_counts(gt: np.ndarray, pred: np.ndarray, n_pred_values: int, dense: bool):
+def _joint_counts(gt: np.ndarray, pred: np.ndarray, n_gt_values: int, n_pred_values: int):
     """Count voxels per ``key = gt * n_pred_values + pred`` in chunks; return (keys, counts)."""
-    flat_gt = gt.reshape(-1)
-    flat_pred = pred.reshape(-1)
-    n_gt_values = int(gt.max()) + 1 if gt.size else 1
+    flat_gt, flat_pred = gt.reshape(-1), pred.reshape(-1)
     bins = n_gt_values * n_pred_values
+    dense = bins <= _DENSE_BINS
     chunk = max(_CHUNK, bins) if dense else _CHUNK
     keys = np.empty(min(chunk, flat_gt.size), dtype=np.uint64)
-    total = np.zeros(bins, dtype=np.int64)
-    sparse_keys, sparse_counts = [], []
+    total = np.zeros(bins if dense else 0, dtype=np.int64)
+    found_keys, found_counts = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
     for start in range(0, flat_gt.size, chunk):
         g = flat_gt[start : start + chunk]
         k = keys[: g.size]
         np.multiply(g, np.uint64(n_pred_values), out=k, dtype=np.uint64, casting="unsafe")
         np.add(k, flat_pred[start : start + chunk], out=k, dtype=np.uint64, casting="unsafe")
         if dense:
-            counts = np.bincount(k.view(np.int64), minlength=bins)
-            if start == 0:
-                total = counts
-            else:
-                total += counts
+            total += np.bincount(k.view(np.int64), minlength=bins)
         else:
             values, counts = fastremap.unique(k, return_counts=True)
-            sparse_keys.append(np.asarray(values, dtype=np.uint64))
-            sparse_counts.append(np.asarray(counts, dtype=np.int64))
+            found_keys.append(np.asarray(values, dtype=np.uint64))
+            found_counts.append(np.asarray(counts, dtype=np.int64))
     if dense:
         present = np.flatnonzero(total)
         return present.astype(np.uint64), total[present]
-    if not sparse_keys:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    all_keys = np.concatenate(sparse_keys)
-    unique_keys, inverse = np.unique(all_keys, return_inverse=True)
-    counts = np.bincount(inverse, weights=np.concatenate(sparse_counts)).astype(np.int64)
+    unique_keys, inverse = np.unique(np.concatenate(found_keys), return_inverse=True)
+    counts = np.bincount(inverse, weights=np.concatenate(found_counts)).astype(np.int64)
     return unique_keys, counts
 
 
@@ -211,8 +203,7 @@ def overlap_table(gt: Any, pred: Any) -> OverlapTable:
             pred, pred_original = _compact(pred)
             pred_max = pred_original.size - 1
     n_pred_values = pred_max + 1
-    dense = (gt_max + 1) * n_pred_values <= _DENSE_BINS
-    keys, counts = _joint_counts(gt, pred, n_pred_values, dense)
+    keys, counts = _joint_counts(gt, pred, gt_max + 1, n_pred_values)
     g = keys // np.uint64(n_pred_values)
     p = keys % np.uint64(n_pred_values)
     if gt_original is not None:
@@ -364,6 +355,14 @@ def _assign_fragments(table: OverlapTable) -> np.ndarray:
     return assigned
 
 
+def _quality(matched_iou: np.ndarray, fp: int, fn: int) -> tuple[float, float]:
+    """SQ (mean IoU of the matches) and RQ ``TP / (TP + FP/2 + FN/2)``; both 1 when all are 0."""
+    tp = matched_iou.size
+    if tp + fp + fn == 0:
+        return 1.0, 1.0
+    return (float(matched_iou.sum() / tp) if tp else 0.0), tp / (tp + fp / 2 + fn / 2)
+
+
 def ipq_from_overlaps(
     table: OverlapTable,
     iou_threshold: float = 0.5,
@@ -395,11 +394,7 @@ def ipq_from_overlaps(
     fn = n_gt - tp
     fp = n_pred - int(n_fragments[true_positive].sum())
     extra = int(np.maximum(n_fragments - 1, 0).sum())
-    if n_gt == 0 and n_pred == 0:
-        sq = rq = 1.0
-    else:
-        sq = float(iou[true_positive].sum() / tp) if tp else 0.0
-        rq = tp / (tp + fp / 2 + fn / 2)
+    sq, rq = _quality(iou[true_positive], fp, fn)
     iq = n_gt / (n_gt + extra) if n_gt else 1.0
     return IPQResult(
         ipq=(k1 * sq) * (k2 * rq) * (k3 * iq),
@@ -511,11 +506,7 @@ def pq_from_overlaps(table: OverlapTable, iou_threshold: float = 0.5) -> PQResul
     matched = _match(table, iou, tau)
     tp = int(matched.size)
     fp, fn = table.n_pred - tp, table.n_gt - tp
-    if table.n_gt == 0 and table.n_pred == 0:
-        sq = rq = 1.0
-    else:
-        sq = float(iou[matched].sum() / tp) if tp else 0.0
-        rq = tp / (tp + fp / 2 + fn / 2)
+    sq, rq = _quality(iou[matched], fp, fn)
     return PQResult(
         pq=sq * rq, sq=sq, rq=rq, tp=tp, fp=fp, fn=fn,
         n_gt=table.n_gt, n_pred=table.n_pred, iou_threshold=tau,
@@ -550,14 +541,12 @@ def ap_from_overlaps(
     if not taus:
         raise AopError("thresholds: expected at least one IoU threshold")
     iou = table.pair_iou()
-    tps, fps, fns, aps = [], [], [], []
-    for tau in taus:
-        tp = int(_match(table, iou, tau).size)
-        fp, fn = table.n_pred - tp, table.n_gt - tp
-        tps.append(tp)
-        fps.append(fp)
-        fns.append(fn)
-        aps.append(tp / (tp + fp + fn) if tp + fp + fn else 1.0)
+    tps = [int(_match(table, iou, tau).size) for tau in taus]
+    fps, fns = [table.n_pred - tp for tp in tps], [table.n_gt - tp for tp in tps]
+    aps = [
+        tp / (tp + fp + fn) if tp + fp + fn else 1.0
+        for tp, fp, fn in zip(tps, fps, fns, strict=True)
+    ]
     return APResult(
         thresholds=taus, ap=tuple(aps), tp=tuple(tps), fp=tuple(fps), fn=tuple(fns),
         mean=float(np.mean(aps)),
@@ -685,12 +674,7 @@ def mean_scores(results: Iterable[IPQResult | PQResult | Mapping[str, Any]]) -> 
     dict
         Key -> mean over the volumes.
     """
-    rows = []
-    for r in results:
-        if isinstance(r, Mapping):
-            rows.append(dict(r))
-        else:
-            rows.append({f.name: getattr(r, f.name) for f in fields(r)})  # type: ignore[arg-type]
+    rows = [r if isinstance(r, Mapping) else asdict(r) for r in results]  # type: ignore[call-overload]
     if not rows:
         raise AopError("results: cannot average an empty list of scores")
     keys = [
