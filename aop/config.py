@@ -26,11 +26,12 @@ the project root (where ``search_spaces/`` lives): :func:`resolve_input`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from aop.errors import AopError
 
@@ -134,9 +135,12 @@ class SearchConfig(StrictModel):
 
 
 class TrackingConfig(StrictModel):
-    """MLflow: tracking URI (default ``sqlite:///STUDY_DIR/mlflow.db``) and experiment name.
+    """MLflow: tracking URI and experiment name.
 
-    The experiment name defaults to the study kind's (``aop-<kind>``).
+    The tracking URI defaults to ``MLFLOW_TRACKING_URI`` when set, else to the project's store
+    ``sqlite:///PROJECT/mlflow.db``, where PROJECT is the experiment file's folder: every study
+    started from one folder of experiment files logs into one store, each kind into its own MLflow
+    experiment (default ``aop-<kind>``).
     """
 
     tracking_uri: str | None = None
@@ -187,23 +191,36 @@ class BaseExperiment(StrictModel):
     storage: StorageConfig
     comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    _project: Path | None = PrivateAttr(default=None)
 
     @property
     def study_dir(self) -> Path:
         return self.storage.study_dir
 
     @property
+    def project_dir(self) -> Path:
+        """The folder of the experiment file (the study folder when it was built otherwise)."""
+        return self._project or self.storage.study_dir.resolve()
+
+    @property
     def tracking_uri(self) -> str:
-        uri = self.tracking.tracking_uri
-        return uri or f"sqlite:///{(self.storage.study_dir / 'mlflow.db').resolve()}"
+        """``tracking.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the project's store."""
+        uri = self.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        return uri or f"sqlite:///{self.project_dir / 'mlflow.db'}"
 
     @property
     def random_budget(self) -> int:
         return self.comparison.random_budget or self.search.budget
 
     def to_yaml_dict(self) -> dict[str, Any]:
-        """A plain mapping that :func:`aop.tuning.kinds.parse_experiment` reads back equal."""
-        return self.model_dump(mode="json")
+        """A plain mapping that :func:`aop.tuning.kinds.parse_experiment` reads back equal.
+
+        The tracking URI is written out, so that a study read from its own folder logs into the
+        store it started with.
+        """
+        data = self.model_dump(mode="json")
+        data["tracking"]["tracking_uri"] = self.tracking_uri
+        return data
 
     def resolve_paths(self, base: Path) -> None:
         """Resolve relative paths (see the module docstring) in place.
@@ -211,6 +228,7 @@ class BaseExperiment(StrictModel):
         Inputs (the search space) are looked for; outputs (the study folder, a cache) are
         relative to the experiment file's folder, never searched for.
         """
+        self._project = base.resolve()
         self.search_space = resolve_input(self.search_space, base)
         self.storage.study_dir = (base / self.storage.study_dir.expanduser()).resolve()
         if self.storage.cache_dir is not None:

@@ -10,7 +10,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
+import shutil  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -80,3 +82,35 @@ HEAVY_FIRST = (
 def pytest_collection_modifyitems(session, config, items):  # noqa: ARG001
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+REQUIRE_BROWSER = os.environ.get("AOP_REQUIRE_BROWSER") == "1"
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium")
+    if found is None and Path("/usr/bin/chromium").exists():
+        found = "/usr/bin/chromium"
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright; skipped where missing, except with
+    ``AOP_REQUIRE_BROWSER=1`` (set by ``.ci/run``): there a missing browser fails."""
+    def unavailable(why: str) -> None:
+        if REQUIRE_BROWSER:
+            pytest.fail(f"{why}, and AOP_REQUIRE_BROWSER=1 requires the browser tests")
+        pytest.skip(why)
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed")
+    executable = _chromium()
+    if executable is None:
+        unavailable("chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -24,3 +24,13 @@ def wait_for_mlflow(
     process.kill()
     tail = log.read_text()[-3000:] if log is not None and log.is_file() else ""
     pytest.fail(f"mlflow server at {url} {'exited' if exited else 'did not start'}: {tail}")
+
+
+def study_tracker(study: Path, experiment: str):  # type: ignore[no-untyped-def]
+    """The tracker of a study that ran: its store as the study's ``experiment.yaml`` names it."""
+    import yaml
+
+    from aop.tracking import StudyTracker
+
+    saved = yaml.safe_load((Path(study) / "experiment.yaml").read_text())
+    return StudyTracker(study, saved["tracking"]["tracking_uri"], experiment)

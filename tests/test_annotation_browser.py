@@ -8,8 +8,6 @@ asserted).
 
 from __future__ import annotations
 
-import os
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -20,35 +18,6 @@ from annotation_helpers import CLASSES, copy_dataset, make_dataset
 
 from aop.annotation import AnnotationServer, AnnotationSession, resolve_classes
 from aop.instances.annotations import append_annotations, read_annotations
-
-REQUIRE_BROWSER = os.environ.get("AOP_REQUIRE_BROWSER") == "1"
-
-
-def _chromium() -> str | None:
-    found = shutil.which("chromium")
-    if found is None and Path("/usr/bin/chromium").exists():
-        found = "/usr/bin/chromium"
-    return found
-
-
-@pytest.fixture(scope="module")
-def browser():
-    def unavailable(why: str) -> None:
-        if REQUIRE_BROWSER:
-            pytest.fail(f"{why}, and AOP_REQUIRE_BROWSER=1 requires the browser tests")
-        pytest.skip(why)
-
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("playwright is not installed")
-    executable = _chromium()
-    if executable is None:
-        unavailable("chromium is not installed (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

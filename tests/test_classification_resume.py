@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from mlflow_helpers import study_tracker
 
 from aop.instances.truth import match_instances, simulate_annotation
 from aop.synth import preset_params
 from aop.synth.classes import class_set
 from aop.synth.dataset import write_synthetic_dataset
-from aop.tracking.client import StudyTracker
 
 AOP = [sys.executable, "-c", "from aop.cli import main; main()"]
 MAX_EPOCHS = 10  # long enough to be caught training; an epoch is a fraction of a second
@@ -156,7 +156,7 @@ def test_a_study_killed_during_a_training_resumes_that_training(class_data, tmp_
     curve = record["curves"]["val_accuracy_epoch"]
     assert 1 <= len(curve) < MAX_EPOCHS
     assert record["metrics"]["epoch"] == MAX_EPOCHS
-    tracker = StudyTracker(study, experiment_name="aop-classification")
+    tracker = study_tracker(study, "aop-classification")
     runs = tracker.child_runs("smac")
     assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(ids)  # no duplicate runs
     # the resumed trial reopened its run: Lightning's logger wrote the epochs before the kill

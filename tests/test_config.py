@@ -68,7 +68,9 @@ def test_defaults_follow_the_paper(tmp_path):
     assert exp.comparison.baseline and exp.comparison.random
     assert exp.random_budget == 120
     assert exp.cache_dir == tmp_path / "study" / "predictions"
-    assert exp.tracking_uri == f"sqlite:///{tmp_path / 'study' / 'mlflow.db'}"
+    # one store per project: beside the experiment file, whatever the study folder
+    assert exp.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert exp.to_yaml_dict()["tracking"]["tracking_uri"] == exp.tracking_uri
     assert exp.search_space == ROOT / "search_spaces" / "segmentation.yaml"
     space = experiment_search_space(exp)
     assert space.choices("model") == ["classical"]

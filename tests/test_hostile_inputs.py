@@ -19,6 +19,8 @@ import os
 import re
 import shutil
 import socket
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,12 +125,127 @@ def workspace(tmp_path_factory) -> Path:
     (old / MARKER).write_text("{}\n")
     _yaml(old / "experiment.yaml", _experiment(str(old)))
     (old / "results").mkdir()
+    _yaml(old / "study.yaml", {"kind": "segmentation", "metric": "ipq", "mode": "max",
+                               "metrics": ["ipq"]})  # fmt: skip
     _yaml(w / "old.yaml", _experiment("old_study"))
     _yaml(w / "old_wide.yaml", _experiment("old_study", search_space=str(w / "space_wide.yaml")))
     broken = w / "broken_study"
     broken.mkdir()
     (broken / "experiment.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (w / "dupkey.yaml").write_text(yaml.safe_dump(_experiment("studies/dupkey")) + "name: b\n")
+    # a benchmark whose image holds a NaN (float32), its labels fine
+    nan_image = image.astype(np.float32)
+    nan_image[0, 0, 0] = np.nan
+    write_dataset(w / "nan_bench", [("v", image, labels)], DatasetInfo("n"))
+    tifffile.imwrite(w / "nan_bench" / "images" / "v.tif", nan_image)
+    _yaml(w / "nanbench.yaml", _experiment("studies/nanbench", data={"benchmark": "nan_bench"}))
+    _classification_inputs(w)
+    _segmentation_study(w / "seg_study")
     return w
+
+
+def _class_experiment(w: Path, name: str, dataset: str, space: str = "space_cls.yaml",
+                      **changes) -> None:
+    raw = {
+        "name": "hostile-cls", "kind": "classification", "data": {"dataset": dataset},
+        "crops": {"size": [4, 8, 8]}, "search": {"searcher": "random", "budget": 1},
+        "search_space": space, "storage": {"study_dir": f"studies/{name}"},
+        "comparison": {"baseline": False, "random": False}, "ray": {"num_cpus": 1}, **changes,
+    }  # fmt: skip
+    _yaml(w / f"{name}.yaml", raw)
+
+
+def _classification_inputs(w: Path) -> None:
+    """Data sets with classes (one bad thing each), classification experiments and a finished
+    classification study whose classifier takes one channel (the data sets have three)."""
+    from aop.synth.classes import class_set
+
+    cls = w / "cls"
+    write_synthetic_dataset(cls, preset_params("myotube"), (8, 64, 64), 2, seed=5,
+                            preset="myotube", classes=class_set("myotube"))  # fmt: skip
+    table = (cls / "annotations.csv").read_text().splitlines()
+    manual = [line.replace(",truth,", ",manual,") for line in table[1:]]
+    (cls / "annotations.csv").write_text("\n".join([*table, *manual]) + "\n")
+    stamp = "2026-01-01T00:00:00+00:00"
+    bad_rows = {
+        "cls_ghost_volume": f"ghost,1,myotube,manual,,{stamp}",
+        "cls_undeclared": f"synth_000,1,banana,manual,,{stamp}",
+        "cls_dup_manual": manual[0],
+        "cls_bad_label": f"synth_000,abc,myotube,manual,,{stamp}",
+    }
+    for name, row in bad_rows.items():
+        shutil.copytree(cls, w / name)
+        with open(w / name / "annotations.csv", "a") as handle:
+            handle.write(row + "\n")
+    shutil.copytree(cls, w / "cls_binary")
+    (w / "cls_binary" / "annotations.csv").write_bytes(bytes(range(256)) * 4)
+    shutil.copytree(cls, w / "cls_no_table")
+    (w / "cls_no_table" / "annotations.csv").unlink()
+    shutil.copytree(cls, w / "cls_one_class")  # manual rows of one class only
+    first = manual[0].split(",")[2]
+    kept = [line for line in manual if line.split(",")[2] == first]
+    (w / "cls_one_class" / "annotations.csv").write_text("\n".join([*table, *kept]) + "\n")
+    space = {"encoder": {"choice": ["test_resnet"]}, "head": {"choice": ["slice"]},
+             "pretraining": {"choice": ["none"]}, "preprocessing": {"choice": ["mask"]},
+             "lr": {"float": [1.0e-3, 1.0e-2], "log": True}}  # fmt: skip
+    _yaml(w / "space_cls.yaml", {"parameters": space})
+    bad_spaces = {
+        "head": {"choice": ["slice", "banana"]},
+        "lr": {"float": [0.0, 0.1]},
+        "head_depth": {"int": [0, 3]},
+        "preprocessing": {"choice": ["mask", "blur"]},
+    }
+    for key, spec in bad_spaces.items():
+        _yaml(w / f"space_cls_{key}.yaml", {"parameters": {**space, key: spec}})
+        _class_experiment(w, f"cls_space_{key}", "cls", f"space_cls_{key}.yaml")
+    for name in ("cls_missing", *bad_rows, "cls_binary", "cls_no_table", "cls_one_class"):
+        _class_experiment(w, name, name)
+    _class_experiment(w, "cls_fractions", "cls",
+                      training={"val_fraction": 0.7, "test_fraction": 0.6})  # fmt: skip
+    _classification_study(w / "cls_study")
+
+
+def _classification_study(root: Path) -> None:
+    """A finished classification study's files: its trial's checkpoint (a one-channel classifier
+    trained for an epoch), best.yaml, experiment.yaml, study.yaml and its MLflow run id."""
+    from aop.classification.train import ClassifierConfig, train_classifier
+
+    classes = ["myotube", "schwann", "debris", "other"]  # the myotube preset's
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2, 3], 4)
+    crops = rng.normal(size=(16, 1, 4, 8, 8)).astype(np.float32) + labels[:, None, None, None, None]
+    config = ClassifierConfig(encoder="test_resnet", max_epochs=1, batch_size=8, head_width=8,
+                              head_depth=1)  # fmt: skip
+    result = train_classifier(config, crops, labels, out_dir=root.parent / "cls_training",
+                              class_names=classes)
+    trial = root / "tune" / "random" / "t0" / "checkpoint_000000"
+    trial.mkdir(parents=True)
+    shutil.copy(result.checkpoint_path, trial / "best.ckpt")
+    (root / MARKER).write_text("{}\n")
+    (root / "mlflow_run_id").write_text("0123456789abcdef0123456789abcdef\n")
+    _yaml(root / "study.yaml", {"kind": "classification", "metric": "val_accuracy", "mode": "max",
+                                "metrics": ["val_accuracy"]})  # fmt: skip
+    _yaml(root / "best.yaml", {"kind": "classification", "search": "random", "trial_id": "t0",
+                               "params": {"encoder": "test_resnet", "preprocessing": "mask"},
+                               "test": {"class_names": classes}})  # fmt: skip
+    _yaml(root / "experiment.yaml", {"kind": "classification", "crops": {"size": [4, 8, 8]}})
+
+
+def _segmentation_study(root: Path) -> None:
+    """A study folder whose MLflow parent run holds a segmentation pipeline (classical)."""
+    from aop.pipeline_model import log_pipeline_model
+    from aop.tracking import StudyTracker
+
+    params = {"erode_dilate": 0, "open_close": 0, "merge_continuity": 0.0,
+              "merge_smoothness": 0.0, "merge_area": 0.0, "split_sigma": 0.0,
+              "split_threshold": 0.0}  # fmt: skip
+    best = {"search": "gp", "trial_id": "t1", "model": "classical", "params": params,
+            "ipq": 0.7, "sq": 0.8, "rq": 0.9, "iq": 1.0, "per_volume": {}, "duration_s": 1.0,
+            "node": "n", "iteration": 0}  # fmt: skip
+    tracker = StudyTracker(root, experiment_name="aop-segmentation")
+    tracker.start({"name": "hostile", "models": [{"name": "classical"}]},
+                  {"erode_dilate": {"low": -1, "high": 1}, "models": ["classical"]})  # fmt: skip
+    log_pipeline_model(tracker, best, spacing=(1.0, 1.0, 1.0))
 
 
 def _files(root: Path) -> dict[str, tuple[str, int]]:
@@ -206,6 +323,15 @@ CASES = [
      r"parameters.erode_dilate.int.1: 50 is outside", ["old_study"], [], {}),
     (D, "demo-into-user-folder", "demo --out {W}/user_dir --budget 1", 2,
      r"holds files aop did not write", ["user_dir"], [], {}),
+    (D, "segment-model-uri-without-a-store",
+     "segment runs:/0123456789abcdef0123456789abcdef/pipeline --data {W}/ds --out {W}/seg_uri", 2,
+     r"runs:/0123456789abcdef0123456789abcdef/pipeline: no MLflow tracking store to look it up "
+     r"in \(sqlite:///.*user_dir/mlflow.db, MLflow's default, does not exist",
+     ["user_dir", "ds"], ["seg_uri"], {"cwd": "user_dir"}),
+    (D, "classify-model-uri-without-a-store",
+     "classify runs:/0123456789abcdef0123456789abcdef/classifier --data {W}/cls", 2,
+     r"runs:/0123456789abcdef0123456789abcdef/classifier: no MLflow tracking store to look it "
+     r"up in \(sqlite:///.*user_dir/mlflow.db", ["user_dir", "cls"], [], {"cwd": "user_dir"}),
     # --- resources: refuse impossible work before starting it -------------------------------
     (R, "synth-allocation-bomb", "synth --out {W}/bomb --shape 10000 10000 10000", 2,
      r"needs about 28\.0 TB of memory, more than the .* available", [], ["bomb"], {}),
@@ -229,6 +355,26 @@ CASES = [
      ["studies/deadserver"], {}),
     (R, "search-dead-tracking-option", "search {W}/good.yaml --tracking-uri http://127.0.0.1:1",
      2, r"MLflow server not reachable", [], ["studies/good"], {}),
+    (R, "adapt-dead-tracking-server",
+     "adapt --synthetic {W}/ds --real {W}/ds --out {W}/adapted "
+     "--tracking-uri http://127.0.0.1:9", 2,
+     r"tracking URI http://127\.0\.0\.1:9: MLflow server not reachable", ["ds"],
+     ["adapted", "adapted.training"], {}),
+    (R, "segment-zero-workers",
+     "segment {W}/seg_study --data {W}/ds --out {W}/seg_out --workers 0", 2,
+     r"--workers must be at least 1, got 0", ["seg_study", "ds"], ["seg_out"], {}),
+    (R, "segment-negative-gpus",
+     "segment {W}/seg_study --data {W}/ds --out {W}/seg_out --gpus-per-worker -1", 2,
+     r"--gpus-per-worker must be >= 0, got -1", ["seg_study", "ds"], ["seg_out"], {}),
+    (R, "classify-zero-workers", "classify {W}/cls_study --data {W}/cls --workers 0", 2,
+     r"--workers must be at least 1, got 0", ["cls_study", "cls"], [], {}),
+    (R, "cluster-negative-gpu", "cluster --gpu -1", 2, r"--gpu must be >= 0, got -1", [], [], {}),
+    (R, "cluster-zero-cpus", "cluster --cpus 0 --concurrency 0", 2,
+     r"--cpus must be > 0 .*got 0", [], [], {}),
+    (R, "cluster-zero-concurrency", "cluster --concurrency 0", 2,
+     r"--concurrency must be at least 1, got 0", [], [], {}),
+    (R, "demo-zero-unet-steps", "demo --out {W}/demo_zero --unet-steps 0", 2,
+     r"--unet-steps must be at least 1, got 0", [], ["demo_zero"], {}),
     # --- validation: every config error before any work or output ---------------------------
     (V, "search-range-outside-table-iii", "search {W}/wide.yaml", 2,
      r"space_wide.yaml: parameters.erode_dilate.int.1: 50 is outside \[-10, 10\]", [],
@@ -251,6 +397,74 @@ CASES = [
      r"--seed must be non-negative", [], ["neg"], {}),
     (V, "postprocess-out-of-range", "postprocess {W}/pred.tif {W}/image.tif --out {W}/r.tif "
      "--erode-dilate 11", 2, r"--erode-dilate: 11 is outside \[-10, 10\]", [], ["r.tif"], {}),
+    (V, "search-key-written-twice", "search {W}/dupkey.yaml", 2,
+     r"dupkey.yaml: key 'name' appears twice \(line \d+\)", ["dupkey.yaml"], ["studies/dupkey"],
+     {}),
+    (V, "search-nan-in-benchmark", "search {W}/nanbench.yaml", 2,
+     r"images/v.tif: image has non-finite values \(NaN or inf\)", ["nan_bench"],
+     ["studies/nanbench"], {}),
+    (V, "search-class-missing-data", "search {W}/cls_missing.yaml", 2,
+     r"data.dataset: .*cls_missing: data-set folder not found", [], ["studies/cls_missing"], {}),
+    (V, "search-class-no-annotations", "search {W}/cls_no_table.yaml", 2,
+     r"cls_no_table/annotations.csv: file not found", ["cls_no_table"], ["studies/cls_no_table"],
+     {}),
+    (V, "search-class-unknown-volume", "search {W}/cls_ghost_volume.yaml", 2,
+     r"cls_ghost_volume/annotations.csv line \d+: unknown volume 'ghost'", ["cls_ghost_volume"],
+     ["studies/cls_ghost_volume"], {}),
+    (V, "search-class-undeclared-class", "search {W}/cls_undeclared.yaml", 2,
+     r"cls_undeclared/annotations.csv line \d+: undeclared class 'banana'", ["cls_undeclared"],
+     ["studies/cls_undeclared"], {}),
+    (V, "search-class-duplicate-manual-row", "search {W}/cls_dup_manual.yaml", 2,
+     r"cls_dup_manual/annotations.csv line \d+: duplicate manual annotation of synth_000",
+     ["cls_dup_manual"], ["studies/cls_dup_manual"], {}),
+    (V, "search-class-non-numeric-label", "search {W}/cls_bad_label.yaml", 2,
+     r"cls_bad_label/annotations.csv line \d+: label must be a positive integer, got 'abc'",
+     ["cls_bad_label"], ["studies/cls_bad_label"], {}),
+    (V, "search-class-unannotated-class", "search {W}/cls_one_class.yaml", 2,
+     r"cls_one_class/annotations.csv: no manual annotation of class '\w+'", ["cls_one_class"],
+     ["studies/cls_one_class"], {}),
+    (V, "search-class-unknown-head", "search {W}/cls_space_head.yaml", 2,
+     r"space_cls_head.yaml: parameters.head: 'banana': Input should be 'slice' or 'volume'", [],
+     ["studies/cls_space_head"], {}),
+    (V, "search-class-zero-learning-rate", "search {W}/cls_space_lr.yaml", 2,
+     r"space_cls_lr.yaml: parameters.lr: 0.0: Input should be greater than 0", [],
+     ["studies/cls_space_lr"], {}),
+    (V, "search-class-zero-head-depth", "search {W}/cls_space_head_depth.yaml", 2,
+     r"parameters.head_depth: 0: Input should be greater than or equal to 1", [],
+     ["studies/cls_space_head_depth"], {}),
+    (V, "search-class-unknown-preprocessing", "search {W}/cls_space_preprocessing.yaml", 2,
+     r"parameters.preprocessing: 'blur': Input should be 'mask' or 'distance'", [],
+     ["studies/cls_space_preprocessing"], {}),
+    (V, "search-class-split-fractions", "search {W}/cls_fractions.yaml", 2,
+     r"cls_fractions.yaml: training: val_fraction \+ test_fraction must be below 1 .*0.7 \+ 0.6",
+     [], ["studies/cls_fractions"], {}),
+    (V, "analyze-duplicate-manual-row", "analyze {W}/cls_dup_manual", 2,
+     r"cls_dup_manual/annotations.csv line \d+: duplicate manual annotation of synth_000",
+     ["cls_dup_manual"], [], {}),
+    (V, "analyze-undeclared-class", "analyze {W}/cls_undeclared", 2,
+     r"cls_undeclared/annotations.csv line \d+: undeclared class 'banana'", ["cls_undeclared"],
+     [], {}),
+    (V, "annotate-classes-differ-by-case", "annotate {W}/ds --classes myotube,Myotube", 2,
+     r"classes.1.name 'Myotube' differs from the class 'myotube' only by case", ["ds"], [], {}),
+    (V, "annotate-empty-token-off-loopback",
+     "annotate {W}/ds --classes a,b --host 0.0.0.0 --token=", 2,
+     r"token '': empty; .*required on 0.0.0.0, which is not loopback", ["ds"], [], {}),
+    (V, "classify-other-channel-count", "classify {W}/cls_study --data {W}/cls", 2,
+     r"cls/images/synth_000.tif: 3 channel\(s\), but the classifier takes 1",
+     ["cls_study", "cls"], [], {}),
+    (V, "instances-unknown-extension", "instances {W}/ds --out {W}/feat.xlsx", 2,
+     r"feat.xlsx: unknown table format '.xlsx'", ["ds"], ["feat.xlsx"], {}),
+    (V, "instances-csv-named-parquet", "instances {W}/ds --out {W}/feat.parquet --csv", 2,
+     r"feat.parquet: the extension does not match the format written, CSV", ["ds"],
+     ["feat.parquet"], {}),
+    (V, "spread-fractional-component-count", "spread {W}/cls --n-components 2.5", 2,
+     r"--n-components: expected a fraction .* or a whole number of components .*got 2.5",
+     ["cls"], [], {}),
+    (V, "synth-one-voxel", "synth --out {W}/tiny --shape 1 1 1", 2,
+     r"--shape \[1, 1, 1\]: too small to hold an object: .*at least \[8, 8, 8\] voxels", [],
+     ["tiny"], {}),
+    (V, "synth-one-slice", "synth --out {W}/tiny --shape 1 64 64", 2,
+     r"--shape \[1, 64, 64\]: too small to hold an object", [], ["tiny"], {}),
     # --- study: relocatable studies, report on incomplete studies ---------------------------
     (S, "resume-not-a-study", "resume {W}/user_dir", 2,
      r"user_dir/experiment.yaml: not a study folder", ["user_dir"], [], {}),
@@ -258,6 +472,12 @@ CASES = [
      r"no_such_study: study folder not found", [], ["no_such_study"], {}),
     (S, "report-no-trials", "report {W}/old_study", 2,
      r"no trial records: the study failed or has not finished", ["old_study"], [], {}),
+    (S, "report-on-a-data-set", "report {W}/ds", 2,
+     r"ds: not a study folder \(no study.yaml", ["ds"], [], {}),
+    (S, "segment-a-classification-study",
+     "segment {W}/cls_study --data {W}/ds --out {W}/seg_out", 2,
+     r"cls_study: a classification study \(its study.yaml says kind: classification\), not a "
+     r"segmentation study", ["cls_study", "ds"], ["seg_out"], {}),
     # --- oneline: one line, never a traceback ------------------------------------------------
     (T, "search-binary-yaml", "search {W}/binary.yaml", 2,
      r"binary.yaml: not a text file", ["binary.yaml"], [], {}),
@@ -287,7 +507,24 @@ CASES = [
      r"nope: data-set folder not found", [], ["unet_new"], {}),
     (T, "score-corrupt-volume", "score {W}/user.txt {W}/pred.tif", 2,
      r"user.txt: unknown volume format", [], [], {}),
+    (T, "search-class-binary-annotations", "search {W}/cls_binary.yaml", 2,
+     r"cls_binary/annotations.csv: not a text file", ["cls_binary"], ["studies/cls_binary"], {}),
+    (T, "segment-garbage-address",
+     "segment {W}/seg_study --data {W}/ds --out {W}/seg_out --address garbage:::", 2,
+     r"Ray address 'garbage:::': expected HOST:PORT", ["seg_study", "ds"], ["seg_out"], {}),
+    (T, "classify-garbage-address", "classify {W}/cls_study --data {W}/cls --address h:99999", 2,
+     r"Ray address 'h:99999': expected HOST:PORT", ["cls_study", "cls"], [], {}),
 ]  # fmt: skip
+
+
+#: Each row refuses within this many seconds (in-process; Ray alone takes longer to start).
+ROW_SECONDS = 20.0
+
+
+def _ray_running() -> bool:
+    """Whether this process has a Ray session (without importing Ray for the question)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def _invoke(argv, cwd=None):
@@ -314,9 +551,15 @@ def test_hostile_input(workspace, monkeypatch, argv, code, pattern, guarded, abs
     guarded_paths = [workspace / g for g in guarded]
     before = {p: _files(p) for p in guarded_paths}
     args = [a.replace("{W}", str(workspace)) for a in argv.split()]
+    ray_before = _ray_running()
+    started = time.perf_counter()
     result = _invoke(args, cwd=cwd)
+    seconds = time.perf_counter() - started
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == code, result.output
+    # found before any work: no Ray started, and seconds rather than the minutes of a study
+    assert ray_before or not _ray_running(), "the command started Ray before refusing"
+    assert seconds < ROW_SECONDS, f"{seconds:.1f} s to refuse"
     assert "Traceback" not in result.output
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert re.search(pattern, lines[0]), lines[0]
@@ -335,7 +578,58 @@ def test_the_suite_covers_every_class_and_command():
     assert len(CASES) >= 40 and set(counts) == {D, R, V, S, T}
     commands = {case[2].split()[0] for case in CASES}
     assert {"synth", "train-unet", "postprocess", "predict", "search", "resume", "report",
-            "models", "info", "score", "demo"} <= commands  # fmt: skip
+            "models", "info", "score", "demo", "segment", "classify", "analyze", "annotate",
+            "instances", "spread", "cluster", "adapt"} <= commands  # fmt: skip
+
+
+def test_segment_refuses_more_gpus_than_a_node_has_before_any_output(workspace):
+    """A GPU request no node holds would leave every actor pending: one error line once Ray is
+    up, and no output folder. Ray starts here, so the command runs as a process of its own (the
+    lines before the error are Ray's own start-up log)."""
+    import subprocess
+
+    out = workspace / "seg_gpu_out"
+    argv = ["segment", str(workspace / "seg_study"), "--data", str(workspace / "ds"),
+            "--out", str(out), "--gpus-per-worker", "64", "--workers", "1"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", "from aop.cli import main; main()", *argv],
+                          capture_output=True, text=True, timeout=120, cwd=workspace)  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and re.search(
+        r"error: a segmentation worker with gpus_per_worker 64 asks for 64 GPUs on one node, but "
+        r"no node of the cluster .*has that many", errors[0]
+    ), done.stderr
+    ray_log = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+\s+(INFO|WARNING) \w+\.py:\d+ -- ")
+    assert all(ray_log.match(line) for line in lines if line not in errors), done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_a_class_name_with_a_newline_is_refused_and_nothing_is_written(workspace):
+    before = _files(workspace / "ds")
+    result = _invoke(["annotate", str(workspace / "ds"), "--classes", "myotube,sch\nwann"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and "classes.1.name 'sch\\nwann' holds a control character" in lines[0]
+    assert _files(workspace / "ds") == before
+
+
+@pytest.mark.parametrize(
+    "address", ["garbage:::", "::", ":6379", "head", "head:0", "head:65536", "a b:6379",
+                "x" * 300 + ":6379", "http://head:6379", "ray://:10001"],
+)  # fmt: skip
+def test_a_malformed_ray_address_is_one_line_before_any_work(address):
+    from aop.errors import AopError
+    from aop.ray_cluster import check_address, parse_address
+
+    with pytest.raises(AopError, match=r"Ray address .*: expected HOST:PORT"):
+        parse_address(address)
+    with pytest.raises(AopError, match=r"expected HOST:PORT"):
+        check_address(address)
+    check_address(None)
+    check_address("auto")
+    assert parse_address("[::1]:6379") == ("::1", 6379)
+    assert parse_address("head-1.cluster.local:6379") == ("head-1.cluster.local", 6379)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -343,16 +637,19 @@ def test_the_suite_covers_every_class_and_command():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_overwrite_replaces_only_aop_output(tmp_path):
+def test_overwrite_replaces_only_aop_output(tmp_path, tmp_path_factory):
     out = tmp_path / "ds"
-    result = _invoke(["synth", "--out", str(out), "--n-volumes", "1", "--shape", "1", "24", "24"])
+    result = _invoke(["synth", "--out", str(out), "--n-volumes", "1", "--shape", "8", "24", "24"])
     assert result.exit_code == 0, result.output
     assert is_aop_output(out) and (out / MARKER).is_file()
-    # one z-slice reads back as a 3D volume, image and labels
-    assert read_volume(out / "images" / "synth_000.tif")[0].shape == (1, 24, 24)
-    assert read_volume(out / "labels" / "synth_000.tif")[0].shape == (1, 24, 24)
+    # one z-slice (too thin to simulate objects in) reads back as a 3D volume, image and labels
+    one = np.zeros((1, 24, 24), np.uint16)
+    sliced = write_dataset(tmp_path_factory.mktemp("slice") / "s", [("s", one, one)],
+                           DatasetInfo("s"))  # fmt: skip
+    assert read_volume(sliced / "images" / "s.tif")[0].shape == (1, 24, 24)
+    assert read_volume(sliced / "labels" / "s.tif")[0].shape == (1, 24, 24)
     first = (out / "dataset.yaml").read_text()
-    argv = ["synth", "--out", str(out), "--n-volumes", "2", "--shape", "4", "24", "24"]
+    argv = ["synth", "--out", str(out), "--n-volumes", "2", "--shape", "8", "24", "24"]
     assert _invoke(argv).exit_code == 2  # without --overwrite: refused, unchanged
     assert (out / "dataset.yaml").read_text() == first
     assert _invoke([*argv, "--overwrite"]).exit_code == 0
@@ -475,10 +772,12 @@ def test_a_moved_study_writes_its_mlflow_artifacts_in_its_new_folder(tmp_path):
     from aop.tuning.study import load_study_experiment, save_experiment
 
     original = tmp_path / "original"
-    exp = parse_experiment(_experiment(str(original)), base=tmp_path)
+    raw = _experiment(str(original))
+    raw["tracking"] = {"tracking_uri": f"sqlite:///{original}/mlflow.db"}  # the study's own store
+    exp = parse_experiment(raw, base=tmp_path)
     original.mkdir()
     save_experiment(exp)
-    tracker = StudyTracker(original, experiment_name="moving")
+    tracker = StudyTracker(original, exp.tracking_uri, experiment_name="moving")
     parent = tracker.start({"name": "m"}, {})
     note = original / "note.txt"
     note.write_text("before the move\n")
@@ -502,6 +801,46 @@ def test_a_moved_study_writes_its_mlflow_artifacts_in_its_new_folder(tmp_path):
     assert (moved / "mlartifacts" / run.info.run_id / "artifacts" / "later.txt").is_file()
     assert not original.exists()  # nothing written to the old place
     assert load_study_experiment(moved).study_dir == moved.resolve()  # a second open: no change
+
+
+def test_a_moved_project_takes_its_one_store_along(tmp_path):
+    """Two studies of one project share the store beside its experiment files; the project moved
+    as a whole resumes into the moved store, with its artifact locations moved too."""
+    from mlflow import MlflowClient
+
+    from aop.tracking import StudyTracker
+    from aop.tuning.kinds import parse_experiment
+    from aop.tuning.study import load_study_experiment, save_experiment
+
+    project = tmp_path / "project"
+    (project / "experiments").mkdir(parents=True)
+    parents = {}
+    for name in ("a", "b"):
+        exp = parse_experiment(_experiment(f"../studies/{name}"), base=project / "experiments")
+        assert exp.tracking_uri == f"sqlite:///{project / 'experiments' / 'mlflow.db'}"
+        exp.study_dir.mkdir(parents=True)
+        save_experiment(exp)
+        tracker = StudyTracker(exp.study_dir, exp.tracking_uri, experiment_name="aop-test")
+        parents[name] = tracker.start({"name": name}, {})
+        note = exp.study_dir / "note.txt"
+        note.write_text(f"study {name}\n")
+        tracker.client.log_artifact(parents[name], str(note))
+    store = project / "experiments"
+    assert (store / "mlartifacts").is_dir()
+    assert not (project / "studies" / "a" / "mlartifacts").exists()
+    moved = tmp_path / "elsewhere" / "project"
+    moved.parent.mkdir()
+    shutil.move(str(project), str(moved))
+
+    for name in ("a", "b"):
+        again = load_study_experiment(moved / "studies" / name)
+        assert again.tracking_uri == f"sqlite:///{moved.resolve() / 'experiments' / 'mlflow.db'}"
+        run = MlflowClient(again.tracking_uri).get_run(parents[name])
+        location = (moved.resolve() / "experiments" / "mlartifacts").as_uri()
+        assert run.info.artifact_uri.startswith(location + "/")
+        listed = {a.path for a in MlflowClient(again.tracking_uri).list_artifacts(run.info.run_id)}
+        assert "note.txt" in listed  # read from the moved folder
+    assert not project.exists()  # nothing written to the old place
 
 
 def _study_with_records(root: Path, n_gp: int, torn: bool = False) -> Path:

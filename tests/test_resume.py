@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow_helpers import study_tracker
 
 from aop.segmentation.postprocess import PARAMETER_RANGES
-from aop.tracking import StudyTracker
 
 BUDGET = 7
 AOP = [sys.executable, "-c", "from aop.cli import main; main()"]
@@ -78,7 +78,7 @@ def test_killed_search_resumes_where_it_stopped(tmp_path):
     zeros = [r for r in after if r["params"] == start]
     assert len(zeros) == 1 and zeros[0]["trial_id"] == before[0]["trial_id"]  # not restarted
     assert sorted(r["iteration"] for r in after) == list(range(BUDGET))
-    assert len(StudyTracker(study, experiment_name="aop-segmentation").child_runs("gp")) == BUDGET
+    assert len(study_tracker(study, "aop-segmentation").child_runs("gp")) == BUDGET
     best = yaml.safe_load((study / "best.yaml").read_text())
     assert best["scores"]["ipq"] == max(r["metrics"]["ipq"] for r in after)
 

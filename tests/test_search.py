@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import ray
 import yaml
+from mlflow_helpers import study_tracker
 
 from aop.errors import AopError
 from aop.segmentation.postprocess import PARAMETER_RANGES
 from aop.synth import simulate
 from aop.synth.damage import damage_labels
-from aop.tracking import StudyTracker
 from aop.tuning.kinds import parse_experiment
 from aop.tuning.searchers import (
     available_searchers,
@@ -226,6 +226,6 @@ def test_run_study_writes_the_study_folder(local_ray, tmp_path):
     assert (study / "experiment.yaml").is_file()
     assert (study / "benchmark" / "dataset.yaml").is_file()
     assert (study / "plots" / "comparison.png").is_file()
-    tracker = StudyTracker(study, experiment_name="aop-segmentation")
+    tracker = study_tracker(study, "aop-segmentation")
     assert len(tracker.child_runs()) == 8
     assert len(tracker.child_runs("gp")) == 4

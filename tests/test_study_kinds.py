@@ -15,12 +15,12 @@ import pytest
 import ray
 import toy_kind
 import yaml
+from mlflow_helpers import study_tracker
 from typer.testing import CliRunner
 
 from aop.analysis.report import load_report
 from aop.cli import app
 from aop.errors import AopError
-from aop.tracking import StudyTracker
 from aop.tuning.kinds import available_kinds, get_kind, load_experiment
 from aop.tuning.space import parse_space
 from aop.tuning.study import _topup_factory, load_study_experiment, run_study
@@ -124,7 +124,7 @@ def test_every_searcher_runs_the_toy_study_through_the_engine(local_ray, tmp_pat
     meta = yaml.safe_load((exp.study_dir / "study.yaml").read_text())
     assert meta["metric"] == "score" and meta["metrics"] == ["score", "loss"]
 
-    tracker = StudyTracker(exp.study_dir, experiment_name="aop-toy")
+    tracker = study_tracker(exp.study_dir, "aop-toy")
     runs = tracker.child_runs(searcher)
     assert len(runs) == 8
     assert {r.data.params["encoder"] for r in runs} <= {"a", "b", "c"}
@@ -218,7 +218,41 @@ def test_a_killed_toy_study_resumes_to_its_exact_budget(tmp_path):
     assert len(starts) == 1  # the start point once: the search continued, it did not restart
     configs = {tuple(sorted(r["params"].items())) for r in after}
     assert len(configs) == budget
-    runs = StudyTracker(study, experiment_name="aop-toy").child_runs("smac")
+    runs = study_tracker(study, "aop-toy").child_runs("smac")
     assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(ids)  # no duplicate runs
     best = yaml.safe_load((study / "best.yaml").read_text())
     assert math.isclose(best["scores"]["score"], max(r["metrics"]["score"] for r in after))
+
+
+def test_aop_ui_opens_a_fresh_browser_on_the_trials_of_the_study(local_ray, tmp_path, browser):
+    """``aop ui STUDY`` serves the project's store and prints an address that shows the study's
+    trials with their metric in a browser that never saw MLflow before (no clicks)."""
+    exp = load_experiment(_experiment(tmp_path, "random", 4))
+    records = run_study(exp, verbose=-1).records["random"]
+    server = subprocess.Popen(
+        [*AOP, "ui", str(exp.study_dir)], cwd=TESTS, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not any("#/experiments/" in x for x in lines):
+            line = server.stdout.readline()
+            assert line, "".join(lines)  # the command exited without an address
+            lines.append(line)
+        (address,) = [x.split(": ", 1)[1].strip() for x in lines if "#/experiments/" in x]
+        assert str(exp.study_dir) in "".join(lines) and "viewStateShareKey=" in address
+        page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+        page.goto(address)
+        names = [f"random-{r['trial_id']}" for r in records]
+        page.wait_for_selector(f"text={names[0]}", timeout=60_000)
+        text = page.inner_text("body")
+        assert all(name in text for name in names), text[:3000]
+        assert "score" in text  # the metric's column
+        best = max(r["metrics"]["score"] for r in records)
+        assert f"{best:.2f}"[:3] in text
+        rows = page.locator("[role='row']").count()
+        assert rows >= len(records)  # a flat table of the trials, not a collapsed parent run
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

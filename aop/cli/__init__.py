@@ -11,6 +11,7 @@ from aop.cli import (
     cluster,  # noqa: F401  (aop cluster)
     commands,  # noqa: F401  (data sets, scoring, post-processing, models, segmentation study)
     instances,  # noqa: F401  (aop instances, aop spread)
+    ui,  # noqa: F401  (aop ui)
 )
 from aop.cli.app import app, main
 

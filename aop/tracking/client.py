@@ -42,7 +42,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ RUN_ID_FILE = "mlflow_run_id"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 TRIAL_OPEN_TAG = "aop.trial_open"  # a child run a trial opened, until its record completes it
+#: The experiment tag prefix under which MLflow's UI keeps a shared view (``?viewStateShareKey=``).
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
 _PAGE = 1000  # runs per page of a store query
 #: ``trial_artifacts(record, folder)`` writes a trial's figures into ``folder``, returns them.
 TrialArtifacts = Callable[[Mapping[str, Any], Path], list[Path]]
@@ -168,6 +170,8 @@ class StudyTracker:
         metric: str | None = None,
         group: str | None = None,
         trial_artifacts: TrialArtifacts | None = None,
+        metrics: Sequence[str] = (),
+        mode: str = "max",
     ) -> None:
         if not experiment_name:
             raise AopError("StudyTracker: experiment_name: name the MLflow experiment")
@@ -175,6 +179,8 @@ class StudyTracker:
         self.tracking_uri = tracking_uri or default_tracking_uri(self.study_dir)
         self.experiment_name = experiment_name
         self.metric = metric
+        self.metrics = tuple(metrics) or ((metric,) if metric else ())
+        self.mode = mode
         self.group = group
         self.trial_artifacts = trial_artifacts
         self.parent_run_id: str | None = None
@@ -229,16 +235,19 @@ class StudyTracker:
         return run_id
 
     def _experiment(self) -> str:
-        """The experiment's id: created (artifacts in the study folder for a local store),
-        restored when deleted, and tagged to open on its runs table."""
+        """The experiment's id: created (artifacts beside a SQLite store, in ``mlartifacts/``,
+        or in the study folder for another database), restored when deleted, and tagged to open
+        on its runs table."""
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
-            local = self.tracking_uri.startswith(
-                ("sqlite:", "file:", "/", "mysql", "postgresql", "mssql")
-            )
+            location = None
+            if self.tracking_uri.startswith("sqlite:///"):
+                location = Path(self.tracking_uri.removeprefix("sqlite:///")).parent
+            elif self.tracking_uri.startswith(("file:", "/", "mysql", "postgresql", "mssql")):
+                location = self.study_dir
             return self.client.create_experiment(
                 self.experiment_name,
-                artifact_location=(self.study_dir / "mlartifacts").as_uri() if local else None,
+                artifact_location=(location / "mlartifacts").as_uri() if location else None,
                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         if experiment.lifecycle_stage == "deleted":
@@ -354,9 +363,31 @@ class StudyTracker:
             self.client.log_artifact(run_id, str(experiment_file))
         space_text = yaml.safe_dump(dict(search_space), sort_keys=False)
         self.client.log_text(run_id, space_text, "search_space.yaml")
+        self._share_trials_view(run_id, list(search_space))
         if dataset is not None and dataset_fingerprint and not run.inputs.dataset_inputs:
             self._log_dataset(Path(dataset), dataset_fingerprint)
         return run_id
+
+    def _share_trials_view(self, run_id: str, parameters: list[str]) -> None:
+        """Save the view of the study's trials as a shared view of its experiment.
+
+        MLflow's UI opens a shared view from the URL (:meth:`trials_url`): the study's child runs
+        as a flat table sorted by the objective, with the metric and parameter columns shown.
+        """
+        quoted = [f"metrics.`{m}`" for m in self.metrics] + [f"params.`{p}`" for p in parameters]
+        state = {"searchFilter": f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
+                 "selectedColumns": quoted}  # fmt: skip
+        if self.metric:
+            state |= {"orderByKey": f"metrics.`{self.metric}`", "orderByAsc": self.mode == "min"}
+        self.client.set_experiment_tag(
+            self.experiment_id, f"{SHARED_VIEW_TAG}{run_id}", json.dumps(state)
+        )
+
+    def trials_url(self, base_url: str) -> str:
+        """The address of the study's trials in the MLflow UI served at ``base_url``."""
+        run_id = self._require_parent()
+        base = base_url.rstrip("/")
+        return f"{base}/#/experiments/{self.experiment_id}/runs?viewStateShareKey={run_id}"
 
     def _log_dataset(self, root: Path, digest: str) -> None:
         """The data set as the parent run's MLflow dataset input (role ``benchmark``)."""

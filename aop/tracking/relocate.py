@@ -1,14 +1,16 @@
-"""Move the artifact locations of a study's own MLflow store with the study folder.
+"""Move the artifact locations of a study's MLflow store with the study folder or its project.
 
-MLflow's SQLite store keeps absolute artifact URIs (``file:///old/study/mlartifacts/...``) in
-its experiments, runs, logged models, model versions and dataset sources. A study folder that
-was moved or copied would go on writing artifacts to the old place (recreating it) and show the
-old files. MLflow has no API to change a run's artifact URI, so the rows are rewritten in one
-SQLite transaction, and only in a store inside the study folder, which aop created.
+MLflow's SQLite store keeps absolute artifact URIs (``file:///old/project/mlartifacts/...``) in
+its experiments, runs, logged models, model versions and dataset sources. A study folder, or a
+project folder with its store, that was moved or copied would go on writing artifacts to the old
+place (recreating it) and show the old files. MLflow has no API to change a run's artifact URI,
+so the rows are rewritten in one SQLite transaction, and only in a store that moved with the
+study: inside its folder, or where the study's own path to it leads now.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -93,10 +95,12 @@ def _forget_artifact_repositories() -> None:
 def moved_study_store(uri: str | None, old: str | Path, new: str | Path) -> str | None:
     """The tracking URI of a study that moved from folder ``old`` to ``new``.
 
-    The study's own SQLite store (``uri`` None: ``new/mlflow.db``; or a ``sqlite:///`` URI of a
-    file under ``old``) now lies under ``new``: its URI is mapped there and, when the file exists
-    and the folder did move, its artifact locations are rewritten (:func:`relocate_store`). Any
-    other URI (an MLflow server, a shared store elsewhere) is returned as it is.
+    A SQLite store inside the study (``uri`` None: ``new/mlflow.db``; or a ``sqlite:///`` URI of
+    a file under ``old``) now lies under ``new``. A store outside it (the project's
+    ``mlflow.db``) moved with the project when a file lies where the study's relative path to it
+    leads now. Either way its URI is mapped there and, when the file exists and moved, its
+    artifact locations are rewritten (:func:`relocate_store`). Any other URI (an MLflow server, a
+    store that stayed) is returned as it is.
 
     Returns
     -------
@@ -106,13 +110,20 @@ def moved_study_store(uri: str | None, old: str | Path, new: str | Path) -> str 
     old, new = Path(old), Path(new)
     prefix = "sqlite:///"
     if uri is None:
-        db = new / "mlflow.db"
-    elif uri.startswith(prefix) and Path(uri[len(prefix) :]).is_relative_to(old):
-        db = new / Path(uri[len(prefix) :]).relative_to(old)
+        db, before = new / "mlflow.db", old
+    elif uri.startswith(prefix):
+        stored = Path(uri[len(prefix) :])
+        if stored.is_relative_to(old):
+            db, before = new / stored.relative_to(old), old
+        else:
+            db = Path(os.path.normpath(new / os.path.relpath(stored, old)))
+            if db == stored or not db.is_file():
+                return uri  # a store that stayed where it was
+            before = stored.parent
         uri = f"{prefix}{db}"
     else:
-        return uri  # an MLflow server, or a store outside the study
+        return uri  # an MLflow server
     if old != new and db.is_file():
-        relocate_store(db, old, new)
+        relocate_store(db, before, db.parent if before != old else new)
     return uri
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 import yaml
 from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 
+from aop import console
 from aop.analysis.records import best_record
 from aop.config import BaseExperiment
 from aop.errors import AopError
@@ -204,7 +204,7 @@ def run_search(
         if Tuner.can_restore(f"{root}/{experiment}", storage_filesystem=filesystem):
             grid = fit(experiment, None, 0)
         elif short > 0:
-            print(
+            console.say(
                 f"aop: search {name}: {len(done)} of {num_samples} trials in Ray Tune's state; "
                 f"running the other {short} as {experiment}"
             )
@@ -247,10 +247,10 @@ def _report_errors(name: str, grid: Any) -> None:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         first = str(result.error).strip().splitlines()
         reason = first[-1] if first else type(result.error).__name__
-        print(
+        console.err.print(
             f"aop: search {name}: trial {trial_id} failed: {reason[:300]} "
             f"(traceback: {result.path}/error.txt; `aop resume` retries it)",
-            file=sys.stderr,
+            markup=False,
         )
 
 
@@ -503,6 +503,8 @@ def make_tracker(exp: BaseExperiment, kind: StudyKind) -> Any:
         metric=kind.metric,
         group=kind.group,
         trial_artifacts=kind.trial_artifacts,
+        metrics=kind.metrics,
+        mode=kind.mode,
     )
 
 
