@@ -74,7 +74,7 @@ def test_report_prints_comparison_best_and_mlflow_command(study):
     assert "with 4 volume(s) a paired t-test is not meaningful (it needs at least 5)" in out
     assert "Best configuration (search gp, trial g0; from results)" in out
     assert "split_threshold" in out and "0.125" in out
-    assert f"mlflow ui --backend-store-uri sqlite:///{study.resolve()}/mlflow.db" in out
+    assert f"aop ui {study}" in out
 
 
 def test_report_json_matches_the_analysis(study):

@@ -87,7 +87,7 @@ class StudyReport:
             "best": self.best,
             "best_source": self.best_source,
             "tracking_uri": self.tracking_uri,
-            "mlflow_ui": mlflow_ui_command(self.tracking_uri),
+            "mlflow_ui": mlflow_ui_command(self.tracking_uri, self.study_dir),
             "plots": [str(p) for p in self.plots],
             "complete": self.complete,
             "problems": list(self.problems),
@@ -237,11 +237,11 @@ def load_report(study_dir: str | os.PathLike) -> StudyReport:
     )  # fmt: skip
 
 
-def mlflow_ui_command(tracking_uri: str) -> str:
-    """The shell command that shows a store in the MLflow UI (or the server's address)."""
+def mlflow_ui_command(tracking_uri: str, study_dir: Path) -> str:
+    """How to see a study's trials in the MLflow UI: ``aop ui STUDY_DIR`` for a local store."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri} in a browser"
-    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+    return f"aop ui {shlex.quote(str(study_dir))}"
 
 
 def _number(value: Any, digits: int = 3) -> str:
@@ -344,4 +344,5 @@ def print_report(report: StudyReport, console: Any) -> None:
     if report.plots:
         console.print("\nPlots: " + ", ".join(str(p) for p in report.plots), soft_wrap=True)
     console.print("\nMLflow UI:", highlight=False)
-    console.print(f"  {mlflow_ui_command(report.tracking_uri)}", highlight=False, soft_wrap=True)
+    console.print(f"  {mlflow_ui_command(report.tracking_uri, report.study_dir)}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
