@@ -28,16 +28,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 #: Fields that fix the networks' shapes (the patch sets the discriminators' strides): a checkpoint
 #: trained with other values cannot resume.
-ARCHITECTURE_FIELDS = (
-    "mode",
-    "context",
-    "patch",
-    "ngf",
-    "ndf",
-    "n_blocks",
-    "d_layers",
-    "norm",
-)
+ARCHITECTURE_FIELDS = ("mode", "context", "patch", "ngf", "ndf", "n_blocks", "d_layers", "norm")
 
 
 class AdaptSettings(BaseModel):

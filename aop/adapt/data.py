@@ -279,15 +279,12 @@ class UnpairedDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.crops = UnpairedCrops(synthetic, real, settings, masks)
-        self.settings = settings
 
     def set_epoch(self, epoch: int) -> None:
         self.crops.epoch = epoch
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            self.crops, batch_size=self.settings.batch_size, shuffle=False, num_workers=0
-        )
+        return torch.utils.data.DataLoader(self.crops, batch_size=self.crops.settings.batch_size)
 
 
 def voxel_size_of(

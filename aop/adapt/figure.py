@@ -16,12 +16,7 @@ def _slice(volume: np.ndarray) -> np.ndarray:
     return volume[volume.shape[0] // 2] if volume.ndim == 3 else volume
 
 
-def adaptation_panel(
-    real: np.ndarray,
-    synthetic: np.ndarray,
-    adapted: np.ndarray,
-    titles: tuple[str, str, str] = ("a) real", "b) synthetic", "c) adapted"),
-) -> Any:
+def adaptation_panel(real: np.ndarray, synthetic: np.ndarray, adapted: np.ndarray) -> Any:
     """A matplotlib figure with the middle slices of ``real``, ``synthetic`` and ``adapted``.
 
     Each image is shown between its own 1 and 99.8 percentiles.
@@ -35,6 +30,7 @@ def adaptation_panel(
 
     figure = Figure(figsize=(9, 3.2), dpi=100)
     axes = figure.subplots(1, 3)
+    titles = ("a) real", "b) synthetic", "c) adapted")
     for axis, volume, title in zip(axes, (real, synthetic, adapted), titles, strict=True):
         image = _slice(np.asarray(volume, dtype=np.float32))
         lo, hi = np.percentile(image, [1, 99.8])

@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -40,7 +39,6 @@ import numpy as np
 from aop.errors import AopError
 
 __all__ = [
-    "GapMeasures",
     "collapse_warning",
     "density_warning",
     "domain_classifier_accuracy",
@@ -49,7 +47,6 @@ __all__ = [
     "intensity_distance",
     "label_correlation",
     "label_preservation",
-    "measure_gap",
     "spectrum_distance",
 ]
 
@@ -75,17 +72,16 @@ def _scaled(
     if not a or not b:
         raise AopError("each set needs at least one volume")
     if normalize == "volume":
-        def scale(v: np.ndarray) -> np.ndarray:
-            lo, hi = np.percentile(v, [1.0, 99.8])
-            return (v - lo) / (hi - lo if hi > lo else 1.0)
-
-        return [scale(v) for v in a], [scale(v) for v in b]
-    if normalize != "joint":
+        bounds = [np.percentile(v, [1.0, 99.8]) for v in a + b]
+    elif normalize == "joint":
+        pooled = np.concatenate([v.ravel()[:: max(1, v.size // 100_000)] for v in a + b])
+        bounds = [np.percentile(pooled, [1.0, 99.8])] * len(a + b)
+    else:
         raise AopError(f"normalize must be 'volume' or 'joint', got {normalize!r}")
-    pooled = np.concatenate([v.ravel()[:: max(1, v.size // 100_000)] for v in a + b])
-    lo, hi = np.percentile(pooled, [1.0, 99.8])
-    width = hi - lo if hi > lo else 1.0
-    return [(v - lo) / width for v in a], [(v - lo) / width for v in b]
+    scaled = [
+        (v - lo) / (hi - lo if hi > lo else 1.0) for v, (lo, hi) in zip(a + b, bounds, strict=True)
+    ]
+    return scaled[: len(a)], scaled[len(a) :]
 
 
 def _patches(
@@ -95,13 +91,10 @@ def _patches(
     out = np.empty((count, 1, size, size), np.float32)
     for i in range(count):
         volume = volumes[int(rng.integers(len(volumes)))]
-        z_total = volume.shape[0]
-        split = max(1, int(round(0.7 * z_total)))
-        if part == "train":
-            z = int(rng.integers(0, split))
-        else:
-            start = min(split + 2, z_total - 1)
-            z = int(rng.integers(start, z_total))
+        depth = volume.shape[0]
+        split = max(1, int(round(0.7 * depth)))
+        first, stop = (0, split) if part == "train" else (min(split + 2, depth - 1), depth)
+        z = int(rng.integers(first, stop))
         y = int(rng.integers(0, volume.shape[1] - size + 1))
         x = int(rng.integers(0, volume.shape[2] - size + 1))
         out[i, 0] = volume[z, y : y + size, x : x + size]
@@ -124,26 +117,23 @@ def domain_classifier_accuracy(
     first: Sequence[np.ndarray],
     second: Sequence[np.ndarray],
     *,
-    patch: int = 32,
     n_train: int = 512,
     n_test: int = 256,
     steps: int = 200,
-    batch_size: int = 32,
     normalize: Normalize = "volume",
     seed: int = 0,
 ) -> float:
-    """Held-out accuracy of a small CNN telling 2D patches of ``first`` from ``second``.
+    """Held-out accuracy of a small CNN telling 32 x 32 patches of ``first`` from ``second``.
 
     Parameters
     ----------
     first, second : sequence of ndarray
-        Volumes (Z, Y, X) or (C, Z, Y, X) (the first channel is used); at least 5 slices each.
-    patch : int
-        Patch side in voxels (at most the smallest y or x size).
+        Volumes (Z, Y, X) or (C, Z, Y, X) (the first channel is used); at least 5 slices and 32
+        voxels in y and x each.
     n_train, n_test : int
         Patches per set for training and for the held-out test.
-    steps, batch_size : int
-        Adam steps and patches per step (half from each set).
+    steps : int
+        Adam steps of 32 patches, half from each set.
     normalize : {"volume", "joint"}
         See the module docstring.
     seed : int
@@ -163,6 +153,7 @@ def domain_classifier_accuracy(
     """
     import torch
 
+    patch, half = 32, 16  # patch side; patches per set in a step
     a, b = _scaled(first, second, normalize)
     for volume in a + b:
         if volume.shape[0] < 5 or min(volume.shape[1:]) < patch:
@@ -177,15 +168,13 @@ def domain_classifier_accuracy(
     network = _classifier()
     optimiser = torch.optim.Adam(network.parameters(), lr=1e-3)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    half = batch_size // 2
     targets = torch.cat([torch.zeros(half), torch.ones(half)])[:, None]
     network.train()
     for _ in range(steps):
         rows = [rng.integers(0, n_train, half) for _ in range(2)]
         x = torch.from_numpy(np.concatenate([train[0][rows[0]], train[1][rows[1]]]))
         optimiser.zero_grad()
-        loss = loss_fn(network(x), targets)
-        loss.backward()
+        loss_fn(network(x), targets).backward()
         optimiser.step()
     network.eval()
     with torch.no_grad():
@@ -224,10 +213,8 @@ def foreground_fraction(volumes: Sequence[np.ndarray], sigma: float = 1.0) -> fl
     shares = []
     for volume in volumes:
         smooth = ndi.gaussian_filter(_first_channel(np.asarray(volume, np.float32)), sigma)
-        if smooth.max() == smooth.min():
-            shares.append(0.0)
-            continue
-        shares.append(float((smooth > threshold_otsu(smooth)).mean()))
+        flat = smooth.max() == smooth.min()  # Otsu needs two values
+        shares.append(0.0 if flat else float((smooth > threshold_otsu(smooth)).mean()))
     return float(np.mean(shares))
 
 
@@ -304,47 +291,12 @@ def spectrum_distance(
     return float(np.mean(np.abs(radial_spectrum(a) - radial_spectrum(b))))
 
 
-@dataclass
-class GapMeasures:
-    """Domain-gap measures of one set against the reference (real) set."""
-
-    classifier_accuracy: float
-    intensity_distance: float
-    spectrum_distance: float
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-def measure_gap(
-    reference: Sequence[np.ndarray],
-    candidate: Sequence[np.ndarray],
-    *,
-    normalize: Normalize = "volume",
-    seed: int = 0,
-    **classifier: int,
-) -> GapMeasures:
-    """All three gap measures of ``candidate`` against ``reference``.
-
-    ``classifier`` passes on to :func:`domain_classifier_accuracy` (``patch``, ``steps``, ...).
-    """
-    return GapMeasures(
-        classifier_accuracy=domain_classifier_accuracy(
-            reference, candidate, normalize=normalize, seed=seed, **classifier
-        ),
-        intensity_distance=intensity_distance(reference, candidate, normalize),
-        spectrum_distance=spectrum_distance(reference, candidate, normalize),
-    )
-
-
 def label_preservation(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     spacing: Sequence[float],
-    model: str = "classical",
-    **settings: object,
 ) -> float:
-    """Mean IPQ of a fixed segmenter on ``images`` against ``labels``.
+    """Mean IPQ of a fixed segmenter (``classical``) on ``images`` against ``labels``.
 
     Run on a benchmark and on its adapted copy: adaptation that moves, removes or invents nuclei
     lowers the second score.
@@ -352,7 +304,7 @@ def label_preservation(
     from aop.metrics import ipq
     from aop.segmentation.models import build_model
 
-    segmenter = build_model(model, **settings)
+    segmenter = build_model("classical")
     spacing = tuple(float(s) for s in spacing)
     scores = [
         ipq(gt, segmenter.predict(np.asarray(image, np.float32), spacing)).ipq  # type: ignore[arg-type]
@@ -369,7 +321,6 @@ def downstream_ipq(
     *,
     max_steps: int = 300,
     seed: int = 0,
-    work_dir: str | os.PathLike | None = None,
 ) -> float:
     """IPQ on ``(image, labels)`` of aop's UNet trained on the data set ``train_data``.
 
@@ -380,7 +331,7 @@ def downstream_ipq(
     from aop.segmentation.models import build_model
     from aop.segmentation.unet3d import train_unet
 
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         package = train_unet(train_data, Path(tmp) / "unet", max_steps=max_steps, seed=seed,
                              progress=False)
         model = build_model("unet3d", model=str(package))
@@ -398,7 +349,8 @@ def gap_report(
 ) -> dict[str, dict[str, float]]:
     """The raw and the adapted benchmark's gap to the real volumes, and label preservation.
 
-    Real volumes are resampled to the benchmark's voxel size first, as for training.
+    Real volumes are resampled to the benchmark's voxel size first, as for training;
+    ``classifier`` passes on to :func:`domain_classifier_accuracy` (``steps``, ...).
 
     Returns
     -------
@@ -420,10 +372,15 @@ def gap_report(
     for key, folder in (("synthetic", synthetic), ("adapted", adapted)):
         data = load_dataset(folder, require_labels=True)
         images = [data.image(n) for n in bench.names]
-        measures = measure_gap(real_set.volumes, images, seed=seed, **classifier).to_dict()
-        measures["label_ipq"] = label_preservation(images, labels, spacing)
-        measures["label_correlation"] = label_correlation(images, labels)
-        measures["foreground_fraction"] = foreground_fraction(images)
-        measures["real_foreground_fraction"] = real_share
-        report[key] = measures
+        report[key] = {
+            "classifier_accuracy": domain_classifier_accuracy(
+                real_set.volumes, images, seed=seed, **classifier
+            ),
+            "intensity_distance": intensity_distance(real_set.volumes, images),
+            "spectrum_distance": spectrum_distance(real_set.volumes, images),
+            "label_ipq": label_preservation(images, labels, spacing),
+            "label_correlation": label_correlation(images, labels),
+            "foreground_fraction": foreground_fraction(images),
+            "real_foreground_fraction": real_share,
+        }
     return report

@@ -100,13 +100,9 @@ class CycleGAN(L.LightningModule):
 
         def discriminator() -> PatchDiscriminator:
             return PatchDiscriminator(
-                width,
-                spatial_dims=dims,
-                ndf=s.ndf,
-                n_layers=s.d_layers,
-                norm=s.norm,
+                width, spatial_dims=dims, ndf=s.ndf, n_layers=s.d_layers, norm=s.norm,
                 input_size=tuple(s.patch),
-            )
+            )  # fmt: skip
 
         self.generator_ab, self.generator_ba = generator(), generator()
         self.discriminator_a, self.discriminator_b = discriminator(), discriminator()
@@ -143,46 +139,39 @@ class CycleGAN(L.LightningModule):
         target = torch.ones_like(scores) if real else torch.zeros_like(scores)
         return nn.functional.mse_loss(scores, target)
 
-    def _set_discriminators(self, trainable: bool) -> None:
-        for net in (self.discriminator_a, self.discriminator_b):
-            for p in net.parameters():
-                p.requires_grad_(trainable)
-
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         s = self.settings
         real_a, real_b = batch[0], batch[1]
         opt_g, opt_d = self.optimizers()  # type: ignore[misc]
 
-        # generators
-        self._set_discriminators(False)
-        fake_b = self.generator_ab(real_a)
-        fake_a = self.generator_ba(real_b)
-        rec_a = self.generator_ba(fake_b)
-        rec_b = self.generator_ab(fake_a)
-        loss_gan_ab = self._gan_loss(self.discriminator_b(fake_b), True)
-        loss_gan_ba = self._gan_loss(self.discriminator_a(fake_a), True)
-        l1 = nn.functional.l1_loss
-        loss_cycle = (l1(rec_a, real_a) + l1(rec_b, real_b)) * s.lambda_cycle
-        loss_identity = real_a.new_zeros(())
-        if s.lambda_identity > 0:
-            weight = s.lambda_identity * s.lambda_cycle
-            loss_identity = (
-                l1(self.generator_ab(real_b), real_b) + l1(self.generator_ba(real_a), real_a)
-            ) * weight
-        loss_label = real_a.new_zeros(())
-        corr = None
-        if len(batch) > 2:  # the benchmark's masks: the label loss, and a collapse monitor
-            corr, informative = label_correlation(fake_b, batch[2])
-            if s.lambda_label > 0:
-                loss_label = s.lambda_label * _shortfall(corr, informative, s.label_margin)
-            corr = corr.sum() / informative.sum().clamp_min(1)
-        loss_g = loss_gan_ab + loss_gan_ba + loss_cycle + loss_identity + loss_label
-        opt_g.zero_grad()
-        self.manual_backward(loss_g)
-        opt_g.step()
+        with self.toggled_optimizer(opt_g):  # generators; the discriminators' weights fixed
+            fake_b = self.generator_ab(real_a)
+            fake_a = self.generator_ba(real_b)
+            rec_a = self.generator_ba(fake_b)
+            rec_b = self.generator_ab(fake_a)
+            loss_gan_ab = self._gan_loss(self.discriminator_b(fake_b), True)
+            loss_gan_ba = self._gan_loss(self.discriminator_a(fake_a), True)
+            l1 = nn.functional.l1_loss
+            loss_cycle = (l1(rec_a, real_a) + l1(rec_b, real_b)) * s.lambda_cycle
+            loss_identity = real_a.new_zeros(())
+            if s.lambda_identity > 0:
+                weight = s.lambda_identity * s.lambda_cycle
+                loss_identity = (
+                    l1(self.generator_ab(real_b), real_b) + l1(self.generator_ba(real_a), real_a)
+                ) * weight
+            loss_label = real_a.new_zeros(())
+            corr = None
+            if len(batch) > 2:  # the benchmark's masks: the label loss, and a collapse monitor
+                corr, informative = label_correlation(fake_b, batch[2])
+                if s.lambda_label > 0:
+                    loss_label = s.lambda_label * _shortfall(corr, informative, s.label_margin)
+                corr = corr.sum() / informative.sum().clamp_min(1)
+            loss_g = loss_gan_ab + loss_gan_ba + loss_cycle + loss_identity + loss_label
+            opt_g.zero_grad()
+            self.manual_backward(loss_g)
+            opt_g.step()
 
         # discriminators, on pooled generated images
-        self._set_discriminators(True)
         pooled_b = self.pool_b.query(fake_b.detach())
         pooled_a = self.pool_a.query(fake_a.detach())
         loss_d_b = 0.5 * (
@@ -218,18 +207,14 @@ class CycleGAN(L.LightningModule):
         )
 
     def on_train_epoch_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "set_epoch"):
-            datamodule.set_epoch(self.current_epoch)
-
+        if hasattr(self.trainer.datamodule, "set_epoch"):
+            self.trainer.datamodule.set_epoch(self.current_epoch)
 
     def configure_optimizers(self) -> Any:
         s = self.settings
         betas = (s.beta1, 0.999)
-        generators = list(self.generator_ab.parameters()) + list(self.generator_ba.parameters())
-        discriminators = list(self.discriminator_a.parameters()) + list(
-            self.discriminator_b.parameters()
-        )
+        generators = [*self.generator_ab.parameters(), *self.generator_ba.parameters()]
+        discriminators = [*self.discriminator_a.parameters(), *self.discriminator_b.parameters()]
         opt_g = torch.optim.Adam(generators, lr=s.lr, betas=betas)
         opt_d = torch.optim.Adam(discriminators, lr=s.lr, betas=betas)
 

@@ -131,17 +131,14 @@ class PatchDiscriminator(nn.Module):
         size = list(input_size) if input_size is not None else [256] * spatial_dims
 
         def layer(i: int, o: int, stride: int) -> nn.Module:
-            kernel, strides, padding = [], [], []
+            kernel, strides = [], []
             for axis, s in enumerate(size):
-                if stride == 2 and s >= 8:
-                    kernel.append(4), strides.append(2), padding.append(1)
-                    size[axis] = s // 2
-                elif stride == 1 and s >= 4:
-                    kernel.append(4), strides.append(1), padding.append(1)
-                    size[axis] = s - 1
+                if s >= 4 * stride:  # a 4-wide kernel fits: size halves (stride 2) or loses 1
+                    kernel.append(4), strides.append(stride)
+                    size[axis] = s // 2 if stride == 2 else s - 1
                 else:
-                    kernel.append(3), strides.append(1), padding.append(1)
-            return conv(i, o, tuple(kernel), stride=tuple(strides), padding=tuple(padding))
+                    kernel.append(3), strides.append(1)
+            return conv(i, o, tuple(kernel), stride=tuple(strides), padding=1)
 
         layers: list[nn.Module] = [layer(in_channels, ndf, 2), nn.LeakyReLU(0.2, True)]
         channels = ndf

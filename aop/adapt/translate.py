@@ -22,6 +22,9 @@ from aop.adapt.model import CycleGAN
 
 __all__ = ["translate_volume"]
 
+#: Slices translated together in 2D mode.
+SLICES_PER_BATCH = 16
+
 
 def translate_volume(
     module: CycleGAN,
@@ -30,7 +33,6 @@ def translate_volume(
     overlap: float | None = None,
     mode: str = "gaussian",
     device: str | torch.device | None = None,
-    slices_per_batch: int = 16,
 ) -> np.ndarray:
     """Translate a normalised (C, Z, Y, X) synthetic volume into the real domain.
 
@@ -46,8 +48,6 @@ def translate_volume(
         Blending of overlapping tiles.
     device : str or torch.device, optional
         Default: CUDA when available, else the CPU.
-    slices_per_batch : int
-        Slices translated together in 2D mode.
 
     Returns
     -------
@@ -70,10 +70,10 @@ def translate_volume(
             return y[0].cpu().numpy().astype(np.float32)
         stack = context_stack(volume, s.context)  # (Z, C', Y, X)
         out = np.empty(volume.shape, np.float32)
-        for start in range(0, stack.shape[0], slices_per_batch):
-            x = torch.from_numpy(stack[start : start + slices_per_batch]).to(device)
+        for start in range(0, stack.shape[0], SLICES_PER_BATCH):
+            x = torch.from_numpy(stack[start : start + SLICES_PER_BATCH]).to(device)
             y = sliding_window_inference(
-                x, roi, slices_per_batch, generator, overlap=overlap, mode=mode
+                x, roi, SLICES_PER_BATCH, generator, overlap=overlap, mode=mode
             )
             out[:, start : start + x.shape[0]] = y[:, keep].cpu().numpy().swapaxes(0, 1)
     return out

@@ -90,7 +90,7 @@ def stratified_split(
     return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts)  # type: ignore[return-value]
 
 
-def augmentation(seed: int = 0, *, noise_std: float = 0.05):  # type: ignore[no-untyped-def]
+def augmentation(seed: int = 0):  # type: ignore[no-untyped-def]
     """The MONAI training augmentation of one crop ``(C, Z, Y, X)``, seeded.
 
     Examples
@@ -116,7 +116,7 @@ def augmentation(seed: int = 0, *, noise_std: float = 0.05):  # type: ignore[no-
             RandRotate90(prob=0.75, max_k=3, spatial_axes=(1, 2)),
             RandScaleIntensity(factors=0.1, prob=0.5),
             RandShiftIntensity(offsets=0.1, prob=0.5),
-            RandGaussianNoise(prob=0.5, std=noise_std),
+            RandGaussianNoise(prob=0.5, std=0.05),
         ],
         lazy=False,
     )
@@ -143,13 +143,6 @@ class CropDataset(Dataset):
         return {"crop": crop, "label": torch.as_tensor(self.labels[i])}
 
 
-def _worker_init(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
-    if transform is not None:
-        transform.set_random_state(seed=int(info.seed % 2**32))
-
-
 class CropDataModule(L.LightningDataModule):
     """Labelled crops in memory, split per class, augmented for training.
 
@@ -170,8 +163,6 @@ class CropDataModule(L.LightningDataModule):
         Augment training crops (:func:`augmentation`).
     seed : int
         Seed of the augmentation and the training order.
-    num_workers : int
-        Loader worker processes (0: in the training process).
 
     Examples
     --------
@@ -191,64 +182,48 @@ class CropDataModule(L.LightningDataModule):
         batch_size: int = 16,
         augment: bool = True,
         seed: int = 0,
-        num_workers: int = 0,
     ) -> None:
         super().__init__()
         self.crops = check_crops(crops, labels, "crops")
         self.labels = np.asarray(labels, dtype=np.int64)
-        if isinstance(split, tuple):
-            self.train_index, self.val_index, self.test_index = (
-                np.asarray(s, dtype=np.int64) for s in split
-            )
-        else:
-            self.train_index, self.val_index, self.test_index = stratified_split(
-                self.labels, split
-            )
+        index = split if isinstance(split, tuple) else stratified_split(self.labels, split)
+        self.train_index, self.val_index, self.test_index = (np.asarray(i, np.int64) for i in index)
         if extra_train is not None:
-            check_crops(extra_train[0], extra_train[1], "pseudo-labelled crops")
-            if extra_train[0].shape[1:] != self.crops.shape[1:]:
+            extra_crops = check_crops(extra_train[0], extra_train[1], "pseudo-labelled crops")
+            if extra_crops.shape[1:] != self.crops.shape[1:]:
                 raise AopError(
-                    f"pseudo-labelled crops: shape {extra_train[0].shape[1:]} does not match "
+                    f"pseudo-labelled crops: shape {extra_crops.shape[1:]} does not match "
                     f"the crops {self.crops.shape[1:]}"
                 )
+            extra_train = (extra_crops, np.asarray(extra_train[1], np.int64))
         self.extra_train = extra_train
         self.batch_size = int(batch_size)
         self.augment = augment
         self.seed = int(seed)
-        self.num_workers = int(num_workers)
-
-    def _subset(self, index: np.ndarray, transform=None) -> CropDataset:  # type: ignore[no-untyped-def]
-        return CropDataset(self.crops[index], self.labels[index], transform)
 
     def train_dataset(self) -> CropDataset:
         """The training set: the train split plus ``extra_train``, augmented."""
         crops, labels = self.crops[self.train_index], self.labels[self.train_index]
         if self.extra_train is not None:
             crops = np.concatenate([crops, self.extra_train[0]])
-            labels = np.concatenate([labels, np.asarray(self.extra_train[1], np.int64)])
+            labels = np.concatenate([labels, self.extra_train[1]])
         transform = augmentation(self.seed) if self.augment else None
         return CropDataset(crops, labels, transform)
 
-    def _loader(self, dataset: CropDataset, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            worker_init_fn=_worker_init if self.num_workers else None,
-            persistent_workers=self.num_workers > 0,
+            self.train_dataset(), batch_size=self.batch_size, shuffle=True, generator=generator
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), shuffle=True)
+    def _loader(self, index: np.ndarray) -> DataLoader:
+        return DataLoader(CropDataset(self.crops[index], self.labels[index]), self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._subset(self.val_index), shuffle=False)
+        return self._loader(self.val_index)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._subset(self.test_index), shuffle=False)
+        return self._loader(self.test_index)
 
 
 def check_crops(crops: np.ndarray, labels: np.ndarray, what: str) -> np.ndarray:

@@ -87,20 +87,16 @@ Builder = Callable[[int, tuple[int, int, int], bool, "str | os.PathLike | None"]
 
 @dataclass(frozen=True)
 class EncoderEntry:
-    """A registered encoder: its name, its builder and where its pretrained weights are."""
+    """A registered encoder: its builder and where its pretrained weights are."""
 
-    name: str
     builder: Builder
-    abbrev: str = ""
     kind: str = "timm"  # "timm" or "cellpose": how pretrained weights are found
 
 
 _REGISTRY: dict[str, EncoderEntry] = {}
 
 
-def register_encoder(
-    name: str, *, abbrev: str = "", kind: str = "timm"
-) -> Callable[[Builder], Builder]:
+def register_encoder(name: str, *, kind: str = "timm") -> Callable[[Builder], Builder]:
     """Register a 2D encoder builder under ``name`` (decorator).
 
     The builder is called as ``builder(in_chans, crop_size, pretrained, weights)`` and returns an
@@ -120,7 +116,7 @@ def register_encoder(
     """
 
     def decorate(builder: Builder) -> Builder:
-        _REGISTRY[name] = EncoderEntry(name=name, builder=builder, abbrev=abbrev, kind=kind)
+        _REGISTRY[name] = EncoderEntry(builder, kind)
         return builder
 
     return decorate
@@ -144,14 +140,9 @@ def encoder_entry(name: str) -> EncoderEntry:
     import timm
 
     if timm.is_model(name):
-        return EncoderEntry(name=name, builder=_timm_builder(name))
+        return EncoderEntry(_timm_builder(name))
     known = ", ".join(available_encoders())
     raise AopError(f"encoder {name!r}: not a registered encoder ({known}) nor a timm model name")
-
-
-# --------------------------------------------------------------------------------------------------
-# timm encoders
-# --------------------------------------------------------------------------------------------------
 
 
 def _timm_builder(name: str) -> Builder:
@@ -163,16 +154,9 @@ def _timm_builder(name: str) -> Builder:
     ) -> nn.Module:
         import timm
 
-        options: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans}
-        if pretrained:
-            options["pretrained"] = True
-            if weights is not None:
-                path = Path(weights).expanduser()
-                if not path.is_file():
-                    raise AopError(
-                        f"encoder {name!r}: weights file not found: put the weights at {path}"
-                    )
-                options["pretrained_cfg_overlay"] = {"file": str(path)}
+        options: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans, "pretrained": pretrained}
+        if pretrained and weights is not None:  # a file build_encoder has found
+            options["pretrained_cfg_overlay"] = {"file": str(Path(weights).expanduser())}
         # Transformers fix their token grid at creation: give them the crop's in-plane size.
         # CNNs take no img_size argument and accept any size.
         try:
@@ -185,14 +169,9 @@ def _timm_builder(name: str) -> Builder:
     return build
 
 
-for _name, (_abbrev, _) in TABLE_I.items():
+for _name in TABLE_I:
     if _name != "cellpose_sam":
-        register_encoder(_name, abbrev=_abbrev)(_timm_builder(_name))
-
-
-# --------------------------------------------------------------------------------------------------
-# CellposeSAM
-# --------------------------------------------------------------------------------------------------
+        register_encoder(_name)(_timm_builder(_name))
 
 #: Cellpose model names looked up in ``$CELLPOSE_LOCAL_MODELS_PATH``.
 CELLPOSE_NAMES = ("cpsam", "cpsam_v2")
@@ -237,7 +216,7 @@ def _cellpose_weights(weights: str | os.PathLike | None) -> Path:
     return models_dir() / str(weights) if by_name else Path(weights).expanduser()
 
 
-@register_encoder("cellpose_sam", abbrev="CSAM", kind="cellpose")
+@register_encoder("cellpose_sam", kind="cellpose")
 def _cellpose_sam(
     in_chans: int,
     crop_size: tuple[int, int, int],
@@ -259,15 +238,9 @@ def _cellpose_sam(
             f"encoder 'cellpose_sam': crop size (y, x) must be multiples of 8, got {crop_size[1:]}"
         )
     net = CPSAM()
-    if pretrained:
-        path = check_pretrained_weights("cellpose_sam", weights).path
-        net.load_model(str(path), device=torch.device("cpu"))
+    if pretrained:  # build_encoder has checked that the file exists
+        net.load_model(str(_cellpose_weights(weights)), device=torch.device("cpu"))
     return CellposeSAMEncoder(net.encoder, patch_size=net.ps)
-
-
-# --------------------------------------------------------------------------------------------------
-# The slice encoder
-# --------------------------------------------------------------------------------------------------
 
 
 class SliceEncoder(nn.Module):
@@ -355,11 +328,6 @@ def build_encoder(
         check_pretrained_weights(name, weights, download=True)
     backbone = entry.builder(int(in_chans), tuple(int(s) for s in crop_size), pretrained, weights)
     return SliceEncoder(backbone, name=name)
-
-
-# --------------------------------------------------------------------------------------------------
-# Where pretrained weights are
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

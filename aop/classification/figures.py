@@ -39,12 +39,11 @@ __all__ = ["trials_table", "encoder_table", "write_classifier_results"]
 
 def trials_table(records_by_search: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
     """One row per trial: search, trial id, the configuration and the metrics."""
-    rows = []
-    for search, records in records_by_search.items():
-        for record in records:
-            rows.append({"search": search, "trial_id": record["trial_id"], **record["params"],
-                         **record["metrics"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([
+        {"search": search, "trial_id": record["trial_id"], **record["params"], **record["metrics"]}
+        for search, records in records_by_search.items()
+        for record in records
+    ])
 
 
 def _parameter_count(encoder: str, in_chans: int, crop_size: tuple[int, int, int]) -> int:
@@ -59,9 +58,7 @@ def encoder_table(
 ) -> pd.DataFrame:
     """Mean and best validation accuracy and the parameter count of each encoder."""
     grouped = trials.groupby("encoder")["val_accuracy"].agg(["mean", "max", "size"])
-    grouped["parameters"] = [
-        _parameter_count(str(e), in_chans, crop_size) for e in grouped.index
-    ]
+    grouped["parameters"] = [_parameter_count(str(e), in_chans, crop_size) for e in grouped.index]
     return grouped.rename(columns={"mean": "mean_val_accuracy", "max": "best_val_accuracy",
                                    "size": "trials"}).reset_index()
 
@@ -176,12 +173,10 @@ def write_classifier_results(
         for encoder in encoders["encoder"]:
             speed = inference_speed(
                 str(encoder), head=str(best["params"].get("head", "slice")), in_chans=in_chans,
-                crop_size=crop_size, num_classes=len(classes),
-                repeats=3,
+                crop_size=crop_size, num_classes=len(classes), repeats=3,
             )
             rows.append({
-                "encoder": encoder, "device": speed["device"],
-                "parameters": speed["parameters"],
+                "encoder": encoder, "device": speed["device"], "parameters": speed["parameters"],
                 "instances_per_s_batch_1": speed["instances_per_s"][1],
                 "instances_per_s_batch_32": speed["instances_per_s"][32],
             })

@@ -107,23 +107,20 @@ class SliceClassifier(nn.Module):
         return self.classifier(tokens.mean(dim=1))
 
 
+def _conv_block(in_channels: int, out_channels: int, kernel_size: int) -> list[nn.Module]:
+    return [
+        nn.Conv3d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+        nn.BatchNorm3d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
 class VolumeClassifier(nn.Module):
     """3D convolutions over the stack of 2D feature maps, then linear layers.
 
-    Parameters
-    ----------
-    num_features : int
-        Channels ``F`` of the encoder's maps.
-    num_slices : int
-        ``Z`` of the crops (unused by the convolutions; kept for a uniform signature).
-    num_classes : int
-        Output logits.
-    depth, width : int
-        Linear layers (see :func:`linear_layers`).
-    conv_channels : int
-        Channels of the 3D convolutions.
-    dropout : float
-        Dropout in the linear layers.
+    Parameters are those of :class:`SliceClassifier` (``num_slices`` is unused: the convolutions
+    take any ``Z``), with ``conv_channels``, the channels of the 3D convolutions, in place of the
+    attention's; ``dropout`` acts in the linear layers.
     """
 
     def __init__(
@@ -139,15 +136,9 @@ class VolumeClassifier(nn.Module):
         super().__init__()
         c = conv_channels
         self.convolutions = nn.Sequential(
-            nn.Conv3d(num_features, c, kernel_size=1),
-            nn.BatchNorm3d(c),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(c, c, kernel_size=3, padding=1),
-            nn.BatchNorm3d(c),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(c, c, kernel_size=3, padding=1),
-            nn.BatchNorm3d(c),
-            nn.ReLU(inplace=True),
+            *_conv_block(num_features, c, 1),
+            *_conv_block(c, c, 3),
+            *_conv_block(c, c, 3),
             nn.AdaptiveAvgPool3d(1),
             nn.Flatten(),
         )

@@ -14,6 +14,7 @@ True
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,11 +24,6 @@ import torch
 from aop.classification.module import CropClassifier
 
 __all__ = ["inference_speed"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def inference_speed(
@@ -40,58 +36,48 @@ def inference_speed(
     batch_sizes: Sequence[int] = (1, 32),
     repeats: int = 5,
     warmup: int = 1,
-    device: str | torch.device | None = None,
-    model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Instances per second of ``encoder`` + ``head`` at each batch size, on ``device``.
+    """Instances per second of ``encoder`` + ``head`` at each batch size, on the current device.
 
     Parameters
     ----------
     encoder, head : str
-        The classifier to time (ignored when ``model`` is given).
+        The classifier to time.
     in_chans, crop_size, num_classes
         Crop channels, crop size ``(Z, Y, X)`` and classes.
     batch_sizes : sequence of int
         Batch sizes to time (Table IV of aop: 1 and 32).
     repeats, warmup : int
         Timed and untimed forward passes per batch size; the median of the timed ones counts.
-    device : str or torch.device, optional
-        Default: CUDA when available, else CPU. On CUDA the forward runs in float16 autocast, as
-        the study trains (``16-mixed``).
-    model : nn.Module, optional
-        An already built classifier.
 
     Returns
     -------
     dict
-        ``encoder``, ``head``, ``device``, ``parameters`` (encoder + head), ``crop_size``,
-        ``seconds_per_batch`` and ``instances_per_s`` keyed by batch size.
+        ``encoder``, ``head``, ``device`` (CUDA when available, else CPU; on CUDA the forward runs
+        in float16 autocast, as the study trains: ``16-mixed``), ``parameters`` (encoder + head),
+        ``crop_size``, ``seconds_per_batch`` and ``instances_per_s`` keyed by batch size.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if model is None:
-        model = CropClassifier(
-            encoder, in_chans=in_chans, crop_size=crop_size, num_classes=num_classes, head=head
-        )
-    model = model.to(device).eval()
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = device.type == "cuda"
+    model = CropClassifier(
+        encoder, in_chans=in_chans, crop_size=crop_size, num_classes=num_classes, head=head
+    ).to(device).eval()
     seconds: dict[int, float] = {}
     with torch.inference_mode():
         for batch in batch_sizes:
             x = torch.randn(int(batch), in_chans, *crop_size, device=device)
             times = []
             for i in range(warmup + repeats):
-                _sync(device)
+                if on_gpu:
+                    torch.cuda.synchronize(device)
                 start = time.perf_counter()
-                if autocast is not None:
-                    with autocast:
-                        model(x)
-                else:
+                with torch.autocast(device.type, torch.float16, enabled=on_gpu):
                     model(x)
-                _sync(device)
+                if on_gpu:
+                    torch.cuda.synchronize(device)
                 if i >= warmup:
                     times.append(time.perf_counter() - start)
-            times.sort()
-            seconds[int(batch)] = times[len(times) // 2]
+            seconds[int(batch)] = statistics.median_high(times)
     return {
         "encoder": encoder,
         "head": head,

@@ -76,16 +76,14 @@ def freeze_plan(module: nn.Module, fraction: float) -> FreezePlan:
     total = sum(p.numel() for _, p in params)
     target = int(math.floor(fraction * total + 0.5))
     tensors: list[str] = []
-    partial = None
-    count = 0
+    partial, count = None, 0
     for name, p in params:
-        if count + p.numel() <= target:
-            tensors.append(name)
-            count += p.numel()
-            if count == target:
-                break
-        else:
+        if count + p.numel() > target:
             partial = (name, target - count)
+            break
+        tensors.append(name)
+        count += p.numel()
+        if count == target:
             break
     return FreezePlan(total=total, frozen=target, tensors=tuple(tensors), partial=partial)
 
@@ -162,13 +160,11 @@ class CropClassifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.plan = freeze_plan(self.encoder, freeze_fraction)
-        self._partial: tuple[nn.Parameter, int] | None = None
         parameters = dict(self.encoder.named_parameters())
         for name in self.plan.tensors:
             parameters[name].requires_grad_(False)
-        if self.plan.partial is not None:
-            name, k = self.plan.partial
-            self._partial = (parameters[name], k)
+        partial = self.plan.partial
+        self._partial = None if partial is None else (parameters[partial[0]], partial[1])
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         """Class logits ``(N, num_classes)`` of crops ``(N, C, Z, Y, X)``."""
@@ -203,10 +199,6 @@ class CropClassifier(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, self.test_acc, "test")
-
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        crops = batch["crop"] if isinstance(batch, dict) else batch
-        return torch.softmax(self(crops), dim=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.parameters() if p.requires_grad]

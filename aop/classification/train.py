@@ -64,9 +64,6 @@ __all__ = [
     "train_classifier",
 ]
 
-PRETRAINING = ("full", "semi", "none")
-
-
 class ClassifierConfig(BaseModel):
     """One trial's classifier configuration (the study's search space samples these fields)."""
 
@@ -158,17 +155,10 @@ def classification_metrics(
     if len(y_true) == 0:
         return {"accuracy": float("nan"), "n": 0, "per_class": {}, "confusion_matrix": [],
                 "class_names": list(class_names)}
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    scores = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     per_class = {
-        name: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, name in enumerate(class_names)
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        for name, p, r, f, n in zip(class_names, *scores, strict=True)
     }
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -177,13 +167,6 @@ def classification_metrics(
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "class_names": list(class_names),
     }
-
-
-def _precision(precision: str | None, accelerator: str) -> str:
-    if precision is not None:
-        return precision
-    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-    return "16-mixed" if on_gpu else "32-true"
 
 
 def _class_weights(config: ClassifierConfig, labels: np.ndarray, num_classes: int):  # type: ignore[no-untyped-def]
@@ -226,10 +209,6 @@ def train_classifier(
     resume_from: str | os.PathLike | None = None,
     resume_best: tuple[str | os.PathLike, float] | None = None,
     accelerator: str = "auto",
-    devices: Any = "auto",
-    precision: str | None = None,
-    num_workers: int = 0,
-    enable_progress_bar: bool = False,
 ) -> ClassifierResult:
     """Train one configuration and evaluate its best checkpoint on the test split.
 
@@ -263,13 +242,8 @@ def train_classifier(
         node, a cleaned ``/tmp``), and its score misses the epoch whose end saved
         ``resume_from``: of this file and the resumed run's own best, the better one is kept
         (the earlier one on a tie, as ``ModelCheckpoint`` does).
-    accelerator, devices, precision
-        ``Trainer`` arguments; ``precision`` defaults to ``"16-mixed"`` on a GPU, ``"32-true"``
-        otherwise.
-    num_workers : int
-        Data-loader workers.
-    enable_progress_bar : bool
-        Lightning's progress bar.
+    accelerator : str
+        ``Trainer`` argument; on a GPU the training runs in ``"16-mixed"`` precision.
 
     Returns
     -------
@@ -284,13 +258,11 @@ def train_classifier(
     crops = check_crops(crops, labels, "crops")
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = int(labels.max()) + 1 if len(labels) else 0
-    if class_names is not None:
-        if len(class_names) < num_classes:
-            raise AopError(f"class_names: {len(class_names)} names for label {num_classes - 1}")
-        num_classes = len(class_names)
-    class_names = list(class_names) if class_names is not None else [
-        f"class_{i}" for i in range(num_classes)
-    ]
+    if class_names is None:
+        class_names = [f"class_{i}" for i in range(num_classes)]
+    elif len(class_names) < num_classes:
+        raise AopError(f"class_names: {len(class_names)} names for label {num_classes - 1}")
+    class_names, num_classes = list(class_names), len(class_names)
     if num_classes < 2:
         raise AopError(f"labels: need at least 2 classes, got {num_classes}")
     if config.pretraining == "semi":
@@ -301,27 +273,21 @@ def train_classifier(
     out_dir = Path(out_dir)
     L.seed_everything(config.seed, workers=True, verbose=False)
     split = split if split is not None else SplitConfig(seed=config.seed)
-    data = CropDataModule(
-        crops, labels, split=split, batch_size=config.batch_size, augment=config.augment,
-        seed=config.seed, num_workers=num_workers,
-    )
+    loading = {"batch_size": config.batch_size, "augment": config.augment, "seed": config.seed}
+    data = CropDataModule(crops, labels, split=split, **loading)
     weights = _class_weights(config, labels[data.train_index], num_classes)
 
     # (stage, pretrained encoder, frozen fraction, training data)
-    plan: list[tuple[str, bool, float, CropDataModule]] = []
+    plan: list[tuple[str, bool, float, CropDataModule]]
     if config.pretraining == "semi":
         semi_data = CropDataModule(
             crops, labels, split=(data.train_index, data.val_index, data.test_index),
-            extra_train=(check_crops(pseudo[0], pseudo[1], "pseudo-labelled crops"),
-                         np.asarray(pseudo[1], np.int64)),
-            batch_size=config.batch_size, augment=config.augment, seed=config.seed,
-            num_workers=num_workers,
+            extra_train=pseudo, **loading,
         )
-        plan += [("semi", False, 0.0, semi_data), ("manual", False, config.freeze_fraction, data)]
-    elif config.pretraining == "full":
-        plan.append(("manual", True, config.freeze_fraction, data))
+        plan = [("semi", False, 0.0, semi_data), ("manual", False, config.freeze_fraction, data)]
     else:
-        plan.append(("manual", False, 0.0, data))
+        full = config.pretraining == "full"
+        plan = [("manual", full, config.freeze_fraction if full else 0.0, data)]
 
     resume = Path(resume_from) if resume_from is not None else None
     resume_stage = _checkpoint_stage(resume) if resume is not None else None
@@ -330,6 +296,7 @@ def train_classifier(
     if resume_stage == "manual" and len(plan) == 2:
         plan = plan[1:]  # the semi-supervised training finished before the checkpoint was saved
 
+    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
     stages: list[StageResult] = []
     init_state: dict[str, torch.Tensor] | None = None
     best_path = Path()
@@ -371,9 +338,8 @@ def train_classifier(
             callbacks=[stopping, checkpoint, last, *callbacks],
             logger=logger if logger is not None else False,
             accelerator=accelerator,
-            devices=devices,
-            precision=_precision(precision, accelerator),
-            enable_progress_bar=enable_progress_bar,
+            precision="16-mixed" if on_gpu else "32-true",
+            enable_progress_bar=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
             log_every_n_steps=1,
@@ -408,14 +374,11 @@ def train_classifier(
                 encoder_parameters=model.plan.total,
             )
         )
-        best = torch.load(best_path, map_location="cpu", weights_only=False)
-        init_state = best["state_dict"]
+        init_state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
 
     final = CropClassifier.load_from_checkpoint(best_path, map_location="cpu")
     probabilities = predict_proba(final, crops[data.test_index], batch_size=config.batch_size)
-    test = classification_metrics(
-        labels[data.test_index], probabilities.argmax(axis=1), class_names
-    )
+    test = classification_metrics(labels[data.test_index], probabilities.argmax(1), class_names)
     return ClassifierResult(
         config=config,
         val_accuracy=stages[-1].best_val_accuracy,
