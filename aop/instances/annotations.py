@@ -5,8 +5,10 @@ the analysis read and write the table through it.
 
 - The classes are declared in ``dataset.yaml`` as
   ``classes: [{name: myotube, key: "1"}, {name: schwann, key: "2"}, ...]``. A class name is a
-  non-empty string without commas; a key is one character, unique among the classes. The class
-  :data:`BAD_SEGMENTATION` (key ``x``) is always allowed and never declared.
+  non-empty string without commas or control characters (a newline, a tab), and no two names
+  differ only by case (``Myotube`` beside ``myotube`` would split one class in two); a key is one
+  character, unique among the classes. The class :data:`BAD_SEGMENTATION` (key ``x``) is always
+  allowed and never declared.
 - ``DATASET_DIR/annotations.csv`` has one row per annotation with the columns :data:`COLUMNS`:
   ``volume`` (a volume name of ``images/``), ``label`` (an instance id of ``labels/<volume>``),
   ``class``, ``source`` (one of :data:`SOURCES`), ``annotator`` (free text, may be empty) and
@@ -17,13 +19,14 @@ the analysis read and write the table through it.
 Every write builds the new table beside the old one and renames it into place, under an exclusive
 lock (``.annotations.csv.lock``), so concurrent writers never lose rows and a reader never sees
 half a file. Every problem is one :class:`aop.errors.AopError` line naming the file and the row
-(``annotations.csv line 3``: the header is line 1; ``new row 2`` for rows being added).
+(``DATASET/annotations.csv line 3``: the header is line 1; ``new row 2`` for rows being added).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,20 +90,31 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _check_classes(specs: Sequence[ClassSpec], where: str) -> None:
-    names: set[str] = set()
+    names: dict[str, str] = {BAD_SEGMENTATION.casefold(): BAD_SEGMENTATION}  # casefold -> name
     keys: set[str] = {BAD_SEGMENTATION_KEY}
     for i, spec in enumerate(specs):
         if not isinstance(spec.name, str) or not spec.name.strip() or "," in spec.name:
             raise AopError(f"{where}: classes.{i}.name must be a non-empty name without commas")
+        if any(unicodedata.category(c).startswith("C") for c in spec.name):
+            raise AopError(
+                f"{where}: classes.{i}.name {spec.name!r} holds a control character (a newline, "
+                "a tab); a class name is one line of text"
+            )
         if spec.name == BAD_SEGMENTATION:
             raise AopError(f"{where}: classes.{i}.name {BAD_SEGMENTATION!r} is reserved")
-        if spec.name in names:
+        same = names.get(spec.name.casefold())
+        if same == spec.name:
             raise AopError(f"{where}: classes.{i}.name {spec.name!r} is declared twice")
+        if same is not None:
+            raise AopError(
+                f"{where}: classes.{i}.name {spec.name!r} differs from the class {same!r} only "
+                "by case; name each class one way"
+            )
         if not isinstance(spec.key, str) or len(spec.key) != 1:
             raise AopError(f"{where}: classes.{i}.key must be one character, got {spec.key!r}")
         if spec.key in keys:
             raise AopError(f"{where}: classes.{i}.key {spec.key!r} is already taken")
-        names.add(spec.name)
+        names[spec.name.casefold()] = spec.name
         keys.add(spec.key)
 
 
@@ -324,18 +338,23 @@ def _load_rows(root: Path, checker: _Checker) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        text: str | None = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise AopError(f"{path}: not a text file (binary data, or not UTF-8; expected CSV)")
+    try:
+        raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         return []
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except pd.errors.ParserError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AopError(f"{path}: not a readable CSV table ({reason})") from None
     if tuple(raw.columns) != COLUMNS:
-        raise AopError(
-            f"{path}: columns must be {', '.join(COLUMNS)}, got {', '.join(map(str, raw.columns))}"
-        )
+        got = ", ".join(ascii(str(c))[1:-1] for c in raw.columns)  # one printable line
+        raise AopError(f"{path}: columns must be {', '.join(COLUMNS)}, got {got[:200]}")
     return [
-        checker.row(f"{path.name} line {i + 2}", record)
+        checker.row(f"{path} line {i + 2}", record)
         for i, record in enumerate(raw.to_dict("records"))
     ]
 
