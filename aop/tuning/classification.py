@@ -17,15 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from aop.config import BaseExperiment, StrictModel, resolve_input
-from aop.errors import AopError
+from aop.errors import AopError, error_message
 from aop.tuning.kinds import Prepared, StudyKind
-from aop.tuning.space import SearchSpace, load_space_file
+from aop.tuning.space import ChoiceSpec, FloatSpec, IntSpec, SearchSpace, load_space_file
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Parameters a classification search space may name (all ClassifierConfig fields a trial sets).
 PARAMETERS = {
@@ -76,6 +79,15 @@ class TrainingConfig(StrictModel):
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
 
+    @model_validator(mode="after")
+    def _room_to_train(self) -> TrainingConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1 (the rest trains), got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        return self
+
 
 class ClassificationExperiment(BaseExperiment):
     """A classifier-design study (``kind: classification``)."""
@@ -103,6 +115,54 @@ class ClassificationExperiment(BaseExperiment):
 # ------------------------------------------------------------------------------------------------
 
 
+def class_rows(
+    root: Path, table: pd.DataFrame, classes: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The manual rows and the pseudo-labels of a class table, checked for a classifier study.
+
+    Parameters
+    ----------
+    root : Path
+        The data set (named in the messages).
+    table : pandas.DataFrame
+        Its ``annotations.csv`` (:func:`aop.instances.annotations.read_annotations`).
+    classes : sequence of str
+        The declared classes; rows of other classes (``bad_segmentation``) are left out.
+
+    Returns
+    -------
+    manual, pseudo : pandas.DataFrame
+        The ``manual`` rows, and the ``spread`` rows of instances without a manual row.
+
+    Raises
+    ------
+    AopError
+        Fewer than two classes, or a class with fewer than two manual annotations (one for
+        training, one for validation).
+    """
+    if len(classes) < 2:
+        raise AopError(f"{root}/dataset.yaml: classes: a classification study needs >= 2 classes")
+    known = table["class"].isin(list(classes))
+    manual = table[(table["source"] == "manual") & known]
+    spread = table[(table["source"] == "spread") & known]
+    manual_keys = set(zip(manual["volume"], manual["label"], strict=True))
+    unlabelled = np.array(
+        [(v, int(lab)) not in manual_keys
+         for v, lab in zip(spread["volume"], spread["label"], strict=True)], dtype=bool
+    )
+    counts = {name: int((manual["class"] == name).sum()) for name in classes}
+    missing = [name for name in classes if counts[name] == 0]
+    if missing:
+        raise AopError(f"{root}/annotations.csv: no manual annotation of class {missing[0]!r}")
+    few = [name for name in classes if counts[name] < 2]
+    if few:
+        raise AopError(
+            f"{root}/annotations.csv: class {few[0]!r} has 1 manual annotation; at least 2 are "
+            "needed to split it into training and validation"
+        )
+    return manual, spread.loc[unlabelled]
+
+
 def load_class_data(
     exp: ClassificationExperiment, methods: Sequence[str]
 ) -> dict[str, Any]:
@@ -121,23 +181,10 @@ def load_class_data(
     root = exp.data.dataset
     dataset = load_dataset(root, require_labels=True)
     classes = [c.name for c in read_classes(root)]
-    if len(classes) < 2:
-        raise AopError(f"{root}/dataset.yaml: classes: a classification study needs >= 2 classes")
-    table = read_annotations(root)
+    manual, pseudo = class_rows(root, read_annotations(root), classes)
     index = {name: i for i, name in enumerate(classes)}
-    groups = {}
-    for source in ("manual", "spread"):
-        rows = table[(table["source"] == source) & table["class"].isin(index)]
-        groups[source] = rows
-    manual_keys = set(zip(groups["manual"]["volume"], groups["manual"]["label"], strict=True))
-    pseudo = groups["spread"]
-    unlabelled = np.array(
-        [(v, int(lab)) not in manual_keys
-         for v, lab in zip(pseudo["volume"], pseudo["label"], strict=True)], dtype=bool
-    )
-    spread = pseudo.loc[unlabelled]
     out: dict[str, Any] = {"classes": classes}
-    for name, rows in (("manual", groups["manual"]), ("pseudo", spread)):
+    for name, rows in (("manual", manual), ("pseudo", pseudo)):
         keys, ys, crops = [], [], {m: [] for m in methods}
         for volume, part in rows.groupby("volume", sort=True):
             labels = dataset.labels(volume)
@@ -160,20 +207,33 @@ def load_class_data(
                                                                  np.float32))
                       for m, c in crops.items()},
         }
-    counts = np.bincount(out["manual"]["y"], minlength=len(classes))
-    if (counts == 0).any():
-        missing = classes[int(np.argmin(counts))]
-        raise AopError(f"{root}/annotations.csv: no manual annotation of class {missing!r}")
-    if (counts < 2).any():
-        few = classes[int(np.argmin(counts))]
-        raise AopError(f"{root}/annotations.csv: class {few!r} has 1 manual annotation; at least 2 "
-                       "are needed to split it into training and validation")
     return out
 
 
 # ------------------------------------------------------------------------------------------------
 # The kind
 # ------------------------------------------------------------------------------------------------
+
+
+def _values(spec: Any) -> list[Any]:
+    """The values of a parameter to check: each choice, both bounds of a range, a constant."""
+    if isinstance(spec, ChoiceSpec):
+        return list(spec.choice)
+    if isinstance(spec, IntSpec):
+        return list(spec.int)
+    if isinstance(spec, FloatSpec):
+        return list(spec.float)
+    return [spec]
+
+
+def _check_value(name: str, value: Any, where: str) -> None:
+    """Refuse a value of parameter ``name`` that a trial's classifier does not accept."""
+    from aop.classification.train import ClassifierConfig
+
+    try:
+        ClassifierConfig.model_validate({name: value})
+    except ValidationError as exc:
+        raise AopError(f"{where}: {value!r}: {error_message(exc.errors()[0])}") from None
 
 
 class ClassificationKind(StudyKind[ClassificationExperiment]):
@@ -193,16 +253,20 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
         return load_space_file(exp.search_space, allowed=PARAMETERS)
 
     def check(self, exp: ClassificationExperiment, source: str) -> None:
-        """Names in the space, and every weights file a ``full`` trial would need."""
-        from aop.classification.encoders import check_pretrained_weights, encoder_entry
+        """Every value of the space, and every weights file a ``full`` trial would need.
+
+        Each choice, each bound of a range and each constant is checked against what a trial's
+        classifier accepts (:class:`aop.classification.train.ClassifierConfig`: the encoder,
+        head, pretraining and preprocessing names, ``lr > 0``, the head's depth and width), so
+        that a value no trial could train is one line now, not a failed trial later.
+        """
+        from aop.classification.encoders import check_pretrained_weights
 
         space = self.search_space(exp)
+        for name, spec in space.parameters.items():
+            for value in _values(spec):
+                _check_value(name, value, f"{exp.search_space}: parameters.{name}")
         encoders = space.choices("encoder", "resnet18")
-        for name in encoders:
-            try:
-                encoder_entry(str(name))
-            except AopError as exc:
-                raise AopError(f"{exp.search_space}: parameters.encoder: {exc}") from None
         for key in exp.weights:
             if key not in encoders:
                 raise AopError(f"{source}: weights.{key}: not an encoder of the search space")
@@ -215,6 +279,35 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
                 except AopError as exc:
                     raise AopError(f"{source}: weights.{name}: {exc}") from None
 
+    def preflight(self, exp: ClassificationExperiment, check_models: bool = True) -> None:
+        """Before any output: the data set, its classes and every row of ``annotations.csv``.
+
+        The table is read once with :func:`aop.instances.annotations.read_annotations`, which
+        checks every row against the data set (volume, label, declared class, source, a second
+        manual row of one instance); then every class needs two manual annotations, and
+        pretraining ``semi`` needs pseudo-labels.
+        """
+        from aop.instances.annotations import ANNOTATIONS_FILE, read_annotations, read_classes
+        from aop.io import load_dataset
+
+        root = exp.data.dataset
+        if not root.is_dir():
+            raise AopError(f"data.dataset: {root}: data-set folder not found")
+        load_dataset(root, require_labels=True, validate=False)
+        classes = [c.name for c in read_classes(root)]
+        if not (root / ANNOTATIONS_FILE).is_file():
+            raise AopError(
+                f"{root / ANNOTATIONS_FILE}: file not found (a classification study learns from "
+                "manual annotations: annotate the instances first, e.g. with aop annotate)"
+            )
+        _, pseudo = class_rows(root, read_annotations(root), classes)
+        semi = "semi" in self.search_space(exp).choices("pretraining", "none")
+        if semi and pseudo.empty:
+            raise AopError(
+                f"{root / ANNOTATIONS_FILE}: pretraining 'semi' needs pseudo-labels "
+                "(source=spread rows): run aop spread first"
+            )
+
     def prepare(self, exp: ClassificationExperiment) -> Prepared:
         import ray
         from ray import tune
@@ -223,12 +316,7 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
 
         space = self.search_space(exp)
         methods = [str(m) for m in space.choices("preprocessing", "mask")]
-        bundle = load_class_data(exp, methods)
-        if "semi" in space.choices("pretraining", "none") and len(bundle["pseudo"]["y"]) == 0:
-            raise AopError(
-                f"{exp.data.dataset}/annotations.csv: pretraining 'semi' needs pseudo-labels "
-                "(source=spread rows): run aop spread first"
-            )
+        bundle = load_class_data(exp, methods)  # checked by preflight, before any output
         ref = ray.put(bundle)
         resources = exp.search.resources
         trainable = tune.with_parameters(
