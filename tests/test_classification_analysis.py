@@ -8,8 +8,9 @@ import pytest
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
-from aop.analysis.classes import UNCLASSIFIED, class_analysis, read_class_rows, write_class_analysis
+from aop.analysis.classes import UNCLASSIFIED, class_analysis, write_class_analysis
 from aop.errors import AopError
+from aop.instances.annotations import read_annotations, write_classes
 from aop.io import DatasetInfo, write_dataset
 
 runner = CliRunner()
@@ -34,6 +35,7 @@ def classified(tmp_path_factory):
     image = np.zeros((4, 20, 20), np.float32)
     write_dataset(root, [("a", image, a), ("b", image, b)],
                   DatasetInfo(name="t", voxel_size=(2.0, 0.5, 0.5)))
+    write_classes(root, ["large", "small"])
     rows = [
         ("a", 1, "small", "predicted"), ("a", 1, "large", "manual"),  # manual wins
         ("a", 2, "large", "predicted"), ("a", 2, "small", "spread"),  # predicted wins
@@ -97,22 +99,25 @@ def test_bad_tables_are_one_line(classified, tmp_path):
     root = tmp_path / "bad"
     shutil.copytree(classified, root)
     table = pd.read_csv(root / "annotations.csv")
-    table.loc[len(table)] = ["b", 9, "small", "manual", "", "t"]
+    time = "2026-01-01T00:00:00Z"
+    table.loc[len(table)] = ["b", 9, "small", "manual", "", time]
     table.to_csv(root / "annotations.csv", index=False)
-    with pytest.raises(AopError, match=r"annotations.csv: row 8: label 9 not in labels/b"):
+    missing = r"annotations.csv line 8: label 9 does not exist in labels/b"
+    with pytest.raises(AopError, match=missing):
         class_analysis(root)
     result = runner.invoke(app, ["analyze", str(root)])
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert not (root / "analysis").exists()
-    table.loc[len(table) - 1] = ["c", 1, "small", "manual", "", "t"]
+    table.loc[len(table) - 1] = ["c", 1, "small", "manual", "", time]
     table.to_csv(root / "annotations.csv", index=False)
-    with pytest.raises(AopError, match="row 8: unknown volume 'c'"):
+    with pytest.raises(AopError, match="line 8: unknown volume 'c'"):
         class_analysis(root)
     (root / "annotations.csv").write_text("volume,label\na,1\n")
-    with pytest.raises(AopError, match="missing column 'class'"):
-        read_class_rows(root)
-    (root / "annotations.csv").write_text("volume,label,class,source\na,x,small,manual\n")
-    with pytest.raises(AopError, match="row 2: label 'x' is not an instance id"):
-        read_class_rows(root)
+    with pytest.raises(AopError, match="columns must be volume, label, class, source"):
+        read_annotations(root)
+    header = "volume,label,class,source,annotator,time"
+    (root / "annotations.csv").write_text(f"{header}\na,x,small,manual,,{time}\n")
+    with pytest.raises(AopError, match="line 2: label must be a positive integer, got 'x'"):
+        class_analysis(root)
     with pytest.raises(AopError, match="unknown source 'guess'"):
         class_analysis(classified, sources=("manual", "guess"))

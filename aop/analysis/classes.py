@@ -1,8 +1,11 @@
 """The end of the pipeline (paper Fig. 1, step 8): class counts and instance volumes per class.
 
 Reads a data set's class table ``DATASET/annotations.csv`` (columns ``volume, label, class, source,
-annotator, time``; sources ``manual``, ``spread``, ``truth``, ``predicted``) and its instance
-labels ``labels/<volume>.*`` with the data set's voxel size, and gives
+annotator, time``; sources ``manual``, ``spread``, ``truth``, ``predicted``) with the reader that
+owns its format (:func:`aop.instances.annotations.read_annotations`, so every row is checked as
+``aop spread`` and the classifier study check it: its volume and label exist, its class is
+declared, an instance has one manual row) and its instance labels ``labels/<volume>.*`` with the
+data set's voxel size, and gives
 
 - ``counts``: instances per class in each volume (one row per volume, one column per class, and
   ``total``);
@@ -45,60 +48,17 @@ from aop.errors import AopError  # noqa: E402
 from aop.outputs import atomic_file
 
 __all__ = [
-    "ANNOTATION_COLUMNS",
     "DEFAULT_SOURCES",
     "UNCLASSIFIED",
     "ClassAnalysis",
     "class_analysis",
-    "read_class_rows",
     "write_class_analysis",
 ]
 
-#: Columns of ``annotations.csv`` (the format is owned by :mod:`aop.instances.annotations`).
-ANNOTATION_COLUMNS = ("volume", "label", "class", "source", "annotator", "time")
 #: Which source decides an instance's class when it has several rows, first wins.
 DEFAULT_SOURCES = ("manual", "predicted", "truth", "spread")
 #: The class of an instance without any row.
 UNCLASSIFIED = "unclassified"
-
-
-def read_class_rows(dataset_dir: str | os.PathLike) -> pd.DataFrame:
-    """The rows of ``DATASET/annotations.csv`` (volume, label, class, source), checked for form.
-
-    This is the only place that reads the file here; an empty frame when it does not exist.
-
-    Raises
-    ------
-    AopError
-        An unreadable file, a missing column, or a label that is not a non-negative integer,
-        naming the file (and the row).
-    """
-    path = Path(dataset_dir) / "annotations.csv"
-    columns = ["volume", "label", "class", "source"]
-    if not path.is_file():
-        dtypes = {c: "int64" if c == "label" else "str" for c in columns}
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
-    try:
-        table = pd.read_csv(path, dtype={"volume": str, "class": str, "source": str})
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise AopError(f"{path}: not a readable CSV table ({type(exc).__name__})") from exc
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        expected = ", ".join(ANNOTATION_COLUMNS)
-        raise AopError(f"{path}: missing column {missing[0]!r} (expected {expected})")
-    labels = pd.to_numeric(table["label"], errors="coerce")
-    bad = labels.isna() | (labels < 0) | (labels != labels.round())
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        value = table["label"].iloc[row]
-        raise AopError(f"{path}: row {row + 2}: label {value!r} is not an instance id")
-    table["label"] = labels.astype("int64")
-    for column in ("volume", "class", "source"):
-        empty = table[column].isna()
-        if empty.any():
-            row = int(np.flatnonzero(empty.to_numpy())[0])
-            raise AopError(f"{path}: row {row + 2}: empty {column!r}")
-    return table[columns].reset_index(drop=True)
 
 
 @dataclass
@@ -134,9 +94,10 @@ def class_analysis(
     Raises
     ------
     AopError
-        A data set without labels, a row naming an unknown volume or a label absent from its
-        volume, or an unknown source.
+        A data set without labels, an unknown source, or a bad row of ``annotations.csv`` (see
+        :func:`aop.instances.annotations.read_annotations`), naming the file and the line.
     """
+    from aop.instances.annotations import read_annotations
     from aop.io import load_dataset
 
     root = Path(dataset_dir)
@@ -145,23 +106,13 @@ def class_analysis(
     if unknown:
         known = ", ".join(DEFAULT_SOURCES)
         raise AopError(f"sources: unknown source {unknown[0]!r} (known: {known})")
-    rows = read_class_rows(root)
-    names = set(dataset.names)
-    for i, volume in enumerate(rows["volume"]):
-        if volume not in names:
-            raise AopError(f"{root / 'annotations.csv'}: row {i + 2}: unknown volume {volume!r}")
+    rows = read_annotations(root)[["volume", "label", "class", "source"]]
     voxel_um3 = float(np.prod(dataset.info.voxel_size))
     tables = []
     for name in dataset.names:
         ids, voxels = _instance_voxels(dataset.labels(name))
         tables.append(pd.DataFrame({"volume": name, "label": ids, "voxels": voxels}))
     instances = pd.concat(tables, ignore_index=True)
-    known = set(zip(instances["volume"], instances["label"], strict=True))
-    for i, (volume, label) in enumerate(zip(rows["volume"], rows["label"], strict=True)):
-        if (volume, int(label)) not in known:
-            raise AopError(
-                f"{root / 'annotations.csv'}: row {i + 2}: label {label} not in labels/{volume}"
-            )
     rank = {s: i for i, s in enumerate(sources)}
     chosen = rows[rows["source"].isin(rank)].copy()
     chosen["rank"] = chosen["source"].map(rank)
