@@ -39,6 +39,7 @@ class ClassifierSource:
     sigma: float
     classes: list[str]
     tracking_uri: str | None = None
+    channels: int | None = None  # image channels the classifier takes (None: not recorded)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -70,17 +71,35 @@ def classifier_source(source: str | os.PathLike) -> ClassifierSource:
         import mlflow
         from mlflow.models import get_model_info
 
+        from aop.tracking.trial_logger import store_reachable
+
+        # MLflow's default store is an SQLite file in the current folder, which a look-up would
+        # create: where it does not exist, the model cannot be in it
+        if (
+            text.startswith(("runs:/", "models:/"))
+            and not mlflow.is_tracking_uri_set()
+            and not store_reachable(mlflow.get_tracking_uri())
+        ):
+            raise AopError(
+                f"{text}: no MLflow tracking store to look it up in ({mlflow.get_tracking_uri()}, "
+                "MLflow's default, does not exist; set MLFLOW_TRACKING_URI to the store that "
+                "holds the run, or give the study folder)"
+            )
         try:
-            meta = get_model_info(text).metadata or {}
+            info = get_model_info(text)
         except Exception as exc:  # noqa: BLE001  (MLflow raises many kinds)
             raise AopError(f"{text}: cannot read the model ({type(exc).__name__})") from None
+        meta = info.metadata or {}
         if "crop_size" not in meta:
             raise AopError(f"{text}: not a classifier logged by an aop study (no crop metadata)")
+        inputs = info.signature.inputs.inputs if info.signature is not None else []
+        shape = getattr(inputs[0], "shape", None) if inputs else None  # (-1, C, Z, Y, X)
         return ClassifierSource(
             None, text, tuple(meta["crop_size"]),
             tuple(meta["target_spacing"]) if meta.get("target_spacing") else None,
             meta["preprocessing"], float(meta["sigma"]), list(meta["classes"]),
             tracking_uri=mlflow.get_tracking_uri(),
+            channels=int(shape[1]) if shape is not None and len(shape) == 5 else None,
         )
     from aop.tuning.classification_trial import best_checkpoint
 
@@ -106,8 +125,32 @@ def classifier_source(source: str | os.PathLike) -> ClassifierSource:
         checkpoint, None, tuple(crops.get("size", (8, 32, 32))),
         tuple(crops["target_spacing"]) if crops.get("target_spacing") else None,
         str(best["params"].get("preprocessing", "mask")), float(crops.get("sigma", 2.0)),
-        classes,
+        classes, channels=_checkpoint_channels(checkpoint),
     )
+
+
+def _checkpoint_channels(checkpoint: Path) -> int | None:
+    """The input channels a classifier checkpoint was built for (its hyperparameters)."""
+    import torch
+
+    try:  # memory-mapped: the weights are not read
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:  # noqa: BLE001  (a truncated or foreign file: many kinds)
+        raise AopError(f"{checkpoint}: not a readable checkpoint ({type(exc).__name__})") from None
+    channels = (saved.get("hyper_parameters") or {}).get("in_chans")
+    return int(channels) if channels is not None else None
+
+
+def _image_channels(dataset: Any) -> dict[str, int]:
+    """Channels of every image of a data set (from the file header where it says)."""
+    from aop.io import read_volume
+    from aop.resources import volume_shape
+
+    out = {}
+    for entry in dataset:
+        shape = volume_shape(entry.image_path) or read_volume(entry.image_path)[0].shape
+        out[entry.name] = int(shape[0]) if len(shape) == 4 else 1
+    return out
 
 
 class _VolumeClassifier:
@@ -163,12 +206,13 @@ def classify_dataset(
 
     from aop.instances.annotations import read_classes, replace_annotations
     from aop.io import load_dataset
-    from aop.ray_cluster import connect
+    from aop.ray_cluster import check_address, check_resources, connect
 
     if workers < 1:
         raise AopError(f"workers: must be at least 1, got {workers}")
     if gpus_per_worker < 0:
         raise AopError(f"gpus per worker: must be >= 0, got {gpus_per_worker}")
+    check_address(address)
     classifier = classifier_source(source)
     dataset = load_dataset(data, require_labels=True)
     declared = [c.name for c in read_classes(data)]
@@ -177,8 +221,21 @@ def classify_dataset(
             f"{data}/dataset.yaml: classes {declared} differ from the classifier's "
             f"{classifier.classes}"
         )
+    if classifier.channels is not None:
+        for name, count in _image_channels(dataset).items():
+            if count != classifier.channels:
+                image = dataset.entry(name).image_path
+                raise AopError(
+                    f"{image}: {count} channel(s), but the classifier takes "
+                    f"{classifier.channels} (the channels of the images it was trained on)"
+                )
     classes = classifier.classes or declared
     connect(address)
+    if gpus_per_worker > 0:  # an actor no node can hold would wait forever
+        check_resources(
+            {"CPU": 1, "GPU": gpus_per_worker}, 1,
+            what=f"a classifier worker with {gpus_per_worker:g} GPUs",
+        )  # fmt: skip
     items = ray.data.from_items([{"volume": v} for v in dataset.names])
     device = "cuda" if gpus_per_worker > 0 else "cpu"
     results = items.map_batches(

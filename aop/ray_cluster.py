@@ -31,8 +31,10 @@ Example
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import os
+import re
 import socket
 import sys
 import warnings
@@ -43,6 +45,7 @@ from aop.errors import AopError
 
 __all__ = [
     "TOKEN_HINT",
+    "check_address",
     "check_resources",
     "connect",
     "largest_nodes",
@@ -59,20 +62,51 @@ TOKEN_HINT = (
 _RESOURCE_NAMES = {"CPU": "CPUs", "GPU": "GPUs", "memory": "bytes of memory"}
 
 
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address, or a host name of DNS labels (letters, digits, ``-``, ``_``)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """``host:port`` (or ``ray://host:port``) as ``(host, port)``.
 
+    The host must be an IP address (IPv6 in brackets) or a host name, and the port a number in
+    1..65535; anything else is one :class:`~aop.errors.AopError` line naming the address.
+
     >>> parse_address("ray://10.0.0.5:10001")
     ('10.0.0.5', 10001)
+    >>> parse_address("[::1]:6379")
+    ('::1', 6379)
     """
     text = address.removeprefix("ray://").strip().rstrip("/")
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not _valid_host(host):
         raise AopError(
             f"Ray address {address!r}: expected HOST:PORT (the head's GCS port, 6379 by default), "
             "ray://HOST:PORT (Ray Client) or 'auto'"
         )
-    return host.strip("[]"), int(port)
+    return host, int(port)
+
+
+def check_address(address: str | None) -> None:
+    """Refuse a malformed Ray address before any work (``None`` and ``auto`` are fine).
+
+    :func:`connect` checks it again when it joins; a caller that does expensive work first (a
+    model to load) calls this at its start.
+    """
+    if address and address != "auto":
+        parse_address(address)
 
 
 def _reachable(host: str, port: int, timeout_s: float) -> bool:
@@ -395,7 +429,7 @@ def check_resources(
             scope += " nor of its autoscaler's node types"
         raise AopError(
             f"{what} asks for {_describe(lacking, one[lacking])} on one node, but {scope} has "
-            f"that many (largest: {best:g}); lower search.resources or add such a node"
+            f"that many (largest: {best:g}); ask for less or add such a node"
         )
     total = {k: sum(r.get(k, 0.0) for r in nodes) for k in need}
     if not declared:
@@ -403,7 +437,7 @@ def check_resources(
             if total[key] + 1e-9 < value:
                 raise AopError(
                     f"{what} asks for {_describe(key, value)} in all, but the cluster has "
-                    f"{total[key]:g}; lower search.resources or add nodes"
+                    f"{total[key]:g}; ask for less or add nodes"
                 )
     at_once = min(
         (math.floor(total[k] / v + 1e-9) for k, v in need.items()), default=concurrency

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from aop.cli.app import AddressOption, app, console
+from aop.cli.app import AddressOption, app, at_least_one, console
+from aop.errors import AopError
 
 
 @app.command()
@@ -53,6 +54,9 @@ def classify(
     """Classify every instance: source=predicted rows in annotations.csv, predictions.csv."""
     from aop.classify import classify_dataset
 
+    at_least_one("--workers", workers)
+    if gpus_per_worker < 0:
+        raise AopError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker:g}")
     count = classify_dataset(
         source, data, address=address, workers=workers, gpus_per_worker=gpus_per_worker
     )

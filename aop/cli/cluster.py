@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from aop.cli.app import app, console, print_line
+from aop.cli.app import app, at_least_one, console, print_line
+from aop.errors import AopError
 
 
 @app.command("cluster")
@@ -27,8 +28,14 @@ def cluster_command(
     import ray
     from rich.table import Table
 
-    from aop.ray_cluster import check_resources, connect
+    from aop.ray_cluster import check_address, check_resources, connect
 
+    if not cpus > 0:
+        raise AopError(f"--cpus must be > 0 (a task reserves part of a CPU at least), got {cpus:g}")
+    if not gpu >= 0:
+        raise AopError(f"--gpu must be >= 0, got {gpu:g}")
+    at_least_one("--concurrency", concurrency)
+    check_address(address)
     joined = ray.is_initialized()
     connect(address)
     table = Table("node", "address", "CPUs", "GPUs", "other resources")

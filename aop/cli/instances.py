@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from aop.cli.app import AddressOption, FeaturesOption, app, console, volume_progress
+from aop.cli.app import (
+    AddressOption,
+    FeaturesOption,
+    app,
+    at_least_one,
+    console,
+    volume_progress,
+)
 from aop.errors import AopError
 
 _DATA = Annotated[
@@ -39,13 +46,23 @@ def write_table(frame, out: Path, as_csv: bool) -> None:  # type: ignore[no-unty
 @app.command("instances")
 def instances(
     data: _DATA,
-    out: Annotated[Path, typer.Option(help="Feature table to write (.parquet).")],
+    out: Annotated[
+        Path, typer.Option(help="Feature table to write (.parquet, or .csv with --csv).")
+    ],
     as_csv: Annotated[bool, typer.Option("--csv", help="Write CSV instead of Parquet.")] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
     ] = False,
 ) -> None:
     """Features of every instance of a data set: one row per (volume, label)."""
+    suffix = out.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise AopError(f"{out}: unknown table format {out.suffix or '(no extension)'!r}; "
+                       "name the file .parquet, or .csv with --csv")
+    if as_csv != (suffix == ".csv"):
+        written = "CSV (--csv)" if as_csv else "Parquet (no --csv)"
+        raise AopError(f"{out}: the extension does not match the format written, {written}; "
+                       "name it .csv with --csv, .parquet without")
     if out.exists() and not overwrite:
         raise AopError(f"{out}: exists (give --overwrite to replace it)")
     table = _features_with_progress(data)
@@ -76,6 +93,11 @@ def spread(
     from aop.instances.annotations import read_annotations, replace_annotations
     from aop.instances.spread import spread_labels
 
+    if not 0 < n_components < 1 and not (n_components >= 1 and n_components.is_integer()):
+        raise AopError(
+            f"--n-components: expected a fraction of the variance in (0, 1) or a whole number "
+            f"of components (1, 2, ...), got {n_components:g}"
+        )
     annotations = read_annotations(data)
     if features is None:
         table = _features_with_progress(data)
@@ -123,6 +145,9 @@ def segment(
     from aop.io import load_dataset
     from aop.segmentation.apply import apply_pipeline
 
+    at_least_one("--workers", workers)
+    if gpus_per_worker < 0:
+        raise AopError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker:g}")
     total = len(load_dataset(data, validate=False))
     labels = out / "labels"
     before = len(list(labels.glob("*.tif"))) if labels.is_dir() else 0

@@ -45,13 +45,15 @@ def resolve_model(source: str | os.PathLike) -> tuple[str, str | None]:
     Raises
     ------
     AopError
-        For a folder that is neither a study nor an MLflow model.
+        For a folder that is neither a study nor an MLflow model, or a study of another kind
+        than segmentation (its ``study.yaml`` says which).
     """
     from aop.tracking import RUN_ID_FILE, is_model_uri
 
     path = Path(source)
     if path.is_dir():
         if (path / RUN_ID_FILE).is_file():
+            _check_segmentation_study(path)
             run_id = (path / RUN_ID_FILE).read_text(encoding="utf-8").strip()
             return f"runs:/{run_id}/{PIPELINE_NAME}", _study_tracking_uri(path)
         if (path / "MLmodel").is_file():
@@ -61,6 +63,22 @@ def resolve_model(source: str | os.PathLike) -> tuple[str, str | None]:
     if is_model_uri(text):
         return text, None
     raise AopError(f"{source}: no such study folder or model URI")
+
+
+def _check_segmentation_study(study: Path) -> None:
+    """Refuse a study folder whose ``study.yaml`` names another kind: it logged no pipeline."""
+    from aop.config import read_yaml
+
+    meta = study / "study.yaml"
+    if not meta.is_file():
+        return  # a study of an aop without study.yaml: the pipeline lookup says more
+    raw = read_yaml(meta)
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    if kind is not None and kind != "segmentation":
+        raise AopError(
+            f"{study}: a {kind} study (its study.yaml says kind: {kind}), not a segmentation "
+            "study: it holds no segmentation pipeline to apply"
+        )
 
 
 def _study_tracking_uri(study: Path) -> str:
@@ -181,16 +199,20 @@ def apply_pipeline(
     Raises
     ------
     AopError
-        For a missing data set, study or model, a negative ``gpus_per_worker``, or a Ray cluster
-        that cannot be joined.
+        For a missing data set, study or model, ``num_workers`` below 1, a negative
+        ``gpus_per_worker`` or more GPUs per worker than a node of the cluster has, or a Ray
+        address that is malformed or cannot be joined; each before the output is created.
     """
     import ray
 
     from aop.io import load_dataset
-    from aop.ray_cluster import connect
+    from aop.ray_cluster import check_address, check_resources, connect
 
+    if num_workers is not None and num_workers < 1:
+        raise AopError(f"num_workers must be at least 1, got {num_workers}")
     if gpus_per_worker < 0:
         raise AopError(f"gpus_per_worker must be non-negative, got {gpus_per_worker}")
+    check_address(address)
     model_uri, tracking_uri = resolve_model(source)
     dataset = load_dataset(data, validate=False)
     out = Path(out)
@@ -209,15 +231,18 @@ def apply_pipeline(
     # join (or start) Ray before the output is created: a cluster that cannot be joined is one
     # line, and leaves no output folder behind
     connect(address, num_cpus=num_workers)
+    if gpus_per_worker > 0:  # an actor no node can hold would wait forever
+        check_resources(
+            {"CPU": 1, "GPU": gpus_per_worker}, 1,
+            what=f"a segmentation worker with gpus_per_worker {gpus_per_worker:g}",
+        )  # fmt: skip
     _prepare_output(dataset, out, model_uri)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S  # every actor holds the model before work
     resources = ray.cluster_resources()
     if gpus_per_worker > 0:
-        default = int(resources.get("GPU", 0) // gpus_per_worker)
-        if default < 1:
-            raise AopError(f"gpus_per_worker {gpus_per_worker}: the cluster has no such GPUs")
+        default = max(1, int(resources.get("GPU", 0) // gpus_per_worker))
     else:
         default = int(resources.get("CPU", 1))
     workers = max(1, min(num_workers or default, len(rows)))
@@ -244,9 +269,28 @@ def apply_pipeline(
 
 
 def _load_check(model_uri: str, tracking_uri: str | None) -> None:
-    """Fail in the driver, in one line, when the model cannot be found (before any worker)."""
+    """Fail in the driver, in one line, when the model cannot be found (before any worker).
+
+    A ``runs:/`` or ``models:/`` URI is looked up in a tracking store: without one given (a
+    study's, or ``MLFLOW_TRACKING_URI``), MLflow's default is an SQLite file in the current
+    folder, which looking the model up would create; where that file does not exist the model
+    cannot be in it, so it is refused without creating the file.
+    """
     import mlflow
 
+    from aop.tracking.trial_logger import store_reachable
+
+    if (
+        tracking_uri is None
+        and model_uri.startswith(("runs:/", "models:/"))
+        and not mlflow.is_tracking_uri_set()
+        and not store_reachable(mlflow.get_tracking_uri())
+    ):
+        raise AopError(
+            f"{model_uri}: no MLflow tracking store to look it up in ({mlflow.get_tracking_uri()}, "
+            "MLflow's default, does not exist; set MLFLOW_TRACKING_URI to the store that holds "
+            "the run, or give the study folder)"
+        )
     previous = mlflow.get_tracking_uri()
     try:
         if tracking_uri:
