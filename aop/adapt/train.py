@@ -380,9 +380,12 @@ def adapt_dataset(
     from aop import __version__
     from aop.adapt.model import CycleGAN
     from aop.adapt.translate import translate_volume
+    from aop.resources import check_tracking_uri
 
     out = Path(out)
     _check_out(out, overwrite, overwrite_hint)
+    if tracking_uri is not None:
+        check_tracking_uri(tracking_uri)  # a server that does not answer: before any training
     work = Path(work_dir) if work_dir is not None else out.with_name(out.name + ".training")
     bench = load_dataset(synthetic, require_labels=True)
     syn = load_volumes(synthetic, "synthetic")

@@ -79,6 +79,7 @@ def adapt(
     """Adapt a synthetic benchmark to real volumes with a CycleGAN; labels are kept."""
     from aop.adapt.config import parse_settings
     from aop.adapt.train import adapt_dataset
+    from aop.resources import check_tracking_uri
 
     values = _settings_values(config, setting or [])
     given = {"mode": mode, "epochs": epochs, "epochs_decay": epochs_decay,
@@ -94,6 +95,7 @@ def adapt(
     uri = None
     if tracking:
         uri = tracking_uri or f"sqlite:///{(work_dir / 'mlflow.db').resolve()}"
+        check_tracking_uri(uri)  # an MLflow server that does not answer: seconds, no folder
         work_dir.mkdir(parents=True, exist_ok=True)
     root = adapt_dataset(
         synthetic, real, out, settings, work_dir=work_dir, resume=resume, tracking_uri=uri,
