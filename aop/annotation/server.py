@@ -39,9 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aop.annotation.session import AnnotationSession, RequestError
-from aop.errors import validation_message
+from aop.errors import AopError, validation_message
 
-__all__ = ["AnnotationServer", "create_app", "is_loopback", "page_url"]
+__all__ = ["AnnotationServer", "check_token", "create_app", "is_loopback", "page_url"]
 
 TOKEN_COOKIE = "aop_token"
 TOKEN_HEADER = "x-aop-token"
@@ -66,6 +66,31 @@ SECURITY_HEADERS = [
 def is_loopback(host: str) -> bool:
     """Whether ``host`` only accepts connections from this machine."""
     return host in LOOPBACK or host.startswith("127.")
+
+
+def check_token(host: str, token: str | None) -> None:
+    """Refuse a token that no request could give: empty, or with control characters.
+
+    ``None`` is fine (a random token off loopback, none on it). An empty token would serve the
+    page and then refuse every request, so it is one :class:`~aop.errors.AopError` line before
+    anything is served (or written).
+
+    >>> check_token("0.0.0.0", "s3cret")
+    >>> try:
+    ...     check_token("0.0.0.0", "")
+    ... except AopError as error:
+    ...     print(str(error).split(";")[0])
+    token '': empty
+    """
+    if token is None:
+        return
+    if not token.strip() or not token.isprintable():
+        need = "" if is_loopback(host) else f" (required on {host}, which is not loopback)"
+        what = "empty" if not token.strip() else "holds control characters"
+        raise AopError(
+            f"token {token!r}: {what}; give one line of printable characters, or no token for "
+            f"a random one{need}"
+        )
 
 
 def page_url(host: str, port: int, token: str | None = None) -> str:
@@ -357,6 +382,7 @@ class AnnotationServer:
         token: str | None = None,
         max_body: int = 16_384,
     ) -> None:
+        check_token(host, token)
         self.session = session
         self.host = host
         if token is None and not is_loopback(host):

@@ -43,9 +43,11 @@ def annotate(
 ) -> None:
     """Annotate instance classes in the browser, one instance at a time, by keyboard."""
     from aop.annotation import AnnotationServer, AnnotationSession
+    from aop.annotation.server import check_token
 
     if not 0 <= port <= 65535:
         raise AopError(f"--port: expected 0..65535, got {port}")
+    check_token(host, token)  # before the session writes new classes into dataset.yaml
     names = [c for c in classes.split(",")] if classes is not None else None
     session = AnnotationSession(
         data, classes=names, annotator=annotator, order=order, respread_every=respread_every,
