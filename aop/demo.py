@@ -211,11 +211,13 @@ def run_demo(
     --------
     >>> run_demo("demo", budget=10, class_budget=4)  # doctest: +SKIP
     """
+    from aop.errors import AopError
+
+    if segmentation and unet_steps < 1:  # before the benchmark is simulated
+        raise AopError(f"unet_steps must be at least 1, got {unet_steps}")
     if segmentation:
         _segmentation_demo(out, budget, unet_steps, quiet, echo)
     elif not (Path(out) / "best.yaml").is_file():
-        from aop.errors import AopError
-
         raise AopError(f"{out}/best.yaml: no finished segmentation study to reuse")
     if classification:
         run_class_demo(out, budget=class_budget, quiet=quiet, echo=echo)

@@ -202,6 +202,7 @@ def synth(
     from aop.synth import PRESETS, preset_params
     from aop.synth.classes import class_set
     from aop.synth.dataset import write_synthetic_dataset
+    from aop.synth.params import check_shape_holds_an_object
 
     at_least_one("--n-volumes", n_volumes)
     if shape is None:
@@ -218,6 +219,7 @@ def synth(
 
     try:
         params = preset_params(preset, **{k: v for k, v in overrides.items() if v is not None})
+        check_shape_holds_an_object(shape, params, name="--shape")
         with progress:
             root = write_synthetic_dataset(
                 out, params, shape, n_volumes, seed, preset=preset, on_volume=advance,
@@ -251,8 +253,10 @@ def report(
     import json
 
     from aop.analysis.plots import make_study_plots
-    from aop.analysis.report import load_report
+    from aop.analysis.report import load_report, read_study_meta
 
+    if study_dir.is_dir():  # a data set or any other folder is no study: say so first
+        read_study_meta(study_dir)
     if plots:
         make_study_plots(study_dir)
     if as_json:
@@ -477,6 +481,7 @@ def demo(
 
     at_least_one("--budget", budget)
     at_least_one("--class-budget", class_budget)
+    at_least_one("--unet-steps", unet_steps)
     study_dir = run_demo(
         out, budget=budget, unet_steps=unet_steps, quiet=quiet, echo=console.print,
         segmentation=not skip_segmentation, classification=not no_classification,

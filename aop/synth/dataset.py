@@ -15,7 +15,7 @@ from aop.errors import AopError
 from aop.instances.annotations import ANNOTATIONS_FILE, COLUMNS
 from aop.io import DatasetInfo, write_dataset
 from aop.synth.classes import ClassSet, simulate_classes
-from aop.synth.params import SimulationParams, check_shape
+from aop.synth.params import SimulationParams, check_shape, check_shape_holds_an_object
 from aop.synth.simulate import simulate
 
 __all__ = ["volume_seeds", "write_synthetic_dataset"]
@@ -74,6 +74,7 @@ def write_synthetic_dataset(
         How a refusal names the way to allow replacing (``--overwrite`` on the command line).
     """
     shape = check_shape(shape)
+    check_shape_holds_an_object(shape, params)
     if isinstance(n_volumes, bool) or not isinstance(n_volumes, int) or n_volumes < 1:
         raise AopError(f"n_volumes must be a positive integer, got {n_volumes!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

@@ -6,6 +6,7 @@ Lengths (``spacing``, ``radius_range``, ``psf_sigma``, ``texture_scale``) are in
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,7 +16,14 @@ from aop.errors import AopError, error_message
 Layout = Literal["uniform", "spheroid", "core_shell"]
 Triple = tuple[float, float, float]
 
-__all__ = ["Layout", "SimulationParams", "check_shape", "make_params"]
+__all__ = [
+    "Layout",
+    "SimulationParams",
+    "check_shape",
+    "check_shape_holds_an_object",
+    "make_params",
+    "smallest_shape",
+]
 
 
 class SimulationParams(BaseModel):
@@ -191,3 +199,54 @@ def check_shape(shape: Any) -> tuple[int, int, int]:
     if len(values) != 3 or not exact or min(values) < 1:
         raise AopError(f"shape must be three positive integers (z, y, x), got {shape!r}")
     return values  # type: ignore[return-value]
+
+
+def smallest_shape(params: SimulationParams) -> tuple[int, int, int]:
+    """The smallest volume shape (z, y, x) that holds one whole object of ``params``.
+
+    Each side spans the diameter of the smallest object, ``2 * radius_range[0]`` (the core shell's
+    ``shell_radius_scale`` applied when it shrinks the shell's objects), in voxels of
+    ``spacing``, rounded up. A thinner volume only holds cut objects: a slab of one or a few
+    z-slices that no 3D model or post-processing step can segment.
+
+    Examples
+    --------
+    >>> smallest_shape(make_params())  # radius 4 at 1 µm
+    (8, 8, 8)
+    >>> smallest_shape(make_params(spacing=(2.0, 0.5, 0.5), radius_range=(2.5, 4.0)))
+    (3, 10, 10)
+    """
+    radius = params.radius_range[0]
+    if params.layout == "core_shell":
+        radius *= min(1.0, params.shell_radius_scale)
+    # a relative tolerance: 2 * 2.5 / 0.5 must give 10, not 11 through rounding error
+    return tuple(max(1, math.ceil(2 * radius / s - 1e-9)) for s in params.spacing)  # type: ignore[return-value]
+
+
+def check_shape_holds_an_object(
+    shape: tuple[int, int, int], params: SimulationParams, name: str = "shape"
+) -> None:
+    """Refuse a volume shape too small to hold one whole object (:func:`smallest_shape`).
+
+    Parameters
+    ----------
+    shape : (int, int, int)
+        The volume shape (z, y, x), already checked by :func:`check_shape`.
+    params : SimulationParams
+        The objects' sizes and the voxel size.
+    name : str
+        How the message names the shape (``--shape`` on the command line).
+
+    Raises
+    ------
+    AopError
+        Naming the shape, the smallest object and the smallest shape that holds it.
+    """
+    low = smallest_shape(params)
+    if any(side < need for side, need in zip(shape, low, strict=True)):
+        radius = params.radius_range[0]
+        raise AopError(
+            f"{name} {list(shape)}: too small to hold an object: each side must span the "
+            f"smallest object's diameter (2 x {radius:g} µm at voxel size "
+            f"{list(params.spacing)}), i.e. at least {list(low)} voxels (z, y, x)"
+        )

@@ -334,6 +334,7 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
         from aop.segmentation.models import ModelSpec, build_model
         from aop.segmentation.predict import CACHE_LAYOUT
         from aop.synth import preset_params
+        from aop.synth.params import check_shape_holds_an_object
 
         synth = exp.data.synth
         if synth is not None:
@@ -341,9 +342,14 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
                 params = preset_params(synth.preset, **synth.options)
             except AopError as exc:
                 raise AopError(f"data.synth: {exc}") from None
+            check_shape_holds_an_object(tuple(synth.shape), params, name="data.synth.shape")
             check_synth_memory(tuple(synth.shape), params.n_objects)
-        elif exp.data.benchmark is not None and not exp.data.benchmark.is_dir():
-            raise AopError(f"data.benchmark: {exp.data.benchmark}: folder not found")
+        elif exp.data.benchmark is not None:
+            if not exp.data.benchmark.is_dir():
+                raise AopError(f"data.benchmark: {exp.data.benchmark}: folder not found")
+            # every volume read once: a NaN in an image, a labels file of another shape or a
+            # boolean mask is one line here, not a failed study after Ray started
+            load_dataset(exp.data.benchmark, require_labels=True)
         if exp.storage.cache_dir is not None:
             claim_folder(exp.cache_dir, "prediction cache", recognise=CACHE_LAYOUT, dry_run=True)
         if not check_models:
