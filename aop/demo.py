@@ -20,10 +20,12 @@ Local Ray, SQLite MLflow stores in the study folders and synthetic data, the who
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aop import console
 from aop.config import PROJECT_ROOT
 from aop.outputs import atomic_file
 from aop.tuning.kinds import load_experiment
@@ -33,6 +35,8 @@ DEMO_EXPERIMENT = PROJECT_ROOT / "experiments" / "demo.yaml"
 DEMO_CLASSIFICATION = PROJECT_ROOT / "experiments" / "demo_classification.yaml"
 #: The fresh volumes with classes: preset, shape, count and a seed no other demo data uses.
 CLASS_VOLUMES = {"preset": "myotube", "shape": (16, 96, 96), "n_volumes": 8, "seed": 11}
+#: The demo's one MLflow store, in its output folder (both studies log there).
+STORE = "mlflow.db"
 #: Fraction of the segmented instances whose class the simulated annotator takes from the truth.
 ANNOTATED_FRACTION = 0.5
 
@@ -104,6 +108,7 @@ def classification_experiment(out: Path, data: Path, budget: int | None = None) 
     raw = yaml.safe_load(DEMO_CLASSIFICATION.read_text())
     raw["data"]["dataset"] = str(data)
     raw["storage"]["study_dir"] = str(out / "classification")
+    raw["tracking"] = {"tracking_uri": f"sqlite:///{out / STORE}"}  # one store for the demo
     raw["search_space"] = str((DEMO_CLASSIFICATION.parent / raw["search_space"]).resolve())
     if budget is not None:
         raw["search"]["budget"] = budget
@@ -118,6 +123,7 @@ def run_class_demo(
     *,
     budget: int | None = None,
     quiet: bool = False,
+    verbose: bool = False,
     echo: Callable[[str], object] = print,
 ) -> Path:
     """Steps 5 to 11 of the demo: classes on the instances the segmentation study's best pipeline
@@ -163,7 +169,7 @@ def run_class_demo(
     experiment = classification_experiment(out, segmented, budget)
     echo(f"[bold]9/11[/] classifier study: aop search {experiment}")
     exp = load_experiment(experiment)
-    study = run_study(exp, verbose=0 if quiet else 1).study_dir
+    study = run_study(exp, verbose=_verbosity(quiet, verbose)).study_dir
     ray.shutdown()
     count = classify_dataset(study, segmented)
     ray.shutdown()
@@ -181,6 +187,7 @@ def run_demo(
     budget: int | None = None,
     unet_steps: int = 150,
     quiet: bool = False,
+    verbose: bool = False,
     echo: Callable[[str], object] = print,
     segmentation: bool = True,
     classification: bool = True,
@@ -197,7 +204,10 @@ def run_demo(
     unet_steps : int
         Training steps of the demo's 3D UNet.
     quiet : bool
-        No Ray Tune progress table and no training progress bar.
+        No progress display and no training progress bar.
+    verbose : bool
+        Every library's output on the console (else in ``OUT/logs/demo.log`` and each study's
+        ``logs/aop.log``).
     echo : callable
         Prints one progress line (rich markup allowed).
     segmentation : bool
@@ -215,18 +225,48 @@ def run_demo(
 
     if segmentation and unet_steps < 1:  # before the benchmark is simulated
         raise AopError(f"unet_steps must be at least 1, got {unet_steps}")
-    if segmentation:
-        _segmentation_demo(out, budget, unet_steps, quiet, echo)
-    elif not (Path(out) / "best.yaml").is_file():
-        raise AopError(f"{out}/best.yaml: no finished segmentation study to reuse")
+    out = Path(out).resolve()
+    with tempfile.TemporaryDirectory(prefix="aop-log-") as tmp, console.library_output_to(
+        None if verbose else Path(tmp) / "demo.log"
+    ) as log:
+        if segmentation:
+            _segmentation_demo(out, budget, unet_steps, quiet, verbose, echo, log)
+        elif not (out / "best.yaml").is_file():
+            raise AopError(f"{out}/best.yaml: no finished segmentation study to reuse")
+        log.move_to(out / "logs" / "demo.log")
+        if classification:
+            run_class_demo(out, budget=class_budget, quiet=quiet, verbose=verbose, echo=echo)
+    _summary(out, classification, log.path, echo)
+    return out
+
+
+def _verbosity(quiet: bool, verbose: bool) -> int:
+    """:func:`aop.tuning.study.run_study`'s ``verbose`` for the demo's options."""
+    return 1 if verbose else -1 if quiet else 0
+
+
+def _summary(out: Path, classification: bool, log: Path | None, echo: Callable[[str], object]
+             ) -> None:
+    """The demo's last lines: each study's best result, where to read more, one ``aop ui``."""
+    import yaml
+
+    studies = [out, out / "classification"] if classification else [out]
+    for study in studies:
+        best = yaml.safe_load((study / "best.yaml").read_text())
+        scores = "  ".join(f"{k} {v:.3f}" for k, v in best["scores"].items()
+                           if isinstance(v, float))  # fmt: skip
+        echo(f"{best['kind']} study {study}: best {best['search']} trial {best['trial_id']}: "
+             f"{scores}; details: aop report {study}")
     if classification:
-        run_class_demo(out, budget=class_budget, quiet=quiet, echo=echo)
-    return Path(out).resolve()
+        echo(f"class analysis (aop analyze): {out / 'classes' / 'segmented' / 'analysis'}")
+    if log is not None:
+        echo(f"log of Ray, Tune, Lightning and MLflow: {log} (and each study's logs/aop.log)")
+    echo(f"both studies' trials in the MLflow UI: aop ui {out}")
 
 
 def _segmentation_demo(
-    out: str | Path, budget: int | None, unet_steps: int, quiet: bool,
-    echo: Callable[[str], object],
+    out: Path, budget: int | None, unet_steps: int, quiet: bool, verbose: bool,
+    echo: Callable[[str], object], log: Any,
 ) -> Path:
     import ray
 
@@ -235,16 +275,18 @@ def _segmentation_demo(
     from aop.tuning.study import check_study, run_study
 
     exp = load_experiment(DEMO_EXPERIMENT)
-    exp.storage.study_dir = Path(out).resolve()
+    exp.storage.study_dir = out
+    exp.tracking.tracking_uri = f"sqlite:///{out / STORE}"  # one store for both studies
     if budget is not None:
         exp.search.budget = budget
     check_study(exp, check_models=False)  # the demo's unet3d is trained below
     claim_folder(exp.study_dir, "study")
+    log.move_to(out / "logs" / "demo.log")
     echo(f"[bold]1/11[/] synthetic benchmark -> {exp.study_dir / 'benchmark'}")
     ensure_benchmark(exp)
     train_demo_unets(exp, unet_steps, quiet, echo)
     echo("[bold]3/11[/] predictions, baseline, random search and Bayesian optimisation")
-    result = run_study(exp, verbose=0 if quiet else 1)
+    result = run_study(exp, verbose=_verbosity(quiet, verbose))
     ray.shutdown()
     echo("[bold]4/11[/] segmentation study done: " + str(result.study_dir))
     return result.study_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -256,3 +257,66 @@ def test_aop_ui_opens_a_fresh_browser_on_the_trials_of_the_study(local_ray, tmp_
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+#: Lines of other libraries' own formats: Ray's logging, Ray core's native lines, a worker's
+#: prefix, Tune's status table, a traceback.
+LIBRARY_LINE = re.compile(
+    r"^\s*(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d+\s+(DEBUG|INFO|WARNING|ERROR)\b"
+    r"|\[\d{4}-\d\d-\d\d [\d:,.]+ [EWI] \d+ \d+\]|\(\w+ pid=\d+\)|== Status ==|Trial status"
+    r"|Traceback \(most recent call last\))"
+)
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][AB012]|\r")
+
+
+def _on_a_terminal(argv: list[str], timeout: float = 300) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal as its standard streams; its exit code and output."""
+    import pty
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        argv, cwd=TESTS, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        env={**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"},
+    )  # fmt: skip
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the terminal closed: the process ended
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return process.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
+def test_the_console_is_aops_and_other_libraries_write_to_the_study_log(tmp_path, terminal):
+    """On a terminal a live display, in a pipe one plain line per trial: never a line of Ray's,
+    Tune's or MLflow's own, which go to STUDY/logs/aop.log; a trial that raises is one line."""
+    path = _experiment(tmp_path, "gp", 5, toy={"fail": "a"})  # the start point (encoder a) fails
+    argv = [*AOP, "search", str(path)]
+    if terminal:
+        code, output = _on_a_terminal(argv)
+        shown = ANSI.sub("", output)
+    else:
+        done = subprocess.run(argv, cwd=TESTS, capture_output=True, text=True, timeout=300)
+        code, output = done.returncode, done.stdout + done.stderr
+        shown = output
+        assert "\x1b[" not in output  # no cursor codes in a pipe
+    assert code == 0, output[-3000:]
+    lines = [line for line in shown.split("\n") if line.strip()]
+    assert not [line for line in lines if LIBRARY_LINE.search(line)], shown[-3000:]
+    failed = [line for line in lines if "failed: " in line]  # one line per failed trial
+    assert failed and all("ValueError: toy failure on encoder a" in x for x in failed)
+    assert all("aop resume" in x for x in failed) and "Traceback" not in shown
+    assert re.search(rf"aop: search gp: \d of 5 trials, {len(failed)} failed, best score", shown)
+    if not terminal:  # one line per finished trial of the main search
+        assert len(re.findall(r"^  gp \d/5: score ", shown, re.M)) >= 3
+    log = tmp_path / "study" / "logs" / "aop.log"
+    assert f"Log of Ray, Tune, Lightning and MLflow: {log}" in shown.replace("\n", "")
+    text = log.read_text()
+    assert "toy failure" in text  # Tune's own report of the failure, with its traceback
+    assert LIBRARY_LINE.search(text)  # Ray's own lines are there

@@ -37,15 +37,18 @@ def toy_score(config: dict) -> float:
     return ENCODER[config["encoder"]] * 0.6 + 0.2 * lr_term + head + layers
 
 
-def toy_trial(config: dict, delay: float = 0.0) -> None:
-    """Ray Tune function trainable of the toy kind."""
+def toy_trial(config: dict, delay: float = 0.0, fail: str | None = None) -> None:
+    """Ray Tune function trainable of the toy kind; a trial of encoder ``fail`` raises."""
     time.sleep(delay)
+    if config["encoder"] == fail:
+        raise ValueError(f"toy failure on encoder {fail}")
     score = toy_score(config)
     tune.report({"score": score, "loss": 1.0 - score, "node": "toy"})
 
 
 class ToySettings(StrictModel):
     delay: float = Field(default=0.0, ge=0)
+    fail: str | None = None
 
 
 class ToyExperiment(BaseExperiment):
@@ -69,7 +72,7 @@ class ToyKind(StudyKind[ToyExperiment]):
         return load_space_file(exp.search_space, allowed=PARAMETERS)
 
     def prepare(self, exp: ToyExperiment) -> Prepared:
-        trainable = tune.with_parameters(toy_trial, delay=exp.toy.delay)
+        trainable = tune.with_parameters(toy_trial, delay=exp.toy.delay, fail=exp.toy.fail)
         return Prepared(trainable=tune.with_resources(trainable, {"cpu": 1}))
 
 

@@ -19,13 +19,12 @@ from typing import Annotated, Any
 
 import click
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 
+from aop.console import err as err_console
+from aop.console import out as console
 from aop.errors import AopError
 
-console = Console()
-err_console = Console(stderr=True)
 DEBUG_ENV = "AOP_DEBUG"
 _debug = {"on": False}
 
@@ -184,7 +183,14 @@ OverwriteOption = Annotated[
 AddressOption = Annotated[
     str | None, typer.Option("--address", help="Ray cluster address (default: local Ray).")
 ]
-TuneQuietOption = Annotated[bool, typer.Option("--quiet", help="No Ray Tune progress table.")]
+TuneQuietOption = Annotated[
+    bool, typer.Option("--quiet", help="No progress display: the steps and the result only.")
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option("--verbose", help="Show what Ray, Tune, Lightning and MLflow print, and Tune's "
+                 "progress table (else they go to the log file in the study's logs/)."),
+]
 FeaturesOption = Annotated[
     Path | None,
     typer.Option("--features", help="Feature table from `aop instances` (default: computed)."),

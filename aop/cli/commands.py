@@ -13,6 +13,7 @@ from aop.cli.app import (
     AddressOption,
     OverwriteOption,
     TuneQuietOption,
+    VerboseOption,
     app,
     at_least_one,
     console,
@@ -268,13 +269,16 @@ def report(
 # Segmentation study: search, resume, demo -------------------------------------------------------
 
 
-def _run_study_command(exp: Any, address: str | None, quiet: bool) -> None:
+def _run_study_command(exp: Any, address: str | None, quiet: bool, verbose: bool) -> None:
     from aop.tuning.study import run_study
 
     if address:
         exp.ray.address = address
-    result = run_study(exp, verbose=0 if quiet else 1)
+    result = run_study(exp, verbose=1 if verbose else -1 if quiet else 0)
     _print_study_report(result.study_dir)
+    if result.log is not None:
+        console.print(f"Log of Ray, Tune, Lightning and MLflow: {result.log}", highlight=False,
+                      soft_wrap=True)  # fmt: skip
 
 
 def _print_study_report(study_dir: Path) -> None:
@@ -295,7 +299,8 @@ def search(
     ] = None,
     tracking_uri: Annotated[
         str | None,
-        typer.Option(help="MLflow tracking URI (default sqlite:///STUDY_DIR/mlflow.db)."),
+        typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                     "PROJECT/mlflow.db beside the experiment file)."),
     ] = None,
     study_dir: Annotated[
         Path | None, typer.Option(help="Study folder (overrides storage.study_dir).")
@@ -304,6 +309,7 @@ def search(
         int | None, typer.Option(help="Trials of the main search (overrides search.budget).")
     ] = None,
     quiet: TuneQuietOption = False,
+    verbose: VerboseOption = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier study in the study folder.")
     ] = False,
@@ -330,7 +336,7 @@ def search(
 
         check_study(exp)  # every other error first: the earlier study is kept on any of them
         discard_output(exp.study_dir)
-    _run_study_command(exp, address, quiet)
+    _run_study_command(exp, address, quiet, verbose)
 
 
 @app.command()
@@ -340,12 +346,13 @@ def resume(
         str | None, typer.Option(help="Ray cluster to join ('auto', ray://host:10001).")
     ] = None,
     quiet: TuneQuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Continue an interrupted study: finished trials are kept, unfinished ones rerun."""
     from aop.tuning.study import load_study_experiment
 
     exp = load_study_experiment(study_dir)
-    _run_study_command(exp, address, quiet)
+    _run_study_command(exp, address, quiet, verbose)
 
 
 # Post-processing --------------------------------------------------------------------------------
@@ -464,6 +471,7 @@ def demo(
     ] = None,
     unet_steps: Annotated[int, typer.Option(help="Training steps of the demo's 3D UNet.")] = 150,
     quiet: TuneQuietOption = False,
+    verbose: VerboseOption = False,
     skip_segmentation: Annotated[
         bool,
         typer.Option("--skip-segmentation", help="Reuse the segmentation study already in OUT."),
@@ -482,16 +490,11 @@ def demo(
     at_least_one("--budget", budget)
     at_least_one("--class-budget", class_budget)
     at_least_one("--unet-steps", unet_steps)
-    study_dir = run_demo(
-        out, budget=budget, unet_steps=unet_steps, quiet=quiet, echo=console.print,
-        segmentation=not skip_segmentation, classification=not no_classification,
-        class_budget=class_budget,
-    )
-    _print_study_report(study_dir)
-    if not no_classification:
-        _print_study_report(study_dir / "classification")
-        analysis = study_dir / "classes" / "segmented" / "analysis"
-        console.print(f"Class analysis (aop analyze): {analysis}")
+    run_demo(
+        out, budget=budget, unet_steps=unet_steps, quiet=quiet, verbose=verbose,
+        echo=console.print, segmentation=not skip_segmentation,
+        classification=not no_classification, class_budget=class_budget,
+    )  # fmt: skip
 
 
 # Segmentation models: predict a data set into the cache, train aop's own UNet -------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ from aop.tuning.searchers import make_searcher
 from aop.tuning.space import SearchSpace
 
 EXPERIMENT_FILE = "experiment.yaml"
+#: Other libraries' output during a study, in ``STUDY_DIR/logs/``.
+LOG_FILE = "aop.log"
 STUDY_FILE = "study.yaml"
 BEST_FILE = "best.yaml"
 
@@ -250,8 +253,8 @@ def _report_errors(name: str, grid: Any) -> None:
         console.err.print(
             f"aop: search {name}: trial {trial_id} failed: {reason[:300]} "
             f"(traceback: {result.path}/error.txt; `aop resume` retries it)",
-            markup=False,
-        )
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,6 +277,8 @@ class StudyResult:
         Name of the main search (``search.searcher``).
     analysis : Any
         Artifacts the kind wrote after the searches (plot paths).
+    log : Path or None
+        The log file of other libraries' output (``None`` when it went to the console).
     """
 
     study_dir: Path
@@ -281,6 +286,7 @@ class StudyResult:
     best: dict[str, Any]
     main_search: str
     analysis: Any = None
+    log: Path | None = None
 
 
 def _write_yaml(path: Path, data: Any) -> None:
@@ -511,7 +517,7 @@ def make_tracker(exp: BaseExperiment, kind: StudyKind) -> Any:
 def run_study(
     exp: BaseExperiment,
     *,
-    verbose: int = 1,
+    verbose: int = 0,
     prepare: Callable[[BaseExperiment], Prepared] | None = None,
 ) -> StudyResult:
     """Run or continue a study: the kind's comparisons, then the main search.
@@ -526,7 +532,10 @@ def run_study(
     exp : BaseExperiment
         The validated experiment of any kind.
     verbose : int
-        Ray Tune verbosity (0 silent, 1 progress table).
+        0: aop's own progress on the console, and what Ray, Tune, Lightning and MLflow print in
+        the log file ``STUDY_DIR/logs/aop.log`` (:func:`aop.console.library_output_to`); 1 or
+        more: everything on the console, with Ray Tune's own progress table; below 0: as 0
+        without progress.
     prepare : callable, optional
         Replaces the kind's :meth:`StudyKind.prepare` (e.g. a custom trainable).
 
@@ -534,16 +543,31 @@ def run_study(
     -------
     StudyResult
     """
-    from aop.ray_cluster import check_resources, connect
-
     kind = get_kind(exp.kind)
     check_study(exp, kind)
+    with tempfile.TemporaryDirectory(prefix="aop-log-") as tmp, console.library_output_to(
+        Path(tmp) / LOG_FILE if verbose < 1 else None
+    ) as log:
+        return _run_checked_study(exp, kind, verbose, prepare, log)
+
+
+def _run_checked_study(
+    exp: BaseExperiment,
+    kind: StudyKind,
+    verbose: int,
+    prepare: Callable[[BaseExperiment], Prepared] | None,
+    log: Any,
+) -> StudyResult:
+    """:func:`run_study` once the request is checked: Ray, the study folder, the searches."""
+    from aop.ray_cluster import check_resources, connect
+
     # Ray first (token auth of `ray start` clusters, one-line errors): a cluster that refuses
     # writes nothing; then refuse a search.resources request that no node can hold
     connect(exp.ray.address, num_cpus=exp.ray.num_cpus)
     resources = {"CPU": exp.search.resources.cpus, "GPU": exp.search.resources.gpu}
     check_resources(resources, exp.search.concurrency, what="search.resources")
     study_dir = claim_folder(exp.study_dir, "study")
+    log.move_to(study_dir / "logs" / LOG_FILE)  # what Ray said while starting, then the rest
     try:
         space = kind.search_space(exp)
         save_experiment(exp, space)
@@ -560,7 +584,7 @@ def run_study(
         artifacts = kind.finish(exp, records, best, prepared, tracker)
         tracker.finish(best, metrics=kind.metrics, artifacts=[study_dir / BEST_FILE, *artifacts],
                        description=_description(exp, kind, best))  # fmt: skip
-        return StudyResult(study_dir, records, best, main, analysis=artifacts)
+        return StudyResult(study_dir, records, best, main, analysis=artifacts, log=log.path)
     except Exception as exc:
         # a full disk surfaces as OSError (or aop's one line for it), as SQLite's "database or
         # disk is full" inside MLflow, or as a Tune error around a worker's: one line, since the
