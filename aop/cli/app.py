@@ -208,6 +208,12 @@ def print_line(line: str) -> None:
     err_console.print(line, highlight=False)
 
 
+def step_line(line: str) -> None:
+    """Print a step of a long command on stdout: markup, no highlighting, no wrapping (a file or
+    CI log keeps it whole)."""
+    console.print(line, highlight=False, soft_wrap=True)
+
+
 def volume_progress(what: str, total: int, unit: str = "", completed: int = 0) -> tuple[Any, Any]:
     """A transient progress bar over ``total`` volumes on stderr, and its per-volume callback.
 

@@ -18,6 +18,7 @@ from aop.cli.app import (
     at_least_one,
     console,
     err_console,
+    step_line,
     volume_progress,
 )
 from aop.errors import AopError
@@ -492,7 +493,7 @@ def demo(
     at_least_one("--unet-steps", unet_steps)
     run_demo(
         out, budget=budget, unet_steps=unet_steps, quiet=quiet, verbose=verbose,
-        echo=console.print, segmentation=not skip_segmentation,
+        echo=step_line, segmentation=not skip_segmentation,
         classification=not no_classification, class_budget=class_budget,
     )  # fmt: skip
 
