@@ -356,7 +356,7 @@ CASES = [
     (R, "search-dead-tracking-option", "search {W}/good.yaml --tracking-uri http://127.0.0.1:1",
      2, r"MLflow server not reachable", [], ["studies/good"], {}),
     (R, "adapt-dead-tracking-server",
-     "adapt --synthetic {W}/ds --real {W}/ds --out {W}/adapted "
+     "adapt --synthetic {W}/ds --real {W}/ds --out {W}/adapted --patch 16,16 "
      "--tracking-uri http://127.0.0.1:9", 2,
      r"tracking URI http://127\.0\.0\.1:9: MLflow server not reachable", ["ds"],
      ["adapted", "adapted.training"], {}),
