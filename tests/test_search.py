@@ -200,6 +200,7 @@ def test_run_study_writes_the_study_folder(local_ray, tmp_path):
             "comparison": {"random_budget": 2},
         },
         source="small.yaml",
+        base=tmp_path,  # the project folder: its store is tmp_path/mlflow.db
     )
     result = run_study(exp, verbose=0)
     study = tmp_path / "study"
