@@ -21,7 +21,8 @@ def ui(
         bool, typer.Option("--open", help="Open the address in a web browser.")
     ] = False,
 ) -> None:
-    """Serve the MLflow UI of a study's store and print the address of its trials."""
+    """Serve the MLflow UI of a study's store and print the address of each study's trials
+    (the given study first)."""
     from aop.tracking.ui import serve_store, store_path, study_addresses
 
     if not 0 <= port < 65536:
@@ -39,12 +40,12 @@ def ui(
     store_path(tracking_uri)
     process, url = serve_store(tracking_uri, port=port)
     try:
-        studies = study_addresses(tracking_uri, url)
-        addresses = [a for s, a in studies.items() if only in (None, s)] or [f"{url}/#/"]
+        found = study_addresses(tracking_uri, url)  # every study of the store, the given first
+        studies = sorted(found.items(), key=lambda item: item[0] != only)
+        addresses = [address for _, address in studies] or [f"{url}/#/"]
         console.print(f"MLflow UI of {tracking_uri}:", highlight=False, soft_wrap=True)
-        for study, address in studies.items():
-            if only in (None, study):
-                console.print(f"  {study}: {address}", highlight=False, soft_wrap=True)
+        for study, address in studies:
+            console.print(f"  {study}: {address}", highlight=False, soft_wrap=True)
         console.print("(Ctrl-C stops the server)", highlight=False)
         if open_browser:
             import webbrowser
