@@ -2,13 +2,13 @@
 
     python scripts/mlflow_screenshots.py STUDY_DIR --out docs/images/ [--metric ipq]
 
-Starts ``mlflow server`` on 127.0.0.1 (a free port) over the study's own store
-(``sqlite:///STUDY_DIR/mlflow.db``, artifacts in ``STUDY_DIR/mlartifacts``), opens the study's
-experiment in Debian's Chromium through Playwright and saves
+Starts ``mlflow server`` on 127.0.0.1 (a free port) over the study's store, as ``aop ui`` does
+(:func:`aop.tracking.ui.serve_store`), opens it in Debian's Chromium through Playwright and saves
 
-- ``OUT/mlflow_runs.png``: the runs table, the study's parent run expanded to its trials;
+- ``OUT/mlflow_runs.png``: the page a user lands on from the address ``aop ui`` prints (the
+  study's trials, with their metric and parameters), as it is, without a click;
 - ``OUT/mlflow_parallel.png``: the chart view's parallel-coordinates chart of the searched
-  parameters (those that vary between the trials) against the metric.
+  parameters (those that vary between the trials) against the metric, reached by clicks.
 
 Each step waits for the single-page app to render what it clicks next; the server is stopped at
 the end, also after an error. The store is only read (the chart is added in the browser page, not
@@ -23,12 +23,9 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-from aop.tracking.client import wait_for_server
 
 CHROMIUM = "/usr/bin/chromium"
 PARENT_TAG = "mlflow.parentRunId"
@@ -46,24 +43,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(study: Path, timeout: float) -> Iterator[str]:
-    """A ``mlflow server`` on the study's store; yields its URL and stops it afterwards."""
-    port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="mlflow-server-", suffix=".log", delete=False)
-    command = [
-        str(Path(sys.executable).parent / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{study / 'mlflow.db'}",
-        "--artifacts-destination", str(study / "mlartifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]
-    step(f"starting mlflow server on port {port}")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-    url = f"http://127.0.0.1:{port}"
+def mlflow_server(tracking_uri: str, timeout: float) -> Iterator[str]:
+    """``aop ui``'s server on the study's store; yields its URL and stops it afterwards."""
+    from aop.tracking.ui import serve_store
+
+    step(f"starting mlflow server on {tracking_uri}")
+    process, url = serve_store(tracking_uri, timeout_s=timeout)
     try:
-        if not wait_for_server(url, process, timeout):
-            log.seek(0)
-            tail = log.read()[-1500:]
-            raise SystemExit(f"error: mlflow server did not start ({log.name}):\n{tail}")
         yield url
     finally:
         process.terminate()
@@ -72,8 +58,6 @@ def mlflow_server(study: Path, timeout: float) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        log.close()
-        Path(log.name).unlink(missing_ok=True)
 
 
 def study_runs(url: str, study: Path) -> tuple[object, list[object]]:
@@ -165,7 +149,7 @@ def full_screen(page, card) -> None:  # type: ignore[no-untyped-def]
         step("the full-screen view did not open; keeping the chart card")
 
 
-def screenshots(url: str, experiment_id: str, parent_name: str, trial_name: str,
+def screenshots(url: str, experiment_id: str, parent_id: str, trial_name: str,
                 params: list[str], metric: str, out: Path, timeout_ms: float) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
@@ -175,18 +159,15 @@ def screenshots(url: str, experiment_id: str, parent_name: str, trial_name: str,
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 900})
             page.set_default_timeout(timeout_ms)
-            step("opening the runs table")
-            page.goto(f"{url}/#/experiments/{experiment_id}/runs")
-            page.get_by_role("link", name=parent_name, exact=True).first.wait_for()
-            assistant = page.get_by_role("button", name="Close", exact=True)
-            if assistant.count():  # MLflow's assistant side panel covers the table
-                assistant.first.click()
-            expand = page.locator('button[data-component-id*="runnamecellrenderer"]').first
-            expand.click()
+            step("opening the address aop ui prints")
+            page.goto(f"{url}/#/experiments/{experiment_id}/runs?viewStateShareKey={parent_id}")
             page.get_by_role("link", name=trial_name, exact=True).first.wait_for()
             page.wait_for_timeout(1000)  # let the grid settle its column widths
             save(runs_png, page.screenshot())
             step(f"saved {runs_png}; opening the chart view")
+            assistant = page.get_by_role("button", name="Close", exact=True)
+            if assistant.count():  # MLflow's assistant side panel covers the charts
+                assistant.first.click()
 
             page.locator('label:has(input[name="runs-view-mode"][value="CHART"])').click()
             page.get_by_test_id("experiment-view-runs-visibility-column-header").click()
@@ -218,30 +199,33 @@ def screenshots(url: str, experiment_id: str, parent_name: str, trial_name: str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", type=Path, help="Study folder (with mlflow.db, mlartifacts/).")
+    parser.add_argument("study", type=Path, help="Study folder (with experiment.yaml).")
     parser.add_argument("--out", type=Path, default=Path("docs/images"), help="Output folder.")
     parser.add_argument("--metric", default="ipq", help="Metric of the parallel coordinates.")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="Seconds to wait for the server and for each page element.")
     args = parser.parse_args(argv)
     study = args.study.resolve()
-    if not (study / "mlflow.db").is_file():
-        print(f"error: {study / 'mlflow.db'}: no MLflow store (is {study} a study folder?)",
-              file=sys.stderr)
+    saved = study / "experiment.yaml"
+    if not saved.is_file():
+        print(f"error: {saved}: not found (is {study} a study folder?)", file=sys.stderr)
         return 2
+    import yaml
+
+    tracking_uri = yaml.safe_load(saved.read_text())["tracking"]["tracking_uri"]
     if not Path(CHROMIUM).is_file():
         print(f"error: {CHROMIUM}: Chromium not found (apt-get install chromium)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with mlflow_server(study, args.timeout) as url:
+    with mlflow_server(tracking_uri, args.timeout) as url:
         parent, trials = study_runs(url, study)
         if not trials:
             print(f"error: run {parent.info.run_id} has no trial runs", file=sys.stderr)
             return 2
         params = searched_params(trials)
         files = screenshots(
-            url, parent.info.experiment_id, parent.info.run_name, trials[0].info.run_name,
+            url, parent.info.experiment_id, parent.info.run_id, trials[0].info.run_name,
             params, args.metric, args.out, args.timeout * 1000,
         )
     for file in files:
