@@ -9,7 +9,7 @@ at the real voxel size. Run::
     .venv/bin/python benchmarks/adapt_bench.py                     # paper networks, 15-minute run
     .venv/bin/python benchmarks/adapt_bench.py --epochs 1 --steps 5 --unet-steps 20   # smoke run
     .venv/bin/python benchmarks/adapt_bench.py --ngf 32 --threads 1 --epochs 5 --steps 50 \
-        --density 0.45 --overlap 0.4            # the packed benchmark of docs/results/adaptation.md, ~3 minutes
+        --density 0.45 --overlap 0.4            # packed (docs/results/adaptation.md), ~3 min
 
 It prints, for the raw and the adapted benchmark against the real volume: the domain classifier's
 held-out accuracy (0.5: indistinguishable, 1.0: trivially different), the intensity Wasserstein

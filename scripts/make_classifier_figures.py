@@ -1,4 +1,4 @@
-"""Copy a classification study's Fig. 6 plots into docs/images/ and print its tables for docs/results/classification.md.
+"""Copy a classification study's Fig. 6 plots into docs/images/ and print its results tables.
 
 The study is any finished ``kind: classification`` study folder, e.g. the demo's
 (``aop demo`` writes it to ``demo/classification``). The plots come from the study's ``plots/``
@@ -37,7 +37,7 @@ def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
 
 
 def study_tables(study: Path) -> str:
-    """The Markdown of docs/results/classification.md for one study: trials, best configuration, inference, correlation."""
+    """The results Markdown of one study: trials, best configuration, inference, correlation."""
     trials = pd.read_csv(study / "tables" / "trials.csv")
     trials = trials.sort_values("val_accuracy", ascending=False)
     columns = [c for c in ("encoder", "head", "pretraining", "preprocessing", "lr", "epoch",

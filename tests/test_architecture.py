@@ -1,4 +1,4 @@
-"""The architecture as docs/architecture.md describes it: the engine, tracking and analysis know no kind.
+"""The architecture of docs/architecture.md: the engine, tracking and analysis know no kind.
 
 ``make test`` also runs ``lint-imports`` (the import contracts in pyproject.toml) and ``deptry``;
 these tests check what an import graph cannot see: names in the source text.
