@@ -12,10 +12,11 @@ cache, study folders) goes through this module:
   sibling left by a killed aop process is removed by the next write to the same target.
 
 aop recognises its own output by a marker: a folder holds a ``.aop-output`` file (JSON: kind, aop
-version, time), a TIFF written by aop carries ``Software: aop``. Data sets simulated by older aop
+version, time), a TIFF written by aop carries ``Software: aop``, a Parquet table ``software: aop``
+in its schema metadata (:func:`mark_parquet_metadata`). Data sets simulated by older aop
 versions (``dataset.yaml`` provenance ``generator: aop...``) and study folders
-(``experiment.yaml`` beside ``results/`` or ``tune/``) are recognised too. A ``.npy`` file cannot
-carry a marker, so an existing one is never replaced.
+(``experiment.yaml`` beside ``results/`` or ``tune/``) are recognised too. A ``.npy`` or ``.csv``
+file cannot carry a marker, so an existing one is never replaced.
 
 Example
 -------
@@ -60,6 +61,7 @@ __all__ = [
     "discard_output",
     "is_aop_output",
     "is_disk_full",
+    "mark_parquet_metadata",
     "os_error_message",
     "prepare_output",
     "write_marker",
@@ -98,12 +100,35 @@ def _aop_tiff(path: Path) -> bool:
         return False
 
 
+_PARQUET_KEY = b"software"
+
+
+def mark_parquet_metadata(schema) -> dict[bytes, bytes]:  # type: ignore[no-untyped-def]
+    """A pyarrow ``schema``'s metadata with aop's mark added (``software: aop``)."""
+    return {**(schema.metadata or {}), _PARQUET_KEY: TIFF_SOFTWARE.encode()}
+
+
+def _aop_parquet(path: Path) -> bool:
+    try:
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception:  # not a Parquet file, or a corrupt one: not recognisably aop's
+        return False
+    return metadata.get(_PARQUET_KEY) == TIFF_SOFTWARE.encode()
+
+
 def is_aop_output(path: str | os.PathLike) -> bool:
     """Whether the file or folder ``path`` is output that aop wrote (``False`` when missing)."""
     path = Path(path)
     if path.is_dir():
         return (path / MARKER).is_file() or _legacy_dataset(path) or _legacy_study(path)
-    return path.is_file() and path.name.lower().endswith((".tif", ".tiff")) and _aop_tiff(path)
+    name = path.name.lower()
+    if not path.is_file():
+        return False
+    if name.endswith(".parquet"):
+        return _aop_parquet(path)
+    return name.endswith((".tif", ".tiff")) and _aop_tiff(path)
 
 
 def write_marker(folder: str | os.PathLike, kind: str) -> Path:

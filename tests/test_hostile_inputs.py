@@ -332,6 +332,19 @@ CASES = [
      "classify runs:/0123456789abcdef0123456789abcdef/classifier --data {W}/cls", 2,
      r"runs:/0123456789abcdef0123456789abcdef/classifier: no MLflow tracking store to look it "
      r"up in \(sqlite:///.*user_dir/mlflow.db", ["user_dir", "cls"], [], {"cwd": "user_dir"}),
+    (D, "instances-onto-current-folder", "instances {W}/ds --out . --overwrite", 2,
+     r"\.: exists and is a folder; give a file name", ["user_dir", "ds"], [], {"cwd": "user_dir"}),
+    (D, "instances-onto-user-folder", "instances {W}/ds --out {W}/user_dir --overwrite", 2,
+     r"user_dir: exists and is a folder; give a file name", ["user_dir", "ds"], [], {}),
+    (D, "instances-onto-user-csv", "instances {W}/ds --out {W}/user.csv --csv --overwrite", 2,
+     r"user.csv: file exists and was not written by aop", ["user.csv", "ds"], [], {}),
+    (D, "instances-onto-its-input-labels",
+     "instances {W}/ds --out {W}/ds/labels/synth_000.tif --overwrite", 2,
+     r"labels/synth_000.tif: output is one of the inputs", ["ds"], [], {}),
+    (D, "instances-into-its-input-labels",
+     "instances {W}/ds --out {W}/ds/labels/features.parquet", 2,
+     r"features.parquet: inside the input data set's labels/ folder", ["ds"],
+     ["ds/labels/features.parquet"], {}),
     # --- resources: refuse impossible work before starting it -------------------------------
     (R, "synth-allocation-bomb", "synth --out {W}/bomb --shape 10000 10000 10000", 2,
      r"needs about 28\.0 TB of memory, more than the .* available", [], ["bomb"], {}),
@@ -913,3 +926,17 @@ def test_a_usage_error_is_typers_message_and_exit_2():
     result = _invoke(["search", "--no-such-option"])
     assert result.exit_code == 2
     assert "No such option" in result.output and "aop bug" not in result.output
+
+
+def test_instances_overwrite_replaces_only_its_own_marked_table(workspace, tmp_path):
+    out = tmp_path / "features.parquet"
+    argv = ["instances", str(workspace / "ds"), "--out", str(out)]
+    assert _invoke(argv).exit_code == 0
+    assert is_aop_output(out)  # the Parquet schema carries aop's mark
+    first = out.read_bytes()
+    refused = _invoke(argv)
+    assert refused.exit_code == 2
+    assert "features.parquet: exists, an earlier aop table; pass --overwrite" in refused.output
+    assert out.read_bytes() == first
+    assert _invoke([*argv, "--overwrite"]).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.parquet"]

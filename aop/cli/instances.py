@@ -32,15 +32,35 @@ def _features_with_progress(data: Path):  # type: ignore[no-untyped-def]
         return dataset_features(data, on_volume=advance)
 
 
-def write_table(frame, out: Path, as_csv: bool) -> None:  # type: ignore[no-untyped-def]
-    """Write a table as Parquet (pyarrow) or CSV, atomically (a temporary file renamed)."""
-    from aop.outputs import atomic_file
+def dataset_inputs(data: Path) -> list[Path]:
+    """A data set's folder, its entries and the files of its ``images/`` and ``labels/``: the
+    inputs an output path may not be (for :func:`aop.outputs.prepare_output`)."""
+    found = [data]
+    for sub in (data, data / "images", data / "labels"):
+        if sub.is_dir():
+            found += sorted(sub.iterdir())
+    return found
 
-    with atomic_file(out) as tmp:
+
+def write_table(frame, out: Path, as_csv: bool) -> None:  # type: ignore[no-untyped-def]
+    """Write a table as Parquet (pyarrow, marked as aop's) or CSV, atomically.
+
+    The caller checked ``out`` with :func:`aop.outputs.prepare_output`; the table is written
+    under a temporary sibling name and renamed into place, so a failure leaves nothing. A
+    Parquet file carries ``software: aop`` in its schema metadata, by which
+    :func:`aop.outputs.is_aop_output` recognises it; a CSV file cannot carry a mark.
+    """
+    from aop.outputs import atomic_output, mark_parquet_metadata
+
+    with atomic_output(out, check=False) as tmp:
         if as_csv:
             frame.to_csv(tmp, index=False)
         else:
-            frame.to_parquet(tmp, engine="pyarrow", index=False)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            pq.write_table(table.replace_schema_metadata(mark_parquet_metadata(table.schema)), tmp)
 
 
 @app.command("instances")
@@ -51,10 +71,22 @@ def instances(
     ],
     as_csv: Annotated[bool, typer.Option("--csv", help="Write CSV instead of Parquet.")] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
+        bool, typer.Option("--overwrite", help="Replace OUT if aop wrote it.")
     ] = False,
 ) -> None:
     """Features of every instance of a data set: one row per (volume, label)."""
+    from aop.outputs import is_aop_output, prepare_output
+
+    if is_aop_output(out) and not overwrite:
+        raise AopError(f"{out}: exists, an earlier aop table; pass --overwrite to replace it")
+    # an input, a folder, a user's file or (without --overwrite) aop's own table: refused here,
+    # before the features are computed
+    prepare_output(out, inputs=dataset_inputs(data), overwrite=overwrite,
+                   overwrite_hint="--overwrite")  # fmt: skip
+    parent = out.absolute().parent.resolve()
+    for sub in ("images", "labels"):
+        if (data / sub).is_dir() and parent == (data / sub).resolve():
+            raise AopError(f"{out}: inside the input data set's {sub}/ folder; choose another path")
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise AopError(f"{out}: unknown table format {out.suffix or '(no extension)'!r}; "
@@ -63,8 +95,6 @@ def instances(
         written = "CSV (--csv)" if as_csv else "Parquet (no --csv)"
         raise AopError(f"{out}: the extension does not match the format written, {written}; "
                        "name it .csv with --csv, .parquet without")
-    if out.exists() and not overwrite:
-        raise AopError(f"{out}: exists (give --overwrite to replace it)")
     table = _features_with_progress(data)
     write_table(table, out, as_csv)
     n_volumes = table["volume"].nunique()
