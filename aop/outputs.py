@@ -317,6 +317,7 @@ def atomic_output(
     overwrite: bool = False,
     check: bool = True,
     overwrite_hint: str = "overwrite=True",
+    mark: bool = True,
 ) -> Iterator[Path]:
     """Build an output under a temporary sibling name and rename it into place on success.
 
@@ -330,6 +331,9 @@ def atomic_output(
         As for :func:`prepare_output`.
     check : bool
         Run :func:`prepare_output` first (skip when the caller already did).
+    mark : bool
+        Write the ``.aop-output`` marker into a folder (off for a folder whose files carry aop's
+        mark themselves, which its writer recognises).
 
     Yields
     ------
@@ -365,7 +369,7 @@ def atomic_output(
         raise AopError(os_error_message(target, exc)) from None
     try:
         yield tmp
-        if folder:
+        if folder and mark:
             write_marker(tmp, kind)
         else:
             os.chmod(tmp, _umask_mode(0o666))

@@ -345,6 +345,17 @@ CASES = [
      "instances {W}/ds --out {W}/ds/labels/features.parquet", 2,
      r"features.parquet: inside the input data set's labels/ folder", ["ds"],
      ["ds/labels/features.parquet"], {}),
+    (D, "analyze-into-user-folder", "analyze {W}/cls --out {W}/user_dir", 2,
+     r"user_dir: folder holds files aop did not write \(notes.txt", ["user_dir", "cls"],
+     ["cls/analysis"], {}),
+    (D, "analyze-into-user-folder-overwrite", "analyze {W}/cls --out {W}/user_dir --overwrite",
+     2, r"user_dir: folder holds files aop did not write", ["user_dir", "cls"], ["cls/analysis"],
+     {}),
+    (D, "analyze-into-its-input-labels", "analyze {W}/cls --out {W}/cls/labels --overwrite", 2,
+     r"cls/labels: output is one of the inputs", ["cls"], ["cls/analysis"], {}),
+    (D, "analyze-into-current-folder", "analyze {W}/cls --out . --overwrite", 2,
+     r"\.: output folder holds the current folder", ["user_dir", "cls"], ["cls/analysis"],
+     {"cwd": "user_dir"}),
     # --- resources: refuse impossible work before starting it -------------------------------
     (R, "synth-allocation-bomb", "synth --out {W}/bomb --shape 10000 10000 10000", 2,
      r"needs about 28\.0 TB of memory, more than the .* available", [], ["bomb"], {}),
@@ -940,3 +951,28 @@ def test_instances_overwrite_replaces_only_its_own_marked_table(workspace, tmp_p
     assert out.read_bytes() == first
     assert _invoke([*argv, "--overwrite"]).exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features.parquet"]
+
+
+def test_analyze_replaces_only_its_own_analysis_folder(workspace, tmp_path):
+    mine = tmp_path / "mystats"
+    mine.mkdir()
+    (mine / "summary.csv").write_text("the user's own summary\n")
+    before = _files(mine)
+    refused = _invoke(["analyze", str(workspace / "cls"), "--out", str(mine), "--overwrite"])
+    assert refused.exit_code == 2
+    assert "mystats: folder holds files aop did not write (summary.csv)" in refused.output
+    assert _files(mine) == before
+    out = tmp_path / "stats"
+    argv = ["analyze", str(workspace / "cls"), "--out", str(out)]
+    assert _invoke(argv).exit_code == 0
+    first = _files(out)
+    again = _invoke(argv)
+    assert again.exit_code == 2
+    assert "stats: holds an earlier aop analysis; pass --overwrite" in again.output
+    assert _files(out) == first
+    assert _invoke([*argv, "--overwrite"]).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "class_counts.csv", "class_counts.png", "instance_volumes.csv", "summary.csv",
+        "volume_distributions.png",
+    ]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mystats", "stats"]

@@ -20,7 +20,10 @@ its voxel count times the voxel volume ``z * y * x`` of ``dataset.yaml``'s ``vox
 
 :func:`write_class_analysis` writes ``class_counts.csv``, ``instance_volumes.csv``, ``summary.csv``,
 ``class_counts.png`` (stacked bars per volume) and ``volume_distributions.png`` (box plots per
-class), each atomically.
+class) into a folder of its own, built under a temporary name and renamed into place. The PNGs
+carry ``Software: aop``: a folder holding exactly these five files whose ``class_counts.png``
+carries the mark is aop's analysis (:func:`is_class_analysis`), which ``overwrite=True``
+replaces; any other existing content is refused by :func:`aop.outputs.prepare_output`.
 
 Example
 -------
@@ -45,13 +48,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from aop.errors import AopError  # noqa: E402
-from aop.outputs import atomic_file
+from aop.outputs import TIFF_SOFTWARE, atomic_output, prepare_output
 
 __all__ = [
     "DEFAULT_SOURCES",
     "UNCLASSIFIED",
     "ClassAnalysis",
     "class_analysis",
+    "is_class_analysis",
+    "prepare_analysis_folder",
     "write_class_analysis",
 ]
 
@@ -59,6 +64,9 @@ __all__ = [
 DEFAULT_SOURCES = ("manual", "predicted", "truth", "spread")
 #: The class of an instance without any row.
 UNCLASSIFIED = "unclassified"
+#: The files :func:`write_class_analysis` writes, in order.
+ANALYSIS_FILES = ("class_counts.csv", "instance_volumes.csv", "summary.csv", "class_counts.png",
+                  "volume_distributions.png")  # fmt: skip
 
 
 @dataclass
@@ -153,11 +161,6 @@ def class_analysis(
     return ClassAnalysis(counts=counts, instances=instances, summary=summary, classes=classes)
 
 
-def _atomic(path: Path, write) -> None:  # type: ignore[no-untyped-def]
-    with atomic_file(path) as tmp:
-        write(tmp)
-
-
 def _plot_counts(result: ClassAnalysis) -> plt.Figure:
     counts = result.counts.set_index("volume")[result.classes]
     figure, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(counts) + 2), 3.5))
@@ -186,21 +189,75 @@ def _plot_volumes(result: ClassAnalysis) -> plt.Figure:
     return figure
 
 
-def write_class_analysis(result: ClassAnalysis, out_dir: str | os.PathLike) -> list[Path]:
-    """Write the tables (CSV) and the two plots (PNG) into ``out_dir``; return the paths."""
+def is_class_analysis(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by :func:`write_class_analysis` (see the module)."""
+    folder = Path(path)
+    if not folder.is_dir() or {p.name for p in folder.iterdir()} != set(ANALYSIS_FILES):
+        return False
+    try:
+        from PIL import Image
+
+        with Image.open(folder / "class_counts.png") as image:
+            software = image.info.get("Software")
+    except Exception:  # not a PNG, or a corrupt one: not recognisably aop's
+        return False
+    return software == TIFF_SOFTWARE
+
+
+def prepare_analysis_folder(
+    out_dir: str | os.PathLike,
+    *,
+    inputs: Sequence[str | os.PathLike] = (),
+    overwrite: bool = False,
+    overwrite_hint: str = "overwrite=True",
+) -> Path:
+    """Check, before any work, that the analysis may be written to ``out_dir``.
+
+    Raises
+    ------
+    AopError
+        One line: ``out_dir`` is an input, holds one or the current folder, holds files aop did
+        not write, or holds an earlier analysis and ``overwrite`` is false.
+    """
+    if not is_class_analysis(out_dir):
+        return prepare_output(out_dir, inputs=inputs, overwrite=overwrite, kind="folder",
+                              overwrite_hint=overwrite_hint)  # fmt: skip
+    target = Path(os.path.abspath(out_dir))
+    if Path.cwd().is_relative_to(target):
+        raise AopError(f"{out_dir}: output folder holds the current folder; choose a new folder")
+    if not overwrite:
+        raise AopError(
+            f"{out_dir}: holds an earlier aop analysis; pass {overwrite_hint} to replace it"
+        )
+    return target
+
+
+def write_class_analysis(
+    result: ClassAnalysis,
+    out_dir: str | os.PathLike,
+    *,
+    inputs: Sequence[str | os.PathLike] = (),
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write the tables (CSV) and the two plots (PNG) into ``out_dir``; return the paths.
+
+    ``out_dir`` is checked by :func:`prepare_analysis_folder` (``inputs`` and ``overwrite`` as
+    there) and written as a whole: built under a temporary sibling name and renamed into place.
+    """
     out = Path(out_dir)
-    paths = []
-    for name, table in (("class_counts.csv", result.counts),
-                        ("instance_volumes.csv", result.instances),
-                        ("summary.csv", result.summary)):
-        _atomic(out / name, lambda tmp, t=table: t.to_csv(tmp, index=False))
-        paths.append(out / name)
-    plots = (("class_counts.png", _plot_counts), ("volume_distributions.png", _plot_volumes))
-    for name, plot in plots:
-        figure = plot(result)
-        try:
-            _atomic(out / name, lambda tmp, f=figure: f.savefig(tmp, dpi=120, bbox_inches="tight"))
-        finally:
-            plt.close(figure)
-        paths.append(out / name)
-    return paths
+    prepare_analysis_folder(out, inputs=inputs, overwrite=overwrite)
+    tables = {"class_counts.csv": result.counts, "instance_volumes.csv": result.instances,
+              "summary.csv": result.summary}  # fmt: skip
+    plots = {"class_counts.png": _plot_counts, "volume_distributions.png": _plot_volumes}
+    with atomic_output(out, kind="folder", check=False, mark=False) as tmp:
+        for name in ANALYSIS_FILES:
+            if name in tables:
+                tables[name].to_csv(tmp / name, index=False)
+                continue
+            figure = plots[name](result)
+            try:
+                figure.savefig(tmp / name, dpi=120, bbox_inches="tight",
+                               metadata={"Software": TIFF_SOFTWARE})  # fmt: skip
+            finally:
+                plt.close(figure)
+    return [out / name for name in ANALYSIS_FILES]

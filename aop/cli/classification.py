@@ -21,14 +21,26 @@ def analyze(
     sources: Annotated[
         str, typer.Option(help="Sources that decide an instance's class, first wins (comma list).")
     ] = "manual,predicted,truth,spread",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier analysis aop wrote there.")
+    ] = False,
 ) -> None:
     """Class counts per volume, instance volumes per class in µm³ and a summary (CSV + PNG)."""
-    from aop.analysis.classes import class_analysis, write_class_analysis
+    from aop.analysis.classes import (
+        class_analysis,
+        prepare_analysis_folder,
+        write_class_analysis,
+    )
 
     order = [s.strip() for s in sources.split(",") if s.strip()]
-    result = class_analysis(data, sources=order)
     out_dir = out if out is not None else data / "analysis"
-    paths = write_class_analysis(result, out_dir)
+    # the data set and its parts are inputs: the analysis may be none of them and hold none
+    inputs = [data, *(data / name for name in ("images", "labels", "dataset.yaml",
+                                               "annotations.csv"))]  # fmt: skip
+    prepare_analysis_folder(out_dir, inputs=inputs, overwrite=overwrite,
+                            overwrite_hint="--overwrite")  # fmt: skip
+    result = class_analysis(data, sources=order)
+    paths = write_class_analysis(result, out_dir, inputs=inputs, overwrite=overwrite)
     table = Table(title=f"{data}: {len(result.instances)} instances")
     for column in ("class", "instances", "fraction", "mean µm³", "median µm³"):
         table.add_column(column, justify="left" if column == "class" else "right")
