@@ -5,7 +5,8 @@ cropped them (size, voxel size, ``mask``/``distance`` preprocessing) and classif
 pool that holds the model (GPU actors where there are GPUs). Every instance gets a class and its
 probability, written into the data set's ``annotations.csv`` as ``source=predicted`` rows (replacing
 the previous predicted rows, all or nothing; manual, spread and truth rows are kept) and, with the
-probability of every class, into ``predictions.csv`` beside it.
+probability of every class, into ``predictions.csv`` beside it. A ``predictions.csv`` there that aop
+did not write (:func:`is_predictions_table`) is refused before any work.
 
 The model comes from a classification study folder (its best trial's checkpoint and its experiment)
 or from an MLflow model URI (``runs:/...``, ``models:/NAME/VERSION``) logged by a study, whose
@@ -153,6 +154,41 @@ def _image_channels(dataset: Any) -> dict[str, int]:
     return out
 
 
+#: The table of every instance's class and class probabilities, beside annotations.csv.
+PREDICTIONS = "predictions.csv"
+_PREDICTION_COLUMNS = ["volume", "label", "class", "probability"]
+
+
+def is_predictions_table(path: Path) -> bool:
+    """Whether ``path`` is a ``predictions.csv`` that :func:`classify_dataset` wrote.
+
+    A CSV cannot carry aop's mark; aop's table is recognised by its header: ``volume, label,
+    class, probability`` and then one ``p_CLASS`` column per class.
+    """
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, encoding="utf-8") as handle:
+            header = handle.readline().rstrip("\r\n").split(",")
+    except (OSError, UnicodeDecodeError):
+        return False
+    rest = header[len(_PREDICTION_COLUMNS) :]
+    return (
+        header[: len(_PREDICTION_COLUMNS)] == _PREDICTION_COLUMNS
+        and bool(rest)
+        and all(name.startswith("p_") for name in rest)
+    )
+
+
+def check_predictions_table(path: Path) -> None:
+    """Refuse, before any work, a ``predictions.csv`` that aop did not write (it is replaced)."""
+    if (path.exists() or path.is_symlink()) and not is_predictions_table(path):
+        raise AopError(
+            f"{path}: file exists and was not written by aop classify; move it away (aop writes "
+            "its predictions there)"
+        )
+
+
 class _VolumeClassifier:
     """Ray Data actor: holds the model, classifies the instances of one volume per row."""
 
@@ -213,6 +249,7 @@ def classify_dataset(
     if gpus_per_worker < 0:
         raise AopError(f"gpus per worker: must be >= 0, got {gpus_per_worker}")
     check_address(address)
+    check_predictions_table(Path(data) / PREDICTIONS)
     classifier = classifier_source(source)
     dataset = load_dataset(data, require_labels=True)
     declared = [c.name for c in read_classes(data)]
@@ -257,7 +294,7 @@ def classify_dataset(
                       "probability": float(proba.max()),
                       **{f"p_{c}": float(v) for c, v in zip(classes, proba, strict=True)}})
     replace_annotations(data, rows, source="predicted")
-    path = Path(data) / "predictions.csv"
+    path = Path(data) / PREDICTIONS
     with atomic_file(path) as tmp:
         pd.DataFrame(table).sort_values(["volume", "label"]).to_csv(tmp, index=False)
     if progress is not None:

@@ -203,6 +203,8 @@ def _classification_inputs(w: Path) -> None:
     _class_experiment(w, "cls_fractions", "cls",
                       training={"val_fraction": 0.7, "test_fraction": 0.6})  # fmt: skip
     _classification_study(w / "cls_study")
+    shutil.copytree(cls, w / "cls_user_pred")  # the user's own predictions.csv in the data set
+    (w / "cls_user_pred" / "predictions.csv").write_text("volume,label,class\nsynth_000,1,a\n")
 
 
 def _classification_study(root: Path) -> None:
@@ -356,6 +358,9 @@ CASES = [
     (D, "analyze-into-current-folder", "analyze {W}/cls --out . --overwrite", 2,
      r"\.: output folder holds the current folder", ["user_dir", "cls"], ["cls/analysis"],
      {"cwd": "user_dir"}),
+    (D, "classify-over-user-predictions", "classify {W}/cls_study --data {W}/cls_user_pred", 2,
+     r"cls_user_pred/predictions.csv: file exists and was not written by aop classify",
+     ["cls_user_pred", "cls_study"], [], {}),
     # --- resources: refuse impossible work before starting it -------------------------------
     (R, "synth-allocation-bomb", "synth --out {W}/bomb --shape 10000 10000 10000", 2,
      r"needs about 28\.0 TB of memory, more than the .* available", [], ["bomb"], {}),
@@ -976,3 +981,18 @@ def test_analyze_replaces_only_its_own_analysis_folder(workspace, tmp_path):
         "volume_distributions.png",
     ]  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mystats", "stats"]
+
+
+def test_classify_recognises_only_its_own_predictions_table(tmp_path):
+    from aop.classify import is_predictions_table
+
+    table = tmp_path / "predictions.csv"
+    table.write_text("volume,label,class,probability,p_a,p_b\nv,1,a,0.9,0.9,0.1\n")
+    assert is_predictions_table(table)
+    for text in ("volume,label,class\n", "volume,label,class,probability\n",
+                 "volume,label,class,probability,score\n", "my notes\n"):
+        table.write_text(text)
+        assert not is_predictions_table(table), text
+    table.write_bytes(b"\xff\xfe")
+    assert not is_predictions_table(table)
+    assert not is_predictions_table(tmp_path / "missing.csv")
