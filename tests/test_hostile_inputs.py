@@ -141,6 +141,10 @@ def workspace(tmp_path_factory) -> Path:
     _yaml(w / "nanbench.yaml", _experiment("studies/nanbench", data={"benchmark": "nan_bench"}))
     _classification_inputs(w)
     _segmentation_study(w / "seg_study")
+    # a user's project: their own dataset.yaml and labels/, as a segmentation's output would be
+    (w / "user_proj" / "labels").mkdir(parents=True)
+    (w / "user_proj" / "dataset.yaml").write_text("name: mine\nvoxel_size: [2.0, 0.5, 0.5]\n")
+    tifffile.imwrite(w / "user_proj" / "labels" / "synth_000.tif", labels)
     return w
 
 
@@ -361,6 +365,16 @@ CASES = [
     (D, "classify-over-user-predictions", "classify {W}/cls_study --data {W}/cls_user_pred", 2,
      r"cls_user_pred/predictions.csv: file exists and was not written by aop classify",
      ["cls_user_pred", "cls_study"], [], {}),
+    (D, "segment-into-user-project", "segment {W}/seg_study --data {W}/ds --out {W}/user_proj",
+     2, r"user_proj: folder holds files aop did not write \(dataset.yaml, labels\)",
+     ["user_proj", "ds", "seg_study"], [], {}),
+    (D, "segment-into-another-aop-output",
+     "segment {W}/seg_study --data {W}/ds --out {W}/cls", 2,
+     r"cls: holds another aop output \(a dataset\), not a segmentation", ["cls", "ds"], [], {}),
+    (D, "segment-into-current-folder", "segment {W}/seg_study --data {W}/ds --out .", 2,
+     r"\.: output folder holds the current folder", ["user_dir", "ds"], [], {"cwd": "user_dir"}),
+    (D, "segment-around-its-input", "segment {W}/seg_study --data {W}/ds --out {W}", 2,
+     r"output folder holds the input", ["ds", "seg_study", "user_dir"], [], {}),
     # --- resources: refuse impossible work before starting it -------------------------------
     (R, "synth-allocation-bomb", "synth --out {W}/bomb --shape 10000 10000 10000", 2,
      r"needs about 28\.0 TB of memory, more than the .* available", [], ["bomb"], {}),

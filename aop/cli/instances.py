@@ -173,12 +173,13 @@ def segment(
 ) -> None:
     """Apply the best segmentation pipeline to every volume; a rerun skips finished volumes."""
     from aop.io import load_dataset
-    from aop.segmentation.apply import apply_pipeline
+    from aop.segmentation.apply import apply_pipeline, check_output
 
     at_least_one("--workers", workers)
     if gpus_per_worker < 0:
         raise AopError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker:g}")
     total = len(load_dataset(data, validate=False))
+    check_output(out, data, source)  # a user's folder is refused before its labels are counted
     labels = out / "labels"
     before = len(list(labels.glob("*.tif"))) if labels.is_dir() else 0
     progress, advance = volume_progress("segmenting", total, completed=before)

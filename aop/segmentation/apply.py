@@ -9,8 +9,11 @@ so an interrupted run continues where it stopped. On a GPU cluster each actor ta
 
 The output data set has ``labels/``, a ``dataset.yaml`` copied from the input (with the
 provenance of the segmentation added) and ``images/`` as links to the input images (copies where
-the file system has no links), so ``aop instances OUT`` works on it directly. Ray and MLflow are
-imported inside the functions; nothing here is imported by the core.
+the file system has no links), so ``aop instances OUT`` works on it directly. The output folder
+carries aop's marker (kind ``segmented data set``): a missing or empty folder is claimed, a folder
+so marked is continued, anything else (a user's files, another aop output, an input, a folder
+holding the input or the current folder) is refused before any work (:func:`check_output`). Ray
+and MLflow are imported inside the functions; nothing here is imported by the core.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import numpy as np
 import yaml
 
 from aop.errors import AopError
-from aop.outputs import atomic_file
+from aop.outputs import MARKER, atomic_file, claim_folder, prepare_output
 
-__all__ = ["PipelineWorker", "apply_pipeline", "resolve_model"]
+__all__ = ["PipelineWorker", "apply_pipeline", "check_output", "resolve_model"]
 
 PIPELINE_NAME = "pipeline"
+OUTPUT_KIND = "segmented data set"
 ACTOR_START_TIMEOUT_S = 600
 
 
@@ -133,9 +137,53 @@ class PipelineWorker:
         return {"name": np.asarray(names), "node": np.asarray([node] * len(names))}
 
 
+def _marker_kind(folder: Path) -> str | None:
+    """The kind recorded in ``folder``'s aop marker (None: no readable marker)."""
+    try:
+        raw = yaml.safe_load((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    return str(kind) if kind is not None else None
+
+
+def check_output(
+    out: str | os.PathLike, data: str | os.PathLike, source: str | os.PathLike | None = None
+) -> Path:
+    """Check, before any work, that ``out`` may receive the segmentation of ``data``.
+
+    A missing or empty folder, or one an earlier ``aop segment`` wrote (its marker says
+    ``segmented data set``; its finished volumes are kept and skipped), is accepted.
+
+    Raises
+    ------
+    AopError
+        One line: ``out`` is the input data set or the study folder, holds one of them or the
+        current folder, is a file, holds files aop did not write, or is another aop output.
+    """
+    shown = Path(out)
+    inputs = [Path(data)]
+    if source is not None and Path(source).exists():
+        inputs.append(Path(source))
+    if shown.resolve() == Path(data).resolve():
+        raise AopError(f"{shown}: the output must be another folder than the input data set")
+    # the input checks; overwrite=True because aop's own segmentation is continued, not replaced
+    target = prepare_output(shown, inputs=inputs, kind="folder", overwrite=True)
+    if target.is_dir() and any(target.iterdir()):
+        kind = _marker_kind(target)
+        if kind is None:
+            names = ", ".join(sorted(p.name for p in target.iterdir())[:3])
+            raise AopError(f"{shown}: folder holds files aop did not write ({names}); choose a "
+                           "new or empty folder")  # fmt: skip
+        if kind != OUTPUT_KIND:
+            raise AopError(f"{shown}: holds another aop output (a {kind}), not a segmentation; "
+                           "choose a new or empty folder")  # fmt: skip
+    return target
+
+
 def _prepare_output(dataset: Any, out: Path, model_uri: str) -> None:
-    """Create the output data set's ``dataset.yaml`` and ``images/`` links (once)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Claim the output folder; create its ``dataset.yaml`` and ``images/`` links (once)."""
+    claim_folder(out, OUTPUT_KIND)
     (out / "labels").mkdir(exist_ok=True)
     images = out / "images"
     images.mkdir(exist_ok=True)
@@ -216,8 +264,7 @@ def apply_pipeline(
     model_uri, tracking_uri = resolve_model(source)
     dataset = load_dataset(data, validate=False)
     out = Path(out)
-    if out.resolve() == dataset.root.resolve():
-        raise AopError(f"{out}: the output must be another folder than the input data set")
+    check_output(out, dataset.root, source)
     _load_check(model_uri, tracking_uri)
     labels_dir = (out / "labels").resolve()
     done = {p.name for p in labels_dir.iterdir()} if labels_dir.is_dir() else set()
