@@ -72,20 +72,9 @@ def classifier_source(source: str | os.PathLike) -> ClassifierSource:
         import mlflow
         from mlflow.models import get_model_info
 
-        from aop.tracking.trial_logger import store_reachable
+        from aop.tracking.client import require_model_store
 
-        # MLflow's default store is an SQLite file in the current folder, which a look-up would
-        # create: where it does not exist, the model cannot be in it
-        if (
-            text.startswith(("runs:/", "models:/"))
-            and not mlflow.is_tracking_uri_set()
-            and not store_reachable(mlflow.get_tracking_uri())
-        ):
-            raise AopError(
-                f"{text}: no MLflow tracking store to look it up in ({mlflow.get_tracking_uri()}, "
-                "MLflow's default, does not exist; set MLFLOW_TRACKING_URI to the store that "
-                "holds the run, or give the study folder)"
-            )
+        require_model_store(text)
         try:
             info = get_model_info(text)
         except Exception as exc:  # noqa: BLE001  (MLflow raises many kinds)

@@ -325,19 +325,10 @@ def _load_check(model_uri: str, tracking_uri: str | None) -> None:
     """
     import mlflow
 
-    from aop.tracking.trial_logger import store_reachable
+    from aop.tracking.client import require_model_store
 
-    if (
-        tracking_uri is None
-        and model_uri.startswith(("runs:/", "models:/"))
-        and not mlflow.is_tracking_uri_set()
-        and not store_reachable(mlflow.get_tracking_uri())
-    ):
-        raise AopError(
-            f"{model_uri}: no MLflow tracking store to look it up in ({mlflow.get_tracking_uri()}, "
-            "MLflow's default, does not exist; set MLFLOW_TRACKING_URI to the store that holds "
-            "the run, or give the study folder)"
-        )
+    if tracking_uri is None:
+        require_model_store(model_uri)
     previous = mlflow.get_tracking_uri()
     try:
         if tracking_uri:

@@ -103,6 +103,31 @@ def is_model_uri(text: str) -> bool:
     return "://" in text or text.startswith(("runs:/", "models:/"))
 
 
+def store_reachable(tracking_uri: str) -> bool:
+    """Whether this node can write to the store: a server always, SQLite if its file is here."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///") - 1 :]).is_file()
+    return True
+
+
+def require_model_store(model_uri: str) -> None:
+    """Refuse a ``runs:/`` or ``models:/`` URI that no store can hold, in one line.
+
+    Without a tracking URI set, MLflow's default store is an SQLite file in the current folder,
+    which a look-up would create: where that file does not exist, the model cannot be in it.
+    """
+    if (
+        model_uri.startswith(("runs:/", "models:/"))
+        and not mlflow.is_tracking_uri_set()
+        and not store_reachable(mlflow.get_tracking_uri())
+    ):
+        raise AopError(
+            f"{model_uri}: no MLflow tracking store to look it up in ({mlflow.get_tracking_uri()}, "
+            "MLflow's default, does not exist; set MLFLOW_TRACKING_URI to the store that holds "
+            "the run, or give the study folder)"
+        )
+
+
 def default_tracking_uri(study_dir: str | os.PathLike) -> str:
     """The default MLflow store of a study: ``sqlite:///<absolute study dir>/mlflow.db``."""
     return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"

@@ -20,11 +20,12 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Metric
+
+from aop.tracking.client import store_reachable
 
 __all__ = ["CURVE_PREFIX", "TrialCurveLogger", "open_trial_logger", "store_reachable"]
 
@@ -65,13 +66,6 @@ class TrialCurveLogger(MLFlowLogger):
 
     def finalize(self, status: str = "success") -> None:  # the driver ends the run
         return
-
-
-def store_reachable(tracking_uri: str) -> bool:
-    """Whether this node can write to the store: a server always, SQLite if its file is here."""
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///") - 1 :]).is_file()
-    return True
 
 
 def open_trial_logger(
