@@ -288,7 +288,8 @@ def train_cyclegan(
             )
             logger.log_hyperparams(settings.model_dump(mode="json"))
             work_dir.mkdir(parents=True, exist_ok=True)
-            run_file.write_text(json.dumps({"run_id": logger.run_id}))
+            with atomic_file(run_file) as tmp:  # whole or not at all
+                tmp.write_text(json.dumps({"run_id": logger.run_id}))
         z = synthetic[0].shape[1] // 2
         middle_real = real[0][:, real[0].shape[1] // 2][:, None]
         own.append(PanelCallback(synthetic[0][:, z : z + 1], middle_real, settings.panel_every))

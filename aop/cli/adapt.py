@@ -108,7 +108,10 @@ def adapt(
 
     err_console.print("measuring the domain gap (raw and adapted against real)")
     report = gap_report(real, synthetic, root, seed=settings.seed, steps=gap_steps)
-    (work_dir / "gap.json").write_text(json.dumps(report, indent=2))
+    from aop.outputs import atomic_file
+
+    with atomic_file(work_dir / "gap.json") as tmp:  # whole or not at all
+        tmp.write_text(json.dumps(report, indent=2))
     console.print("measure                   synthetic   adapted   (against real)")
     synthetic_gap, adapted_gap = report["synthetic"], report["adapted"]
     real_share = synthetic_gap["real_foreground_fraction"]
