@@ -392,6 +392,9 @@ class AnnotationServer:
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((host, port))
+        # listening from here on: a browser that connects as soon as the URL is printed waits in
+        # the backlog until the server accepts, instead of being refused
+        self.socket.listen(128)
         self.port = int(self.socket.getsockname()[1])
         allowed = None
         if is_loopback(host):
