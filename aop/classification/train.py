@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aop.classification.data import CropDataModule, SplitConfig, check_crops
 from aop.classification.encoders import encoder_entry
+from aop.classification.evaluation import classification_metrics
 from aop.classification.module import CropClassifier, predict_proba
 from aop.errors import AopError
 
@@ -130,43 +131,6 @@ class ClassifierResult:
     stages: list[StageResult] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     split_sizes: dict[str, int] = field(default_factory=dict)
-
-
-def classification_metrics(
-    y_true: Sequence[int] | np.ndarray,
-    y_pred: Sequence[int] | np.ndarray,
-    class_names: Sequence[str],
-) -> dict[str, Any]:
-    """Accuracy, per-class precision, recall, F1 and support, and the confusion matrix.
-
-    The confusion matrix (scikit-learn) has true classes as rows and predictions as columns, in the
-    order of ``class_names``; a class without predictions gets precision 0.
-
-    Examples
-    --------
-    >>> m = classification_metrics([0, 0, 1, 1], [0, 1, 1, 1], ["a", "b"])
-    >>> m["accuracy"], m["per_class"]["b"]["precision"], m["confusion_matrix"]
-    (0.75, 0.6666666666666666, [[1, 1], [0, 2]])
-    """
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-
-    labels = list(range(len(class_names)))
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if len(y_true) == 0:
-        return {"accuracy": float("nan"), "n": 0, "per_class": {}, "confusion_matrix": [],
-                "class_names": list(class_names)}
-    scores = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    per_class = {
-        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
-        for name, p, r, f, n in zip(class_names, *scores, strict=True)
-    }
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "n": int(len(y_true)),
-        "per_class": per_class,
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "class_names": list(class_names),
-    }
 
 
 def _class_weights(config: ClassifierConfig, labels: np.ndarray, num_classes: int):  # type: ignore[no-untyped-def]
