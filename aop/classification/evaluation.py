@@ -26,7 +26,7 @@ Example
 >>> labels = np.repeat([0, 1], [30, 18])
 >>> splits = design_splits(labels, folds=5, test_fraction=0.2, seed=0)
 >>> len(splits.test), len(splits.folds), np.bincount(labels[splits.test]).tolist()
-(10, 5, [4, 6])
+(10, 5, [6, 4])
 >>> sorted(np.concatenate([val for _, val in splits.folds]).tolist()) == splits.rest.tolist()
 True
 """
