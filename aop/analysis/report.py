@@ -51,7 +51,8 @@ class StudyReport:
         Means and paired t-tests (:func:`aop.analysis.compare.compare_searches`).
     best : dict
         The best configuration: ``search``, ``trial_id``, ``params``, ``scores`` (and the value
-        of the kind's group parameter, when ``best.yaml`` names it).
+        of the kind's group parameter, when ``best.yaml`` names it), and ``reference``: the
+        kind's baseline (``name``, ``scores``, ``comparison``, ``verdict``) when it has one.
     best_source : str
         ``best.yaml`` when read from that file, else ``results`` (best record of the reference).
     tracking_uri : str
@@ -179,6 +180,11 @@ def _best_from_file(path: Path, group: str | None) -> dict[str, Any]:
     }
     if group is not None and group in data:
         best[group] = data[group]
+    reference = data.get("reference")
+    if reference is not None:
+        if not isinstance(reference, Mapping) or not isinstance(reference.get("scores"), Mapping):
+            raise AopError(f"{path}: field 'reference' must be a mapping with 'scores'")
+        best["reference"] = dict(reference)
     return best
 
 
@@ -341,6 +347,24 @@ def print_report(report: StudyReport, console: Any) -> None:
     for key, value in best["params"].items():
         params.add_row(key, f"{value:.4g}" if isinstance(value, int | float) else str(value))
     console.print(params)
+    reference = best.get("reference")
+    if reference:
+        shown = "  ".join(f"{m.upper()} {_number(reference['scores'].get(m))}" for m in metrics
+                          if m in reference["scores"])  # fmt: skip
+        console.print(f"\n[bold]Reference[/]: {reference.get('name', 'baseline')}", soft_wrap=True,
+                      highlight=False)  # fmt: skip
+        console.print(f"  {shown}", highlight=False)
+        comparison = reference.get("comparison") or {}
+        if "mean_difference" in comparison:
+            console.print(
+                f"  best - reference over {comparison.get('n')} folds: "
+                f"{_number(comparison['mean_difference'])} "
+                f"[{_number(comparison.get('ci_low'))}, {_number(comparison.get('ci_high'))}], "
+                f"p {_number(comparison.get('p_value'))}",
+                highlight=False, soft_wrap=True,
+            )
+        if reference.get("verdict"):
+            console.print(f"  [bold]{reference['verdict']}[/]", highlight=False, soft_wrap=True)
     if report.plots:
         console.print("\nPlots: " + ", ".join(str(p) for p in report.plots), soft_wrap=True)
     console.print("\nMLflow UI:", highlight=False)

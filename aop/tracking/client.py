@@ -441,6 +441,7 @@ class StudyTracker:
         *,
         metrics: Iterable[str] | None = None,
         description: str | None = None,
+        reference: Mapping[str, Any] | None = None,
     ) -> None:
         """Log the best configuration and the study's artifacts, and mark the parent run finished.
 
@@ -457,6 +458,11 @@ class StudyTracker:
             The metrics logged as ``best_<metric>`` (default: all of the record's).
         description : str, optional
             The run's final description (kind, budget, best result).
+        reference : mapping, optional
+            The kind's reference design (a baseline, :meth:`aop.tuning.kinds.StudyKind.
+            reference`): metrics ``reference_<metric>`` for each of its scores, numeric
+            entries of its ``comparison`` as ``reference_<key>``, tags ``reference.name`` and
+            ``reference.verdict``.
         """
         run_id = self._require_parent()
         best = validate_record(best, "best configuration")
@@ -471,6 +477,14 @@ class StudyTracker:
         }
         if description:
             tags[MLFLOW_RUN_NOTE] = description
+        if reference:
+            numbers = {**dict(reference.get("scores") or {}),
+                       **dict(reference.get("comparison") or {})}  # fmt: skip
+            logged += [Metric(_safe_key(f"reference_{k}"), float(v), now, step)
+                       for k, v in numbers.items()
+                       if isinstance(v, int | float) and math.isfinite(v)]  # fmt: skip
+            tags |= {f"reference.{k}": str(reference[k])[:MAX_PARAM_VAL_LENGTH]
+                     for k in ("name", "verdict") if reference.get(k)}  # fmt: skip
         self._log_batch(run_id, metrics=logged, tags=tags)
         for path in artifacts:
             path = Path(path).resolve()

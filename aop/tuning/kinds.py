@@ -155,6 +155,19 @@ class StudyKind(ABC, Generic[ExperimentT]):
         """After the searches: plots, models logged to ``tracker``; returns artifact files."""
         return []
 
+    def reference(
+        self, exp: ExperimentT, prepared: Prepared, best: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """A fixed design scored once on the study's data, shown beside the best (a baseline).
+
+        Returns ``None`` (no reference) or a mapping with ``name`` (what it is), ``scores``
+        (``{metric: value}``, the kind's metrics where it has them), optionally ``comparison``
+        (how the best trial compares, e.g. a paired test) and ``verdict`` (one line saying
+        whether the best beats it). The engine writes it to ``best.yaml`` as ``reference``, logs
+        it on the study's MLflow parent run, and ``aop report`` shows it under the best trial.
+        """
+        return None
+
     def trial_artifacts(self, record: Mapping[str, Any], folder: Path) -> list[Path]:
         """Files (figures) to attach to a trial's MLflow child run, written into ``folder``."""
         return []
@@ -162,6 +175,15 @@ class StudyKind(ABC, Generic[ExperimentT]):
     def best_summary(self, best: Mapping[str, Any]) -> dict[str, Any]:
         """The kind's view of the best record in ``best.yaml`` (default: params and scores)."""
         return {"params": dict(best["params"]), "scores": dict(best["metrics"])}
+
+    def for_experiment(self, exp: ExperimentT) -> StudyKind[ExperimentT]:
+        """This kind as ``exp`` configures it (default: unchanged).
+
+        A kind whose objective is a choice of the experiment file sets :attr:`metric`,
+        :attr:`mode` and :attr:`metrics` on the instance here; the engine reads them only from
+        the instance that :func:`study_kind` returns.
+        """
+        return self
 
     def meta(self, exp: ExperimentT) -> dict[str, Any]:
         """What ``study.yaml`` says of the study (read by reports, which import no kind)."""
@@ -211,6 +233,11 @@ def get_kind(name: str, field_name: str = "kind") -> StudyKind:
             f"{field_name}: unknown study kind {name!r} (known: {', '.join(available_kinds())})"
         )
     return _KINDS[name]()
+
+
+def study_kind(exp: BaseExperiment) -> StudyKind:
+    """The kind of ``exp``, configured by it (:meth:`StudyKind.for_experiment`)."""
+    return get_kind(exp.kind).for_experiment(exp)
 
 
 # ------------------------------------------------------------------------------------------------

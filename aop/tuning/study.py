@@ -40,7 +40,7 @@ from aop.config import BaseExperiment
 from aop.errors import AopError
 from aop.outputs import atomic_file, claim_folder, is_disk_full, prepare_output
 from aop.tuning.callbacks import StudyCallback, prune_orphans
-from aop.tuning.kinds import Prepared, StudyKind, get_kind, load_experiment
+from aop.tuning.kinds import Prepared, StudyKind, get_kind, load_experiment, study_kind
 from aop.tuning.progress import SearchProgress, set_budget
 from aop.tuning.searchers import make_searcher
 from aop.tuning.space import SearchSpace
@@ -301,7 +301,7 @@ def save_experiment(exp: BaseExperiment, space: SearchSpace | None = None) -> Pa
     budget in trials (``budgets``) and the searched numeric ranges (``ranges``), so that reports
     and plots need neither the kind nor Ray.
     """
-    kind = get_kind(exp.kind)
+    kind = study_kind(exp)
     space = space or kind.search_space(exp)
     path = exp.study_dir / EXPERIMENT_FILE
     _write_yaml(path, exp.to_yaml_dict())
@@ -378,9 +378,17 @@ def _comparison_space(
 
 
 def write_best(
-    study_dir: Path, kind: StudyKind, records: dict[str, list[dict]], main: str
+    study_dir: Path,
+    kind: StudyKind,
+    records: dict[str, list[dict]],
+    main: str,
+    reference: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """Write ``best.yaml``: the main search's best trial plus each search's best value."""
+    """Write ``best.yaml``: the main search's best trial plus each search's best value.
+
+    ``reference(best)`` (the kind's :meth:`~aop.tuning.kinds.StudyKind.reference`) adds the
+    ``reference`` block: a baseline scored once, and how the best compares with it.
+    """
     metric = kind.metric
     best = best_record(records[main], metric, kind.mode)
     searches = {}
@@ -391,6 +399,9 @@ def write_best(
                               "best_params": top["params"]}  # fmt: skip
     summary = {"kind": kind.name, "search": main, "trial_id": best["trial_id"],
                **kind.best_summary(best), "searches": searches}  # fmt: skip
+    block = reference(best) if reference is not None else None
+    if block:
+        summary["reference"] = block
     _write_yaml(study_dir / BEST_FILE, summary)
     return best
 
@@ -407,7 +418,7 @@ def check_study(
     """
     from aop.resources import check_tracking_uri
 
-    kind = kind or get_kind(exp.kind)
+    kind = kind or study_kind(exp)
     kind.search_space(exp)
     kind.preflight(exp, check_models=check_models)
     if exp.study_dir.is_dir() and any(exp.study_dir.iterdir()):
@@ -543,7 +554,7 @@ def run_study(
     -------
     StudyResult
     """
-    kind = get_kind(exp.kind)
+    kind = study_kind(exp)
     check_study(exp, kind)
     with tempfile.TemporaryDirectory(prefix="aop-log-") as tmp, console.library_output_to(
         Path(tmp) / LOG_FILE if verbose < 1 else None
@@ -580,10 +591,17 @@ def _run_checked_study(
         log_missing_trials(exp, records, kind)
         tracker.close_open_runs()  # runs that trials opened but that ended in error: FAILED
         main = exp.search.searcher
-        best = write_best(study_dir, kind, records, main)
+        reference: dict[str, Any] = {}
+
+        def _reference(top: dict[str, Any]) -> dict[str, Any] | None:
+            reference.update(kind.reference(exp, prepared, top) or {})
+            return reference or None
+
+        best = write_best(study_dir, kind, records, main, _reference)
         artifacts = kind.finish(exp, records, best, prepared, tracker)
         tracker.finish(best, metrics=kind.metrics, artifacts=[study_dir / BEST_FILE, *artifacts],
-                       description=_description(exp, kind, best))  # fmt: skip
+                       description=_description(exp, kind, best, reference),
+                       reference=reference or None)  # fmt: skip
         return StudyResult(study_dir, records, best, main, analysis=artifacts, log=log.path)
     except Exception as exc:
         # a full disk surfaces as OSError (or aop's one line for it), as SQLite's "database or
@@ -597,7 +615,12 @@ def _run_checked_study(
         ) from None
 
 
-def _description(exp: BaseExperiment, kind: StudyKind, best: dict | None = None) -> str:
+def _description(
+    exp: BaseExperiment,
+    kind: StudyKind,
+    best: dict | None = None,
+    reference: Mapping[str, Any] | None = None,
+) -> str:
     """The parent run's description: kind, budget, and (when done) the best result."""
     lines = [
         f"aop {kind.name} study `{exp.name}`: searcher `{exp.search.searcher}`, "
@@ -609,6 +632,8 @@ def _description(exp: BaseExperiment, kind: StudyKind, best: dict | None = None)
             f"Best {kind.metric} {best['metrics'][kind.metric]:.4f} "
             f"(search {best['search']}, trial {best['trial_id']}): {params}."
         )
+    if reference and reference.get("verdict"):
+        lines.append(str(reference["verdict"]))
     return "\n\n".join(lines)
 
 
@@ -636,5 +661,5 @@ def log_missing_trials(
             f"{exc}; up to {missing} finished trials are safe in {exp.study_dir}/results: run "
             f"aop resume {exp.study_dir} when the server is back to log them"
         ) from None
-    tracker = make_tracker(exp, kind or get_kind(exp.kind))  # fresh: re-reads what is logged
+    tracker = make_tracker(exp, kind or study_kind(exp))  # fresh: re-reads what is logged
     return sum(tracker.log_trial(r) is not None for recs in records.values() for r in recs)
