@@ -156,7 +156,11 @@ class StudyKind(ABC, Generic[ExperimentT]):
         return []
 
     def reference(
-        self, exp: ExperimentT, prepared: Prepared, best: Mapping[str, Any]
+        self,
+        exp: ExperimentT,
+        prepared: Prepared,
+        records: Mapping[str, Sequence[dict[str, Any]]],
+        best: Mapping[str, Any],
     ) -> dict[str, Any] | None:
         """A fixed design scored once on the study's data, shown beside the best (a baseline).
 

@@ -594,7 +594,7 @@ def _run_checked_study(
         reference: dict[str, Any] = {}
 
         def _reference(top: dict[str, Any]) -> dict[str, Any] | None:
-            reference.update(kind.reference(exp, prepared, top) or {})
+            reference.update(kind.reference(exp, prepared, records, top) or {})
             return reference or None
 
         best = write_best(study_dir, kind, records, main, _reference)
