@@ -62,6 +62,7 @@ __all__ = [
     "FEATURE_DEFAULTS",
     "FEATURE_MODELS",
     "FEATURE_RANGES",
+    "TRUSTED_TYPES",
     "DesignResult",
     "baseline_model",
     "evaluate_design",
@@ -145,7 +146,7 @@ _DOMAINS: dict[str, tuple[bool, float, bool, float]] = {
 }
 
 #: The classes a saved feature pipeline holds beyond those skops trusts by default.
-_TRUSTED_TYPES = [
+TRUSTED_TYPES = [
     "numpy.dtype",
     "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -482,7 +483,7 @@ def load_model(path: str | os.PathLike) -> Pipeline:
     import skops.io
 
     try:
-        model = skops.io.load(path, trusted=_TRUSTED_TYPES)
+        model = skops.io.load(path, trusted=TRUSTED_TYPES)
     except FileNotFoundError:
         raise AopError(f"{path}: no such model file") from None
     except OSError as exc:
