@@ -1,8 +1,10 @@
 """Classify every instance of a segmented data set with a study's best classifier (Ray Data).
 
 ``aop classify STUDY_DIR|MODEL_URI --data DIR``: each volume's instances are cropped as the study
-cropped them (size, voxel size, ``mask``/``distance`` preprocessing) and classified by an actor
-pool that holds the model (GPU actors where there are GPUs). Every instance gets a class and its
+cropped them (size, voxel size, ``mask``/``distance`` preprocessing) for a deep design, or
+measured as ``aop instances`` measures them (the feature columns the model was fitted on) for a
+feature design, and classified by an actor pool that holds the model (GPU actors where there are
+GPUs). Every instance gets a class and its
 probability, written into the data set's ``annotations.csv`` as ``source=predicted`` rows (replacing
 the previous predicted rows, all or nothing; manual, spread and truth rows are kept) and, with the
 probability of every class, into ``predictions.csv`` beside it. A ``predictions.csv`` there that aop
@@ -41,6 +43,8 @@ class ClassifierSource:
     classes: list[str]
     tracking_uri: str | None = None
     channels: int | None = None  # image channels the classifier takes (None: not recorded)
+    design: str = "deep"  # or "features": a scikit-learn pipeline on instance features
+    feature_columns: list[str] | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -52,6 +56,16 @@ class ClassifierSource:
         }
 
     def load(self) -> Any:
+        if self.design == "features":
+            if self.checkpoint is not None:
+                from aop.classification.tabular import load_model
+
+                return load_model(self.checkpoint)
+            import mlflow.sklearn
+
+            if self.tracking_uri:
+                mlflow.set_tracking_uri(self.tracking_uri)
+            return mlflow.sklearn.load_model(self.model_uri)
         if self.checkpoint is not None:
             from aop.classification.module import CropClassifier
 
@@ -80,6 +94,13 @@ def classifier_source(source: str | os.PathLike) -> ClassifierSource:
         except Exception as exc:  # noqa: BLE001  (MLflow raises many kinds)
             raise AopError(f"{text}: cannot read the model ({type(exc).__name__})") from None
         meta = info.metadata or {}
+        if meta.get("design") == "features":
+            columns = list(meta.get("feature_columns") or [])
+            return ClassifierSource(
+                None, text, (4, 4, 4), None, "mask", 1.0, list(meta.get("classes") or []),
+                tracking_uri=mlflow.get_tracking_uri(), channels=_feature_channels(columns),
+                design="features", feature_columns=columns,
+            )
         if "crop_size" not in meta:
             raise AopError(f"{text}: not a classifier logged by an aop study (no crop metadata)")
         inputs = info.signature.inputs.inputs if info.signature is not None else []
@@ -104,19 +125,49 @@ def classifier_source(source: str | os.PathLike) -> ClassifierSource:
                        "study")
     exp = yaml.safe_load(experiment.read_text())
     storage = (exp.get("storage") or {}).get("tune_storage")
+    classes = list((best.get("test") or {}).get("class_names") or [])
+    if best["params"].get("design") == "features":
+        return _feature_source(study, best, storage, classes)
     checkpoint = best_checkpoint(study, best, storage)
     if checkpoint is None:
         where = storage or f"{study}/tune"
         raise AopError(f"{where}/{best['search']}/{best['trial_id']}: no best.ckpt of the "
                        "best trial")
     crops = exp.get("crops") or {}
-    classes = list((best.get("test") or {}).get("class_names") or [])
     return ClassifierSource(
         checkpoint, None, tuple(crops.get("size", (8, 32, 32))),
         tuple(crops["target_spacing"]) if crops.get("target_spacing") else None,
         str(best["params"].get("preprocessing", "mask")), float(crops.get("sigma", 2.0)),
         classes, channels=_checkpoint_channels(checkpoint),
     )
+
+
+def _feature_source(
+    study: Path, best: dict[str, Any], storage: str | None, classes: list[str]
+) -> ClassifierSource:
+    """A study whose best design is a feature design: its fitted pipeline and feature columns."""
+    from aop.tuning.classification_trial import FEATURE_MODEL_FILE, best_checkpoint
+
+    path = best_checkpoint(study, best, storage, FEATURE_MODEL_FILE)
+    if path is None:
+        where = storage or f"{study}/tune"
+        raise AopError(f"{where}/{best['search']}/{best['trial_id']}: no {FEATURE_MODEL_FILE} of "
+                       "the best trial")  # fmt: skip
+    from aop.classification.tabular import load_model
+
+    columns = [str(c) for c in getattr(load_model(path), "feature_names_in_", [])]
+    return ClassifierSource(
+        path, None, (4, 4, 4), None, "mask", 1.0, classes, channels=_feature_channels(columns),
+        design="features", feature_columns=columns,
+    )
+
+
+def _feature_channels(columns: list[str]) -> int | None:
+    """The image channels that feature columns ``ch{c}_...`` need (None: no intensity column)."""
+    import re
+
+    found = [int(m.group(1)) for c in columns if (m := re.match(r"ch(\d+)_", c))]
+    return max(found) + 1 if found else None
 
 
 def _checkpoint_channels(checkpoint: Path) -> int | None:
@@ -185,30 +236,52 @@ class _VolumeClassifier:
         from aop.io import load_dataset
 
         self.source = source
-        self.model = source.load().eval()
+        model = source.load()
+        self.model = model.eval() if source.design == "deep" else model
         self.dataset = load_dataset(root, require_labels=True)
         self.device = device
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from aop.classification.module import predict_proba
-        from aop.instances.crops import instance_crops
-
         out: dict[str, list] = {"volume": [], "label": [], "proba": []}
         for volume in batch["volume"]:
             volume = str(volume)
             labels = self.dataset.labels(volume)
             if not labels.any():
                 continue
-            crops, ids = instance_crops(
-                labels, self.dataset.image(volume), size=self.source.crop_size,
-                spacing=self.dataset.info.voxel_size, target_spacing=self.source.target_spacing,
-                method=self.source.method, sigma=self.source.sigma,
-            )
-            proba = predict_proba(self.model, crops, device=self.device)
+            if self.source.design == "features":
+                ids, proba = self._features_proba(labels, self.dataset.image(volume))
+            else:
+                ids, proba = self._crops_proba(labels, self.dataset.image(volume))
             out["volume"] += [volume] * len(ids)
             out["label"] += [int(i) for i in ids]
             out["proba"] += [np.asarray(p, dtype=np.float32) for p in proba]
         return {k: np.asarray(v) for k, v in out.items()}
+
+    def _features_proba(self, labels: np.ndarray, image: np.ndarray) -> tuple[Any, np.ndarray]:
+        """Instance features as ``aop instances`` computes them, then the pipeline's probabilities.
+
+        The pipeline was fitted on class indices; its ``classes_`` place each column.
+        """
+        from aop.classification.tabular import feature_matrix
+        from aop.instances.features import instance_features
+
+        table = instance_features(labels, image, self.dataset.info.voxel_size)
+        proba = self.model.predict_proba(feature_matrix(table, self.source.feature_columns))
+        full = np.zeros((len(table), len(self.source.classes) or proba.shape[1]))
+        full[:, np.asarray(self.model.classes_, dtype=int)] = proba
+        return table["label"].to_numpy(), full
+
+    def _crops_proba(self, labels: np.ndarray, image: np.ndarray) -> tuple[Any, np.ndarray]:
+        """Crops as the study cropped them, then the network's probabilities."""
+        from aop.classification.module import predict_proba
+        from aop.instances.crops import instance_crops
+
+        crops, ids = instance_crops(
+            labels, image, size=self.source.crop_size, spacing=self.dataset.info.voxel_size,
+            target_spacing=self.source.target_spacing, method=self.source.method,
+            sigma=self.source.sigma,
+        )
+        return ids, predict_proba(self.model, crops, device=self.device)
 
 
 def classify_dataset(

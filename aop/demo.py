@@ -171,6 +171,7 @@ def run_class_demo(
     exp = load_experiment(experiment)
     study = run_study(exp, verbose=_verbosity(quiet, verbose)).study_dir
     ray.shutdown()
+    echo(f"[bold]9/11[/] {_pick_and_baseline(study)}")
     count = classify_dataset(study, segmented)
     ray.shutdown()
     echo(f"[bold]10/11[/] aop classify {study} --data {segmented}: {count} instances "
@@ -179,6 +180,21 @@ def run_class_demo(
     paths = write_class_analysis(class_analysis(segmented), analysis)
     echo(f"[bold]11/11[/] aop analyze {segmented}: {len(paths)} files in {analysis}")
     return study
+
+
+def _pick_and_baseline(study: Path) -> str:
+    """The classifier study's pick beside its baseline, from its ``best.yaml``."""
+    import yaml
+
+    from aop.tuning.classification import design_text
+
+    best = yaml.safe_load((study / "best.yaml").read_text())
+    metric = next(iter(best["scores"]))
+    reference = best.get("reference") or {}
+    baseline = (reference.get("scores") or {}).get(metric, float("nan"))
+    return (f"pick: {design_text(best['params'])}, {metric} {best['scores'][metric]:.3f}; "
+            f"baseline (logistic regression on instance features) {baseline:.3f}. "
+            f"{reference.get('verdict', '')}").strip()  # fmt: skip
 
 
 def run_demo(

@@ -1,10 +1,13 @@
 """Results of a classifier-design study like the paper's (Fig. 6, Table IV, the correlation).
 
-From the trial records (``params``: encoder, head, pretraining, preprocessing; ``metrics``:
-``val_accuracy``) this module writes into the study folder:
+From the trial records (``params``: design, encoder, head, pretraining, preprocessing or model;
+``metrics``: the objective, ``val_accuracy`` by default) this module writes into the study folder:
 
-- ``plots/fig6_encoder_head_preprocessing.png``: mean validation accuracy per encoder, one bar per
-  (head, preprocessing);
+- ``plots/fig6_designs.png``: the best and mean validation score of each design (an encoder of
+  the deep family, a model of the feature family), the study's pick marked, and the baseline
+  (logistic regression on instance features) as a dashed line;
+- for the deep designs, ``plots/fig6_encoder_head_preprocessing.png``: mean validation score per
+  encoder, one bar per (head, preprocessing);
 - ``plots/fig6_encoder_pretraining.png``: heatmap of the mean validation accuracy, encoder x
   pretraining;
 - ``plots/confusion.png``: the best trial's confusion matrix on the test split;
@@ -34,7 +37,9 @@ import yaml  # noqa: E402
 
 from aop.outputs import atomic_file
 
-__all__ = ["trials_table", "encoder_table", "write_classifier_results"]
+__all__ = [
+    "design_label", "encoder_table", "plot_designs", "trials_table", "write_classifier_results",
+]
 
 
 def trials_table(records_by_search: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
@@ -57,10 +62,57 @@ def encoder_table(
     trials: pd.DataFrame, in_chans: int, crop_size: tuple[int, int, int]
 ) -> pd.DataFrame:
     """Mean and best validation accuracy and the parameter count of each encoder."""
+    trials = _deep(trials)
     grouped = trials.groupby("encoder")["val_accuracy"].agg(["mean", "max", "size"])
     grouped["parameters"] = [_parameter_count(str(e), in_chans, crop_size) for e in grouped.index]
     return grouped.rename(columns={"mean": "mean_val_accuracy", "max": "best_val_accuracy",
                                    "size": "trials"}).reset_index()
+
+
+def _deep(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials of deep designs (all trials of a study without a ``design`` parameter)."""
+    if "design" not in trials:
+        return trials
+    return trials[trials["design"].fillna("deep") == "deep"]
+
+
+def design_label(row: Mapping[str, Any]) -> str:
+    """The design group of a trial in the figures: ``deep: ENCODER`` or ``features: MODEL``."""
+    design = row.get("design")
+    if isinstance(design, str) and design == "features":
+        return f"features: {row.get('model', 'logistic_regression')}"
+    return f"deep: {row.get('encoder', 'resnet18')}"
+
+
+def plot_designs(
+    trials: pd.DataFrame,
+    path: Path,
+    metric: str = "val_accuracy",
+    reference: Mapping[str, float] | None = None,
+    pick: str | None = None,
+) -> Path:
+    """Fig. 6 (designs): best and mean ``metric`` per design, the pick and the baseline marked."""
+    labels = trials.apply(lambda r: design_label(r.to_dict()), axis=1)
+    table = trials.assign(group=labels).groupby("group")[metric].agg(["max", "mean"])
+    table = table.sort_values("max", ascending=False)
+    figure, axes = plt.subplots(figsize=(2.0 + 1.0 * len(table), 3.8))
+    x = np.arange(len(table))
+    colours = ["tab:orange" if str(g).startswith("features") else "tab:blue" for g in table.index]
+    axes.bar(x, table["max"].to_numpy(), 0.7, color=colours, label="best trial")
+    axes.plot(x, table["mean"].to_numpy(), "k.", label="mean over trials")
+    if pick is not None and pick in table.index:
+        i = list(table.index).index(pick)
+        axes.annotate("pick", (i, float(table["max"].iloc[i])), ha="center", va="bottom",
+                      xytext=(0, 3), textcoords="offset points", fontsize=8)  # fmt: skip
+    if reference is not None and metric in reference:
+        axes.axhline(float(reference[metric]), color="k", linestyle="--", linewidth=1,
+                     label=f"baseline {float(reference[metric]):.3f}")  # fmt: skip
+    axes.set_xticks(x, [str(g) for g in table.index], rotation=25, ha="right")
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel(metric.replace("_", " "))
+    axes.legend(fontsize=8, frameon=False, loc="lower left")
+    axes.spines[["top", "right"]].set_visible(False)
+    return _save(figure, path)
 
 
 def _save(figure: Any, path: Path) -> Path:
@@ -133,16 +185,31 @@ def write_classifier_results(
     study_dir: str | os.PathLike,
     records_by_search: Mapping[str, Sequence[Mapping[str, Any]]],
     best: Mapping[str, Any],
-    crop_shape: Sequence[int],
+    crop_shape: Sequence[int] | None,
     classes: Sequence[str],
     measure_inference: bool = True,
+    metric: str = "val_accuracy",
+    reference: Mapping[str, float] | None = None,
 ) -> list[Path]:
-    """Write the study's plots and tables (see the module docstring); return their paths."""
+    """Write the study's plots and tables (see the module docstring); return their paths.
+
+    ``crop_shape`` (channels, z, y, x) is ``None`` for a study without deep designs (no encoder
+    tables); ``reference`` holds the baseline's scores, drawn as a line in Fig. 6.
+    """
     from scipy import stats
 
     study_dir = Path(study_dir)
-    trials = trials_table(records_by_search)
-    written = [_write(trials, study_dir / "tables" / "trials.csv")]
+    everything = trials_table(records_by_search)
+    written = [_write(everything, study_dir / "tables" / "trials.csv")]
+    if metric in everything:
+        written.append(plot_designs(everything, study_dir / "plots" / "fig6_designs.png", metric,
+                                    reference, design_label(dict(best["params"]))))  # fmt: skip
+    confusion = plot_confusion(best.get("test") or {}, study_dir / "plots" / "confusion.png")
+    if confusion is not None:
+        written.append(confusion)
+    trials = _deep(everything)
+    if crop_shape is None or trials.empty or "encoder" not in trials:
+        return written
     in_chans = int(crop_shape[0])
     crop_size = (int(crop_shape[1]), int(crop_shape[2]), int(crop_shape[3]))
     encoders = encoder_table(trials, in_chans, crop_size)
@@ -153,9 +220,6 @@ def write_classifier_results(
     if "pretraining" in trials:
         written.append(plot_encoder_pretraining(
             trials, study_dir / "plots" / "fig6_encoder_pretraining.png"))
-    confusion = plot_confusion(best.get("test") or {}, study_dir / "plots" / "confusion.png")
-    if confusion is not None:
-        written.append(confusion)
     r = p = float("nan")
     if len(encoders) >= 3 and encoders["mean_val_accuracy"].nunique() > 1:
         result = stats.pearsonr(encoders["parameters"], encoders["mean_val_accuracy"])

@@ -469,7 +469,8 @@ class StudyTracker:
         step = len(self._logged_keys())
         now = get_current_time_millis()
         names = best["metrics"] if metrics is None else metrics
-        logged = [Metric(f"best_{m}", best["metrics"][m], now, step) for m in names]
+        logged = [Metric(f"best_{m}", best["metrics"][m], now, step) for m in names
+                  if m in best["metrics"]]  # a design without epochs has no `epoch`
         tags = {
             "best.search": best["search"],
             "best.trial_id": best["trial_id"],

@@ -1,15 +1,30 @@
-"""The classification study kind: encoder, head, pretraining and preprocessing, validation accuracy.
+"""The classification study kind: which classifier design names the user's classes best.
 
-A trial is one Lightning training (:func:`aop.classification.train.train_classifier`) of the
-configuration it is given, on instance crops of a segmented data set with a class table
-(``annotations.csv``: ``manual`` rows train and validate, ``spread`` rows are the pseudo-labels of
-the ``semi`` pretraining). Crops are computed once per preprocessing method and reach the trials
-through Ray's object store. The trial itself is :mod:`aop.tuning.classification_trial`.
+Two design families share one search space (``design``, a conditional parameter):
 
-After the searches the kind logs the best classifier with ``mlflow.pytorch.log_model`` (signature
-and input example) and registers it, and draws the paper's results: Fig. 6 (mean validation
-accuracy per encoder x (head, preprocessing), and encoder x pretraining), Table IV (instances per
-second at batch 1 and 32 per encoder, on this device), the Pearson correlation between encoder
+- ``deep``: one Lightning training (:func:`aop.classification.train.train_classifier`) of an
+  encoder, head, pretraining and preprocessing (the paper's 72 designs) on instance crops;
+- ``features``: a scikit-learn model (``model``: logistic regression, random forest or histogram
+  gradient boosting, each with its own hyperparameters) on aop's instance features, the table
+  ``aop instances`` writes (:mod:`aop.classification.tabular`).
+
+Every design is scored on the same indices of the manual labels (``annotations.csv``: ``manual``
+rows; ``spread`` rows are the pseudo-labels of ``semi`` pretraining), drawn once per study by
+:func:`aop.classification.evaluation.design_splits`: a held-out test split and, on a small set
+(``training.folds: auto``, under 200 labels), 5 stratified validation folds, so that one split of
+a dozen instances does not decide the design. The objective is the validation accuracy or, with
+``objective: balanced_accuracy``, the balanced accuracy (both are always reported).
+
+Every study also fits a **baseline** once, on the same splits: logistic regression on the
+standardised instance features. ``best.yaml``, ``aop report``, Fig. 6 and the MLflow parent run
+show it beside the study's pick, with a paired comparison over the validation folds, and say in
+one line when the best deep design loses to it.
+
+Crops are computed once per preprocessing method and features once per volume, and reach the
+trials through Ray's object store. The trial is :mod:`aop.tuning.classification_trial`. After the
+searches the kind logs the best classifier (``mlflow.pytorch`` for a deep design, ``mlflow.sklearn``
+for a feature design; registered either way) and draws the paper's results: Fig. 6, Table IV
+(instances per second per encoder, on this device), the Pearson correlation between encoder
 parameter count and validation accuracy, and the best trial's confusion matrix.
 """
 
@@ -17,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
@@ -30,8 +45,8 @@ from aop.tuning.space import ChoiceSpec, FloatSpec, IntSpec, SearchSpace, load_s
 if TYPE_CHECKING:
     import pandas as pd
 
-#: Parameters a classification search space may name (all ClassifierConfig fields a trial sets).
-PARAMETERS = {
+#: Parameters of the deep design family (all ClassifierConfig fields a trial sets).
+DEEP_PARAMETERS = {
     "encoder": "registered encoder or timm model name",
     "head": "slice or volume",
     "pretraining": "full, semi or none",
@@ -41,7 +56,25 @@ PARAMETERS = {
     "head_width": "width of the head's hidden layers",
     "batch_size": "training batch size",
 }
-METRICS = ("val_accuracy", "test_accuracy", "epoch")
+#: The design families, and the parameter that picks a feature design's model.
+DESIGNS = ("deep", "features")
+DESIGN_PARAMETERS = {
+    "design": "design family: deep (an encoder on crops) or features (a model on features)",
+    "model": "feature design: logistic_regression, random_forest or hist_gradient_boosting",
+}
+METRICS = ("val_accuracy", "val_balanced_accuracy", "test_accuracy", "test_balanced_accuracy",
+           "epoch")  # fmt: skip
+OBJECTIVES = {"accuracy": "val_accuracy", "balanced_accuracy": "val_balanced_accuracy"}
+
+
+def parameters() -> dict[str, str]:
+    """Every parameter a classification search space may name, with what it is."""
+    from aop.classification.tabular import FEATURE_MODELS
+
+    out = {**DESIGN_PARAMETERS, **DEEP_PARAMETERS}
+    for model, params in FEATURE_MODELS.items():
+        out |= {name: f"{model}: {text}" for name, text in params.items()}
+    return out
 
 
 class ClassDataConfig(StrictModel):
@@ -78,6 +111,12 @@ class TrainingConfig(StrictModel):
     augment: bool = True
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    folds: Annotated[int, Field(ge=1, le=20)] | Literal["auto"] = Field(
+        "auto",
+        description="Validation folds of every design: 1 (one split of val_fraction), k >= 2 "
+        "(stratified k-fold), or auto (5 under 200 manual labels, capped by the rarest class; "
+        "else 1).",
+    )
 
     @model_validator(mode="after")
     def _room_to_train(self) -> TrainingConfig:
@@ -100,6 +139,11 @@ class ClassificationExperiment(BaseExperiment):
         description="Local ImageNet weights per encoder, for pretraining full and semi.",
     )
     search_space: Path = Path("search_spaces/classification.yaml")
+    objective: Literal["accuracy", "balanced_accuracy"] = Field(
+        "accuracy",
+        description="What the searchers maximise: validation accuracy, or balanced accuracy "
+        "(mean per-class recall) for imbalanced classes. Both are always reported.",
+    )
 
     def input_paths(self) -> list[Path]:
         return [*super().input_paths(), self.data.dataset, *self.weights.values()]
@@ -164,18 +208,33 @@ def class_rows(
 
 
 def load_class_data(
-    exp: ClassificationExperiment, methods: Sequence[str]
+    exp: ClassificationExperiment, methods: Sequence[str], features: bool = True
 ) -> dict[str, Any]:
-    """Crops and class indices of the manual (and pseudo-labelled) instances of the data set.
+    """Crops, instance features and class indices of the manual (and pseudo-labelled) instances.
+
+    Parameters
+    ----------
+    exp : ClassificationExperiment
+        The data set, crop settings.
+    methods : sequence of str
+        The preprocessing methods to crop with (none: no crops, for a study of feature designs).
+    features : bool
+        Compute the instance features of the manual instances
+        (:func:`aop.instances.features.instance_features` on each volume, as ``aop instances``
+        does; every instance of the volume enters the nearest-neighbour distances).
 
     Returns
     -------
     dict
         ``classes`` (names), ``manual`` and ``pseudo``: ``{"keys": [(volume, label)], "y":
-        ndarray, "crops": {method: ndarray (N, C, Z, Y, X)}}``.
+        ndarray, "crops": {method: ndarray (N, C, Z, Y, X)}}``; ``manual`` also has
+        ``features`` (a DataFrame, one row per key) when ``features`` is set.
     """
+    import pandas as pd
+
     from aop.instances.annotations import read_annotations, read_classes
     from aop.instances.crops import instance_crops
+    from aop.instances.features import instance_features
     from aop.io import load_dataset
 
     root = exp.data.dataset
@@ -185,12 +244,14 @@ def load_class_data(
     index = {name: i for i, name in enumerate(classes)}
     out: dict[str, Any] = {"classes": classes}
     for name, rows in (("manual", manual), ("pseudo", pseudo)):
-        keys, ys, crops = [], [], {m: [] for m in methods}
+        keys, ys, tables = [], [], []
+        crops: dict[str, list[np.ndarray]] = {m: [] for m in methods}
         for volume, part in rows.groupby("volume", sort=True):
             labels = dataset.labels(volume)
             image = dataset.image(volume)
-            wanted = [int(x) for x in part["label"]]
+            wanted = sorted(int(x) for x in part["label"])
             cls = dict(zip(part["label"].astype(int), part["class"], strict=True))
+            ids = wanted
             for method in methods:
                 array, ids = instance_crops(
                     labels, image, size=exp.crops.size, spacing=dataset.info.voxel_size,
@@ -198,8 +259,12 @@ def load_class_data(
                     sigma=exp.crops.sigma, labels_subset=wanted,
                 )
                 crops[method].append(array)
-            keys += [(volume, int(i)) for i in ids]
-            ys += [index[cls[int(i)]] for i in ids]
+            ids = [int(i) for i in ids]
+            if features and name == "manual":
+                table = instance_features(labels, image, dataset.info.voxel_size)
+                tables.append(table.set_index("label").loc[ids].reset_index())
+            keys += [(volume, i) for i in ids]
+            ys += [index[cls[i]] for i in ids]
         out[name] = {
             "keys": keys,
             "y": np.asarray(ys, dtype=np.int64),
@@ -207,7 +272,17 @@ def load_class_data(
                                                                  np.float32))
                       for m, c in crops.items()},
         }
+        if features and name == "manual":
+            out[name]["features"] = pd.concat(tables, ignore_index=True)
     return out
+
+
+def study_folds(exp: ClassificationExperiment, labels: np.ndarray) -> int:
+    """The validation folds of the study: ``training.folds``, or :func:`auto_folds` for auto."""
+    from aop.classification.evaluation import auto_folds
+
+    folds = exp.training.folds
+    return auto_folds(labels, exp.training.test_fraction) if folds == "auto" else int(folds)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,49 +305,132 @@ def _check_value(name: str, value: Any, where: str) -> None:
     """Refuse a value of parameter ``name`` that a trial's classifier does not accept."""
     from aop.classification.train import ClassifierConfig
 
-    try:
-        ClassifierConfig.model_validate({name: value})
-    except ValidationError as exc:
-        raise AopError(f"{where}: {value!r}: {error_message(exc.errors()[0])}") from None
+    if name in DEEP_PARAMETERS:
+        try:
+            ClassifierConfig.model_validate({name: value})
+        except ValidationError as exc:
+            raise AopError(f"{where}: {value!r}: {error_message(exc.errors()[0])}") from None
+    elif name not in DESIGN_PARAMETERS:
+        from aop.classification.tabular import make_model, model_of_parameter
+
+        try:
+            make_model(str(model_of_parameter(name)), {name: value})
+        except AopError as exc:
+            raise AopError(f"{where}: {exc}") from None
+
+
+def _owners() -> dict[str, tuple[str, str | None]]:
+    """``{parameter: (design, model or None)}``: the family each parameter belongs to."""
+    from aop.classification.tabular import FEATURE_MODELS
+
+    owners: dict[str, tuple[str, str | None]] = {p: ("deep", None) for p in DEEP_PARAMETERS}
+    owners["model"] = ("features", None)
+    for model, params in FEATURE_MODELS.items():
+        owners |= {p: ("features", model) for p in params}
+    return owners
+
+
+def check_families(space: SearchSpace, source: str) -> None:
+    """Refuse an unknown design or model, and a parameter active in another family's designs.
+
+    Every combination of the space's ``design`` and ``model`` values is tried: a parameter of
+    the deep family must be inactive whenever ``design`` is not ``deep`` (its ``when``), a
+    model's parameter whenever ``model`` is another model.
+    """
+    from aop.classification.tabular import FEATURE_MODELS
+
+    designs = [str(d) for d in space.choices("design", "deep")]
+    for design in designs:
+        if design not in DESIGNS:
+            raise AopError(f"{source}: parameters.design: unknown design family {design!r} "
+                           f"(known: {', '.join(DESIGNS)})")  # fmt: skip
+    models = [str(m) for m in space.choices("model", None)] if "model" in space.parameters else []
+    for model in models:
+        if model not in FEATURE_MODELS:
+            raise AopError(f"{source}: parameters.model: unknown model {model!r} (known: "
+                           f"{', '.join(FEATURE_MODELS)})")  # fmt: skip
+    combos = [
+        {**space.fixed, "design": d, **({"model": m} if m is not None else {})}
+        for d in designs for m in (models or [None])
+    ]  # fmt: skip
+    for name, (family, model) in _owners().items():
+        if name not in space.parameters:
+            continue
+        owner = f"model {model!r}" if model else f"the {family} design"
+        if family not in designs:
+            raise AopError(f"{source}: parameters.{name}: a parameter of {owner}, but the "
+                           f"space's design is never {family!r}")  # fmt: skip
+        if model is not None and model not in models:
+            raise AopError(f"{source}: parameters.{name}: a parameter of {owner}, which the "
+                           "space's model never is")  # fmt: skip
+        for combo in combos:
+            if name in space.searched and not space.is_active(name, combo):
+                continue
+            wrong_design = combo["design"] != family
+            if wrong_design or (model is not None and combo.get("model") != model):
+                fix = f"design: {family}" if wrong_design else f"model: {model}"
+                where = f"design is {combo['design']!r}" + (
+                    f" and model is {combo['model']!r}" if "model" in combo else "")
+                raise AopError(f"{source}: parameters.{name}: a parameter of {owner}, active "
+                               f"when {where} (add when: {{{fix}}})")  # fmt: skip
+
+
+def _sklearn_class_weight(weights: list[float] | str | None) -> Any:
+    """``training.class_weights`` as scikit-learn takes it."""
+    if isinstance(weights, list):
+        return dict(enumerate(weights))
+    return weights
 
 
 class ClassificationKind(StudyKind[ClassificationExperiment]):
-    """Classifier-design study: encoder x head x pretraining x preprocessing, val. accuracy."""
+    """Classifier-design study: deep designs and feature designs, validation (balanced) accuracy."""
 
     name = "classification"
     metric = "val_accuracy"
     mode = "max"
     metrics = METRICS
-    parameter_columns = ("encoder", "head", "pretraining", "preprocessing")
+    parameter_columns = ("design", "encoder", "model", "head", "pretraining", "preprocessing")
     experiment_model = ClassificationExperiment
     start_point = "default"
-    record_extras = ("test",)
+    record_extras = ("test", "folds")
     curves = ("val_accuracy_epoch", "val_accuracy")
 
+    def for_experiment(self, exp: ClassificationExperiment) -> ClassificationKind:
+        """The objective of ``exp`` (accuracy or balanced accuracy) first; ``design`` groups."""
+        metric = OBJECTIVES[exp.objective]
+        self.metric = metric
+        self.metrics = (metric, *(m for m in METRICS if m != metric))
+        self.curves = (f"{metric}_epoch", metric)
+        if "design" in self.search_space(exp).parameters:
+            self.group = "design"
+        return self
+
     def search_space(self, exp: ClassificationExperiment) -> SearchSpace:
-        return load_space_file(exp.search_space, allowed=PARAMETERS)
+        return load_space_file(exp.search_space, allowed=parameters())
 
     def check(self, exp: ClassificationExperiment, source: str) -> None:
-        """Every value of the space, and every weights file a ``full`` trial would need.
+        """The design families, every value of the space, every weights file ``full`` needs.
 
-        Each choice, each bound of a range and each constant is checked against what a trial's
-        classifier accepts (:class:`aop.classification.train.ClassifierConfig`: the encoder,
-        head, pretraining and preprocessing names, ``lr > 0``, the head's depth and width), so
-        that a value no trial could train is one line now, not a failed trial later.
+        Each choice, each bound of a range and each constant is checked against what a trial
+        accepts (deep: :class:`aop.classification.train.ClassifierConfig`; features:
+        :func:`aop.classification.tabular.make_model`), so that a value no trial could train
+        is one line now, not a failed trial later.
         """
         from aop.classification.encoders import check_pretrained_weights
 
         space = self.search_space(exp)
+        check_families(space, str(exp.search_space))
         for name, spec in space.parameters.items():
             for value in _values(spec):
                 _check_value(name, value, f"{exp.search_space}: parameters.{name}")
-        encoders = space.choices("encoder", "resnet18")
+        deep = "deep" in space.choices("design", "deep")
+        encoders = space.choices("encoder", "resnet18") if deep else []
         for key in exp.weights:
             if key not in encoders:
                 raise AopError(f"{source}: weights.{key}: not an encoder of the search space")
         # only `full` loads ImageNet weights; `semi` starts from random weights like `none`
         # (aop.classification.train: its first stage trains on the pseudo-labelled set)
-        if "full" in set(space.choices("pretraining", "none")):
+        if deep and "full" in set(space.choices("pretraining", "none")):
             for name in encoders:
                 try:
                     check_pretrained_weights(str(name), exp.weights.get(str(name)))
@@ -280,13 +438,14 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
                     raise AopError(f"{source}: weights.{name}: {exc}") from None
 
     def preflight(self, exp: ClassificationExperiment, check_models: bool = True) -> None:
-        """Before any output: the data set, its classes and every row of ``annotations.csv``.
+        """Before any output: the data set, its classes, every row of ``annotations.csv``, folds.
 
         The table is read once with :func:`aop.instances.annotations.read_annotations`, which
         checks every row against the data set (volume, label, declared class, source, a second
-        manual row of one instance); then every class needs two manual annotations, and
-        pretraining ``semi`` needs pseudo-labels.
+        manual row of one instance); then every class needs two manual annotations, pretraining
+        ``semi`` needs pseudo-labels, and the validation folds must fit the rarest class.
         """
+        from aop.classification.evaluation import design_splits
         from aop.instances.annotations import ANNOTATIONS_FILE, read_annotations, read_classes
         from aop.io import load_dataset
 
@@ -295,34 +454,69 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
             raise AopError(f"data.dataset: {root}: data-set folder not found")
         load_dataset(root, require_labels=True, validate=False)
         classes = [c.name for c in read_classes(root)]
+        if exp.objective == "balanced_accuracy" and len(classes) < 2:
+            raise AopError(
+                f"objective: balanced_accuracy needs at least 2 classes; {root}/dataset.yaml "
+                f"declares {len(classes)}"
+            )
         if not (root / ANNOTATIONS_FILE).is_file():
             raise AopError(
                 f"{root / ANNOTATIONS_FILE}: file not found (a classification study learns from "
                 "manual annotations: annotate the instances first, e.g. with aop annotate)"
             )
-        _, pseudo = class_rows(root, read_annotations(root), classes)
-        semi = "semi" in self.search_space(exp).choices("pretraining", "none")
+        manual, pseudo = class_rows(root, read_annotations(root), classes)
+        space = self.search_space(exp)
+        deep = "deep" in space.choices("design", "deep")
+        semi = deep and "semi" in space.choices("pretraining", "none")
         if semi and pseudo.empty:
             raise AopError(
                 f"{root / ANNOTATIONS_FILE}: pretraining 'semi' needs pseudo-labels "
                 "(source=spread rows): run aop spread first"
             )
+        labels = manual["class"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+        design_splits(
+            labels, folds=study_folds(exp, labels), val_fraction=exp.training.val_fraction,
+            test_fraction=exp.training.test_fraction, seed=exp.search.seed, class_names=classes,
+        )  # fmt: skip
 
     def prepare(self, exp: ClassificationExperiment) -> Prepared:
         import ray
         from ray import tune
 
+        from aop.classification.evaluation import design_splits
+        from aop.classification.tabular import (
+            baseline_model,
+            evaluate_design,
+            feature_columns,
+            feature_matrix,
+        )
         from aop.tuning.classification_trial import classification_trial
 
         space = self.search_space(exp)
-        methods = [str(m) for m in space.choices("preprocessing", "mask")]
+        deep = "deep" in space.choices("design", "deep")
+        methods = [str(m) for m in space.choices("preprocessing", "mask")] if deep else []
         bundle = load_class_data(exp, methods)  # checked by preflight, before any output
+        classes, y = bundle["classes"], bundle["manual"]["y"]
+        bundle["splits"] = design_splits(
+            y, folds=study_folds(exp, y), val_fraction=exp.training.val_fraction,
+            test_fraction=exp.training.test_fraction, seed=exp.search.seed, class_names=classes,
+        )  # fmt: skip
+        table = bundle["manual"].pop("features")
+        columns = feature_columns(table)
+        features = feature_matrix(table, columns)
+        bundle["features"] = {"columns": columns, "X": features}
+        class_weight = _sklearn_class_weight(exp.training.class_weights)
+        baseline = evaluate_design(
+            lambda: baseline_model(seed=exp.search.seed, class_weight=class_weight),
+            features, y, bundle["splits"], classes,
+        )  # fmt: skip
         ref = ray.put(bundle)
         resources = exp.search.resources
         trainable = tune.with_parameters(
             classification_trial,
             data=ref,
-            training=exp.training.model_dump(mode="json"),
+            training={**exp.training.model_dump(mode="json"), "objective": exp.objective,
+                      "seed": exp.search.seed},
             weights={k: str(v) for k, v in exp.weights.items()},
             gpu=resources.gpu,
             tracking={"study_dir": str(exp.study_dir), "tracking_uri": exp.tracking_uri,
@@ -334,14 +528,29 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
         return Prepared(
             trainable=tune.with_resources(trainable, request),
             dataset=exp.data.dataset,
-            context={"classes": bundle["classes"], "n_manual": len(bundle["manual"]["y"]),
-                     "crop_shape": bundle["manual"]["crops"][methods[0]].shape[1:]},
+            context={
+                "classes": classes, "n_manual": len(y),
+                "crop_shape": bundle["manual"]["crops"][methods[0]].shape[1:] if deep else None,
+                "columns": columns, "example": features.head(3),
+                "folds": len(bundle["splits"].folds),
+                "baseline": {"scores": baseline.to_metrics(), "folds": {
+                    "accuracy": list(baseline.fold_accuracy),
+                    "balanced_accuracy": list(baseline.fold_balanced_accuracy)}},
+            },
         )
 
     def grid_space(self, exp: ClassificationExperiment, space: SearchSpace) -> dict[str, Any]:
-        """All combinations of the categorical parameters (others at the start point)."""
+        """All combinations of the categorical parameters (others at the start point).
+
+        A space with conditional parameters (several design families) has no grid: Ray Tune's
+        grid is the product of every parameter, which would repeat each design once per value
+        of the other families' parameters.
+        """
         from ray import tune
 
+        if space.has_conditions:
+            raise AopError(f"{exp.search_space}: comparison.grid: a grid over a space with "
+                           "conditional parameters (when:) is not supported; set grid: false")
         start = (space.start("default") or [{}])[0]
         out: dict[str, Any] = dict(space.fixed)
         for name, domain in space.domains().items():
@@ -365,6 +574,30 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
             "params": dict(best["params"]),
             "scores": dict(best["metrics"]),
             "test": best.get("test", {}),
+            **({"folds": best["folds"]} if best.get("folds") else {}),
+        }
+
+    def reference(
+        self,
+        exp: ClassificationExperiment,
+        prepared: Prepared,
+        records: Mapping[str, Sequence[dict[str, Any]]],
+        best: Mapping[str, Any],
+    ) -> dict[str, Any] | None:
+        """The logistic-regression baseline, its paired comparison with the pick, the verdict."""
+        from aop.classification.evaluation import paired_comparison
+
+        baseline = prepared.context["baseline"]
+        key = self.metric.removeprefix("val_")
+        ours = (best.get("folds") or {}).get(key) or []
+        theirs = baseline["folds"][key]
+        comparison = (paired_comparison(ours, theirs)
+                      if ours and len(ours) == len(theirs) and len(ours) > 1 else {})  # fmt: skip
+        return {
+            "name": "logistic regression on standardised instance features (C=1), same splits",
+            "scores": dict(baseline["scores"]),
+            **({"comparison": comparison} if comparison else {}),
+            "verdict": verdict(best, records, baseline["scores"], self.metric),
         }
 
     def finish(
@@ -376,27 +609,89 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
         tracker: Any,
     ) -> list[Path]:
         from aop.classification.figures import write_classifier_results
-        from aop.tuning.classification_trial import best_checkpoint, log_classifier_model
-
-        checkpoint = best_checkpoint(exp.study_dir, best, exp.storage.tune_storage)
-        artifacts = write_classifier_results(
-            exp.study_dir, dict(records), best, crop_shape=prepared.context["crop_shape"],
-            classes=prepared.context["classes"],
+        from aop.tuning.classification_trial import (
+            FEATURE_MODEL_FILE,
+            best_checkpoint,
+            log_classifier_model,
+            log_feature_model,
         )
+
+        context = prepared.context
+        artifacts = write_classifier_results(
+            exp.study_dir, dict(records), best, crop_shape=context["crop_shape"],
+            classes=context["classes"], metric=self.metric,
+            reference=context["baseline"]["scores"],
+        )  # fmt: skip
+        registered = f"aop-{exp.name}-classifier"
+        if best["params"].get("design", "deep") == "features":
+            path = best_checkpoint(exp.study_dir, best, exp.storage.tune_storage,
+                                   FEATURE_MODEL_FILE)  # fmt: skip
+            if path is not None:
+                metadata = {"design": "features", "model": str(best["params"].get("model")),
+                            "feature_columns": list(context["columns"]),
+                            "classes": list(context["classes"])}  # fmt: skip
+                tracker.log_model_safely(
+                    lambda: log_feature_model(tracker, path, context["example"], registered,
+                                              metadata),  # fmt: skip
+                    tag="classifier",
+                )
+            return artifacts
+        checkpoint = best_checkpoint(exp.study_dir, best, exp.storage.tune_storage)
         if checkpoint is not None:
             metadata = {
+                "design": "deep",
                 "crop_size": list(exp.crops.size),
                 "target_spacing": list(exp.crops.target_spacing)
                 if exp.crops.target_spacing else None,
                 "preprocessing": str(best["params"].get("preprocessing", "mask")),
                 "sigma": exp.crops.sigma,
-                "classes": list(prepared.context["classes"]),
+                "classes": list(context["classes"]),
             }
             tracker.log_model_safely(
                 lambda: log_classifier_model(
-                    tracker, checkpoint, prepared.context["crop_shape"],
-                    registered_name=f"aop-{exp.name}-classifier", metadata=metadata,
+                    tracker, checkpoint, context["crop_shape"], registered_name=registered,
+                    metadata=metadata,
                 ),
                 tag="classifier",
             )
         return artifacts
+
+
+def design_text(params: Mapping[str, Any]) -> str:
+    """A design in a few words: ``features: random_forest`` or ``deep: resnet18, slice, mask``."""
+    if params.get("design", "deep") == "features":
+        return f"features: {params.get('model', 'logistic_regression')}"
+    parts = [str(params[k]) for k in ("encoder", "head", "pretraining", "preprocessing")
+             if k in params]  # fmt: skip
+    return "deep: " + ", ".join(parts)
+
+
+def verdict(
+    best: Mapping[str, Any],
+    records: Mapping[str, Sequence[Mapping[str, Any]]],
+    baseline: Mapping[str, float],
+    metric: str,
+) -> str:
+    """One line: does the pick beat the baseline, and does the best deep design lose to it?"""
+    reference = float(baseline[metric])
+    value = float(best["metrics"][metric])
+    pick = design_text(best["params"])
+    deep = [r for recs in records.values() for r in recs
+            if r["params"].get("design", "deep") == "deep" and metric in r["metrics"]]  # fmt: skip
+    top_deep = max(deep, key=lambda r: r["metrics"][metric], default=None)
+    lines = []
+    if value < reference:
+        lines.append(f"The study's pick ({pick}, {metric} {value:.3f}) is below the baseline "
+                     f"({reference:.3f}).")  # fmt: skip
+    else:
+        lines.append(f"The study's pick ({pick}, {metric} {value:.3f}) is {value - reference:+.3f}"
+                     f" against the baseline ({reference:.3f}).")  # fmt: skip
+    if top_deep is not None and top_deep is not best:
+        deep_value = float(top_deep["metrics"][metric])
+        if deep_value < reference:
+            lines.append(f"The best deep design ({design_text(top_deep['params'])}, "
+                         f"{deep_value:.3f}) loses to the baseline.")  # fmt: skip
+    elif top_deep is best and value < reference:
+        lines[-1] = (f"The best deep design ({pick}, {metric} {value:.3f}) loses to the "
+                     f"baseline ({reference:.3f}).")  # fmt: skip
+    return " ".join(lines)
