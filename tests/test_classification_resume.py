@@ -56,7 +56,7 @@ def _experiment(tmp_path: Path, data: Path, **extra) -> Path:
         "crops": {"size": [4, 16, 16]},
         "training": {"max_epochs": MAX_EPOCHS, "patience": MAX_EPOCHS, "batch_size": 8,
                      "head_width": 8, "head_depth": 1, "augment": False,
-                     "val_fraction": 0.3, "test_fraction": 0.2},
+                     "val_fraction": 0.3, "test_fraction": 0.2, "folds": 1},
         "search": {"searcher": "smac", "budget": 2, "concurrency": 2, "seed": 0,
                    "resources": {"cpus": 1, "gpu": 0}},
         "search_space": str(tmp_path / "space.yaml"),

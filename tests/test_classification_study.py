@@ -54,7 +54,7 @@ def _experiment(tmp_path, data, **extra):
         "name": "cls", "kind": "classification", "data": {"dataset": str(data)},
         "crops": {"size": [6, 16, 16]},
         "training": {"max_epochs": 2, "patience": 2, "batch_size": 8, "head_width": 8,
-                     "head_depth": 1, "val_fraction": 0.3, "test_fraction": 0.2},
+                     "head_depth": 1, "val_fraction": 0.3, "test_fraction": 0.2, "folds": 1},
         "search": {"searcher": "smac", "budget": 2, "concurrency": 2, "seed": 0},
         "search_space": str(tmp_path / "space.yaml"),
         "storage": {"study_dir": str(tmp_path / "study")},
