@@ -15,7 +15,38 @@
 
 A searcher receives the study's :class:`aop.tuning.space.SearchSpace` as Ray Tune domains and
 Ray converts them for its library. It optimises the study kind's metric in its mode, is seeded,
-and (except ``random``) first evaluates the kind's start points. Add a searcher with::
+and (except ``random``) first evaluates the kind's start points.
+
+Conditional parameters (``when:`` in the space, see :mod:`aop.tuning.space`): every suggestion
+holds the active parameters only, so the trainable and the trial records never see an inactive
+one. A space without conditions keeps the searchers above exactly as they are.
+
+``gp`` and ``random``
+    A define-by-run function of the space (:class:`aop.tuning.conditional_search.
+    ConditionalOptunaSearch`) asks Optuna for the active parameters, parents first; start
+    points are enqueued trials and ``add_evaluated_point`` (top-ups) tells Optuna each trial
+    with the distributions of its own parameters. ``GPSampler`` models the intersection search
+    space: the parameters that every finished trial has with the same distribution (Optuna's
+    ``IntersectionSearchSpace``, skipping single-valued ones). Its Gaussian process fits and
+    proposes those (the unconditional parameters, e.g. ``design``) and every other parameter
+    is drawn by its independent sampler, here a seeded ``RandomSampler``: the parameters of
+    one branch are searched at random while the GP chooses between branches and tunes what
+    all branches share.
+``tpe``
+    Hyperopt samples the flat space (every searched parameter, as without conditions) and the
+    suggestion leaves out the inactive values (:class:`aop.tuning.conditional_search.
+    ActiveHyperOptSearch`). Hyperopt's nested ``hp.choice`` spaces are a tree: a parameter
+    sits under one option of one choice, so a condition on several parents or several values
+    would need copies of the parameter; the flat space takes every condition as it is. TPE
+    fits one density per parameter over all trials: an inactive parameter's value has no
+    effect on the objective, so it adds noise to the good/bad split of that parameter, not a
+    bias. A start point is completed for hyperopt with seeded draws of its inactive parameters.
+``smac``
+    ConfigSpace conditions (``EqualsCondition``, ``InCondition``, ``AndConjunction`` for
+    several parents): SMAC's configurations, run history, start points, told trials and saved
+    state hold the active parameters only, and its random forest imputes the inactive ones.
+
+Add a searcher with::
 
     @register_searcher("name")
     def _make(request: SearcherRequest) -> Searcher: ...
@@ -47,7 +78,7 @@ class SearcherRequest:
     seed : int
         Random seed of the sampler.
     start_points : list of dict
-        Configurations to evaluate first, in order (searched parameters).
+        Configurations to evaluate first, in order (active searched parameters).
     n_startup_trials : int
         Random trials before the surrogate model takes over (model-based searchers).
     """
@@ -150,6 +181,16 @@ def _optuna_search(request: SearcherRequest, sampler: Any) -> Searcher:
 
     # "A new study created in memory" per search: the study's records and MLflow tell the rest
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if request.space.has_conditions:
+        from aop.tuning.conditional_search import ConditionalOptunaSearch
+
+        return ConditionalOptunaSearch(
+            request.space,
+            metric=request.metric,
+            mode=request.mode,
+            sampler=sampler,
+            points_to_evaluate=request.start_points or None,
+        )
     return OptunaSearch(
         space=OptunaSearch.convert_search_space(request.space.domains()),
         metric=request.metric,
@@ -184,6 +225,17 @@ def _random(request: SearcherRequest) -> Searcher:
 def _tpe(request: SearcherRequest) -> Searcher:
     from ray.tune.search.hyperopt import HyperOptSearch
 
+    if request.space.has_conditions:
+        from aop.tuning.conditional_search import ActiveHyperOptSearch
+
+        return ActiveHyperOptSearch(
+            request.space,
+            metric=request.metric,
+            mode=request.mode,
+            points_to_evaluate=request.start_points or None,
+            n_initial_points=request.n_startup_trials,
+            random_state_seed=request.seed,
+        )
     return HyperOptSearch(
         space=HyperOptSearch.convert_search_space(request.space.domains()),
         metric=request.metric,
@@ -205,4 +257,5 @@ def _smac(request: SearcherRequest) -> Searcher:
         points_to_evaluate=request.start_points or None,
         seed=request.seed,
         n_initial_points=request.n_startup_trials,
+        conditions=request.space.conditions,
     )
