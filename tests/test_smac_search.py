@@ -427,3 +427,186 @@ def test_tuner_restore_continues_the_smac_search_to_its_budget(tmp_path):
     # SMAC's run history holds every trial of the budget, before and after the restore, with
     # its cost; none is left running
     assert _history(searcher) == {_key(r.config): ("SUCCESS", -r.metrics["score"]) for r in results}
+
+
+# ------------------------------------------------------------------------------------------------
+# Conditions: a parameter active only for some values of its parents
+# ------------------------------------------------------------------------------------------------
+
+BRANCHED = {
+    "design": tune.choice(["deep", "features"]),
+    "encoder": tune.choice(["small", "large"]),
+    "model": tune.choice(["logreg", "forest", "boosting"]),
+    "c": tune.loguniform(1e-3, 100.0),
+    "trees": tune.randint(50, 501),
+    "depth": tune.randint(2, 9),
+    "width": 128,
+}
+CONDITIONS = {
+    "encoder": {"design": ["deep"]},
+    "model": {"design": ["features"]},
+    "c": {"model": ["logreg"]},
+    "trees": {"model": ["forest", "boosting"]},
+    "depth": {"design": ["features"], "model": ["boosting"]},
+}
+
+
+def _active(config):
+    """The searched parameters of a configuration's branch, written out by hand."""
+    if config["design"] == "deep":
+        return {"design", "encoder"}
+    return {"design", "model", {"logreg": "c", "forest": "trees", "boosting": "trees"}[
+        config["model"]]} | ({"depth"} if config["model"] == "boosting" else set())  # fmt: skip
+
+
+def _branch_score(config):
+    if config["design"] == "deep":
+        return 0.5 + 0.2 * (config["encoder"] == "large")
+    if config["model"] == "logreg":
+        return 0.6 - 0.05 * math.log10(config["c"]) ** 2
+    return 0.2 + config["trees"] / 1000 + 0.01 * config.get("depth", 0)
+
+
+def _branch_key(config):
+    return repr(sorted((n, v) for n, v in config.items() if n in _active(config)))
+
+
+def test_conditions_become_configspace_conditions():
+    cs = config_space(BRANCHED, conditions=CONDITIONS)
+    written = {str(c) for c in cs.conditions}
+    assert written == {
+        "encoder | design == 0", "model | design == 1", "c | model == 0",
+        "trees | model in {1, 2}", "(depth | design == 1 && depth | model == 2)",
+    }  # fmt: skip
+    kinds = {type(c).__name__ for c in cs.conditions}
+    assert kinds == {"EqualsCondition", "InCondition", "AndConjunction"}
+    # a condition on a constant that holds is left out; one on a bool option keeps it apart
+    cs = config_space({"flag": tune.choice([1, True]), "x": tune.uniform(0, 1), "k": "on",
+                       "y": tune.uniform(0, 1)},
+                      conditions={"x": {"flag": [True]}, "y": {"k": "on"}})  # fmt: skip
+    assert [str(c) for c in cs.conditions] == ["x | flag == 1"]
+    for conditions, message in [
+        ({"c": {"modle": ["logreg"]}}, "search space: c.when.modle: unknown parameter"),
+        ({"c": {"trees": [60]}}, "search space: c.when.trees: a condition needs a tune.choice "
+         "parent or a constant"),
+        ({"c": {"model": ["svm"]}}, "search space: c.when.model: 'svm' is not one of "
+         "['logreg', 'forest', 'boosting']"),
+        ({"c": {"width": [64]}}, "search space: c.when.width: the constant 128 is none of [64]"),
+        ({"width": {"model": ["logreg"]}}, "search space: width.when: width is not a searched "
+         "parameter"),
+        ({"encoder": {"model": ["logreg"]}, "model": {"encoder": ["small"]}},
+         "search space: model.when: a cycle of conditions through encoder"),
+    ]:  # fmt: skip
+        with pytest.raises(AopError) as caught:
+            config_space(BRANCHED, conditions=conditions)
+        assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_a_conditional_smac_search_holds_only_active_parameters_and_restores(tmp_path):
+    from smac.runhistory.enumerations import StatusType
+
+    points = [{"design": "deep", "encoder": "large"},
+              {"design": "features", "model": "boosting", "trees": 300}]  # depth drawn
+    searcher = _searcher(BRANCHED, conditions=CONDITIONS, points_to_evaluate=points)
+    configs = _loop(searcher, 12, objective=_branch_score)
+    assert configs[0] == {**points[0], "width": 128}
+    assert {k: configs[1][k] for k in ("design", "model", "trees")} == points[1]
+    assert 2 <= configs[1]["depth"] <= 8
+    for config in configs:
+        assert set(config) == _active(config) | {"width"}
+    assert len({_branch_key(c) for c in configs}) == 12
+    assert len({(c["design"], c.get("model")) for c in configs}) >= 3
+
+    # told trials: inactive parameters, absent or given, are left out of SMAC's history
+    told = _searcher(BRANCHED, conditions=CONDITIONS)
+    told.add_evaluated_point({"design": "deep", "encoder": "small"}, 0.5)
+    told.add_evaluated_point({"design": "deep", "encoder": "large", "c": 1.0, "trees": 60}, 0.7)
+    told.add_evaluated_point({"design": "features", "model": "logreg", "c": 1.0}, 0.6)
+    told.add_evaluated_point({"design": "features", "model": "forest", "trees": 99}, 0.0,
+                             error=True)  # fmt: skip
+    history = [dict(told.runhistory.get_config(k.config_id)) for k in told.runhistory]
+    assert history == [{"design": 0, "encoder": 0}, {"design": 0, "encoder": 1},
+                       {"design": 1, "model": 0, "c": 1.0},
+                       {"design": 1, "model": 1, "trees": 99}]  # fmt: skip
+    statuses = [v.status for v in told.runhistory.values()]
+    assert statuses == [StatusType.SUCCESS] * 3 + [StatusType.CRASHED]
+    with pytest.raises(AopError, match="the searched parameter depth is missing"):
+        told.add_evaluated_point({"design": "features", "model": "boosting", "trees": 60}, 0.5)
+    more = _loop(told, 6, objective=_branch_score)
+    assert all(set(c) == _active(c) | {"width"} for c in more)
+    assert not {_branch_key(c) for c in more} & {
+        _branch_key({"design": "deep", "encoder": "small"}),
+        _branch_key({"design": "deep", "encoder": "large"}),
+        _branch_key({"design": "features", "model": "logreg", "c": 1.0})}  # fmt: skip
+
+    # save and restore: the state holds the conditions; the history its active values
+    pending = searcher.suggest("p0")
+    path = tmp_path / "searcher.pkl"
+    searcher.save(str(path))
+    state = pickle.loads(path.read_bytes())
+    assert state["version"] == 3 and state["conditions"] == CONDITIONS
+    assert set(state["pending"]["p0"]) == _active(pending)
+    for restored in (SMACSearch(), pickle.loads(pickle.dumps(searcher))):
+        if not restored.runhistory:
+            restored.restore(str(path))
+        assert [dict(restored.runhistory.get_config(k.config_id)) for k in restored.runhistory] \
+            == [dict(searcher.runhistory.get_config(k.config_id)) for k in searcher.runhistory]
+        restored.on_trial_complete("p0", {"score": _branch_score(pending)})
+        after = _loop(restored, 6, start=20, objective=_branch_score)
+        assert all(set(c) == _active(c) | {"width"} for c in after)
+        keys = [_branch_key(c) for c in configs + [pending] + after]
+        assert len(set(keys)) == 19  # no configuration suggested twice across the restore
+    # a state of the version before conditions (2) still loads, as a space without conditions
+    flat = _searcher(SPACE)
+    _loop(flat, 3)
+    old = {k: v for k, v in flat.get_state().items() if k != "conditions"}
+    path.write_bytes(pickle.dumps({**old, "version": 2}))
+    again = SMACSearch()
+    again.restore(str(path))
+    assert len(again.runhistory) == 3 and not again._cs.conditions
+
+
+def test_tuner_restore_continues_a_conditional_smac_search(tmp_path):
+    import ray
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+    def trainable(config):
+        if set(config) != _active(config) | {"width"}:
+            raise ValueError(f"not the active parameters of its branch: {sorted(config)}")
+        tune.report({"score": _branch_score(config)})
+
+    # the searcher gets the space and the Tuner the constants (as in aop's engine): Tune merges
+    # each suggestion into the param_space, where an inactive domain would stay unsampled
+    budget, path, constants = 8, str(tmp_path / "smac"), {"width": 128}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=constants,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(BRANCHED, conditions=CONDITIONS),
+                num_samples=budget,
+                max_concurrent_trials=2,
+            ),
+            run_config=tune.RunConfig(
+                name="smac",
+                storage_path=str(tmp_path),
+                verbose=0,
+                callbacks=[_InterruptOnce(3, str(tmp_path / "interrupted"))],
+            ),
+        )
+        first = [r for r in tuner.fit() if r.metrics and "score" in r.metrics]
+        assert 3 <= len(first) < budget, "the search was not interrupted"
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
+                                   param_space=constants)  # fmt: skip
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert len(results) == budget and not results.errors  # every trial had its branch's keys
+    configs = {_branch_key(r.config) for r in results}
+    assert len(configs) == budget and {_branch_key(r.config) for r in first} <= configs
+    searcher = SMACSearch()
+    searcher.restore_from_dir(path)
+    assert len(searcher.runhistory) == budget
+    assert {v.status.name for v in searcher.runhistory.values()} == {"SUCCESS"}

@@ -17,10 +17,20 @@ configurations at random), driven through SMAC's public ask/tell interface. Conv
   without a finite metric is told as ``StatusType.CRASHED``; the forest fits successful trials.
 - ``points_to_evaluate`` come first, in order (missing searched keys drawn with ``seed``), as
   running trials of SMAC's run history; ``add_evaluated_point`` tells SMAC a finished trial.
-- The state is the settings, the start points left, the pending trials and SMAC's run history
-  (the JSON ``RunHistory.save`` writes). Restoring tells a fresh SMAC the finished trials and
-  registers the pending ones as running: the forest sees the history and no told or pending
-  configuration is suggested again (the suggestions need not be the uninterrupted ones).
+- ``conditions`` (``{name: {parent: [value, ...]}}``, the format of
+  :attr:`aop.tuning.space.SearchSpace.conditions`) make a parameter active only when each
+  parent (a ``tune.choice``, or a constant whose value is among the parent's values) has one of
+  its values: ConfigSpace's ``EqualsCondition`` or ``InCondition`` on the option indices, an
+  ``AndConjunction`` for several parents. A configuration, suggestion, start point and told
+  trial holds the active parameters only (inactive ones given are ignored); SMAC's random
+  forest imputes the inactive ones. With conditions, give the space to the searcher and only
+  the constants to the ``Tuner``: Tune merges each suggestion into its ``param_space``, where
+  an inactive parameter's domain would stay unsampled.
+- The state is the settings, the conditions, the start points left, the pending trials and
+  SMAC's run history (the JSON ``RunHistory.save`` writes). Restoring tells a fresh SMAC the
+  finished trials and registers the pending ones as running: the forest sees the history and
+  no told or pending configuration is suggested again (the suggestions need not be the
+  uninterrupted ones).
 - SMAC's scenario and the run-history file live in temporary folders; nothing else is written.
 """
 
@@ -31,12 +41,15 @@ import logging
 import math
 import pickle
 import tempfile
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import ConfigSpace
 import numpy as np
 from ConfigSpace import Configuration, ConfigurationSpace
+from ConfigSpace.exceptions import CyclicDependancyError
 from ray.tune.search import Searcher
 from ray.tune.search.sample import Categorical, Domain, Integer, LogUniform, Uniform
 from smac import HyperparameterOptimizationFacade as HPO
@@ -50,7 +63,7 @@ from aop.errors import AopError
 
 __all__ = ["SMACSearch", "config_space"]
 
-_STATE_VERSION = 2
+_STATE_VERSION = 3  # 3 adds the conditions; a version 2 state (no conditions) still loads
 # SMAC's options a caller may change, with the HPO facade's values
 _OPTIONS = {"retrain_after": 1, "n_trees": 10, "random_probability": 0.2, "challengers": 2000,
             "local_search_iterations": 10}  # fmt: skip
@@ -58,17 +71,26 @@ _SUPPORTED = "tune.choice, tune.randint, tune.lograndint, tune.uniform, tune.log
 _NO_SPACE = "SMACSearch: no search space (give space= or a Tuner param_space)"
 
 
-def config_space(space: dict[str, Any], seed: int = 0) -> ConfigurationSpace:
+def config_space(
+    space: dict[str, Any],
+    seed: int = 0,
+    conditions: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ConfigurationSpace:
     """Convert a Ray Tune param space to a ConfigSpace space, one hyperparameter per domain.
 
     A choice becomes a categorical over its option indices, an integer range includes both
     bounds (a range of one value is a categorical of one option); constants are left out.
-    Another domain is an AopError naming its key.
+    Another domain is an AopError naming its key. ``conditions`` become ConfigSpace conditions
+    (see the module docstring and ``_option_conditions``).
 
     >>> from ray import tune
     >>> cs = config_space({"lr": tune.loguniform(1e-4, 1e-1), "n": tune.randint(1, 11), "e": 5})
     >>> list(cs), cs["lr"].log, (cs["n"].lower, cs["n"].upper)
     (['lr', 'n'], True, (1, 10))
+    >>> cs = config_space({"m": tune.choice(["a", "b"]), "lr": tune.uniform(0, 1)},
+    ...                   conditions={"lr": {"m": ["b"]}})
+    >>> cs.conditions
+    [lr | m == 1]
     """
     if not isinstance(space, dict):
         raise AopError(f"search space: expected a dict of Tune domains, got {type(space).__name__}")
@@ -95,7 +117,65 @@ def config_space(space: dict[str, Any], seed: int = 0) -> ConfigurationSpace:
         else:
             bounds = (float(domain.lower), float(domain.upper))
             cs.add(ConfigSpace.Float(name, bounds, log=log))
+    for name, condition in _option_conditions(space, conditions or {}).items():
+        clauses = [
+            ConfigSpace.EqualsCondition(cs[name], cs[parent], options[0]) if len(options) == 1
+            else ConfigSpace.InCondition(cs[name], cs[parent], options)
+            for parent, options in condition.items()
+        ]  # fmt: skip
+        if clauses:
+            try:
+                cs.add(clauses[0] if len(clauses) == 1 else ConfigSpace.AndConjunction(*clauses))
+            except CyclicDependancyError:
+                parents = ", ".join(condition)
+                raise AopError(f"search space: {name}.when: a cycle of conditions through "
+                               f"{parents}") from None  # fmt: skip
     return cs
+
+
+def _option_conditions(
+    space: dict[str, Any], conditions: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, list[int]]]:
+    """``{name: {parent: [option index, ...]}}``: the conditions on the parents' option indices.
+
+    A condition on a constant holds when the constant is among its values and is left out; one
+    that never holds, a parent that is not a ``tune.choice`` or a constant, a value that is not
+    one of the parent's options, or a condition of a parameter that is not searched is an
+    AopError naming ``name.when.parent``.
+    """
+    converted: dict[str, dict[str, list[int]]] = {}
+    for name, condition in conditions.items():
+        where = f"search space: {name}.when"
+        if not isinstance(space.get(name), Domain):
+            raise AopError(f"{where}: {name} is not a searched parameter")
+        converted[name] = {}
+        for parent, wanted in condition.items():
+            at = f"{where}.{parent}"
+            values = list(wanted) if isinstance(wanted, list | tuple) else [wanted]
+            if parent not in space:
+                raise AopError(f"{at}: unknown parameter")
+            domain = space[parent]
+            if not isinstance(domain, Domain):  # a constant
+                if not any(value == domain for value in values):
+                    raise AopError(f"{at}: the constant {domain!r} is none of {values!r}")
+                continue
+            if not isinstance(domain, Categorical):
+                raise AopError(f"{at}: a condition needs a tune.choice parent or a constant")
+            options = []
+            for value in values:
+                index = _option(domain.categories, value)
+                if index is None:
+                    raise AopError(f"{at}: {value!r} is not one of {domain.categories!r}")
+                options.append(index)
+            converted[name][parent] = sorted(set(options))
+    return converted
+
+
+def _option(options: list[Any], value: Any) -> int | None:
+    """The index of ``value`` among ``options``, one of its own type first (``True``, ``1``)."""
+    same = [i for i, c in enumerate(options) if type(c) is type(value) and c == value]
+    found = same + [i for i, c in enumerate(options) if c == value]
+    return found[0] if found else None
 
 
 class SMACSearch(Searcher):
@@ -115,6 +195,9 @@ class SMACSearch(Searcher):
         Seed of SMAC: in one process, the same seed and results give the same suggestions.
     n_initial_points : int
         Size of SMAC's Sobol initial design, suggested before the forest takes over.
+    conditions : mapping, optional
+        ``{name: {parent: [value, ...]}}``: when each parameter is active (see the module
+        docstring).
     **options
         ``retrain_after`` (configurations per forest fit, 1), ``n_trees`` (10),
         ``random_probability`` (0.2), ``challengers`` (random configurations scored per ask,
@@ -141,6 +224,7 @@ class SMACSearch(Searcher):
         points_to_evaluate: list[dict[str, Any]] | None = None,
         seed: int = 0,
         n_initial_points: int = 10,
+        conditions: Mapping[str, Mapping[str, Any]] | None = None,
         **options: Any,
     ) -> None:
         if set(options) - set(_OPTIONS):
@@ -152,6 +236,7 @@ class SMACSearch(Searcher):
         self._seed, self._n_initial_points = int(seed), int(n_initial_points)
         self._options = {**_OPTIONS, **options}
         self._points = [dict(p) for p in points_to_evaluate or []]  # Tune values, not suggested
+        self._conditions = _plain_conditions(conditions or {})
         self._space: dict[str, Any] | None = None
         self._facade: Any = None  # SMAC's HPO facade, once the space is known
         self._pending: dict[str, TrialInfo] = {}
@@ -175,15 +260,13 @@ class SMACSearch(Searcher):
 
     def _start(self, space: dict[str, Any]) -> None:
         """Build the ConfigSpace space and SMAC, and complete and check the start points."""
-        self._cs = config_space(space, seed=self._seed)
+        self._cs = config_space(space, seed=self._seed, conditions=self._conditions)
+        self._when = _option_conditions(space, self._conditions)
         self._space = copy.deepcopy(space)
         self._facade = self._make_facade()
         rng = np.random.RandomState(self._seed)
         for index, point in enumerate(self._points):
-            for name, hp in self._cs.items():
-                if name not in point:
-                    point[name] = self._config({name: hp.sample_value(seed=rng)})[name]
-            self._values(point, f"points_to_evaluate[{index}]")
+            self._values(point, f"points_to_evaluate[{index}]", fill=rng)
 
     def _make_facade(self) -> HPO:
         logging.getLogger("smac").setLevel(logging.ERROR)
@@ -228,11 +311,20 @@ class SMACSearch(Searcher):
                 config[name] = (int if isinstance(domain, Integer) else float)(values[name])
         return config
 
-    def _values(self, params: dict[str, Any], where: str) -> dict[str, Any]:
-        """The ConfigSpace values of Tune values; ``where`` names them in an error."""
+    def _values(
+        self, params: dict[str, Any], where: str, fill: np.random.RandomState | None = None
+    ) -> dict[str, Any]:
+        """The ConfigSpace values of the active parameters' Tune values (inactive ones are
+        ignored); ``where`` names them in an error. With ``fill``, a missing active parameter
+        is drawn with it and set in ``params``."""
         assert self._space is not None
-        values = {}
-        for name, hp in self._cs.items():
+        values: dict[str, Any] = {}
+        for name, hp in self._cs.items():  # parents before children (ConfigSpace's order)
+            condition = self._when.get(name, {})
+            if any(values.get(parent) not in options for parent, options in condition.items()):
+                continue  # inactive
+            if name not in params and fill is not None:
+                params[name] = self._config({name: hp.sample_value(seed=fill)})[name]
             if name not in params:
                 raise AopError(f"{where}: the searched parameter {name} is missing")
             domain, value = self._space[name], params[name]
@@ -282,12 +374,18 @@ class SMACSearch(Searcher):
             self._facade.runhistory.add_running_trial(info)
         else:
             try:
-                info = self._facade.ask()
+                with warnings.catch_warnings():
+                    # SMAC's local search logs the mean time of its steps: NumPy warns twice
+                    # about a mean of none when every start is a local optimum already
+                    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+                    warnings.filterwarnings("ignore", "invalid value encountered in scalar divide",
+                                            RuntimeWarning, "numpy")  # fmt: skip
+                    info = self._facade.ask()
             except (StopIteration, ConfigurationSpaceExhaustedException):
                 return Searcher.FINISHED
         self._pending[trial_id] = info
         # a start point keeps its own values (ConfigSpace rounds floats to 13 decimals)
-        return {**self._config(info.config), **{n: point[n] for n in point if n in self._cs}}
+        return {**self._config(info.config), **{n: point[n] for n in point if n in info.config}}
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -308,8 +406,9 @@ class SMACSearch(Searcher):
     ) -> None:
         """Tell SMAC a trial evaluated elsewhere (Ray Tune's signature): it joins the history.
 
-        ``parameters`` holds the Tune value of every searched parameter (a missing or outside
-        one is an AopError naming it; constants are ignored), ``value`` its metric; ``error``
+        ``parameters`` holds the Tune value of every active searched parameter (a missing or
+        outside one is an AopError naming it; constants and inactive parameters are ignored),
+        ``value`` its metric; ``error``
         tells it as crashed. A pruned trial's value is told as is; ``intermediate_values`` are
         not used.
         """
@@ -331,15 +430,17 @@ class SMACSearch(Searcher):
             "version": _STATE_VERSION, "metric": self._metric, "mode": self._mode,
             "seed": self._seed, "n_initial_points": self._n_initial_points,
             "options": dict(self._options), "space": copy.deepcopy(self._space),
+            "conditions": copy.deepcopy(self._conditions),
             "points": copy.deepcopy(self._points), "runhistory": history,
             "pending": {trial_id: dict(info.config) for trial_id, info in self._pending.items()},
         }  # fmt: skip
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Build a fresh SMAC and tell it the saved run history (see the module docstring)."""
-        if state.get("version") != _STATE_VERSION:
+        if state.get("version") not in (2, _STATE_VERSION):
             raise AopError(f"SMACSearch: unknown state version {state.get('version')!r}")
         self._metric, self._mode = state["metric"], state["mode"]
+        self._conditions = _plain_conditions(state.get("conditions") or {})
         self._seed, self._n_initial_points = state["seed"], state["n_initial_points"]
         self._options, self._points = dict(state["options"]), [dict(p) for p in state["points"]]
         self._space, self._facade, self._pending = None, None, {}
@@ -380,6 +481,17 @@ class SMACSearch(Searcher):
     def __setstate__(self, state: dict[str, Any]) -> None:
         Searcher.__init__(self, metric=state["metric"], mode=state["mode"])
         self.set_state(state)
+
+
+def _plain_conditions(conditions: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, list]]:
+    """``{name: {parent: [value, ...]}}``: conditions as plain lists (a value alone, a tuple)."""
+    return {
+        str(name): {
+            str(parent): list(values) if isinstance(values, list | tuple) else [values]
+            for parent, values in condition.items()
+        }
+        for name, condition in conditions.items()
+    }
 
 
 def _checked(mode: str | None) -> str | None:
