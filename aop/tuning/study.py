@@ -478,8 +478,10 @@ def _topup_factory(
 
     A top-up's searcher (see :func:`run_search`) is seeded with ``search.seed + part`` (so it
     does not draw the first experiment's configurations again), first evaluates the start points
-    no finished trial has evaluated, and is told every finished trial (``add_evaluated_point``;
-    a searcher without it, such as ``tpe``, starts without them).
+    no finished trial has evaluated, and is told every finished trial whose active parameters
+    are in the space (``add_evaluated_point``; a searcher without it, such as ``tpe``, starts
+    without them). Start points and records hold the active parameters only (conditions, see
+    :mod:`aop.tuning.space`).
     """
 
     def make(done: list[dict[str, Any]], part: int) -> Any:
@@ -497,8 +499,9 @@ def _topup_factory(
         )
         for record in done:
             value = record["metrics"].get(kind.metric)
-            params = {k: record["params"][k] for k in space.searched if k in record["params"]}
-            if value is None or len(params) != len(space.searched):
+            searched = {k: v for k, v in record["params"].items() if k in space.searched}
+            params = space.active(searched)
+            if value is None or not space.contains(params):
                 continue
             try:
                 searcher.add_evaluated_point(params, float(value))
