@@ -107,7 +107,11 @@ class TrainingConfig(StrictModel):
     head_depth: Annotated[int, Field(ge=1, le=8)] = 2
     head_width: Annotated[int, Field(ge=1, le=4096)] = 128
     freeze_fraction: Annotated[float, Field(ge=0, le=1)] = 0.8
-    class_weights: list[float] | str | None = None
+    class_weights: list[float] | Literal["balanced"] | None = Field(
+        "balanced",
+        description="Class weights of the loss (deep) and of the feature models: balanced "
+        "(inverse class frequency in the training split), one weight per class, or null.",
+    )
     augment: bool = True
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2

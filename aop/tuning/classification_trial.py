@@ -11,8 +11,9 @@ test-split metrics of the best fold's model, which is the trial's model (``best.
 
 A **features** design fits a scikit-learn pipeline on the instance features
 (:func:`aop.classification.tabular.evaluate_design`: the same folds, refitted on every label
-outside the test split) in seconds and reports once, with the fitted pipeline
-(:data:`FEATURE_MODEL_FILE`) in its checkpoint.
+outside the test split for the test scores) in seconds and reports once, with the pipeline
+refitted on every manual label (:data:`FEATURE_MODEL_FILE`) in its checkpoint: the model
+``aop classify`` applies.
 
 :func:`best_checkpoint` finds a trial's model file again after the study;
 :func:`log_classifier_model` and :func:`log_feature_model` log it to MLflow.
@@ -169,12 +170,17 @@ def _fit_features_and_report(
     weights = training.get("class_weights")
     class_weight = dict(enumerate(weights)) if isinstance(weights, list) else weights
     seed = int(training.get("seed", 0))
+    features, labels = bundle["features"]["X"], bundle["manual"]["y"]
     result = evaluate_design(
         lambda: make_model(model, params, class_weight=class_weight, seed=seed),
-        bundle["features"]["X"], bundle["manual"]["y"], bundle["splits"], bundle["classes"],
+        features, labels, bundle["splits"], bundle["classes"],
     )  # fmt: skip
+    # the scores are those of the model fitted without the test split; the model the trial
+    # keeps (and aop classify applies) is refitted on every manual label, a fifth more data on
+    # a small set, in a fraction of a second
+    final = make_model(model, params, class_weight=class_weight, seed=seed).fit(features, labels)
     with tempfile.TemporaryDirectory() as tmp:
-        save_model(result.model, os.path.join(tmp, FEATURE_MODEL_FILE))
+        save_model(final, os.path.join(tmp, FEATURE_MODEL_FILE))
         tune.report(
             {**result.to_metrics(), "test": result.test, "node": node_name(), "final": True,
              "folds": {"accuracy": list(result.fold_accuracy),
