@@ -468,6 +468,10 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
                 f"{root / ANNOTATIONS_FILE}: file not found (a classification study learns from "
                 "manual annotations: annotate the instances first, e.g. with aop annotate)"
             )
+        weights = exp.training.class_weights
+        if isinstance(weights, list) and len(weights) != len(classes):
+            raise AopError(f"training.class_weights: {len(weights)} weights for the "
+                           f"{len(classes)} classes of {root}/dataset.yaml")  # fmt: skip
         manual, pseudo = class_rows(root, read_annotations(root), classes)
         space = self.search_space(exp)
         deep = "deep" in space.choices("design", "deep")
