@@ -1,4 +1,4 @@
-"""Crops in memory as a ``LightningDataModule``: stratified splits and MONAI augmentation.
+"""Crops in memory as a ``LightningDataModule``: stratified splits, sampling, augmentation.
 
 Splits (:func:`stratified_split`) are drawn per class, so every class is represented in train,
 validation and test in the configured proportions; a class with fewer than ``small_class_size``
@@ -6,9 +6,36 @@ samples puts ``small_class_val_fraction`` (50 %, as the paper does for its 16 Sc
 validation instead. The paper's Core-Shell split (48 train, 12 test, 300 validation of 360) is
 ``val_fraction=300/360, test_fraction=12/360``.
 
-Augmentation (training batches only, seeded): random flips along z, y and x, in-plane 90 degree
-rotations (y-x plane), intensity scaling and shifting, and Gaussian noise (MONAI array transforms on
-each ``(C, Z, Y, X)`` crop, applied to every channel, including a mask channel).
+Sampling: ``sampler="shuffle"`` visits every training crop once per epoch in a seeded random
+order; ``sampler="balanced"`` draws as many crops per epoch, with replacement, each with probability
+proportional to ``1 / count`` of its class, so every class fills about the same share of the batches
+(of 40 and 3 crops, the 3 fill about half of the draws, not 7 %; the augmentation makes their
+repeats differ). It is an alternative to cross-entropy class weights (``class_weights="balanced"``
+in :class:`~aop.classification.train.ClassifierConfig`); the two together correct twice.
+
+Augmentation (training crops only, seeded; :class:`CropAugmentation`) draws, per crop ``(C, Z, Y,
+X)``:
+
+- one of the eight symmetries of the square in the yx plane (the dihedral group: a rotation by
+  ``k`` quarter turns, ``k`` uniform in 0..3, then a flip of x with probability 1/2, so each of the
+  eight with probability 1/8), applied to every channel alike. A crop whose y and x sizes differ
+  draws from the four that keep its shape (identity, the two flips, the half turn). A quarter turn
+  is a symmetry of the data when the crops sample y and x with the same spacing, which
+  :func:`aop.instances.crops.instance_crops` does unless the data's own yx voxel is not square and
+  no ``target_spacing`` resamples it.
+- optionally (``z_flip``) a flip of z with probability 1/2. Off by default: the objects of a
+  microscope volume do not look the same upside down in z. The point spread function is
+  asymmetric along the optical axis (spherical aberration from a refractive-index mismatch), and
+  intensity falls with depth (scattering, absorption, bleaching of the planes imaged first), so a
+  flipped crop is one the microscope does not produce. Turn it on for data known to be symmetric
+  in z (a cleared sample with a matched immersion medium, or crops from deconvolved volumes).
+- intensity jitter of the image channels, each with probability 1/2: a scale by ``1 + u``, ``u``
+  uniform in ``[-scale, scale]``; a shift by ``u * sd``; Gaussian noise of standard deviation
+  ``noise * sd``, where ``sd`` is the channel's standard deviation over the crop, so the jitter
+  is the same relative change whatever the data's intensity range (raw 16-bit intensities or
+  values in [0, 1]). Mask channels (the binary mask of ``mask`` preprocessing, which
+  :func:`~aop.instances.crops.instance_crops` writes into channel ``mask_channel``, 0 by default)
+  get the symmetry only, so they stay exactly binary.
 
 Example
 -------
@@ -22,16 +49,28 @@ Example
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from aop.errors import AopError
 
-__all__ = ["CropDataModule", "CropDataset", "SplitConfig", "augmentation", "stratified_split"]
+__all__ = [
+    "SAMPLERS",
+    "CropAugmentation",
+    "CropDataModule",
+    "CropDataset",
+    "SplitConfig",
+    "augmentation",
+    "stratified_split",
+]
+
+#: How the training crops of an epoch are drawn (module docstring).
+SAMPLERS = ("shuffle", "balanced")
 
 
 class SplitConfig(BaseModel):
@@ -90,8 +129,82 @@ def stratified_split(
     return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts)  # type: ignore[return-value]
 
 
-def augmentation(seed: int = 0):  # type: ignore[no-untyped-def]
-    """The MONAI training augmentation of one crop ``(C, Z, Y, X)``, seeded.
+class CropAugmentation:
+    """Random symmetries and intensity jitter of crops ``(C, Z, Y, X)`` (see the module docstring).
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the draws (a NumPy ``Generator``); the same seed gives the same sequence of crops.
+    z_flip : bool
+        Also flip z with probability 1/2.
+    mask_channels : sequence of int
+        Channels that only get the symmetry (a binary mask), never the intensity jitter.
+    scale, shift, noise : float
+        Intensity jitter: the largest relative scale, the largest shift and the noise's standard
+        deviation, the last two in units of the channel's standard deviation over the crop; 0
+        turns one off.
+    prob : float
+        Probability of each of the three intensity transforms.
+
+    Examples
+    --------
+    >>> crop = np.arange(2 * 1 * 2 * 2, dtype=np.float32).reshape(2, 1, 2, 2)
+    >>> crop[1] = [[1, 0], [0, 0]]  # channel 1: a binary mask
+    >>> out = CropAugmentation(seed=1, mask_channels=[1])(crop)
+    >>> out.shape, sorted(np.unique(out[1]).tolist())
+    ((2, 1, 2, 2), [0.0, 1.0])
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        z_flip: bool = False,
+        mask_channels: Sequence[int] = (),
+        scale: float = 0.1,
+        shift: float = 0.1,
+        noise: float = 0.05,
+        prob: float = 0.5,
+    ) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.z_flip = bool(z_flip)
+        self.mask_channels = frozenset(int(c) for c in mask_channels)
+        self.scale, self.shift, self.noise, self.prob = scale, shift, noise, prob
+
+    def __call__(self, crop: np.ndarray) -> np.ndarray:
+        """A new augmented float32 copy of ``crop`` (the input is not modified)."""
+        crop = np.asarray(crop, dtype=np.float32)
+        if crop.ndim != 4:
+            raise AopError(f"augmentation: expected a crop (C, Z, Y, X), got shape {crop.shape}")
+        rng = self.rng
+        square = crop.shape[2] == crop.shape[3]
+        turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+        out = np.rot90(crop, turns, axes=(2, 3))
+        if rng.random() < 0.5:
+            out = out[..., ::-1]
+        if self.z_flip and rng.random() < 0.5:
+            out = out[:, ::-1]
+        out = np.array(out, dtype=np.float32)  # a copy: the jitter below writes in place
+        image = [c for c in range(len(out)) if c not in self.mask_channels]
+        if not image:
+            return out
+        sd = out[image].std(axis=(1, 2, 3), keepdims=True)
+        values = out[image]
+        if self.scale and rng.random() < self.prob:
+            values *= np.float32(1 + rng.uniform(-self.scale, self.scale))
+        if self.shift and rng.random() < self.prob:
+            values += np.float32(rng.uniform(-self.shift, self.shift)) * sd
+        if self.noise and rng.random() < self.prob:
+            values += (rng.standard_normal(values.shape) * (self.noise * sd)).astype(np.float32)
+        out[image] = values
+        return out
+
+
+def augmentation(
+    seed: int = 0, *, z_flip: bool = False, mask_channels: Sequence[int] = ()
+) -> CropAugmentation:
+    """The training augmentation of one crop ``(C, Z, Y, X)``, seeded (:class:`CropAugmentation`).
 
     Examples
     --------
@@ -99,29 +212,7 @@ def augmentation(seed: int = 0):  # type: ignore[no-untyped-def]
     >>> tuple(aug(np.ones((1, 4, 8, 8), np.float32)).shape)
     (1, 4, 8, 8)
     """
-    from monai.transforms import (
-        Compose,
-        RandFlip,
-        RandGaussianNoise,
-        RandRotate90,
-        RandScaleIntensity,
-        RandShiftIntensity,
-    )
-
-    transform = Compose(
-        [
-            RandFlip(prob=0.5, spatial_axis=0),
-            RandFlip(prob=0.5, spatial_axis=1),
-            RandFlip(prob=0.5, spatial_axis=2),
-            RandRotate90(prob=0.75, max_k=3, spatial_axes=(1, 2)),
-            RandScaleIntensity(factors=0.1, prob=0.5),
-            RandShiftIntensity(offsets=0.1, prob=0.5),
-            RandGaussianNoise(prob=0.5, std=0.05),
-        ],
-        lazy=False,
-    )
-    transform.set_random_state(seed=seed)
-    return transform
+    return CropAugmentation(seed, z_flip=z_flip, mask_channels=mask_channels)
 
 
 class CropDataset(Dataset):
@@ -161,6 +252,13 @@ class CropDataModule(L.LightningDataModule):
         Batch size of every loader.
     augment : bool
         Augment training crops (:func:`augmentation`).
+    augment_z_flip : bool
+        Include the z flip in the augmentation (module docstring: off for most microscopy).
+    mask_channel : int, optional
+        The channel that holds the instance's binary mask (``mask`` preprocessing): it gets the
+        symmetries but no intensity jitter. None: every channel is intensities (``distance``).
+    sampler : {"shuffle", "balanced"}
+        How an epoch's training crops are drawn (module docstring).
     seed : int
         Seed of the augmentation and the training order.
 
@@ -181,10 +279,20 @@ class CropDataModule(L.LightningDataModule):
         extra_train: tuple[np.ndarray, np.ndarray] | None = None,
         batch_size: int = 16,
         augment: bool = True,
+        augment_z_flip: bool = False,
+        mask_channel: int | None = None,
+        sampler: Literal["shuffle", "balanced"] = "shuffle",
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.crops = check_crops(crops, labels, "crops")
+        if sampler not in SAMPLERS:
+            raise AopError(f"sampler: {sampler!r} is not one of {', '.join(SAMPLERS)}")
+        if mask_channel is not None and not 0 <= mask_channel < self.crops.shape[1]:
+            raise AopError(
+                f"mask_channel: {mask_channel} is not a channel of crops with "
+                f"{self.crops.shape[1]} channel(s)"
+            )
         self.labels = np.asarray(labels, dtype=np.int64)
         index = split if isinstance(split, tuple) else stratified_split(self.labels, split)
         self.train_index, self.val_index, self.test_index = (np.asarray(i, np.int64) for i in index)
@@ -199,22 +307,42 @@ class CropDataModule(L.LightningDataModule):
         self.extra_train = extra_train
         self.batch_size = int(batch_size)
         self.augment = augment
+        self.augment_z_flip = bool(augment_z_flip)
+        self.mask_channel = mask_channel
+        self.sampler = sampler
         self.seed = int(seed)
 
-    def train_dataset(self) -> CropDataset:
-        """The training set: the train split plus ``extra_train``, augmented."""
+    def training_set(self) -> tuple[np.ndarray, np.ndarray]:
+        """Crops and labels of the train split plus ``extra_train``, not augmented."""
         crops, labels = self.crops[self.train_index], self.labels[self.train_index]
         if self.extra_train is not None:
             crops = np.concatenate([crops, self.extra_train[0]])
             labels = np.concatenate([labels, self.extra_train[1]])
-        transform = augmentation(self.seed) if self.augment else None
+        return crops, labels
+
+    def train_dataset(self) -> CropDataset:
+        """The training set: the train split plus ``extra_train``, augmented."""
+        crops, labels = self.training_set()
+        transform = None
+        if self.augment:
+            masks = () if self.mask_channel is None else (self.mask_channel,)
+            transform = augmentation(self.seed, z_flip=self.augment_z_flip, mask_channels=masks)
         return CropDataset(crops, labels, transform)
 
     def train_dataloader(self) -> DataLoader:
+        dataset = self.train_dataset()
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.train_dataset(), batch_size=self.batch_size, shuffle=True, generator=generator
+        if self.sampler == "shuffle":
+            return DataLoader(
+                dataset, batch_size=self.batch_size, shuffle=True, generator=generator
+            )
+        # each crop is drawn with probability 1 / count of its class: equal class shares
+        counts = np.bincount(dataset.labels)
+        weights = torch.as_tensor(1.0 / counts[dataset.labels], dtype=torch.float64)
+        sampler = WeightedRandomSampler(
+            weights, num_samples=len(dataset), replacement=True, generator=generator
         )
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
 
     def _loader(self, index: np.ndarray) -> DataLoader:
         return DataLoader(CropDataset(self.crops[index], self.labels[index]), self.batch_size)

@@ -4,8 +4,19 @@
 rebuilds it from a checkpoint alone (the encoder is built with random initialisation and the
 checkpoint's weights replace it: no weights file is needed to reload). It trains with Adam and
 cross-entropy (optional class weights) and logs ``train_loss``, ``train_acc``, ``val_loss``,
-``val_acc`` and ``test_acc`` (micro accuracy); loggers, callbacks and precision are ``Trainer``
-arguments (:mod:`aop.classification.train`).
+``val_acc`` and ``test_acc`` (micro accuracy: the share of crops classified right), and
+``val_bal_acc`` (:class:`BalancedAccuracy`, the mean recall over the classes present in the
+validation split); loggers, callbacks and precision are ``Trainer`` arguments
+(:mod:`aop.classification.train`).
+
+Balanced accuracy
+-----------------
+``val_bal_acc`` is scikit-learn's ``balanced_accuracy_score``: the recall of every class that
+occurs in the validation targets, averaged. A class absent from the targets does not count, even
+when the model predicts it. torchmetrics' ``MulticlassAccuracy(average="macro")`` differs there: it
+leaves out only classes neither present nor predicted, and counts a predicted but absent class as
+recall 0 (targets ``[0, 0, 0, 1]``, predictions ``[0, 2, 0, 1]``: 0.556 against scikit-learn's
+0.833). A small validation split can miss a rare class, so the module keeps its own counts.
 
 Freezing
 --------
@@ -38,12 +49,59 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from aop.classification.encoders import build_encoder
 from aop.classification.heads import build_head
 
-__all__ = ["CropClassifier", "FreezePlan", "freeze_plan", "predict_proba"]
+__all__ = ["BalancedAccuracy", "CropClassifier", "FreezePlan", "freeze_plan", "predict_proba"]
+
+
+class BalancedAccuracy(Metric):
+    """Mean recall over the classes present in the targets (scikit-learn's balanced accuracy).
+
+    Counts, per class, the targets and the targets predicted right; both sum over batches and
+    processes. NaN before any target.
+
+    Parameters
+    ----------
+    num_classes : int
+        Classes ``0 .. num_classes - 1``.
+
+    Examples
+    --------
+    >>> metric = BalancedAccuracy(3)
+    >>> metric.update(torch.tensor([0, 2, 0]), torch.tensor([0, 0, 0]))
+    >>> metric.update(torch.tensor([1]), torch.tensor([1]))
+    >>> round(float(metric.compute()), 4)  # (2/3 + 1) / 2; class 2 is predicted, never a target
+    0.8333
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_classes: int, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        zeros = torch.zeros(self.num_classes, dtype=torch.long)
+        self.add_state("support", default=zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("hits", default=zeros.clone(), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of predicted and true class indices."""
+        preds, target = preds.long().flatten(), target.long().flatten()
+        self.support += torch.bincount(target, minlength=self.num_classes)
+        self.hits += torch.bincount(target[preds == target], minlength=self.num_classes)
+
+    def compute(self) -> torch.Tensor:
+        """The balanced accuracy of everything added since the last reset."""
+        present = self.support > 0
+        if not bool(present.any()):
+            return torch.tensor(float("nan"))
+        recall = self.hits[present].double() / self.support[present].double()
+        return recall.mean().float()
 
 
 @dataclass(frozen=True)
@@ -158,6 +216,7 @@ class CropClassifier(L.LightningModule):
         self.loss = nn.CrossEntropyLoss(weight=weight)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_bal_acc = BalancedAccuracy(num_classes)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.plan = freeze_plan(self.encoder, freeze_fraction)
         parameters = dict(self.encoder.named_parameters())
@@ -181,21 +240,30 @@ class CropClassifier(L.LightningModule):
             if param.grad is not None:
                 param.grad.view(-1)[:k] = 0
 
-    def _step(self, batch: dict[str, torch.Tensor], metric: MulticlassAccuracy, split: str):
+    def _step(
+        self, batch: dict[str, torch.Tensor], metric: MulticlassAccuracy, split: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and predicted classes of a batch; logs ``{split}_loss`` and ``{split}_acc``."""
         crops, labels = batch["crop"], batch["label"].long()
         logits = self(crops)
         loss = self.loss(logits, labels)
-        metric(logits.argmax(dim=1), labels)
+        predictions = logits.argmax(dim=1)
+        metric(predictions, labels)
         size = len(labels)
         self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, batch_size=size)
         self.log(f"{split}_acc", metric, on_step=False, on_epoch=True, batch_size=size)
-        return loss
+        return loss, predictions
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, self.train_acc, "train")
+        return self._step(batch, self.train_acc, "train")[0]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, self.val_acc, "val")
+        _, predictions = self._step(batch, self.val_acc, "val")
+        labels = batch["label"].long()
+        self.val_bal_acc(predictions, labels)
+        self.log(
+            "val_bal_acc", self.val_bal_acc, on_step=False, on_epoch=True, batch_size=len(labels)
+        )
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, self.test_acc, "test")

@@ -2,9 +2,34 @@
 
 :func:`train_classifier` trains :class:`~aop.classification.module.CropClassifier` with Lightning
 on crops the caller has already computed and preprocessed (``mask`` or ``distance``), with
-``EarlyStopping`` on ``val_acc`` and a ``ModelCheckpoint`` of the best epoch (plus ``last.ckpt``),
-then evaluates the best checkpoint once on the test split. Callers add their own callbacks (a Ray
-Tune report callback) and logger (Lightning's MLflow logger), and resume from a checkpoint path.
+``EarlyStopping`` and a ``ModelCheckpoint`` of the best epoch (plus ``last.ckpt``) on the
+validation score the configuration's ``objective`` names (:data:`MONITORS`: ``val_acc``, the share
+of validation crops classified right, or ``val_bal_acc``, the mean per-class recall, for
+imbalanced classes). The best checkpoint then predicts the validation split once (its accuracy,
+balanced accuracy and predictions are the result's, exactly those of the best epoch, and callers
+pool the predictions of several folds) and the test split once. Callers add their own callbacks (a
+Ray Tune report callback) and logger (Lightning's MLflow logger), and resume from a checkpoint
+path.
+
+Small, imbalanced label sets (a first round of annotation: a few dozen labels, a class with three)
+have three options besides the objective: cross-entropy ``class_weights="balanced"``, the
+``sampler="balanced"`` draw of training crops (:mod:`aop.classification.data`), and the
+augmentation (the eight yx symmetries, intensity jitter of the image channels, ``augment_z_flip``
+for data symmetric in z). With ``preprocessing="mask"`` channel 0 is the instance's binary mask
+(:func:`aop.instances.crops.instance_crops` writes it there by default) and gets no intensity
+jitter.
+
+Batch-norm statistics
+---------------------
+A network validates in eval mode, with the running statistics its batch-norm layers gathered in
+training (an average of the batches' statistics that moves by 10 % per step). A small set trains
+a few steps per epoch (27 crops in batches of 16: 2), so for the first dozens of steps those
+statistics trail the weights and the validation scores measure that lag rather than the network:
+a network that classifies its training crops right validates at chance. With
+``refresh_batch_norm`` (:class:`RefreshBatchNorm`) every validation starts by recomputing the
+statistics from the current weights: one pass without gradients over the (unaugmented) training
+crops, every batch weighted alike. The checkpoints keep the refreshed statistics, so a reloaded
+network predicts as it validated.
 
 Pretraining (paper III-B.3)
 ---------------------------
@@ -31,7 +56,9 @@ Example
 >>> crops += labels[:, None, None, None, None]
 >>> config = ClassifierConfig(encoder="test_resnet", max_epochs=1, batch_size=16)
 >>> result = train_classifier(config, crops, labels, out_dir=tempfile.mkdtemp())
->>> 0.0 <= result.val_accuracy <= 1.0
+>>> 0.0 <= result.val_accuracy <= 1.0, 0.0 <= result.val_balanced_accuracy <= 1.0
+(True, True)
+>>> len(result.val_pred) == len(result.val_index) == result.split_sizes["val"]
 True
 """
 
@@ -50,6 +77,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
 
 from aop.classification.data import CropDataModule, SplitConfig, check_crops
 from aop.classification.encoders import encoder_entry
@@ -58,12 +86,22 @@ from aop.classification.module import CropClassifier, predict_proba
 from aop.errors import AopError
 
 __all__ = [
+    "MONITORS",
     "ClassifierConfig",
     "ClassifierResult",
+    "RefreshBatchNorm",
     "StageResult",
     "classification_metrics",
     "train_classifier",
 ]
+
+#: The logged validation score each ``objective`` monitors (early stopping, best checkpoint).
+MONITORS = {"accuracy": "val_acc", "balanced_accuracy": "val_bal_acc"}
+
+#: The channel :func:`aop.instances.crops.instance_crops` replaces by the mask (its default
+#: ``mask_channel``), for ``preprocessing="mask"``.
+MASK_CHANNEL = 0
+
 
 class ClassifierConfig(BaseModel):
     """One trial's classifier configuration (the study's search space samples these fields)."""
@@ -81,16 +119,32 @@ class ClassifierConfig(BaseModel):
     head_width: int = Field(128, ge=1, le=4096, description="Width of the head's hidden layers.")
     batch_size: int = Field(16, ge=1)
     max_epochs: int = Field(30, ge=1)
-    patience: int = Field(5, ge=1, description="Epochs without better val_acc before stopping.")
+    patience: int = Field(
+        5, ge=1, description="Epochs without a better objective score before stopping."
+    )
     freeze_fraction: float = Field(
         0.8, ge=0, le=1, description="Encoder share frozen for full and semi (the paper: 0.8)."
     )
     seed: int = 0
     weights: str | None = Field(None, description="Local pretrained weights file (full).")
+    objective: Literal["accuracy", "balanced_accuracy"] = Field(
+        "accuracy",
+        description="Validation score for early stopping and the best epoch (val_acc or "
+        "val_bal_acc).",
+    )
     class_weights: list[float] | Literal["balanced"] | None = Field(
         None, description="Cross-entropy class weights, or 'balanced' (from the training split)."
     )
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="Training draw: each crop once per epoch, or classes equally often."
+    )
     augment: bool = True
+    augment_z_flip: bool = Field(
+        False, description="Also flip z (only for objects that look the same upside down in z)."
+    )
+    refresh_batch_norm: bool = Field(
+        True, description="Recompute batch-norm statistics on the training crops to validate."
+    )
 
     @field_validator("encoder")
     @classmethod
@@ -104,12 +158,17 @@ class ClassifierConfig(BaseModel):
 
 @dataclass
 class StageResult:
-    """One Lightning training of a configuration (``semi`` has two)."""
+    """One Lightning training of a configuration (``semi`` has two).
+
+    ``best_score`` is the best epoch's value of ``monitor`` (``val_acc`` or ``val_bal_acc``), as
+    the training logged it.
+    """
 
     stage: str
     epochs: int
     n_train: int
-    best_val_accuracy: float
+    monitor: str
+    best_score: float
     checkpoint: Path
     frozen_parameters: int
     encoder_parameters: int
@@ -119,18 +178,97 @@ class StageResult:
 class ClassifierResult:
     """What :func:`train_classifier` returns.
 
-    ``val_accuracy`` is the best validation accuracy of the final training (the study's objective),
-    ``test`` the metrics of its best checkpoint on the test split (:func:`classification_metrics`),
-    ``checkpoint_path`` that checkpoint (``CropClassifier.load_from_checkpoint`` reloads it).
+    The best epoch is the final training's best by the configuration's objective; its checkpoint
+    (``checkpoint_path``, ``CropClassifier.load_from_checkpoint`` reloads it) predicts the
+    validation and test splits once, in 32-bit precision on the CPU.
+
+    Attributes
+    ----------
+    val_accuracy, val_balanced_accuracy : float
+        The best epoch's validation accuracy and balanced accuracy (both from its predictions,
+        whichever one the objective monitored); :attr:`val_score` is the monitored one.
+    test : dict
+        The best epoch's scores on the test split (:func:`classification_metrics`).
+    train_index, val_index, test_index : ndarray of int64
+        The split of the manual labels (indices into ``labels``).
+    val_pred : ndarray of int64
+        The best epoch's predicted class of every validation crop, aligned with ``val_index``.
+    val_proba : ndarray of float32
+        Its class probabilities ``(len(val_index), num_classes)``.
     """
 
     config: ClassifierConfig
     val_accuracy: float
+    val_balanced_accuracy: float
     test: dict[str, Any]
     checkpoint_path: Path
     stages: list[StageResult] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     split_sizes: dict[str, int] = field(default_factory=dict)
+    train_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    val_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    test_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    val_pred: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    val_proba: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    @property
+    def val_score(self) -> float:
+        """The best epoch's validation score by the configuration's objective."""
+        if self.config.objective == "balanced_accuracy":
+            return self.val_balanced_accuracy
+        return self.val_accuracy
+
+
+class RefreshBatchNorm(Callback):
+    """Recompute the batch-norm running statistics on the training crops as validation starts.
+
+    Every batch-norm layer of the module (encoder and head) is reset and, in training mode with a
+    cumulative average (``momentum=None``), sees the training crops of the data module
+    (:meth:`~aop.classification.data.CropDataModule.training_set`, not augmented; at most
+    ``max_crops`` of them, a seeded draw) in batches of nearly equal size, without gradients and
+    in the trainer's precision. The layers then return to their mode and momentum. A module
+    without batch norm (a vision transformer) is left as it is.
+
+    Parameters
+    ----------
+    batch_size : int
+        Largest batch of the pass.
+    max_crops : int
+        Most crops the pass sees.
+    seed : int
+        Seeds the draw of ``max_crops`` from a larger training set.
+    """
+
+    def __init__(self, batch_size: int, max_crops: int = 1024, seed: int = 0) -> None:
+        self.batch_size = int(batch_size)
+        self.max_crops = int(max_crops)
+        self.seed = int(seed)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+        norms = [m for m in pl_module.modules() if isinstance(m, kinds) and m.track_running_stats]
+        if not norms:
+            return
+        crops, _ = trainer.datamodule.training_set()
+        if len(crops) > self.max_crops:
+            rng = np.random.default_rng(self.seed)
+            crops = crops[np.sort(rng.choice(len(crops), self.max_crops, replace=False))]
+        batches = np.array_split(np.arange(len(crops)), -(-len(crops) // self.batch_size))
+        saved = [(m, m.momentum, m.training) for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: every batch counts alike
+            m.train()
+        try:
+            with trainer.precision_plugin.forward_context():
+                for part in batches:
+                    pl_module(torch.as_tensor(crops[part]).to(pl_module.device))
+        finally:
+            for m, momentum, training in saved:
+                m.momentum = momentum
+                m.train(training)
 
 
 def _class_weights(config: ClassifierConfig, labels: np.ndarray, num_classes: int):  # type: ignore[no-untyped-def]
@@ -200,12 +338,13 @@ def train_classifier(
         A checkpoint of this training (``best.ckpt``/``last.ckpt`` or a Tune checkpoint's file):
         training continues from its epoch, in its stage.
     resume_best : (path, score), optional
-        The best epoch's checkpoint of the interrupted training, and its validation accuracy,
-        saved beside ``resume_from``. The restored ``ModelCheckpoint`` names the best file of the
-        interrupted run's folder, which is gone when the training resumes elsewhere (another
-        node, a cleaned ``/tmp``), and its score misses the epoch whose end saved
-        ``resume_from``: of this file and the resumed run's own best, the better one is kept
-        (the earlier one on a tie, as ``ModelCheckpoint`` does).
+        The best epoch's checkpoint of the interrupted training, and its score in the monitored
+        metric (``val_acc`` or ``val_bal_acc``, :data:`MONITORS`), saved beside ``resume_from``.
+        The restored ``ModelCheckpoint`` names the best file of the interrupted run's folder,
+        which is gone when the training resumes elsewhere (another node, a cleaned ``/tmp``), and
+        its score misses the epoch whose end saved ``resume_from``: of this file and the resumed
+        run's own best, the better one is kept (the earlier one on a tie, as ``ModelCheckpoint``
+        does).
     accelerator : str
         ``Trainer`` argument; on a GPU the training runs in ``"16-mixed"`` precision.
 
@@ -237,7 +376,14 @@ def train_classifier(
     out_dir = Path(out_dir)
     L.seed_everything(config.seed, workers=True, verbose=False)
     split = split if split is not None else SplitConfig(seed=config.seed)
-    loading = {"batch_size": config.batch_size, "augment": config.augment, "seed": config.seed}
+    loading = {
+        "batch_size": config.batch_size,
+        "augment": config.augment,
+        "augment_z_flip": config.augment_z_flip,
+        "mask_channel": MASK_CHANNEL if config.preprocessing == "mask" else None,
+        "sampler": config.sampler,
+        "seed": config.seed,
+    }
     data = CropDataModule(crops, labels, split=split, **loading)
     weights = _class_weights(config, labels[data.train_index], num_classes)
 
@@ -285,8 +431,9 @@ def train_classifier(
             model.load_state_dict(init_state)
         # both act when validation ends, not at the training epoch's end: a training resumed
         # from a checkpoint saved as validation ended (a Tune trial's) has no val_acc there yet
+        monitor = MONITORS[config.objective]
         checkpoint = ModelCheckpoint(
-            dirpath=out_dir / stage, filename="best", monitor="val_acc", mode="max",
+            dirpath=out_dir / stage, filename="best", monitor=monitor, mode="max",
             enable_version_counter=False, save_on_train_epoch_end=False,
         )
         # Lightning's save_last only refreshes last.ckpt when a best checkpoint is saved; this
@@ -295,11 +442,13 @@ def train_classifier(
             dirpath=out_dir / stage, filename="last", enable_version_counter=False,
             save_on_train_epoch_end=False,
         )
-        stopping = EarlyStopping(monitor="val_acc", mode="max", patience=config.patience,
+        stopping = EarlyStopping(monitor=monitor, mode="max", patience=config.patience,
                                  check_on_train_epoch_end=False)
+        refresh = [RefreshBatchNorm(config.batch_size, seed=config.seed)]
         trainer = L.Trainer(
             max_epochs=config.max_epochs,
-            callbacks=[stopping, checkpoint, last, *callbacks],
+            callbacks=[*(refresh if config.refresh_batch_norm else []), stopping, checkpoint, last,
+                       *callbacks],  # fmt: skip
             logger=logger if logger is not None else False,
             accelerator=accelerator,
             precision="16-mixed" if on_gpu else "32-true",
@@ -320,7 +469,10 @@ def train_classifier(
         best_score = checkpoint.best_model_score
         if ckpt_path is not None and resume_best is not None:
             own = best_path.parent.resolve() == (out_dir / stage).resolve() and best_path.is_file()
-            if not own or best_score is None or float(best_score) <= resume_best[1]:
+            # in float32, the precision of the logged scores: 13/15 as a float (the result's
+            # val_accuracy) and as a logged float32 are the same score
+            earlier = np.float32(resume_best[1])
+            if not own or best_score is None or np.float32(best_score) <= earlier:
                 best_path, best_score = Path(resume_best[0]), torch.tensor(resume_best[1])
         if not best_path.is_file():
             raise AopError(
@@ -332,7 +484,8 @@ def train_classifier(
                 stage=stage,
                 epochs=int(trainer.current_epoch),
                 n_train=len(stage_data.train_dataset()),
-                best_val_accuracy=float(best_score) if best_score is not None else float("nan"),
+                monitor=monitor,
+                best_score=float(best_score) if best_score is not None else float("nan"),
                 checkpoint=best_path,
                 frozen_parameters=model.frozen_parameter_count(),
                 encoder_parameters=model.plan.total,
@@ -341,11 +494,15 @@ def train_classifier(
         init_state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
 
     final = CropClassifier.load_from_checkpoint(best_path, map_location="cpu")
+    val_proba = predict_proba(final, crops[data.val_index], batch_size=config.batch_size)
+    val_pred = val_proba.argmax(1).astype(np.int64)
+    val = classification_metrics(labels[data.val_index], val_pred, class_names)
     probabilities = predict_proba(final, crops[data.test_index], batch_size=config.batch_size)
     test = classification_metrics(labels[data.test_index], probabilities.argmax(1), class_names)
     return ClassifierResult(
         config=config,
-        val_accuracy=stages[-1].best_val_accuracy,
+        val_accuracy=val["accuracy"],
+        val_balanced_accuracy=val["balanced_accuracy"],
         test=test,
         checkpoint_path=best_path,
         stages=stages,
@@ -356,6 +513,11 @@ def train_classifier(
             "test": len(data.test_index),
             "pseudo": 0 if pseudo is None else len(pseudo[1]),
         },
+        train_index=data.train_index,
+        val_index=data.val_index,
+        test_index=data.test_index,
+        val_pred=val_pred,
+        val_proba=val_proba,
     )
 
 
