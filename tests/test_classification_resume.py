@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,24 @@ SPACE = {
     },
     "start": {"default": {"head": "slice", "lr": 3.0e-3}},
 }
+#: A deep design and a feature design (a forest of 500 trees: seconds, not a blink) side by side.
+MIXED_SPACE = {
+    "parameters": {
+        "design": {"choice": ["deep", "features"]},
+        "encoder": {"choice": ["test_resnet"], "when": {"design": "deep"}},
+        "head": {"choice": ["slice", "volume"], "when": {"design": "deep"}},
+        "pretraining": {"choice": ["none"], "when": {"design": "deep"}},
+        "preprocessing": {"choice": ["mask"], "when": {"design": "deep"}},
+        "lr": {"float": [1.0e-3, 1.0e-2], "log": True, "when": {"design": "deep"}},
+        "model": {"choice": ["random_forest"], "when": {"design": "features"}},
+        "rf_trees": {"choice": [500], "when": {"model": "random_forest"}},
+    },
+    "start": {"default": [
+        {"design": "deep", "encoder": "test_resnet", "head": "slice", "pretraining": "none",
+         "preprocessing": "mask", "lr": 3.0e-3},
+        {"design": "features", "model": "random_forest", "rf_trees": 500},
+    ]},
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +68,8 @@ def class_data(tmp_path_factory):
     return root
 
 
-def _experiment(tmp_path: Path, data: Path, **extra) -> Path:
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
+def _experiment(tmp_path: Path, data: Path, space: dict = SPACE, **extra) -> Path:
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     raw = {
         "name": "clsres", "kind": "classification", "data": {"dataset": str(data)},
         "crops": {"size": [4, 16, 16]},
@@ -74,23 +93,74 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _trial_states(study: Path) -> list[tuple[dict, dict]]:
+    """``(meta, run)`` of every trial in the driver's latest saved Tune experiment state: the
+    trial's id, config and status, and its last reported result."""
+    states = sorted((study / "tune" / "smac").glob("experiment_state-*.json"))
+    if not states:
+        return []
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"]
+        return [(json.loads(meta), json.loads(run)) for meta, run in trials]
+    except (OSError, ValueError, KeyError):  # being written
+        return []
+
+
+def _unfinished(study: Path, trial_id: str) -> bool:
+    """No final report of the trial yet (its best.ckpt comes with it)."""
+    return not any((study / "tune" / "smac" / trial_id).glob("checkpoint_*/best.ckpt"))
+
+
 def _training_trial(study: Path) -> str | None:
     """A trial whose epoch reports the driver has saved in Tune's experiment state (so there is
     a checkpoint to resume from) but that has not finished (no best.ckpt)."""
-    states = sorted((study / "tune" / "smac").glob("experiment_state-*.json"))
-    if not states:
-        return None
-    try:
-        trials = json.loads(states[-1].read_text())["trial_data"]
-    except (OSError, ValueError, KeyError):  # being written
-        return None
-    for meta, run in trials:
-        trial_id = json.loads(meta)["trial_id"]
-        reported = json.loads(run)["last_result"].get("training_iteration") or 0
-        folder = study / "tune" / "smac" / trial_id
-        if reported >= 2 and not any(folder.glob("checkpoint_*/best.ckpt")):
-            return trial_id
+    for meta, run in _trial_states(study):
+        reported = run["last_result"].get("training_iteration") or 0
+        if reported >= 2 and _unfinished(study, meta["trial_id"]):
+            return meta["trial_id"]
     return None
+
+
+def _deep_trial_in_second_fold(study: Path) -> str | None:
+    """A deep trial whose last saved report is of its second fold (a checkpoint in that fold to
+    resume from), not yet finished."""
+    for meta, run in _trial_states(study):
+        last = run["last_result"]
+        if last.get("fold") == 1 and not last.get("final") and _unfinished(
+                study, meta["trial_id"]):
+            return meta["trial_id"]
+    return None
+
+
+def _running_feature_trial(study: Path) -> str | None:
+    """A feature trial that Tune's saved state shows running and that has reported nothing."""
+    for meta, run in _trial_states(study):
+        if (meta["config"].get("design") == "features" and meta["status"] == "RUNNING"
+                and not run["last_result"].get("final")):
+            return meta["trial_id"]
+    return None
+
+
+def _kill_when(
+    argv: list[str], study: Path, find: Callable[[Path], str | None], log: Path, env: dict
+) -> str | None:
+    """Run ``aop ARGV``; SIGKILL it (and the local Ray it started) once ``find(study)`` names a
+    trial. Returns that trial, or None when the command ended first."""
+    with log.open("a") as handle:
+        driver = subprocess.Popen([*AOP, *argv, "--quiet"], stdout=subprocess.DEVNULL,
+                                  stderr=handle, start_new_session=True, env=env)  # fmt: skip
+        found = None
+        try:
+            deadline = time.monotonic() + 240
+            while found is None and driver.poll() is None:
+                assert time.monotonic() < deadline, f"{argv[0]}: no trial to kill in time"
+                found = find(study) if (study / "tune" / "smac").is_dir() else None
+                time.sleep(0.05)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    return found
 
 
 def test_each_segmented_instance_takes_the_truth_instance_it_overlaps_most(tmp_path):
@@ -110,27 +180,12 @@ def test_a_study_killed_during_a_training_resumes_that_training(class_data, tmp_
     """SIGKILL of the driver while a trial trains; aop resume continues it from its checkpoint."""
     experiment = _experiment(tmp_path, class_data)
     study = tmp_path / "study"
-    log = (tmp_path / "search.log").open("w")
     # the trials' scratch folders (and Ray's) in a folder of this test: removed after the kill,
     # as on a resume on another node, so the resumed training has only its Tune checkpoint
     scratch = Path(tempfile.mkdtemp(prefix="aopk", dir="/tmp"))  # short: Ray's socket paths
     env = {**os.environ, "TMPDIR": str(scratch)}
-    driver = subprocess.Popen(
-        [*AOP, "search", str(experiment), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, env=env,
-    )
-    killed = None
-    try:
-        deadline = time.monotonic() + 240
-        while killed is None and driver.poll() is None:
-            assert time.monotonic() < deadline, "no trial reported an epoch in time"
-            killed = _training_trial(study) if (study / "tune" / "smac").is_dir() else None
-            time.sleep(0.05)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        driver.wait()
-        log.close()
+    killed = _kill_when(["search", str(experiment)], study, _training_trial,
+                        tmp_path / "search.log", env)  # fmt: skip
     tail = (tmp_path / "search.log").read_text()[-1500:]
     assert killed is not None, f"no training was interrupted: {tail}"
     results = study / "results" / "smac.jsonl"
@@ -164,6 +219,74 @@ def test_a_study_killed_during_a_training_resumes_that_training(class_data, tmp_
     run = next(r for r in runs if r.data.tags["trial_id"] == killed)
     steps = {m.step for m in tracker.client.get_metric_history(run.info.run_id, "curve/val_acc")}
     assert steps == set(range(1, MAX_EPOCHS + 1)) and run.info.status == "FINISHED"
+    best = yaml.safe_load((study / "best.yaml").read_text())
+    assert best["scores"]["val_accuracy"] == max(r["metrics"]["val_accuracy"] for r in after)
+
+
+@pytest.mark.slow
+def test_a_mixed_study_killed_in_a_feature_trial_and_in_a_second_fold_resumes_both(
+    class_data, tmp_path
+):
+    """Two SIGKILLs of a study of deep and feature designs on 2 folds, each followed by aop
+    resume: first while a feature trial runs (a forest of 500 trees beside a deep training;
+    nothing reported yet, so it starts over), then while a deep trial trains its second fold
+    (it continues there from its checkpoint). The study ends with its budget, each trial once."""
+    from aop.tuning.classification_trial import FEATURE_MODEL_FILE, best_checkpoint
+
+    folds, budget = 2, 2
+    experiment = _experiment(
+        tmp_path, class_data, space=MIXED_SPACE,
+        training={"max_epochs": MAX_EPOCHS, "patience": MAX_EPOCHS, "batch_size": 8,
+                  "head_width": 8, "head_depth": 1, "augment": False, "test_fraction": 0.2,
+                  "folds": folds},
+        search={"searcher": "smac", "budget": budget, "concurrency": 2, "seed": 0,
+                "resources": {"cpus": 1, "gpu": 0}},
+    )  # fmt: skip
+    study = tmp_path / "study"
+    results = study / "results" / "smac.jsonl"
+    log = tmp_path / "study.log"
+    scratch = Path(tempfile.mkdtemp(prefix="aopk", dir="/tmp"))  # short: Ray's socket paths
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    try:
+        features = _kill_when(["search", str(experiment)], study, _running_feature_trial, log,
+                              env)  # fmt: skip
+        assert features is not None, f"no feature trial was interrupted: {log.read_text()[-1500:]}"
+        assert features not in {r["trial_id"] for r in _records(results)}
+        deep = _kill_when(["resume", str(study)], study, _deep_trial_in_second_fold, log, env)
+        assert deep is not None, f"no second fold was interrupted: {log.read_text()[-1500:]}"
+        assert deep not in {r["trial_id"] for r in _records(results)}
+        for folder in scratch.glob("aop-trial-*"):  # as on a resume on another node
+            shutil.rmtree(folder, ignore_errors=True)
+        done = subprocess.run([*AOP, "resume", str(study), "--quiet"], capture_output=True,
+                              text=True, timeout=400, env=env)  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = _records(results)
+    ids = [r["trial_id"] for r in after]
+    assert len(after) == budget and len(set(ids)) == budget, done.stderr[-3000:]
+    assert {features, deep} <= set(ids)
+    by_id = {r["trial_id"]: r for r in after}
+
+    record = by_id[deep]  # continued in its second fold: both folds scored, every epoch once
+    assert record["params"]["design"] == "deep"
+    assert len(record["folds"]["accuracy"]) == len(record["folds"]["balanced_accuracy"]) == folds
+    assert record["metrics"]["epoch"] == folds * MAX_EPOCHS
+    # the last driver saw only the rest of the second fold (the first fold's score came back
+    # from the checkpoint), not a training started over
+    assert 1 <= len(record["curves"]["val_accuracy_epoch"]) < MAX_EPOCHS
+    record = by_id[features]  # started over: one report, its fitted forest in the checkpoint
+    assert record["params"] == {"design": "features", "model": "random_forest", "rf_trees": 500}
+    assert len(record["folds"]["accuracy"]) == folds
+    assert best_checkpoint(study, record, filename=FEATURE_MODEL_FILE) is not None
+
+    tracker = study_tracker(study, "aop-classification")
+    runs = tracker.child_runs("smac")
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(ids)  # one run per trial
+    run = next(r for r in runs if r.data.tags["trial_id"] == deep)
+    # the epochs of both folds, before and after each kill, on one curve of the reopened run
+    steps = {m.step for m in tracker.client.get_metric_history(run.info.run_id, "curve/val_acc")}
+    assert steps == set(range(1, folds * MAX_EPOCHS + 1)) and run.info.status == "FINISHED"
     best = yaml.safe_load((study / "best.yaml").read_text())
     assert best["scores"]["val_accuracy"] == max(r["metrics"]["val_accuracy"] for r in after)
 
