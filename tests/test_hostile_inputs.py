@@ -206,9 +206,50 @@ def _classification_inputs(w: Path) -> None:
         _class_experiment(w, name, name)
     _class_experiment(w, "cls_fractions", "cls",
                       training={"val_fraction": 0.7, "test_fraction": 0.6})  # fmt: skip
+    _design_family_inputs(w, space)
     _classification_study(w / "cls_study")
     shutil.copytree(cls, w / "cls_user_pred")  # the user's own predictions.csv in the data set
     (w / "cls_user_pred" / "predictions.csv").write_text("volume,label,class\nsynth_000,1,a\n")
+
+
+def _design_family_inputs(w: Path, deep: dict) -> None:
+    """Search spaces of two design families with one mistake each, data sets declaring one class
+    and two classes, and experiments with a bad objective or more folds than a class allows."""
+    when_deep = {name: {**spec, "when": {"design": "deep"}} for name, spec in deep.items()}
+    families = {"design": {"choice": ["deep", "features"]}, **when_deep,
+                "model": {"choice": ["logistic_regression", "random_forest"],
+                          "when": {"design": "features"}}}  # fmt: skip
+    bad_spaces = {
+        "design": {"design": {"choice": ["deep", "tabular"]}, **when_deep},
+        "model": {**families, "model": {"choice": ["logistic_regression", "svm"],
+                                        "when": {"design": "features"}}},
+        "encoder_nowhen": {**families, "encoder": deep["encoder"]},
+        "rf_under_logreg": {**families, "rf_trees": {"int": [50, 100],
+                                                     "when": {"model": "logistic_regression"}}},
+    }  # fmt: skip
+    for key, parameters in bad_spaces.items():
+        _yaml(w / f"space_cls_{key}.yaml", {"parameters": parameters})
+        _class_experiment(w, f"cls_space_{key}", "cls", f"space_cls_{key}.yaml")
+    single = w / "cls_single_class"  # declares myotube only; its manual rows are myotubes
+    shutil.copytree(w / "cls", single)
+    info = yaml.safe_load((single / "dataset.yaml").read_text())
+    info["classes"] = [c for c in info["classes"] if c["name"] == "myotube"]
+    _yaml(single / "dataset.yaml", info)
+    lines = (single / "annotations.csv").read_text().splitlines()
+    kept = [line for line in lines[1:] if line.split(",")[2] == "myotube"]
+    (single / "annotations.csv").write_text("\n".join([lines[0], *kept]) + "\n")
+    _class_experiment(w, "cls_single_balanced", "cls_single_class", objective="balanced_accuracy")
+    _class_experiment(w, "cls_objective_f1", "cls", objective="f1")
+    two = w / "cls_two_classes"  # every instance annotated, as myotube or other (3 each)
+    shutil.copytree(w / "cls", two)
+    info = yaml.safe_load((two / "dataset.yaml").read_text())
+    info["classes"] = [c for c in info["classes"] if c["name"] in ("myotube", "other")]
+    _yaml(two / "dataset.yaml", info)
+    rows = [line.split(",") for line in lines[1:] if line.split(",")[3] == "manual"]
+    relabelled = [",".join([*r[:2], ("myotube", "other")[i % 2], *r[3:]])
+                  for i, r in enumerate(rows)]  # fmt: skip
+    (two / "annotations.csv").write_text("\n".join([lines[0], *relabelled]) + "\n")
+    _class_experiment(w, "cls_ten_folds", "cls_two_classes", training={"folds": 10})
 
 
 def _classification_study(root: Path) -> None:
@@ -481,6 +522,34 @@ CASES = [
     (V, "search-class-split-fractions", "search {W}/cls_fractions.yaml", 2,
      r"cls_fractions.yaml: training: val_fraction \+ test_fraction must be below 1 .*0.7 \+ 0.6",
      [], ["studies/cls_fractions"], {}),
+    (V, "search-class-unknown-design-family", "search {W}/cls_space_design.yaml", 2,
+     r"space_cls_design.yaml: parameters.design: unknown design family 'tabular' \(known: "
+     r"deep, features\)", [], ["studies/cls_space_design"], {}),
+    (V, "search-class-unknown-feature-model", "search {W}/cls_space_model.yaml", 2,
+     r"space_cls_model.yaml: parameters.model: unknown model 'svm' \(known: "
+     r"logistic_regression, random_forest, hist_gradient_boosting\)", [],
+     ["studies/cls_space_model"], {}),
+    (V, "search-class-deep-parameter-in-feature-designs",
+     "search {W}/cls_space_encoder_nowhen.yaml", 2,
+     r"space_cls_encoder_nowhen.yaml: parameters.encoder: a parameter of the deep design, active "
+     r"when design is 'features'.*\(add when: \{design: deep\}\)", [],
+     ["studies/cls_space_encoder_nowhen"], {}),
+    (V, "search-class-forest-parameter-under-another-model",
+     "search {W}/cls_space_rf_under_logreg.yaml", 2,
+     r"space_cls_rf_under_logreg.yaml: parameters.rf_trees: a parameter of model "
+     r"'random_forest', active when design is 'features' and model is 'logistic_regression' "
+     r"\(add when: \{model: random_forest\}\)", [], ["studies/cls_space_rf_under_logreg"], {}),
+    (V, "search-class-balanced-accuracy-of-one-class", "search {W}/cls_single_balanced.yaml", 2,
+     r"objective: balanced_accuracy needs at least 2 classes; .*cls_single_class/dataset.yaml "
+     r"declares 1", ["cls_single_class"], ["studies/cls_single_balanced"], {}),
+    (V, "search-class-unknown-objective", "search {W}/cls_objective_f1.yaml", 2,
+     r"cls_objective_f1.yaml: objective: 'f1': Input should be 'accuracy' or "
+     r"'balanced_accuracy'", [],
+     ["studies/cls_objective_f1"], {}),
+    (V, "search-class-more-folds-than-the-rarest-class", "search {W}/cls_ten_folds.yaml", 2,
+     r"training.folds: 10 folds need at least 10 manual labels of every class outside the test "
+     r"split; class 'myotube' has 3 \(of 3\)", ["cls_two_classes"], ["studies/cls_ten_folds"],
+     {}),
     (V, "analyze-duplicate-manual-row", "analyze {W}/cls_dup_manual", 2,
      r"cls_dup_manual/annotations.csv line \d+: duplicate manual annotation of synth_000",
      ["cls_dup_manual"], [], {}),
