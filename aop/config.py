@@ -6,7 +6,7 @@ experiment file (YAML) has these sections for every study kind::
     name: demo
     kind: segmentation                     # the study kind (default segmentation)
     search: {searcher: gp, budget: 120, seed: 0, concurrency: 2,
-             resources: {cpus: 1, gpu: 0.0}, max_failures: 2}
+             resources: {cpus: 1, gpu: 0.0}, max_failures: 2, warm_start: []}
     search_space: search_spaces/segmentation.yaml
     tracking: {tracking_uri: null, experiment: null}
     storage: {study_dir: studies/demo, cache_dir: null, tune_storage: null}
@@ -21,7 +21,9 @@ the dotted field, e.g. ``experiments/x.yaml: search.budget: Input should be grea
 Relative paths in an experiment file: outputs (``storage.study_dir``, ``storage.cache_dir``) are
 relative to the experiment file's folder, always; inputs (a benchmark, the search space, model
 weights) are looked for in the experiment file's folder first, then the current directory, then
-the project root (where ``search_spaces/`` lives): :func:`resolve_input`.
+the project root (where ``search_spaces/`` lives): :func:`resolve_input`. A
+``search.warm_start`` entry is an input too: an earlier study folder resolved the same way, or an
+MLflow study URI (``runs:/PARENT_RUN_ID``, ``experiments:/NAME_OR_ID``) kept as written.
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from aop.errors import AopError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: The MLflow URIs a ``search.warm_start`` entry may be: a study's parent run, or every study of
+#: an MLflow experiment.
+WARM_START_SCHEMES = ("runs:/", "experiments:/")
 #: The study kind of an experiment file without ``kind``.
 DEFAULT_KIND = "segmentation"
 
@@ -124,7 +129,13 @@ class ResourcesConfig(StrictModel):
 
 
 class SearchConfig(StrictModel):
-    """The main search: searcher name, budget (trials), seed, concurrency and resources."""
+    """The main search: searcher name, budget (trials), seed, concurrency and resources.
+
+    ``warm_start`` lists earlier studies whose finished trials the main searcher is told before
+    its first suggestion (:mod:`aop.tuning.warm_start`): study folders, or MLflow URIs
+    ``runs:/PARENT_RUN_ID`` (one study's parent run) and ``experiments:/NAME_OR_ID`` (every
+    study in an MLflow experiment).
+    """
 
     searcher: str = "gp"
     budget: Annotated[int, Field(gt=0)] = 120
@@ -132,6 +143,24 @@ class SearchConfig(StrictModel):
     concurrency: Annotated[int, Field(gt=0)] = 1
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     max_failures: Annotated[int, Field(ge=0)] = 2
+    warm_start: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+    @field_validator("warm_start")
+    @classmethod
+    def _study_entries(cls, entries: list[str]) -> list[str]:
+        """Each entry once; a URI is ``runs:/ID`` or ``experiments:/NAME_OR_ID``."""
+        for index, entry in enumerate(entries):
+            if entry in entries[:index]:
+                raise ValueError(f"{entry!r} is listed twice")
+            if entry.startswith(WARM_START_SCHEMES):
+                if not entry.split(":/", 1)[1].strip("/"):
+                    raise ValueError(f"{entry!r} names no run or experiment")
+            elif "://" in entry or entry.startswith("models:/"):
+                raise ValueError(
+                    f"{entry!r} is neither a study folder nor an MLflow study URI "
+                    "(runs:/PARENT_RUN_ID, experiments:/NAME_OR_ID)"
+                )
+        return entries
 
 
 class TrackingConfig(StrictModel):
@@ -230,6 +259,10 @@ class BaseExperiment(StrictModel):
         """
         self._project = base.resolve()
         self.search_space = resolve_input(self.search_space, base)
+        self.search.warm_start = [
+            entry if is_warm_start_uri(entry) else str(resolve_input(Path(entry), base))
+            for entry in self.search.warm_start
+        ]
         self.storage.study_dir = (base / self.storage.study_dir.expanduser()).resolve()
         if self.storage.cache_dir is not None:
             self.storage.cache_dir = (base / self.storage.cache_dir.expanduser()).resolve()
@@ -245,7 +278,17 @@ class BaseExperiment(StrictModel):
 
     def input_paths(self) -> list[Path]:
         """The study's input files and folders, which its outputs may never replace."""
-        return [self.search_space]
+        folders = [Path(e) for e in self.search.warm_start if not is_warm_start_uri(e)]
+        return [self.search_space, *folders]
+
+
+def is_warm_start_uri(entry: str) -> bool:
+    """Whether a ``search.warm_start`` entry is an MLflow study URI rather than a folder.
+
+    >>> is_warm_start_uri("runs:/0123abcd"), is_warm_start_uri("studies/demo")
+    (True, False)
+    """
+    return entry.startswith(WARM_START_SCHEMES)
 
 
 def moved_path(value: Path | None, old: Path, new: Path) -> Path | None:
