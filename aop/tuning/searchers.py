@@ -46,10 +46,20 @@ one. A space without conditions keeps the searchers above exactly as they are.
     several parents): SMAC's configurations, run history, start points, told trials and saved
     state hold the active parameters only, and its random forest imputes the inactive ones.
 
+Warm starts (``search.warm_start``, :mod:`aop.tuning.warm_start`) and top-ups tell a searcher
+earlier trials with ``add_evaluated_point`` before its first suggestion. Optuna's samplers count
+told trials among their ``n_startup_trials``; SMAC's Sobol initial design does not, so ``smac``
+draws ``n_startup_trials`` minus the told trials. ``tpe`` cannot be told trials (Ray's
+``HyperOptSearch`` has no ``add_evaluated_point``) and ``random`` ignores them: a warm start with
+either is refused when the experiment loads (:func:`check_warm_start`).
+
 Add a searcher with::
 
     @register_searcher("name")
     def _make(request: SearcherRequest) -> Searcher: ...
+
+and ``@register_searcher("name", no_warm_start="why")`` for one that learns nothing from told
+trials.
 """
 
 from __future__ import annotations
@@ -80,7 +90,12 @@ class SearcherRequest:
     start_points : list of dict
         Configurations to evaluate first, in order (active searched parameters).
     n_startup_trials : int
-        Random trials before the surrogate model takes over (model-based searchers).
+        Random trials before the surrogate model takes over (model-based searchers), told
+        trials included.
+    told : int
+        Trials the searcher will be told (``add_evaluated_point``) before its first suggestion:
+        a factory whose library does not count them among its startup trials draws that many
+        fewer.
     """
 
     space: SearchSpace
@@ -89,17 +104,30 @@ class SearcherRequest:
     seed: int = 0
     start_points: list[dict[str, Any]] = field(default_factory=list)
     n_startup_trials: int = 10
+    told: int = 0
 
 
 SearcherFactory = Callable[[SearcherRequest], "Searcher"]
 _SEARCHERS: dict[str, SearcherFactory] = {}
+#: ``{name: why}`` of the searchers that learn nothing from told trials.
+_NO_WARM_START: dict[str, str] = {}
 
 
-def register_searcher(name: str) -> Callable[[SearcherFactory], SearcherFactory]:
-    """Decorator that registers a searcher factory under ``name``."""
+def register_searcher(
+    name: str, no_warm_start: str | None = None
+) -> Callable[[SearcherFactory], SearcherFactory]:
+    """Decorator that registers a searcher factory under ``name``.
+
+    ``no_warm_start`` says why the searcher learns nothing from trials told with
+    ``add_evaluated_point``: a warm start with it is refused (:func:`check_warm_start`).
+    """
 
     def decorator(factory: SearcherFactory) -> SearcherFactory:
         _SEARCHERS[name] = factory
+        if no_warm_start:
+            _NO_WARM_START[name] = no_warm_start
+        else:
+            _NO_WARM_START.pop(name, None)
         return factory
 
     return decorator
@@ -115,6 +143,21 @@ def check_searcher(name: str, field_name: str = "search.searcher") -> None:
     if name not in _SEARCHERS:
         raise AopError(
             f"{field_name}: unknown searcher {name!r} (known: {', '.join(available_searchers())})"
+        )
+
+
+def check_warm_start(name: str, field_name: str = "search.warm_start") -> None:
+    """Raise an :class:`AopError` naming ``field_name`` when ``name`` cannot be warm-started.
+
+    >>> check_warm_start("gp")
+    >>> check_warm_start("tpe")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    aop.errors.AopError: search.warm_start: the searcher 'tpe' cannot be warm-started: ...
+    """
+    if name in _NO_WARM_START:
+        raise AopError(
+            f"{field_name}: the searcher {name!r} cannot be warm-started: {_NO_WARM_START[name]}"
         )
 
 
@@ -135,6 +178,7 @@ def make_searcher(
     concurrency: int = 1,
     start_points: Sequence[dict[str, Any]] = (),
     n_startup_trials: int = 10,
+    told: int = 0,
 ) -> Searcher:
     """Build the searcher ``name``, limited to ``concurrency`` pending suggestions.
 
@@ -154,6 +198,8 @@ def make_searcher(
         Configurations to evaluate first.
     n_startup_trials : int
         Random trials before a model-based searcher starts modelling.
+    told : int
+        Trials that will be told before the first suggestion (see :class:`SearcherRequest`).
 
     Returns
     -------
@@ -171,6 +217,7 @@ def make_searcher(
         seed=seed,
         start_points=[dict(p) for p in start_points],
         n_startup_trials=n_startup_trials,
+        told=told,
     )
     return ConcurrencyLimiter(_SEARCHERS[name](request), max_concurrent=concurrency)
 
@@ -214,14 +261,20 @@ def _gp(request: SearcherRequest) -> Searcher:
     return _optuna_search(request, sampler)
 
 
-@register_searcher("random")
+@register_searcher(
+    "random", no_warm_start="random search draws without regard to earlier trials; use gp or smac"
+)
 def _random(request: SearcherRequest) -> Searcher:
     import optuna
 
     return _optuna_search(request, optuna.samplers.RandomSampler(seed=request.seed))
 
 
-@register_searcher("tpe")
+@register_searcher(
+    "tpe",
+    no_warm_start="Ray's HyperOptSearch cannot be told earlier trials (no add_evaluated_point); "
+    "use gp or smac",
+)
 def _tpe(request: SearcherRequest) -> Searcher:
     from ray.tune.search.hyperopt import HyperOptSearch
 
@@ -256,6 +309,8 @@ def _smac(request: SearcherRequest) -> Searcher:
         mode=request.mode,
         points_to_evaluate=request.start_points or None,
         seed=request.seed,
-        n_initial_points=request.n_startup_trials,
+        # SMAC's initial design is drawn whatever its run history holds: told trials replace
+        # that many of its configurations, as they count among Optuna's startup trials
+        n_initial_points=max(0, request.n_startup_trials - request.told),
         conditions=request.space.conditions,
     )
