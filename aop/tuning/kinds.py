@@ -42,7 +42,7 @@ from pydantic import ValidationError
 
 from aop.config import DEFAULT_KIND, BaseExperiment, read_yaml
 from aop.errors import AopError, validation_message
-from aop.tuning.searchers import check_searcher
+from aop.tuning.searchers import check_searcher, check_warm_start
 from aop.tuning.space import SearchSpace
 
 ENTRY_POINT_GROUP = "aop.study_kinds"
@@ -254,7 +254,8 @@ def parse_experiment(
 ) -> BaseExperiment:
     """Validate an experiment mapping of any study kind (``kind``, default ``DEFAULT_KIND``).
 
-    Every name is checked here, before any work: the kind, the searcher, and what the kind checks
+    Every name is checked here, before any work: the kind, the searcher (and that it can be
+    warm-started when ``search.warm_start`` lists studies), and what the kind checks
     (models, search-space parameters); relative paths resolve against ``base`` (see
     :mod:`aop.config`).
     """
@@ -269,6 +270,8 @@ def parse_experiment(
     except ValidationError as exc:
         raise AopError(f"{source}: {validation_message(exc)}") from None
     check_searcher(exp.search.searcher, field_name=f"{source}: search.searcher")
+    if exp.search.warm_start:
+        check_warm_start(exp.search.searcher, field_name=f"{source}: search.warm_start")
     exp.resolve_paths(Path.cwd() if base is None else base)
     kind.check(exp, source)
     return exp
