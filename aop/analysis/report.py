@@ -35,6 +35,7 @@ __all__ = [
     "mlflow_ui_command",
     "print_report",
     "read_study_meta",
+    "warm_start_line",
 ]
 
 
@@ -92,6 +93,7 @@ class StudyReport:
             "plots": [str(p) for p in self.plots],
             "complete": self.complete,
             "problems": list(self.problems),
+            "warm_start": dict(self.meta.warm_start),
         }
 
 
@@ -119,6 +121,9 @@ class StudyMeta:
         ``{metric: colour}`` of the comparison plot.
     ranges : dict
         ``{parameter: [low, high]}`` of the searched numeric parameters.
+    warm_start : dict
+        ``sources``, ``trials`` (told) and ``source_runs`` of a warm-started study (``{}``
+        otherwise; see :mod:`aop.tuning.warm_start`).
     """
 
     kind: str
@@ -131,6 +136,7 @@ class StudyMeta:
     budgets: dict[str, int] = field(default_factory=dict)
     colours: dict[str, str] = field(default_factory=dict)
     ranges: dict[str, list[float]] = field(default_factory=dict)
+    warm_start: dict[str, Any] = field(default_factory=dict)
 
 
 def read_study_meta(study_dir: Path) -> StudyMeta:
@@ -148,6 +154,16 @@ def read_study_meta(study_dir: Path) -> StudyMeta:
     if missing:
         raise AopError(f"{path}: missing field {missing[0]!r}")
     return StudyMeta(**{k: v for k, v in data.items() if k in known})
+
+
+def warm_start_line(warm_start: Mapping[str, Any]) -> str:
+    """The one line that says what a study's searcher was told of earlier studies.
+
+    >>> warm_start_line({"sources": ["studies/a", "runs:/0a1b"], "trials": 40})
+    'warm-started from 40 trials of studies/a, runs:/0a1b'
+    """
+    sources = ", ".join(str(s) for s in warm_start.get("sources") or [])
+    return f"warm-started from {warm_start.get('trials', 0)} trials of {sources}"
 
 
 def _tracking_uri(study_dir: Path) -> str:
@@ -294,6 +310,8 @@ def print_report(report: StudyReport, console: Any) -> None:
             *[_number(row[m]) for m in metrics],
         )
     console.print(table)
+    if meta.warm_start:
+        console.print(f"  {warm_start_line(meta.warm_start)}", highlight=False, soft_wrap=True)
 
     others = [s for s in summary.index if s != comparison.reference]
     if others:
