@@ -9,6 +9,7 @@ Study folder (self-contained)::
     STUDY_DIR/mlflow.db            default MLflow store
     STUDY_DIR/results/NAME.jsonl   one trial record per finished trial of search NAME
     STUDY_DIR/best.yaml            best configuration and scores of the main search
+    STUDY_DIR/warm_start.yaml      the earlier studies' trials the main searcher was told
 
 plus what the kind writes (its data, caches, plots).
 
@@ -19,6 +20,10 @@ An interrupted study (driver killed, machine rebooted) continues with :func:`run
 ``resume=True`` (``aop resume STUDY_DIR``): every search whose Tune experiment exists is restored
 with ``Tuner.restore(..., resume_unfinished=True)``; Ray Tune saved the searcher's state beside
 it, so the search continues instead of restarting, and finished trials are kept.
+
+A study with ``search.warm_start`` tells its main searcher the finished trials of earlier
+studies before the first suggestion (:mod:`aop.tuning.warm_start`); they are not trials of the
+study and do not count against its budget.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from aop.tuning.kinds import Prepared, StudyKind, get_kind, load_experiment, stu
 from aop.tuning.progress import SearchProgress, set_budget
 from aop.tuning.searchers import make_searcher
 from aop.tuning.space import SearchSpace
+from aop.tuning.warm_start import WarmStart, load_warm_start
 
 EXPERIMENT_FILE = "experiment.yaml"
 #: Other libraries' output during a study, in ``STUDY_DIR/logs/``.
@@ -294,12 +300,16 @@ def _write_yaml(path: Path, data: Any) -> None:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def save_experiment(exp: BaseExperiment, space: SearchSpace | None = None) -> Path:
+def save_experiment(
+    exp: BaseExperiment, space: SearchSpace | None = None, warm: WarmStart | None = None
+) -> Path:
     """Write the validated experiment and ``study.yaml`` (atomically).
 
     ``study.yaml`` holds the kind's :meth:`~aop.tuning.kinds.StudyKind.meta`, each search's
-    budget in trials (``budgets``) and the searched numeric ranges (``ranges``), so that reports
-    and plots need neither the kind nor Ray.
+    budget in trials (``budgets``), the searched numeric ranges (``ranges``) and, for a
+    warm-started study, its sources and the number of trials told (``warm_start``, see
+    :meth:`aop.tuning.warm_start.WarmStart.meta`), so that reports and plots need neither the
+    kind nor Ray.
     """
     kind = study_kind(exp)
     space = space or kind.search_space(exp)
@@ -311,6 +321,8 @@ def save_experiment(exp: BaseExperiment, space: SearchSpace | None = None) -> Pa
     }
     ranges = {name: list(bounds) for name, bounds in space.ranges().items()}
     meta = {**kind.meta(exp), "budgets": budgets, "ranges": ranges}
+    if warm is not None and warm.meta():
+        meta["warm_start"] = warm.meta()
     _write_yaml(exp.study_dir / STUDY_FILE, meta)
     return path
 
@@ -408,24 +420,32 @@ def write_best(
 
 def check_study(
     exp: BaseExperiment, kind: StudyKind | None = None, *, check_models: bool = True
-) -> None:
+) -> WarmStart:
     """Find every error of a study request before any work or output (``experiment.yaml``).
 
     Checks the study folder (see :mod:`aop.outputs`: a folder of the user's files is refused),
-    that an MLflow server given by URI answers within seconds, and what the kind checks before
+    that an MLflow server given by URI answers within seconds, what the kind checks before
     its work (:meth:`aop.tuning.kinds.StudyKind.preflight`: data, memory and, with
-    ``check_models``, that every model can be built: libraries, settings, weights).
+    ``check_models``, that every model can be built: libraries, settings, weights), and the
+    earlier studies of ``search.warm_start``.
+
+    Returns
+    -------
+    WarmStart
+        The trials of ``search.warm_start`` the main searcher will be told
+        (:func:`aop.tuning.warm_start.load_warm_start`; none without sources).
     """
     from aop.resources import check_tracking_uri
 
     kind = kind or study_kind(exp)
-    kind.search_space(exp)
+    space = kind.search_space(exp)
     kind.preflight(exp, check_models=check_models)
     if exp.study_dir.is_dir() and any(exp.study_dir.iterdir()):
         claim_folder(exp.study_dir, "study")  # refuses a folder of the user's files
     else:
         prepare_output(exp.study_dir, kind="study")
     check_tracking_uri(exp.tracking_uri)
+    return load_warm_start(exp, kind, space)
 
 
 def run_searches(
@@ -436,8 +456,13 @@ def run_searches(
     *,
     tracker: Any = None,
     verbose: int = 1,
+    warm: WarmStart | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Run (or continue) every search of the experiment's plan; return ``{search: records}``."""
+    """Run (or continue) every search of the experiment's plan; return ``{search: records}``.
+
+    ``warm``: earlier studies' trials, told to the main search's searcher (and its top-ups')
+    before its first suggestion; the comparisons start from nothing.
+    """
     records: dict[str, list[dict[str, Any]]] = {}
     for name, searcher_name, budget in search_plan(exp, kind):
         if searcher_name is None:
@@ -446,7 +471,8 @@ def run_searches(
         else:
             use_starts = kind.start_point and name != "random"
             starts = space.start(kind.start_point) if use_starts else []
-            topup = _topup_factory(exp, kind, space, searcher_name, starts)
+            told = warm.points() if warm is not None and name == exp.search.searcher else []
+            topup = _topup_factory(exp, kind, space, searcher_name, starts, warm=told)
             param_space, samples, searcher = dict(space.fixed), budget, topup([], 0)
         records[name] = run_search(
             name,
@@ -473,20 +499,34 @@ def _topup_factory(
     space: SearchSpace,
     searcher_name: str,
     starts: list[dict[str, Any]],
+    *,
+    warm: Sequence[tuple[dict[str, Any], float]] = (),
 ) -> Callable[[list[dict[str, Any]], int], Any]:
     """``make(done, part)``: the searcher of a search (``make([], 0)``) and of its top-ups.
 
-    A top-up's searcher (see :func:`run_search`) is seeded with ``search.seed + part`` (so it
-    does not draw the first experiment's configurations again), first evaluates the start points
-    no finished trial has evaluated, and is told every finished trial whose active parameters
-    are in the space (``add_evaluated_point``; a searcher without it, such as ``tpe``, starts
-    without them). Start points and records hold the active parameters only (conditions, see
-    :mod:`aop.tuning.space`).
+    Every searcher is first told the ``warm`` points (``(params, value)``: earlier studies'
+    trials, :mod:`aop.tuning.warm_start`). A top-up's searcher (see :func:`run_search`) is
+    seeded with ``search.seed + part`` (so it does not draw the first experiment's
+    configurations again) and is told every finished trial whose active parameters are in the
+    space too. Telling uses ``add_evaluated_point``; a searcher without it, such as ``tpe``,
+    starts without them. Each searcher first evaluates the start points that no finished trial
+    of the study has evaluated (a warm trial was evaluated on an earlier study's data, so a
+    start point it shares is still evaluated here). Start points and records hold the active
+    parameters only (conditions, see :mod:`aop.tuning.space`).
     """
 
     def make(done: list[dict[str, Any]], part: int) -> Any:
+        own: list[tuple[dict[str, Any], float]] = []
+        for record in done:
+            value = record["metrics"].get(kind.metric)
+            searched = {k: v for k, v in record["params"].items() if k in space.searched}
+            params = space.active(searched)
+            if value is not None and space.contains(params):
+                own.append((params, float(value)))
+        points = [*((dict(p), value) for p, value in warm), *own]
+
         def evaluated(point: dict[str, Any]) -> bool:
-            return any(all(r["params"].get(k) == v for k, v in point.items()) for r in done)
+            return any(all(p.get(k) == v for k, v in point.items()) for p, _ in own)
 
         searcher = make_searcher(
             searcher_name,
@@ -496,15 +536,11 @@ def _topup_factory(
             seed=exp.search.seed + part,
             concurrency=exp.search.concurrency,
             start_points=[p for p in starts if not evaluated(p)],
+            told=len(points),
         )
-        for record in done:
-            value = record["metrics"].get(kind.metric)
-            searched = {k: v for k, v in record["params"].items() if k in space.searched}
-            params = space.active(searched)
-            if value is None or not space.contains(params):
-                continue
+        for params, value in points:
             try:
-                searcher.add_evaluated_point(params, float(value))
+                searcher.add_evaluated_point(params, value)
             except NotImplementedError:
                 break
         return searcher
@@ -558,11 +594,11 @@ def run_study(
     StudyResult
     """
     kind = study_kind(exp)
-    check_study(exp, kind)
+    warm = check_study(exp, kind)
     with tempfile.TemporaryDirectory(prefix="aop-log-") as tmp, console.library_output_to(
         Path(tmp) / LOG_FILE if verbose < 1 else None
     ) as log:
-        return _run_checked_study(exp, kind, verbose, prepare, log)
+        return _run_checked_study(exp, kind, verbose, prepare, log, warm)
 
 
 def _run_checked_study(
@@ -571,6 +607,7 @@ def _run_checked_study(
     verbose: int,
     prepare: Callable[[BaseExperiment], Prepared] | None,
     log: Any,
+    warm: WarmStart,
 ) -> StudyResult:
     """:func:`run_study` once the request is checked: Ray, the study folder, the searches."""
     from aop.ray_cluster import check_resources, connect
@@ -584,13 +621,17 @@ def _run_checked_study(
     log.move_to(study_dir / "logs" / LOG_FILE)  # what Ray said while starting, then the rest
     try:
         space = kind.search_space(exp)
-        save_experiment(exp, space)
+        save_experiment(exp, space, warm)
+        warm.save(study_dir)
+        warm.say()
         prepared = (prepare or kind.prepare)(exp)
         tracker = make_tracker(exp, kind)
-        tracker.start(exp.to_yaml_dict(), space.describe(), dataset=prepared.dataset,
-                      description=_description(exp, kind))  # fmt: skip
+        run_id = tracker.start(exp.to_yaml_dict(), space.describe(), dataset=prepared.dataset,
+                               description=_description(exp, kind, warm=warm))  # fmt: skip
+        for tag, value in warm.tags().items():
+            tracker.client.set_tag(run_id, tag, value)
         records = run_searches(exp, kind, space, prepared.trainable, tracker=tracker,
-                               verbose=verbose)  # fmt: skip
+                               verbose=verbose, warm=warm)  # fmt: skip
         log_missing_trials(exp, records, kind)
         tracker.close_open_runs()  # runs that trials opened but that ended in error: FAILED
         main = exp.search.searcher
@@ -603,7 +644,7 @@ def _run_checked_study(
         best = write_best(study_dir, kind, records, main, _reference)
         artifacts = kind.finish(exp, records, best, prepared, tracker)
         tracker.finish(best, metrics=kind.metrics, artifacts=[study_dir / BEST_FILE, *artifacts],
-                       description=_description(exp, kind, best, reference),
+                       description=_description(exp, kind, best, reference, warm),
                        reference=reference or None)  # fmt: skip
         return StudyResult(study_dir, records, best, main, analysis=artifacts, log=log.path)
     except Exception as exc:
@@ -623,12 +664,15 @@ def _description(
     kind: StudyKind,
     best: dict | None = None,
     reference: Mapping[str, Any] | None = None,
+    warm: WarmStart | None = None,
 ) -> str:
-    """The parent run's description: kind, budget, and (when done) the best result."""
+    """The parent run's description: kind, budget, a warm start, and (when done) the best."""
     lines = [
         f"aop {kind.name} study `{exp.name}`: searcher `{exp.search.searcher}`, "
         f"budget {exp.search.budget} trials, objective {kind.metric} ({kind.mode})."
     ]
+    if warm is not None and warm.sources:
+        lines[0] += f" The searcher was {warm.summary()}."
     if best is not None:
         params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
         lines.append(
