@@ -88,5 +88,7 @@ def validation_message(exc: _ValidationErrors, *, first: bool = False) -> str:
     for error in errors[:1] if first else errors:
         where = ".".join(str(part) for part in error.get("loc", ()))
         message = error_message(error)
+        if error.get("type") in ("literal_error", "enum"):  # name the value that is refused
+            message = f"{error.get('input')!r}: {message}"
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)

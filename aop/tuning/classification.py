@@ -20,6 +20,11 @@ standardised instance features. ``best.yaml``, ``aop report``, Fig. 6 and the ML
 show it beside the study's pick, with a paired comparison over the validation folds, and say in
 one line when the best deep design loses to it.
 
+With ``objectives`` naming ``latency_ms`` (e.g. ``[{metric: val_accuracy, mode: max}, {metric:
+latency_ms, mode: min}]``, a Pareto front of accuracy against inference time) every trial measures
+its own milliseconds per instance at batch 32 once, at its end
+(:mod:`aop.tuning.classification_trial` says how for each family), and so does the baseline.
+
 Crops are computed once per preprocessing method and features once per volume, and reach the
 trials through Ray's object store. The trial is :mod:`aop.tuning.classification_trial`. After the
 searches the kind logs the best classifier (``mlflow.pytorch`` for a deep design, ``mlflow.sklearn``
@@ -65,6 +70,8 @@ DESIGN_PARAMETERS = {
 METRICS = ("val_accuracy", "val_balanced_accuracy", "test_accuracy", "test_balanced_accuracy",
            "epoch")  # fmt: skip
 OBJECTIVES = {"accuracy": "val_accuracy", "balanced_accuracy": "val_balanced_accuracy"}
+#: Milliseconds per instance at batch 32 (an objective of ``objectives``, measured on request).
+LATENCY = "latency_ms"
 
 
 def parameters() -> dict[str, str]:
@@ -232,8 +239,12 @@ def load_class_data(
     dict
         ``classes`` (names), ``manual`` and ``pseudo``: ``{"keys": [(volume, label)], "y":
         ndarray, "crops": {method: ndarray (N, C, Z, Y, X)}}``; ``manual`` also has
-        ``features`` (a DataFrame, one row per key) when ``features`` is set.
+        ``features`` (a DataFrame, one row per key) and ``feature_ms_per_instance`` (the time
+        to compute the features of one instance: every volume's table, timed, over its
+        instances) when ``features`` is set.
     """
+    import time
+
     import pandas as pd
 
     from aop.instances.annotations import read_annotations, read_classes
@@ -247,6 +258,7 @@ def load_class_data(
     manual, pseudo = class_rows(root, read_annotations(root), classes)
     index = {name: i for i, name in enumerate(classes)}
     out: dict[str, Any] = {"classes": classes}
+    feature_seconds, measured = 0.0, 0
     for name, rows in (("manual", manual), ("pseudo", pseudo)):
         keys, ys, tables = [], [], []
         crops: dict[str, list[np.ndarray]] = {m: [] for m in methods}
@@ -265,7 +277,10 @@ def load_class_data(
                 crops[method].append(array)
             ids = [int(i) for i in ids]
             if features and name == "manual":
+                start = time.perf_counter()
                 table = instance_features(labels, image, dataset.info.voxel_size)
+                feature_seconds += time.perf_counter() - start
+                measured += len(table)
                 tables.append(table.set_index("label").loc[ids].reset_index())
             keys += [(volume, i) for i in ids]
             ys += [index[cls[i]] for i in ids]
@@ -278,6 +293,7 @@ def load_class_data(
         }
         if features and name == "manual":
             out[name]["features"] = pd.concat(tables, ignore_index=True)
+            out[name]["feature_ms_per_instance"] = 1000.0 * feature_seconds / max(measured, 1)
     return out
 
 
@@ -398,6 +414,7 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
     start_point = "default"
     record_extras = ("test", "folds")
     curves = ("val_accuracy_epoch", "val_accuracy")
+    objective_metrics = ("val_accuracy", "val_balanced_accuracy", LATENCY)
 
     def for_experiment(self, exp: ClassificationExperiment) -> ClassificationKind:
         """The objective of ``exp`` (accuracy or balanced accuracy) first; ``design`` groups."""
@@ -422,6 +439,16 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
         """
         from aop.classification.encoders import check_pretrained_weights
 
+        chosen = OBJECTIVES[exp.objective]
+        for index, objective in enumerate(exp.objectives or []):
+            if objective.metric in OBJECTIVES.values() and objective.metric != chosen and not any(
+                o.metric == chosen for o in exp.objectives or []
+            ):
+                raise AopError(
+                    f"{source}: objectives.{index}.metric: {objective.metric}, but objective: "
+                    f"{exp.objective} keeps each training's best {chosen} epoch; set objective: "
+                    f"{objective.metric.removeprefix('val_')}"
+                )
         space = self.search_space(exp)
         check_families(space, str(exp.search_space))
         for name, spec in space.parameters.items():
@@ -498,7 +525,7 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
             feature_columns,
             feature_matrix,
         )
-        from aop.tuning.classification_trial import classification_trial
+        from aop.tuning.classification_trial import classification_trial, feature_latency_ms
 
         space = self.search_space(exp)
         deep = "deep" in space.choices("design", "deep")
@@ -512,19 +539,28 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
         table = bundle["manual"].pop("features")
         columns = feature_columns(table)
         features = feature_matrix(table, columns)
-        bundle["features"] = {"columns": columns, "X": features}
+        bundle["features"] = {"columns": columns, "X": features,
+                              "ms_per_instance": bundle["manual"].pop("feature_ms_per_instance")}
         class_weight = _sklearn_class_weight(exp.training.class_weights)
         baseline = evaluate_design(
             lambda: baseline_model(seed=exp.search.seed, class_weight=class_weight),
             features, y, bundle["splits"], classes,
         )  # fmt: skip
+        baseline_scores = baseline.to_metrics()
+        measure_latency = any(o.metric == LATENCY for o in self.objectives)
+        if measure_latency:  # as a feature trial measures itself: refitted on every label
+            fitted = baseline_model(seed=exp.search.seed, class_weight=class_weight)
+            baseline_scores[LATENCY] = feature_latency_ms(
+                fitted.fit(features, y), features, bundle["splits"].folds[0][1],
+                bundle["features"]["ms_per_instance"],
+            )  # fmt: skip
         ref = ray.put(bundle)
         resources = exp.search.resources
         trainable = tune.with_parameters(
             classification_trial,
             data=ref,
             training={**exp.training.model_dump(mode="json"), "objective": exp.objective,
-                      "seed": exp.search.seed},
+                      "seed": exp.search.seed, "measure_latency": measure_latency},
             weights={k: str(v) for k, v in exp.weights.items()},
             gpu=resources.gpu,
             tracking={"study_dir": str(exp.study_dir), "tracking_uri": exp.tracking_uri,
@@ -541,7 +577,7 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
                 "crop_shape": bundle["manual"]["crops"][methods[0]].shape[1:] if deep else None,
                 "columns": columns, "example": features.head(3),
                 "folds": len(bundle["splits"].folds),
-                "baseline": {"scores": baseline.to_metrics(), "folds": {
+                "baseline": {"scores": baseline_scores, "folds": {
                     "accuracy": list(baseline.fold_accuracy),
                     "balanced_accuracy": list(baseline.fold_balanced_accuracy)}},
             },
@@ -602,7 +638,8 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
         comparison = (paired_comparison(ours, theirs)
                       if ours and len(ours) == len(theirs) and len(ours) > 1 else {})  # fmt: skip
         return {
-            "name": "logistic regression on standardised instance features (C=1), same splits",
+            "name": "logistic regression on standardised instance features (C=1, class "
+                    f"weights {exp.training.class_weights or 'none'}), same splits",
             "scores": dict(baseline["scores"]),
             **({"comparison": comparison} if comparison else {}),
             "verdict": verdict(best, records, baseline["scores"], self.metric),
