@@ -731,12 +731,14 @@ def verdict(
     else:
         lines.append(f"The study's pick ({pick}, {metric} {value:.3f}) is {value - reference:+.3f}"
                      f" against the baseline ({reference:.3f}).")  # fmt: skip
-    if top_deep is not None and top_deep is not best:
+    same = top_deep is not None and (top_deep["search"], top_deep["trial_id"]) == (
+        best.get("search"), best.get("trial_id"))
+    if top_deep is not None and not same:
         deep_value = float(top_deep["metrics"][metric])
         if deep_value < reference:
             lines.append(f"The best deep design ({design_text(top_deep['params'])}, "
                          f"{deep_value:.3f}) loses to the baseline.")  # fmt: skip
-    elif top_deep is best and value < reference:
+    elif same and value < reference:
         lines[-1] = (f"The best deep design ({pick}, {metric} {value:.3f}) loses to the "
                      f"baseline ({reference:.3f}).")  # fmt: skip
     return " ".join(lines)
