@@ -45,7 +45,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -54,6 +54,9 @@ from aop.config import BaseExperiment, is_warm_start_uri, read_yaml
 from aop.errors import AopError
 from aop.outputs import atomic_file
 from aop.tuning.space import ChoiceSpec, FloatSpec, IntSpec, SearchSpace, check_point
+
+if TYPE_CHECKING:
+    from aop.tuning.kinds import StudyKind
 
 __all__ = ["WARM_START_FILE", "WarmStart", "load_warm_start", "read_warm_start"]
 
@@ -134,7 +137,7 @@ class WarmStart:
                 console.say(f"  {line}")
 
 
-def load_warm_start(exp: BaseExperiment, kind: Any, space: SearchSpace) -> WarmStart:
+def load_warm_start(exp: BaseExperiment, kind: StudyKind, space: SearchSpace) -> WarmStart:
     """What the study is told: its ``warm_start.yaml`` when it has one for the same sources
     (a resumed study), else :func:`read_warm_start`."""
     path = exp.study_dir / WARM_START_FILE
@@ -160,7 +163,7 @@ def _saved_trial(trial: Any, space: SearchSpace) -> dict[str, Any]:
             "value": float(trial["value"])}  # fmt: skip
 
 
-def read_warm_start(exp: BaseExperiment, kind: Any, space: SearchSpace) -> WarmStart:
+def read_warm_start(exp: BaseExperiment, kind: StudyKind, space: SearchSpace) -> WarmStart:
     """Read the sources of ``search.warm_start`` and check them against the study.
 
     Parameters
