@@ -5,6 +5,11 @@ module knows no study kind and no metric. Parameter importance, the contour (Fig
 and the convergence plot are Optuna's, on an in-memory study of the trial records
 (:func:`records_study`); the grouped bars of the searches (Fig. 4) are aop's.
 :func:`make_study_plots` draws them for a study folder into ``STUDY_DIR/plots/``.
+
+A study with several objectives (:mod:`aop.analysis.pareto`) adds the Pareto plot
+(:func:`plot_pareto`: every trial, the main search's front highlighted and connected, the
+baseline marked) and the hypervolume per trial count under the convergence plot;
+:func:`write_pareto_outputs` writes them with the front's table ``tables/pareto.csv``.
 """
 
 from __future__ import annotations
@@ -33,21 +38,30 @@ from optuna.importance import FanovaImportanceEvaluator, get_param_importances  
 from optuna.visualization.matplotlib import plot_contour, plot_optimization_history  # noqa: E402
 
 from aop.analysis.compare import SearchComparison, compare_searches, significance_stars  # noqa: E402
+from aop.analysis.pareto import (  # noqa: E402
+    REFERENCE_MARGIN,
+    hypervolume_history,
+    objective_bounds,
+    objective_pairs,
+    pareto_front,
+    pareto_rows,
+)
 from aop.analysis.records import best_record, read_study_records  # noqa: E402
-from aop.analysis.report import read_study_meta  # noqa: E402
+from aop.analysis.report import BEST_FILE, read_study_meta  # noqa: E402
+from aop.config import read_yaml  # noqa: E402
 from aop.errors import AopError  # noqa: E402
 from aop.outputs import atomic_file  # noqa: E402
 
 __all__ = [
     "influential_parameters", "make_study_plots", "plot_convergence", "plot_parameter_contour",
-    "plot_search_comparison", "records_study",
+    "plot_pareto", "plot_search_comparison", "records_study", "write_pareto_outputs",
 ]
 
 #: Hatching per search: baseline filled, random search thick stripes, BO thin stripes.
 SEARCH_HATCHES = {"baseline": "", "random": "//", "gp": "\\\\\\\\"}
 SEARCH_LABELS = {
     "baseline": "baseline", "random": "random search", "gp": "BO (GP)", "tpe": "BO (TPE)",
-    "smac": "BO (SMAC)",
+    "smac": "BO (SMAC)", "nsga2": "NSGA-II",
 }
 _EXTRA_HATCHES = ("xx", "..", "++", "oo")
 _DIRECTIONS = {"max": "maximize", "min": "minimize"}
@@ -299,7 +313,7 @@ def plot_parameter_contour(
 
 def plot_convergence(
     records_by_search: Mapping[str, _Records], *, metric: str, mode: str = "max",
-    pooled: Sequence[str] = (), path: _OutPath = None,
+    pooled: Sequence[str] = (), path: _OutPath = None, objectives: Sequence[Any] | None = None,
 ) -> Figure:
     """Each search's trials and best ``metric`` so far against the trial number.
 
@@ -314,6 +328,10 @@ def plot_convergence(
         (dotted) value.
     path : path-like, optional
         Where to save the PNG.
+    objectives : sequence, optional
+        Several objectives (``{"metric", "mode"}``): a second panel draws each search's
+        hypervolume per trial count (:func:`aop.analysis.pareto.hypervolume_history`, every
+        search scaled by the bounds of all the records drawn; a pooled search as a line).
 
     Returns
     -------
@@ -342,7 +360,167 @@ def plot_convergence(
         names = ", ".join(study.study_name for study in histories)
         axes.set_title(f"Convergence{' of ' + names if names else ''}: best {metric} so far",
                        fontsize=10)
+        if objectives is not None and len(objectives) > 1:
+            _hypervolume_panel(axes, records_by_search, objectives, pooled)
+            return _finish(axes.figure, path, (8.0, 7.4))
         return _finish(axes.figure, path, (8.0, 4.2))
+
+
+def _hypervolume_panel(
+    axes: Any, records_by_search: Mapping[str, _Records], objectives: Sequence[Any],
+    pooled: Sequence[str],
+) -> None:
+    """A second panel under ``axes``: the hypervolume of each search per trial count."""
+    everything = [r for records in records_by_search.values() for r in records]
+    pairs = objective_pairs(objectives)
+    try:
+        bounds = objective_bounds(everything, pairs)
+    except AopError:
+        return  # no trial has every objective: nothing to draw
+    grid = axes.figure.add_gridspec(2, 1, height_ratios=(1.0, 0.9))
+    axes.set_subplotspec(grid[0])
+    panel = axes.figure.add_subplot(grid[1])
+    for index, (search, records) in enumerate(records_by_search.items()):
+        if not records:
+            continue
+        label = SEARCH_LABELS.get(search, search)
+        history = hypervolume_history(records, pairs, bounds)
+        if search in pooled:
+            panel.axhline(history[-1], color="#555555", linestyle="--", linewidth=1,
+                          label=f"{label}: all {len(history)} trials ({history[-1]:.3f})")
+            continue
+        # trial numbers from 0, as the panel above: the hypervolume once that trial finished
+        panel.plot(range(len(history)), history, marker="o", markersize=3,
+                   color=f"C{index}", label=f"{label} ({history[-1]:.3f})")
+    names = ", ".join(f"{m} ({mode})" for m, mode in pairs)
+    panel.set(xlabel="Trial", ylabel="hypervolume",
+              title=f"Hypervolume of {names}\n(each scaled to [0, 1] between the best and worst "
+                    f"trial drawn; reference point {REFERENCE_MARGIN:g})")
+    panel.title.set_fontsize(9)
+    panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if panel.get_legend_handles_labels()[0]:
+        panel.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+
+
+def _staircase(
+    points: Sequence[tuple[float, float]], x_mode: str
+) -> tuple[list[float], list[float]]:
+    """The attainment line through front points ``(x, y)`` sorted by x: between two points,
+    the corner that the better of them in x dominates."""
+    xs, ys = [points[0][0]], [points[0][1]]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        corner = (x1, y0) if x_mode == "min" else (x0, y1)
+        xs += [corner[0], x1]
+        ys += [corner[1], y1]
+    return xs, ys
+
+
+def plot_pareto(
+    records_by_search: Mapping[str, _Records], objectives: Sequence[Any], *,
+    main: str | None = None, reference: Mapping[str, float] | None = None,
+    path: _OutPath = None,
+) -> Figure:
+    """Every trial over the first two objectives, the main search's Pareto front highlighted.
+
+    The first objective is on y, the second on x (accuracy against latency). The front
+    (:func:`aop.analysis.pareto.pareto_front` over every objective) is drawn in red and, with
+    two objectives, connected by its attainment line (the border of what it dominates).
+
+    Parameters
+    ----------
+    records_by_search : mapping
+        ``{search: [trial record, ...]}``; each search's trials in their own colour.
+    objectives : sequence
+        At least two ``{"metric", "mode"}``.
+    main : str, optional
+        The search whose front is drawn (default: the last one).
+    reference : mapping, optional
+        ``{metric: value}`` of a baseline (``best.yaml``'s ``reference`` scores): marked with
+        a star when it has both objectives drawn.
+    path : path-like, optional
+        Where to save the PNG.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    pairs = objective_pairs(objectives)
+    if len(pairs) < 2:
+        raise AopError("a Pareto plot needs two objectives")
+    (y_name, y_mode), (x_name, x_mode) = pairs[0], pairs[1]
+    if not records_by_search:
+        raise AopError("no trial records for a Pareto plot")
+    main = main if main in records_by_search else list(records_by_search)[-1]
+    figure, axes = plt.subplots(figsize=(7.0, 4.8))
+    for index, (search, records) in enumerate(records_by_search.items()):
+        drawn = [r for r in records if x_name in r["metrics"] and y_name in r["metrics"]]
+        if drawn:
+            axes.scatter([r["metrics"][x_name] for r in drawn],
+                         [r["metrics"][y_name] for r in drawn], s=22, alpha=0.55,
+                         color=f"C{index}", edgecolors="none",
+                         label=f"{SEARCH_LABELS.get(search, search)} ({len(drawn)} trials)")
+    front = pareto_front(records_by_search[main], pairs)
+    if front:
+        points = sorted((r["metrics"][x_name], r["metrics"][y_name]) for r in front)
+        if len(pairs) == 2:
+            xs, ys = _staircase(points, x_mode)
+            axes.plot(xs, ys, color="#d62728", linewidth=1.2, zorder=3)
+        axes.scatter([p[0] for p in points], [p[1] for p in points], s=46, color="#d62728",
+                     edgecolors="black", linewidths=0.7, zorder=4,
+                     label=f"Pareto front of {SEARCH_LABELS.get(main, main)} ({len(front)})")
+    if reference and x_name in reference and y_name in reference:
+        axes.scatter([reference[x_name]], [reference[y_name]], marker="*", s=220, color="gold",
+                     edgecolors="black", linewidths=0.8, zorder=5, label="baseline")
+    axes.set(xlabel=f"{x_name} ({x_mode})", ylabel=f"{y_name} ({y_mode})")
+    others = f"; front over {', '.join(m for m, _ in pairs)}" if len(pairs) > 2 else ""
+    axes.set_title(f"{y_name} against {x_name}: every trial, the Pareto front in red{others}",
+                   fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return _finish(figure, path)
+
+
+def write_pareto_outputs(
+    study_dir: str | os.PathLike, records_by_search: Mapping[str, _Records],
+    objectives: Sequence[Any], *, main: str | None = None, pooled: Sequence[str] = (),
+    reference: Mapping[str, float] | None = None, skip: Sequence[str] = (),
+) -> list[Path]:
+    """The front's table and plots of a study with several objectives.
+
+    Writes ``tables/pareto.csv`` (:func:`aop.analysis.pareto.pareto_rows` of the main search:
+    search, trial id, each objective, the parameters; best first by the first objective),
+    ``plots/pareto.png`` (:func:`plot_pareto`) and ``plots/convergence.png``
+    (:func:`plot_convergence` with the hypervolume panel), leaving out the file names in
+    ``skip`` (what a kind drew already).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    import pandas as pd
+
+    study_dir = Path(study_dir)
+    pairs = objective_pairs(objectives)
+    main = main if main in records_by_search else list(records_by_search)[-1]
+    written: list[Path] = []
+    table = study_dir / "tables" / "pareto.csv"
+    if table.name not in skip:
+        with atomic_file(table) as tmp:
+            pd.DataFrame(pareto_rows(records_by_search[main], pairs)).to_csv(tmp, index=False)
+        written.append(table)
+    plot = study_dir / "plots" / "pareto.png"
+    if plot.name not in skip:
+        plt.close(plot_pareto(records_by_search, pairs, main=main, reference=reference,
+                              path=plot))  # fmt: skip
+        written.append(plot)
+    convergence = study_dir / "plots" / "convergence.png"
+    if convergence.name not in skip:
+        (metric, mode) = pairs[0]
+        plt.close(plot_convergence(records_by_search, metric=metric, mode=mode, pooled=pooled,
+                                   path=convergence, objectives=pairs))  # fmt: skip
+        written.append(convergence)
+    return written
 
 
 def plot_search_comparison(
@@ -447,15 +625,19 @@ def make_study_plots(
     -------
     list of Path
         ``plots/comparison.png``, ``plots/convergence.png`` and, when a search that is not pooled
-        has two numeric parameters, ``plots/contour_<a>_<b>.png`` (as given or ranked).
+        has two numeric parameters, ``plots/contour_<a>_<b>.png`` (as given or ranked). A study
+        whose ``study.yaml`` lists several ``objectives`` adds the hypervolume to the
+        convergence plot, and ``plots/pareto.png`` and ``tables/pareto.csv``
+        (:func:`write_pareto_outputs`; the baseline is ``best.yaml``'s ``reference``).
     """
     study_dir = Path(study_dir)
     if records_by_search is None:
         records_by_search = read_study_records(study_dir)
     ranges = None
+    objectives: list[dict[str, str]] = []
     if metric is None:
         meta = read_study_meta(study_dir)
-        metric, ranges = meta.metric, meta.ranges
+        metric, ranges, objectives = meta.metric, meta.ranges, meta.objectives
         mode = meta.mode if mode is None else mode
         metrics = meta.metrics if metrics is None else metrics
         pooled = meta.pooled if pooled is None else pooled
@@ -471,7 +653,7 @@ def make_study_plots(
     plt.close(plot_search_comparison(comparison, palette, written[0],
                                      title=f"Study {study_dir.resolve().name}"))
     plt.close(plot_convergence(records_by_search, metric=metric, mode=mode, pooled=pooled,
-                               path=written[1]))
+                               path=written[1], objectives=objectives or None))
     optimised = [r for s, recs in records_by_search.items() if s not in pooled for r in recs]
     if optimised and contour_parameters is None:
         chosen = _best_slice(optimised, metric, mode)[0]
@@ -482,4 +664,10 @@ def make_study_plots(
         written.append(study_dir / "plots" / f"contour_{a}_{b}.png")
         plt.close(plot_parameter_contour(optimised, (a, b), metric=metric, mode=mode,
                                          ranges=ranges, path=written[-1]))
+    if len(objectives) > 1:
+        best = read_yaml(study_dir / BEST_FILE) if (study_dir / BEST_FILE).is_file() else {}
+        reference = (best.get("reference") or {}).get("scores") if isinstance(best, dict) else None
+        written += write_pareto_outputs(study_dir, records_by_search, objectives, main=main,
+                                        pooled=pooled, reference=reference,
+                                        skip=["convergence.png"])  # fmt: skip
     return written

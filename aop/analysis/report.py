@@ -1,7 +1,9 @@
 """The report of a study folder: comparison table, t-tests, best configuration, MLflow command.
 
 Used by ``aop report STUDY_DIR``; reads ``results/*.jsonl``, ``best.yaml`` and ``experiment.yaml``
-and never writes (plots are drawn only on request).
+and never writes (plots are drawn only on request). A study with several objectives adds its main
+search's Pareto front (:mod:`aop.analysis.pareto`); :func:`chosen_trial` finds the trial that
+``aop classify`` and ``aop segment`` apply when asked for another than the pick.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aop.analysis.compare import MIN_VOLUMES, SearchComparison, compare_searches
+from aop.analysis.pareto import pareto_rows, pick_trial
 from aop.analysis.records import (
     RESULTS_DIR,
     best_record,
@@ -31,6 +34,7 @@ STUDY_FILE = "study.yaml"
 __all__ = [
     "StudyMeta",
     "StudyReport",
+    "chosen_trial",
     "load_report",
     "mlflow_ui_command",
     "print_report",
@@ -67,6 +71,9 @@ class StudyReport:
         warnings (torn last lines of results files); empty for a finished study.
     complete : bool
         Every search has its budget of trials and ``best.yaml`` exists.
+    pareto : list of dict
+        With several objectives, the main search's Pareto front as rows (search, trial id,
+        each objective, the parameters; :func:`aop.analysis.pareto.pareto_rows`); else empty.
     """
 
     study_dir: Path
@@ -79,6 +86,7 @@ class StudyReport:
     meta: StudyMeta = field(default_factory=lambda: StudyMeta("", "", "max", []))
     problems: list[str] = field(default_factory=list)
     complete: bool = True
+    pareto: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``aop report --json``)."""
@@ -94,6 +102,8 @@ class StudyReport:
             "complete": self.complete,
             "problems": list(self.problems),
             "warm_start": dict(self.meta.warm_start),
+            **({"objectives": list(self.meta.objectives), "pareto": list(self.pareto)}
+               if len(self.meta.objectives) > 1 else {}),
         }
 
 
@@ -124,6 +134,8 @@ class StudyMeta:
     warm_start : dict
         ``sources``, ``trials`` (told) and ``source_runs`` of a warm-started study (``{}``
         otherwise; see :mod:`aop.tuning.warm_start`).
+    objectives : list of dict
+        ``[{metric, mode}, ...]`` of a study with several objectives (``[]`` otherwise).
     """
 
     kind: str
@@ -137,6 +149,7 @@ class StudyMeta:
     colours: dict[str, str] = field(default_factory=dict)
     ranges: dict[str, list[float]] = field(default_factory=dict)
     warm_start: dict[str, Any] = field(default_factory=dict)
+    objectives: list[dict[str, str]] = field(default_factory=list)
 
 
 def read_study_meta(study_dir: Path) -> StudyMeta:
@@ -253,10 +266,70 @@ def load_report(study_dir: str | os.PathLike) -> StudyReport:
     ]
     if not best_file.is_file() and (study_dir / EXPERIMENT_FILE).is_file():
         short.append(f"no {BEST_FILE} (the study has not finished)")
+    several = len(meta.objectives) > 1 and comparison.reference in records
+    pareto = pareto_rows(records[comparison.reference], meta.objectives) if several else []
     return StudyReport(
         study_dir, records, comparison, best, source, _tracking_uri(study_dir), plots, meta,
-        problems=short + torn, complete=not short,
+        problems=short + torn, complete=not short, pareto=pareto,
     )  # fmt: skip
+
+
+def chosen_trial(
+    study_dir: str | os.PathLike,
+    *,
+    pick: str | None = None,
+    tolerance: float = 0.0,
+    trial: str | None = None,
+) -> dict[str, Any]:
+    """The trial record of a study that a rule or an id chooses (for applying its model).
+
+    Parameters
+    ----------
+    study_dir : path-like
+        A finished or interrupted study folder.
+    pick : str, optional
+        A rule of :func:`aop.analysis.pareto.pick_trial` (``fastest-within``) over the main
+        search's trials; the study needs several objectives.
+    tolerance : float
+        The rule's tolerance on the first objective.
+    trial : str, optional
+        A trial id of any search of the study.
+
+    Returns
+    -------
+    dict
+        The trial record (``search``, ``trial_id``, ``params``, ``metrics`` and the kind's
+        extras).
+
+    Raises
+    ------
+    AopError
+        Both or neither of ``pick`` and ``trial``, an unknown trial id, a rule on a study with
+        one objective, or a bad rule or tolerance; one line naming the study.
+    """
+    study_dir = Path(study_dir)
+    if (pick is None) == (trial is None):
+        raise AopError(f"{study_dir}: choose a trial by a pick rule or by its id (one of them)")
+    meta = read_study_meta(study_dir)
+    records = read_study_records(study_dir)
+    if trial is not None:
+        found = [r for recs in records.values() for r in recs if r["trial_id"] == str(trial)]
+        if not found:
+            searches = ", ".join(f"{name} ({len(recs)})" for name, recs in records.items())
+            raise AopError(f"{study_dir}: no trial {trial!r} (trials of searches {searches})")
+        if len(found) > 1:
+            raise AopError(f"{study_dir}: trial {trial!r} is in several searches")
+        return found[0]
+    main = meta.main_search if meta.main_search in records else list(records)[-1]
+    if len(meta.objectives) < 2:
+        raise AopError(
+            f"{study_dir}: a study with one objective ({meta.metric}) has no trade-off to pick "
+            f"from; choose a trial by its id"
+        )
+    try:
+        return pick_trial(records[main], meta.objectives, pick, tolerance)
+    except AopError as exc:
+        raise AopError(f"{study_dir}: {exc}") from None
 
 
 def mlflow_ui_command(tracking_uri: str, study_dir: Path) -> str:
@@ -277,6 +350,31 @@ def _p_text(test: Mapping[str, Any]) -> str:
     if p_value is None or not math.isfinite(p_value):
         return "-"
     return f"p={p_value:.2g} {test['stars'] or 'n.s.' if test['meaningful'] else 'n.m.'}"
+
+
+def _print_pareto(report: StudyReport, console: Any) -> None:
+    """The table of the main search's Pareto front: trial, each objective, the group value."""
+    from rich.table import Table
+
+    meta = report.meta
+    objectives = [o["metric"] for o in meta.objectives]
+    search = report.pareto[0]["search"]
+    table = Table(
+        title=f"Pareto front of search {search}: {len(report.pareto)} of "
+        f"{len(report.records.get(search, []))} trials (best {objectives[0]} first)",
+        title_justify="left",
+    )
+    group = meta.group if any(meta.group in row for row in report.pareto) else None
+    table.add_column("trial")
+    if group:
+        table.add_column(group)
+    for objective in meta.objectives:
+        table.add_column(f"{objective['metric'].upper()} ({objective['mode']})", justify="right")
+    for row in report.pareto:
+        chosen = [str(row.get(group, "-"))] if group else []
+        table.add_row(str(row["trial_id"]), *chosen,
+                      *[_number(row[m], 4) for m in objectives])  # fmt: skip
+    console.print(table)
 
 
 def print_report(report: StudyReport, console: Any) -> None:
@@ -344,6 +442,8 @@ def print_report(report: StudyReport, console: Any) -> None:
                 highlight=False, soft_wrap=True,
             )
 
+    if report.pareto:
+        _print_pareto(report, console)
     for problem in report.problems:
         console.print(f"[bold yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
     best = report.best
