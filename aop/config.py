@@ -12,6 +12,7 @@ experiment file (YAML) has these sections for every study kind::
     storage: {study_dir: studies/demo, cache_dir: null, tune_storage: null}
     comparison: {baseline: true, random: true, random_budget: null, grid: false}
     ray: {address: null, num_cpus: null}
+    objectives: null                       # or [{metric: ipq, mode: max}, ...]: a Pareto front
 
 and the kind adds its own (a segmentation study: ``data`` and ``models``; see its kind module).
 :func:`aop.tuning.kinds.load_experiment` reads a file into its kind's model.
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
@@ -198,6 +199,13 @@ class ComparisonConfig(StrictModel):
     grid: bool = False
 
 
+class ObjectiveConfig(StrictModel):
+    """One objective of a study: a metric its trials report, maximised or minimised."""
+
+    metric: Annotated[str, Field(min_length=1)]
+    mode: Literal["max", "min"]
+
+
 class RayConfig(StrictModel):
     """Ray cluster: ``None`` starts a local one; ``auto`` or ``HOST:PORT`` joins one."""
 
@@ -220,7 +228,25 @@ class BaseExperiment(StrictModel):
     storage: StorageConfig
     comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    objectives: Annotated[list[ObjectiveConfig], Field(min_length=1)] | None = Field(
+        None,
+        description="What the searchers optimise: one or several metrics the kind's trials "
+        "report, each max or min; several make a multi-objective study (a Pareto front). "
+        "Default: the kind's single objective.",
+    )
     _project: Path | None = PrivateAttr(default=None)
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct_objectives(
+        cls, objectives: list[ObjectiveConfig] | None
+    ) -> list[ObjectiveConfig] | None:
+        """Each metric once."""
+        names = [o.metric for o in objectives or []]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"{name!r} is listed twice")
+        return objectives
 
     @property
     def study_dir(self) -> Path:

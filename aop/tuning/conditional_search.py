@@ -11,11 +11,17 @@ when it builds a searcher, so that loading an experiment imports no Ray.
   ``functools.partial(suggest_active, space, distributions)``: a module-level function, so
   that the searcher pickles (``Tuner.restore``, ``OptunaSearch.save``).
 - :class:`ActiveHyperOptSearch` samples hyperopt's flat space and suggests the active values.
+
+A study with several objectives uses :class:`ConditionalOptunaSearch` whatever its space: its
+:meth:`~ConditionalOptunaSearch.add_evaluated_point` tells Optuna a trial of several values
+(Ray's own passes one value to ``optuna.trial.create_trial``). :class:`PicklableNSGAIISampler`
+is Optuna's NSGA-II sampler that pickles, as Ray Tune's searcher state must.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import numpy as np
@@ -25,7 +31,26 @@ from ray.tune.search.optuna import OptunaSearch
 
 from aop.tuning.space import SearchSpace, check_point
 
-__all__ = ["ActiveHyperOptSearch", "ConditionalOptunaSearch", "suggest_active"]
+__all__ = [
+    "ActiveHyperOptSearch", "ConditionalOptunaSearch", "PicklableNSGAIISampler", "suggest_active",
+]
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's ``NSGAIISampler``, pickled without its thread lock (a fresh one on load).
+
+    Ray Tune saves a searcher's state by pickling it (``OptunaSearch.save``), and Optuna's
+    genetic-algorithm samplers hold a ``threading.Lock`` that does not pickle.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def suggest_active(space: SearchSpace, distributions: dict[str, Any], trial: optuna.Trial) -> None:
@@ -62,14 +87,15 @@ class ConditionalOptunaSearch(OptunaSearch):
     Each suggestion holds the active parameters only; start points (``points_to_evaluate``,
     active parameters only) are enqueued Optuna trials, whose values the define-by-run function
     receives. :meth:`add_evaluated_point` tells Optuna a trial with the distributions of its
-    active parameters (Ray's own refuses a define-by-run space).
+    active parameters (Ray's own refuses a define-by-run space), with one value per objective
+    for several objectives.
 
     Parameters
     ----------
     space : SearchSpace
-        A space with conditions.
-    metric, mode : str
-        The objective and ``"max"`` or ``"min"``.
+        A space with conditions, or any space of a study with several objectives.
+    metric, mode : str or list of str
+        The objective and ``"max"`` or ``"min"``; lists for several objectives.
     sampler : optuna.samplers.BaseSampler
         The seeded sampler.
     points_to_evaluate : list of dict, optional
@@ -80,8 +106,8 @@ class ConditionalOptunaSearch(OptunaSearch):
         self,
         space: SearchSpace,
         *,
-        metric: str,
-        mode: str,
+        metric: str | list[str],
+        mode: str | list[str],
         sampler: Any,
         points_to_evaluate: list[dict[str, Any]] | None = None,
     ) -> None:
@@ -108,7 +134,7 @@ class ConditionalOptunaSearch(OptunaSearch):
     def add_evaluated_point(
         self,
         parameters: dict[str, Any],
-        value: float,
+        value: float | list[float],
         error: bool = False,
         pruned: bool = False,
         intermediate_values: list[float] | None = None,
@@ -116,7 +142,8 @@ class ConditionalOptunaSearch(OptunaSearch):
         """Tell Optuna a trial evaluated elsewhere (Ray Tune's signature).
 
         ``parameters`` holds every active searched parameter (inactive ones, given or not,
-        are ignored; a missing, unknown or outside one is an AopError naming it).
+        are ignored; a missing, unknown or outside one is an AopError naming it); ``value`` is
+        a list of one value per objective when the search has several.
         """
         space = self._search_space
         active = space.active(parameters)
@@ -127,9 +154,11 @@ class ConditionalOptunaSearch(OptunaSearch):
             state = optuna.trial.TrialState.FAIL
         elif pruned:
             state = optuna.trial.TrialState.PRUNED
+        several = isinstance(value, list | tuple)
         trial = optuna.trial.create_trial(
             state=state,
-            value=None if error else value,
+            value=None if error or several else value,
+            values=[float(v) for v in value] if several and not error else None,
             params=params,
             distributions={name: self._distributions[name] for name in params},
             intermediate_values=dict(enumerate(intermediate_values or [])) or None,

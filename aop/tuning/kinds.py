@@ -40,9 +40,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from aop.config import DEFAULT_KIND, BaseExperiment, read_yaml
+from aop.config import DEFAULT_KIND, BaseExperiment, ObjectiveConfig, read_yaml
 from aop.errors import AopError, validation_message
-from aop.tuning.searchers import check_searcher, check_warm_start
+from aop.tuning.searchers import check_multi_objective, check_searcher, check_warm_start
 from aop.tuning.space import SearchSpace
 
 ENTRY_POINT_GROUP = "aop.study_kinds"
@@ -97,6 +97,11 @@ class StudyKind(ABC, Generic[ExperimentT]):
     curves : tuple of str
         Metrics a trial reports repeatedly (per epoch): their history goes into the record
         (``curves``) and the trial's MLflow child run, one step per report.
+    objective_metrics : tuple of str
+        The metrics an experiment's ``objectives`` may name (default: :attr:`metrics`).
+    objectives : tuple of ObjectiveConfig
+        What the searchers optimise (see :meth:`with_objectives`); several make a
+        multi-objective study, whose results are a Pareto front.
     """
 
     name: ClassVar[str]
@@ -111,6 +116,18 @@ class StudyKind(ABC, Generic[ExperimentT]):
     colours: ClassVar[dict[str, str]] = {}
     record_extras: ClassVar[tuple[str, ...]] = ()
     curves: ClassVar[tuple[str, ...]] = ()
+    objective_metrics: ClassVar[tuple[str, ...]] = ()
+    _objectives: tuple[ObjectiveConfig, ...] = ()
+
+    @property
+    def objectives(self) -> tuple[ObjectiveConfig, ...]:
+        """The experiment's objectives, else the kind's one: :attr:`metric` in :attr:`mode`."""
+        return self._objectives or (ObjectiveConfig(metric=self.metric, mode=self.mode),)
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the searchers optimise several objectives (a Pareto front)."""
+        return len(self.objectives) > 1
 
     @property
     def mlflow_experiment(self) -> str:
@@ -189,9 +206,27 @@ class StudyKind(ABC, Generic[ExperimentT]):
         """
         return self
 
+    def with_objectives(self, objectives: Sequence[ObjectiveConfig]) -> StudyKind[ExperimentT]:
+        """This kind optimising ``objectives`` (an experiment's ``objectives``; none: unchanged).
+
+        :attr:`metric` and :attr:`mode` become the first objective's, the one that reports,
+        progress lines and ``best.yaml``'s pick rank by; :attr:`metrics` lists every objective
+        first. :func:`study_kind` calls it after :meth:`for_experiment`.
+        """
+        if not objectives:
+            return self
+        self._objectives = tuple(objectives)
+        self.metric, self.mode = objectives[0].metric, objectives[0].mode
+        names = [o.metric for o in objectives]
+        self.metrics = (*names, *(m for m in self.metrics if m not in names))
+        return self
+
     def meta(self, exp: ExperimentT) -> dict[str, Any]:
-        """What ``study.yaml`` says of the study (read by reports, which import no kind)."""
-        return {
+        """What ``study.yaml`` says of the study (read by reports, which import no kind).
+
+        A multi-objective study adds ``objectives`` (``[{metric, mode}, ...]``).
+        """
+        meta = {
             "kind": self.name,
             "metric": self.metric,
             "mode": self.mode,
@@ -201,6 +236,9 @@ class StudyKind(ABC, Generic[ExperimentT]):
             "group": self.group,
             "colours": dict(self.colours),
         }
+        if self.multi_objective:
+            meta["objectives"] = [o.model_dump() for o in self.objectives]
+        return meta
 
 
 _KINDS: dict[str, type[StudyKind]] = {}
@@ -240,8 +278,41 @@ def get_kind(name: str, field_name: str = "kind") -> StudyKind:
 
 
 def study_kind(exp: BaseExperiment) -> StudyKind:
-    """The kind of ``exp``, configured by it (:meth:`StudyKind.for_experiment`)."""
-    return get_kind(exp.kind).for_experiment(exp)
+    """The kind of ``exp``, configured by it (:meth:`StudyKind.for_experiment`, then its
+    ``objectives``: :meth:`StudyKind.with_objectives`)."""
+    return get_kind(exp.kind).for_experiment(exp).with_objectives(exp.objectives or ())
+
+
+def check_objectives(kind: StudyKind, exp: BaseExperiment, source: str) -> None:
+    """Refuse ``objectives`` that ``kind``'s trials do not report, or that the search cannot run.
+
+    Each metric must be one of the kind's :attr:`~StudyKind.objective_metrics`. Several
+    objectives need a multi-objective searcher (:func:`aop.tuning.searchers.
+    check_multi_objective`), run every trial to its end (an early-stopping ``search.scheduler``
+    decides on one metric) and start from nothing (``search.warm_start`` tells a searcher one
+    value per earlier trial). One :class:`AopError` line each.
+    """
+    allowed = kind.objective_metrics or kind.metrics
+    for index, objective in enumerate(exp.objectives or []):
+        if objective.metric not in allowed:
+            raise AopError(
+                f"{source}: objectives.{index}.metric: {objective.metric!r} is not a metric "
+                f"of a {kind.name} trial (known: {', '.join(allowed)})"
+            )
+    if len(exp.objectives or []) < 2:
+        return
+    check_multi_objective(exp.search.searcher, field_name=f"{source}: search.searcher")
+    scheduler = getattr(exp.search, "scheduler", None)
+    if scheduler not in (None, "fifo"):
+        raise AopError(
+            f"{source}: search.scheduler: {scheduler!r} stops trials on one metric; a study "
+            "with several objectives runs every trial to its end (leave the scheduler out)"
+        )
+    if exp.search.warm_start:
+        raise AopError(
+            f"{source}: search.warm_start: a study with several objectives cannot be "
+            "warm-started (the earlier trials are told with one objective value each)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,8 +325,9 @@ def parse_experiment(
 ) -> BaseExperiment:
     """Validate an experiment mapping of any study kind (``kind``, default ``DEFAULT_KIND``).
 
-    Every name is checked here, before any work: the kind, the searcher (and that it can be
-    warm-started when ``search.warm_start`` lists studies), and what the kind checks
+    Every name is checked here, before any work: the kind, the searcher, the ``objectives``
+    (:func:`check_objectives`), that the searcher can be warm-started when
+    ``search.warm_start`` lists studies, and what the kind checks
     (models, search-space parameters); relative paths resolve against ``base`` (see
     :mod:`aop.config`).
     """
@@ -270,6 +342,7 @@ def parse_experiment(
     except ValidationError as exc:
         raise AopError(f"{source}: {validation_message(exc)}") from None
     check_searcher(exp.search.searcher, field_name=f"{source}: search.searcher")
+    check_objectives(kind, exp, source)
     if exp.search.warm_start:
         check_warm_start(exp.search.searcher, field_name=f"{source}: search.warm_start")
     exp.resolve_paths(Path.cwd() if base is None else base)

@@ -12,6 +12,12 @@
     :class:`aop.tuning.smac_search.SMACSearch`.
 ``random``
     Optuna ``RandomSampler`` through ``OptunaSearch`` (seeded, no start point).
+``nsga2``
+    Optuna ``NSGAIISampler`` (a genetic algorithm: non-dominated sorting and crowding distance)
+    through ``OptunaSearch``, for studies with several objectives; its first generation of
+    ``n_startup_trials`` configurations is random, like the model-based searchers' startup.
+    Its generations hold its own trials only (a told trial never becomes a parent), so a warm
+    start with it is refused.
 
 A searcher receives the study's :class:`aop.tuning.space.SearchSpace` as Ray Tune domains and
 Ray converts them for its library. It optimises the study kind's metric in its mode, is seeded,
@@ -53,13 +59,36 @@ draws ``n_startup_trials`` minus the told trials. ``tpe`` cannot be told trials 
 ``HyperOptSearch`` has no ``add_evaluated_point``) and ``random`` ignores them: a warm start with
 either is refused when the experiment loads (:func:`check_warm_start`).
 
+Several objectives (``objectives`` in the experiment file, a Pareto front): the factory
+receives ``metric`` and ``mode`` as lists, and the searcher is told each finished trial's values
+of every objective. A searcher registered with ``multi_objective=True`` takes them; any other
+is refused when the experiment loads (:func:`check_multi_objective`).
+
+``gp``
+    ``GPSampler`` fits one Gaussian process per objective and maximises the log expected
+    hypervolume improvement (Optuna 4.4 and later).
+``nsga2``
+    ``NSGAIISampler`` ranks each generation by non-domination, then crowding distance.
+``random``
+    Draws as for one objective.
+``smac``
+    SMAC's ParEGO: before each suggestion the normalised costs are scalarised with random
+    weights (an augmented Chebyshev norm), and the random forest and expected improvement
+    work on that one cost, so the surrogate stays SMAC's forest.
+``tpe``
+    Refused: Ray's ``HyperOptSearch`` optimises one metric.
+
+The Optuna searchers of a multi-objective study are always the define-by-run
+:class:`aop.tuning.conditional_search.ConditionalOptunaSearch` (with or without conditions):
+it tells Optuna a trial of several values, which Ray's ``add_evaluated_point`` cannot.
+
 Add a searcher with::
 
     @register_searcher("name")
     def _make(request: SearcherRequest) -> Searcher: ...
 
 and ``@register_searcher("name", no_warm_start="why")`` for one that learns nothing from told
-trials.
+trials; ``multi_objective=True`` for one that takes lists of metrics and modes.
 """
 
 from __future__ import annotations
@@ -83,8 +112,9 @@ class SearcherRequest:
     ----------
     space : SearchSpace
         The searched domains (``space.domains()``) and constants.
-    metric, mode : str
-        The objective reported by the trainable and ``"max"`` or ``"min"``.
+    metric, mode : str or list of str
+        The objective reported by the trainable and ``"max"`` or ``"min"``; lists of the same
+        length for several objectives (a factory registered with ``multi_objective=True``).
     seed : int
         Random seed of the sampler.
     start_points : list of dict
@@ -99,8 +129,8 @@ class SearcherRequest:
     """
 
     space: SearchSpace
-    metric: str
-    mode: str = "max"
+    metric: str | list[str]
+    mode: str | list[str] = "max"
     seed: int = 0
     start_points: list[dict[str, Any]] = field(default_factory=list)
     n_startup_trials: int = 10
@@ -111,15 +141,19 @@ SearcherFactory = Callable[[SearcherRequest], "Searcher"]
 _SEARCHERS: dict[str, SearcherFactory] = {}
 #: ``{name: why}`` of the searchers that learn nothing from told trials.
 _NO_WARM_START: dict[str, str] = {}
+#: The searchers that optimise several objectives.
+_MULTI_OBJECTIVE: set[str] = set()
 
 
 def register_searcher(
-    name: str, no_warm_start: str | None = None
+    name: str, no_warm_start: str | None = None, multi_objective: bool = False
 ) -> Callable[[SearcherFactory], SearcherFactory]:
     """Decorator that registers a searcher factory under ``name``.
 
     ``no_warm_start`` says why the searcher learns nothing from trials told with
     ``add_evaluated_point``: a warm start with it is refused (:func:`check_warm_start`).
+    ``multi_objective`` says that the factory takes lists of metrics and modes (see
+    :class:`SearcherRequest`); a study with several objectives refuses any other searcher.
     """
 
     def decorator(factory: SearcherFactory) -> SearcherFactory:
@@ -128,6 +162,10 @@ def register_searcher(
             _NO_WARM_START[name] = no_warm_start
         else:
             _NO_WARM_START.pop(name, None)
+        if multi_objective:
+            _MULTI_OBJECTIVE.add(name)
+        else:
+            _MULTI_OBJECTIVE.discard(name)
         return factory
 
     return decorator
@@ -161,6 +199,22 @@ def check_warm_start(name: str, field_name: str = "search.warm_start") -> None:
         )
 
 
+def check_multi_objective(name: str, field_name: str = "search.searcher") -> None:
+    """Raise an :class:`AopError` naming ``field_name`` unless ``name`` takes several objectives.
+
+    >>> check_multi_objective("nsga2")
+    >>> check_multi_objective("tpe")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    aop.errors.AopError: search.searcher: 'tpe' optimises one objective; a study with several ...
+    """
+    if name not in _MULTI_OBJECTIVE:
+        raise AopError(
+            f"{field_name}: {name!r} optimises one objective; a study with several objectives "
+            f"needs one of {', '.join(sorted(_MULTI_OBJECTIVE))}"
+        )
+
+
 def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
     """The searched domains as Optuna distributions, converted by Ray Tune's ``OptunaSearch``."""
     from ray.tune.search.optuna import OptunaSearch
@@ -172,8 +226,8 @@ def make_searcher(
     name: str,
     space: SearchSpace,
     *,
-    metric: str,
-    mode: str = "max",
+    metric: str | Sequence[str],
+    mode: str | Sequence[str] = "max",
     seed: int = 0,
     concurrency: int = 1,
     start_points: Sequence[dict[str, Any]] = (),
@@ -188,8 +242,9 @@ def make_searcher(
         A registered searcher (see :func:`available_searchers`).
     space : SearchSpace
         At least one searched parameter.
-    metric, mode : str
-        The objective and its direction.
+    metric, mode : str or sequence of str
+        The objective and its direction; sequences for several objectives (a searcher
+        registered with ``multi_objective=True``, see :func:`check_multi_objective`).
     seed : int
         Sampler seed.
     concurrency : int
@@ -210,10 +265,12 @@ def make_searcher(
     check_searcher(name)
     if not space.searched:
         raise AopError("search space: no searched parameter")
+    if not isinstance(metric, str):
+        check_multi_objective(name)
     request = SearcherRequest(
         space=space,
-        metric=metric,
-        mode=mode,
+        metric=metric if isinstance(metric, str) else list(metric),
+        mode=mode if isinstance(mode, str) else list(mode),
         seed=seed,
         start_points=[dict(p) for p in start_points],
         n_startup_trials=n_startup_trials,
@@ -228,7 +285,7 @@ def _optuna_search(request: SearcherRequest, sampler: Any) -> Searcher:
 
     # "A new study created in memory" per search: the study's records and MLflow tell the rest
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if request.space.has_conditions:
+    if request.space.has_conditions or isinstance(request.metric, list):
         from aop.tuning.conditional_search import ConditionalOptunaSearch
 
         return ConditionalOptunaSearch(
@@ -247,7 +304,7 @@ def _optuna_search(request: SearcherRequest, sampler: Any) -> Searcher:
     )
 
 
-@register_searcher("gp")
+@register_searcher("gp", multi_objective=True)
 def _gp(request: SearcherRequest) -> Searcher:
     import optuna
 
@@ -262,12 +319,31 @@ def _gp(request: SearcherRequest) -> Searcher:
 
 
 @register_searcher(
-    "random", no_warm_start="random search draws without regard to earlier trials; use gp or smac"
+    "random",
+    no_warm_start="random search draws without regard to earlier trials; use gp or smac",
+    multi_objective=True,
 )
 def _random(request: SearcherRequest) -> Searcher:
     import optuna
 
     return _optuna_search(request, optuna.samplers.RandomSampler(seed=request.seed))
+
+
+@register_searcher(
+    "nsga2",
+    no_warm_start="NSGA-II's generations hold its own trials: told trials never become parents; "
+    "use gp or smac",
+    multi_objective=True,
+)
+def _nsga2(request: SearcherRequest) -> Searcher:
+    from aop.tuning.conditional_search import PicklableNSGAIISampler
+
+    # a generation of n_startup_trials: a study of a few dozen trials evolves a few generations
+    # (Optuna's default of 50 would leave such a study in its random first generation)
+    sampler = PicklableNSGAIISampler(
+        population_size=max(2, request.n_startup_trials), seed=request.seed
+    )
+    return _optuna_search(request, sampler)
 
 
 @register_searcher(
@@ -299,12 +375,13 @@ def _tpe(request: SearcherRequest) -> Searcher:
     )
 
 
-@register_searcher("smac")
+@register_searcher("smac", multi_objective=True)
 def _smac(request: SearcherRequest) -> Searcher:
     from aop.tuning.smac_search import SMACSearch
 
     return SMACSearch(
-        space=request.space.domains(),
+        # the constants too: a condition on a constant parent holds (or not) by its value
+        space={**request.space.fixed, **request.space.domains()},
         metric=request.metric,
         mode=request.mode,
         points_to_evaluate=request.start_points or None,

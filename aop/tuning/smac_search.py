@@ -15,6 +15,11 @@ configurations at random), driven through SMAC's public ask/tell interface. Conv
   configurations, and told ones are not suggested again.
 - SMAC minimises a cost: the metric, negated for ``mode="max"``. A trial that errors or ends
   without a finite metric is told as ``StatusType.CRASHED``; the forest fits successful trials.
+- Several objectives (``metric`` and ``mode`` lists): a trial's cost is one value per objective
+  (each negated for ``max``; a crash when any is missing), and SMAC's ParEGO (``rho`` 0.05, the
+  search's seed) turns the costs, normalised by the run history's bounds, into one by an
+  augmented Chebyshev norm with random weights drawn anew before each fit. The random forest,
+  the expected improvement and everything else stay as for one objective.
 - ``points_to_evaluate`` come first, in order (missing searched keys drawn with ``seed``), as
   running trials of SMAC's run history; ``add_evaluated_point`` tells SMAC a finished trial.
 - ``conditions`` (``{name: {parent: [value, ...]}}``, the format of
@@ -56,6 +61,7 @@ from smac import HyperparameterOptimizationFacade as HPO
 from smac import Scenario
 from smac.main.exceptions import ConfigurationSpaceExhaustedException
 from smac.model.random_forest import RandomForest
+from smac.multi_objective.parego import ParEGO
 from smac.runhistory import RunHistory, StatusType, TrialInfo, TrialValue
 from smac.runhistory.encoder import RunHistoryLogScaledEncoder
 
@@ -185,10 +191,11 @@ class SMACSearch(Searcher):
     ----------
     space : dict, optional
         Tune param space (see the module docstring); left out, the ``Tuner``'s ``param_space``.
-    metric : str, optional
-        The reported metric to optimise.
-    mode : {"min", "max"}, optional
-        Minimise or maximise ``metric``.
+    metric : str or list of str, optional
+        The reported metric to optimise; a list for several objectives (ParEGO, see the module
+        docstring).
+    mode : {"min", "max"} or list of them, optional
+        Minimise or maximise ``metric`` (one per metric of a list).
     points_to_evaluate : list of dict, optional
         Configurations suggested first, in order (missing searched keys are drawn at random).
     seed : int
@@ -219,8 +226,8 @@ class SMACSearch(Searcher):
     def __init__(
         self,
         space: dict[str, Any] | None = None,
-        metric: str | None = None,
-        mode: str | None = None,
+        metric: str | list[str] | None = None,
+        mode: str | list[str] | None = None,
         points_to_evaluate: list[dict[str, Any]] | None = None,
         seed: int = 0,
         n_initial_points: int = 10,
@@ -271,6 +278,7 @@ class SMACSearch(Searcher):
     def _make_facade(self) -> HPO:
         logging.getLogger("smac").setLevel(logging.ERROR)
         options, cs, seed = self._options, self._cs, self._seed
+        objectives = list(self._metric) if isinstance(self._metric, list) else None
         # HPO.get_model's forest, on one thread (joblib costs more than it saves here) and
         # without SMAC's cap of 2**20 leaves, for which scikit-learn allocates a million nodes
         # per tree: the trees grow to the same stopping rules, three times faster per ask
@@ -278,8 +286,10 @@ class SMACSearch(Searcher):
                              min_samples_split=2, min_samples_leaf=1, seed=seed, n_jobs=1,
                              max_leaf_nodes=None)  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="aop-smac-") as tmp:
+            several = {"objectives": objectives, "crash_cost": [math.inf] * len(objectives)
+                       } if objectives else {}  # fmt: skip
             scenario = Scenario(cs, name="aop", output_directory=Path(tmp), deterministic=True,
-                                n_trials=2**31 - 1, seed=seed)  # fmt: skip
+                                n_trials=2**31 - 1, seed=seed, **several)  # fmt: skip
             return HPO(
                 scenario, None, model=model, logging_level=False, overwrite=True,
                 acquisition_maximizer=HPO.get_acquisition_maximizer(
@@ -294,6 +304,7 @@ class SMACSearch(Searcher):
                     scenario, considered_states=[StatusType.SUCCESS]),
                 config_selector=HPO.get_config_selector(
                     scenario, retrain_after=options["retrain_after"]),
+                multi_objective_algorithm=ParEGO(scenario, seed=seed) if objectives else None,
             )  # fmt: skip
 
     # -- Tune values, ConfigSpace values, SMAC trials ------------------------------------------
@@ -355,10 +366,25 @@ class SMACSearch(Searcher):
         return TrialInfo(Configuration(self._cs, vector=vector), seed=seed)
 
     def _value(self, value: Any) -> TrialValue:
-        """SMAC's trial value of a metric: its cost, or a crash if it is not a finite number."""
+        """SMAC's trial value of a metric (a list of one per objective): its cost, or a crash
+        if it is not a finite number (any of them is not)."""
+        if isinstance(self._mode, list):
+            values = list(value) if isinstance(value, list | tuple) else []
+            if len(values) != len(self._mode) or not all(
+                _number(v) and math.isfinite(v) for v in values
+            ):
+                return TrialValue(cost=[math.inf] * len(self._mode), status=StatusType.CRASHED)
+            return TrialValue(cost=[-float(v) if m == "max" else float(v)
+                                    for v, m in zip(values, self._mode, strict=True)])  # fmt: skip
         if not _number(value) or not math.isfinite(value):
             return TrialValue(cost=math.inf, status=StatusType.CRASHED)
         return TrialValue(cost=-float(value) if self._mode == "max" else float(value))
+
+    def _result_value(self, result: Mapping[str, Any]) -> Any:
+        """The metric of a result, or the list of each metric's value for several objectives."""
+        if isinstance(self._metric, list):
+            return [result.get(m) for m in self._metric]
+        return result.get(self._metric)
 
     # -- ask and tell --------------------------------------------------------------------------
 
@@ -393,13 +419,13 @@ class SMACSearch(Searcher):
         """Tell SMAC the trial's cost (the metric, negated for ``max``), or that it crashed."""
         info = self._pending.pop(trial_id, None)
         if info is not None:
-            value = None if error or not result else result.get(self._metric)
+            value = None if error or not result else self._result_value(result)
             self._facade.tell(info, self._value(value), save=False)
 
     def add_evaluated_point(
         self,
         parameters: dict[str, Any],
-        value: float,
+        value: float | list[float],
         error: bool = False,
         pruned: bool = False,
         intermediate_values: list[float] | None = None,
@@ -408,7 +434,7 @@ class SMACSearch(Searcher):
 
         ``parameters`` holds the Tune value of every active searched parameter (a missing or
         outside one is an AopError naming it; constants and inactive parameters are ignored),
-        ``value`` its metric; ``error``
+        ``value`` its metric (a list of one per objective for several); ``error``
         tells it as crashed. A pruned trial's value is told as is; ``intermediate_values`` are
         not used.
         """
@@ -494,10 +520,12 @@ def _plain_conditions(conditions: Mapping[str, Mapping[str, Any]]) -> dict[str, 
     }
 
 
-def _checked(mode: str | None) -> str | None:
-    if mode not in (None, "min", "max"):
-        raise AopError(f"SMACSearch: mode must be 'min' or 'max', got {mode!r}")
-    return mode
+def _checked(mode: str | list[str] | None) -> str | list[str] | None:
+    """``mode`` (a list of them for several objectives), each ``min`` or ``max``."""
+    for one in mode if isinstance(mode, list) else [mode]:
+        if one not in (None, "min", "max"):
+            raise AopError(f"SMACSearch: mode must be 'min' or 'max', got {one!r}")
+    return list(mode) if isinstance(mode, list) else mode
 
 
 def _number(value: Any) -> bool:
