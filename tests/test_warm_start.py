@@ -366,7 +366,7 @@ def test_a_killed_warm_started_study_resumes_to_its_budget_told_once(project, so
     history = _optuna_history(study)
     assert len(history) == len(told) + budget  # each told trial once, each own trial once
     held = Counter(_key(params) for params, _ in history)
-    assert held == Counter(told) + Counter(_key(r["params"]) for r in after)
+    assert held == Counter(list(told)) + Counter(_key(r["params"]) for r in after)
     meta = yaml.safe_load((study / "study.yaml").read_text())
     assert meta["warm_start"]["trials"] == len(told)
     assert meta["warm_start"]["sources"] == [str(copy)]
