@@ -69,6 +69,8 @@ HEAVY_FIRST = (
     "test_search.py",
     "test_resume.py",
     "test_study_kinds.py",
+    "test_warm_start.py",
+    "test_pareto.py",
     "test_tracking.py",
     "test_cluster.py",
     "test_segment_apply.py",
