@@ -9,6 +9,8 @@ Study folder (self-contained)::
     STUDY_DIR/mlflow.db            default MLflow store
     STUDY_DIR/results/NAME.jsonl   one trial record per finished trial of search NAME
     STUDY_DIR/best.yaml            best configuration and scores of the main search
+    STUDY_DIR/tables/pareto.csv    the main search's Pareto front (several objectives)
+    STUDY_DIR/plots/pareto.png     every trial, the front highlighted (several objectives)
     STUDY_DIR/warm_start.yaml      the earlier studies' trials the main searcher was told
 
 plus what the kind writes (its data, caches, plots).
@@ -24,14 +26,21 @@ it, so the search continues instead of restarting, and finished trials are kept.
 A study with ``search.warm_start`` tells its main searcher the finished trials of earlier
 studies before the first suggestion (:mod:`aop.tuning.warm_start`); they are not trials of the
 study and do not count against its budget.
+
+A study with several ``objectives`` (:meth:`aop.tuning.kinds.StudyKind.with_objectives`) gives
+its searchers every objective (:func:`aop.tuning.searchers.make_searcher` with lists), and its
+result is the main search's Pareto front (:mod:`aop.analysis.pareto`): ``best.yaml`` lists the
+front's trial ids (``pareto``) beside the pick, the best trial by the first objective (ties by
+the next ones), and the front's table and plot join the MLflow parent run's artifacts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +49,7 @@ import yaml
 from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 
 from aop import console
+from aop.analysis.pareto import pareto_front
 from aop.analysis.records import best_record
 from aop.config import BaseExperiment
 from aop.errors import AopError
@@ -192,7 +202,8 @@ def run_search(
                     verbose=max(verbose, 0),
                 ),
             )
-        grid = tuner.fit()
+        with _final_objectives(kind.multi_objective):
+            grid = tuner.fit()
         _report_errors(name, grid)
         recorder.recover(grid)
         return grid
@@ -226,6 +237,31 @@ def run_search(
         part += 1
     prune_orphans(recorder.path, kept, tracker, name)
     return recorder.records()
+
+
+@contextlib.contextmanager
+def _final_objectives(several: bool) -> Iterator[None]:
+    """Ray Tune's check that every result holds each objective off while a block runs.
+
+    A trial may report some objectives only at its end (a classifier trial measures its latency
+    once, after training); Tune checks every reported result against the searcher's metrics
+    (``TUNE_DISABLE_STRICT_METRIC_CHECKING``). The study's records need the first objective in
+    a trial's last result, and a trial whose last result lacks another objective stays off the
+    Pareto front.
+    """
+    key = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+    if not several:
+        yield
+        return
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def topup_name(search: str, part: int) -> str:
@@ -400,9 +436,17 @@ def write_best(
 
     ``reference(best)`` (the kind's :meth:`~aop.tuning.kinds.StudyKind.reference`) adds the
     ``reference`` block: a baseline scored once, and how the best compares with it.
+
+    With several objectives the best is the pick of the main search's Pareto front (the best by
+    the first objective, ties by the next ones: :func:`aop.analysis.pareto.pick_trial`), and
+    ``best.yaml`` adds ``objectives`` and ``pareto``: the front's trial ids, in that order.
     """
     metric = kind.metric
-    best = best_record(records[main], metric, kind.mode)
+    front = pareto_front(records[main], kind.objectives) if kind.multi_objective else []
+    if front:  # in pick order: the first is the pick
+        best = dict(front[0])
+    else:  # one objective, or no trial reported every objective: the best by the first
+        best = best_record(records[main], metric, kind.mode)
     searches = {}
     for name, recs in records.items():
         if recs:
@@ -411,6 +455,9 @@ def write_best(
                               "best_params": top["params"]}  # fmt: skip
     summary = {"kind": kind.name, "search": main, "trial_id": best["trial_id"],
                **kind.best_summary(best), "searches": searches}  # fmt: skip
+    if kind.multi_objective:
+        summary["objectives"] = [o.model_dump() for o in kind.objectives]
+        summary["pareto"] = [r["trial_id"] for r in front]
     block = reference(best) if reference is not None else None
     if block:
         summary["reference"] = block
@@ -508,31 +555,36 @@ def _topup_factory(
     trials, :mod:`aop.tuning.warm_start`). A top-up's searcher (see :func:`run_search`) is
     seeded with ``search.seed + part`` (so it does not draw the first experiment's
     configurations again) and is told every finished trial whose active parameters are in the
-    space too. Telling uses ``add_evaluated_point``; a searcher without it, such as ``tpe``,
+    space too (with several objectives: each objective's value, a trial with all of them).
+    Telling uses ``add_evaluated_point``; a searcher without it, such as ``tpe``,
     starts without them. Each searcher first evaluates the start points that no finished trial
     of the study has evaluated (a warm trial was evaluated on an earlier study's data, so a
     start point it shares is still evaluated here). Start points and records hold the active
     parameters only (conditions, see :mod:`aop.tuning.space`).
     """
 
+    names = [o.metric for o in kind.objectives]
+
     def make(done: list[dict[str, Any]], part: int) -> Any:
-        own: list[tuple[dict[str, Any], float]] = []
+        own: list[tuple[dict[str, Any], Any]] = []
         for record in done:
-            value = record["metrics"].get(kind.metric)
+            values = [record["metrics"].get(name) for name in names]
             searched = {k: v for k, v in record["params"].items() if k in space.searched}
             params = space.active(searched)
-            if value is not None and space.contains(params):
-                own.append((params, float(value)))
+            if None not in values and space.contains(params):
+                told = [float(v) for v in values]
+                own.append((params, told if kind.multi_objective else told[0]))
         points = [*((dict(p), value) for p, value in warm), *own]
 
         def evaluated(point: dict[str, Any]) -> bool:
             return any(all(p.get(k) == v for k, v in point.items()) for p, _ in own)
 
+        several = kind.multi_objective
         searcher = make_searcher(
             searcher_name,
             space,
-            metric=kind.metric,
-            mode=kind.mode,
+            metric=names if several else kind.metric,
+            mode=[o.mode for o in kind.objectives] if several else kind.mode,
             seed=exp.search.seed + part,
             concurrency=exp.search.concurrency,
             start_points=[p for p in starts if not evaluated(p)],
@@ -643,6 +695,8 @@ def _run_checked_study(
 
         best = write_best(study_dir, kind, records, main, _reference)
         artifacts = kind.finish(exp, records, best, prepared, tracker)
+        if kind.multi_objective:
+            artifacts = [*artifacts, *_pareto_outputs(exp, kind, records, artifacts, reference)]
         tracker.finish(best, metrics=kind.metrics, artifacts=[study_dir / BEST_FILE, *artifacts],
                        description=_description(exp, kind, best, reference, warm),
                        reference=reference or None)  # fmt: skip
@@ -659,6 +713,24 @@ def _run_checked_study(
         ) from None
 
 
+def _pareto_outputs(
+    exp: BaseExperiment,
+    kind: StudyKind,
+    records: Mapping[str, Sequence[dict[str, Any]]],
+    artifacts: Sequence[Path],
+    reference: Mapping[str, Any],
+) -> list[Path]:
+    """``tables/pareto.csv``, ``plots/pareto.png`` and the convergence plot with the
+    hypervolume (:func:`aop.analysis.plots.write_pareto_outputs`), each unless the kind's
+    ``finish`` wrote it (the generic study plots draw all three)."""
+    from aop.analysis.plots import write_pareto_outputs
+
+    return write_pareto_outputs(
+        exp.study_dir, records, kind.objectives, main=exp.search.searcher, pooled=kind.pooled,
+        reference=(reference or {}).get("scores"), skip=[Path(p).name for p in artifacts],
+    )
+
+
 def _description(
     exp: BaseExperiment,
     kind: StudyKind,
@@ -667,9 +739,11 @@ def _description(
     warm: WarmStart | None = None,
 ) -> str:
     """The parent run's description: kind, budget, a warm start, and (when done) the best."""
+    objectives = ", ".join(f"{o.metric} ({o.mode})" for o in kind.objectives)
     lines = [
         f"aop {kind.name} study `{exp.name}`: searcher `{exp.search.searcher}`, "
-        f"budget {exp.search.budget} trials, objective {kind.metric} ({kind.mode})."
+        f"budget {exp.search.budget} trials, objective{'s' * kind.multi_objective} "
+        f"{objectives}."
     ]
     if warm is not None and warm.sources:
         lines[0] += f" The searcher was {warm.summary()}."
