@@ -4,6 +4,11 @@ The paper gives seconds per image; aop measures instances (crops) per second at 
 32 on the current device, which also shows what batching buys. Weights are random: speed does not
 depend on them.
 
+:func:`latency_ms` times any classifier the same way (the median of repeated calls on one batch,
+after untimed ones), as milliseconds per instance: a classifier study with a ``latency_ms``
+objective measures each trial's own model with it, on a batch of its validation instances
+(:func:`batch_of`).
+
 Example
 -------
 >>> speed = inference_speed("test_resnet", in_chans=1, crop_size=(2, 32, 32), batch_sizes=(1,),
@@ -16,14 +21,69 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from aop.classification.module import CropClassifier
 
-__all__ = ["inference_speed"]
+__all__ = ["batch_of", "inference_speed", "latency_ms"]
+
+#: The batch size of :func:`latency_ms` in a classifier study (Table IV's batch).
+LATENCY_BATCH = 32
+
+
+def batch_of(count: int, size: int = LATENCY_BATCH) -> np.ndarray:
+    """Indices of one batch of ``size`` out of ``count`` instances: ``0, 1, ...`` cycled.
+
+    >>> batch_of(3, 7).tolist()
+    [0, 1, 2, 0, 1, 2, 0]
+    """
+    if count < 1:
+        raise ValueError("batch_of: no instances to make a batch of")
+    return np.arange(size) % count
+
+
+def latency_ms(
+    run_batch: Callable[[], Any],
+    batch_size: int = LATENCY_BATCH,
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    synchronize: Callable[[], Any] | None = None,
+) -> float:
+    """Milliseconds per instance of ``run_batch()``, a call that classifies ``batch_size`` ones.
+
+    Parameters
+    ----------
+    run_batch : callable
+        Classifies one batch (e.g. a network's forward pass on a tensor already on its device).
+    batch_size : int
+        Instances per call.
+    repeats, warmup : int
+        Timed and untimed calls; the median (upper) of the timed ones counts.
+    synchronize : callable, optional
+        Called before and after each timed call (``torch.cuda.synchronize`` on a GPU, whose
+        calls return before the work is done).
+
+    Examples
+    --------
+    >>> latency_ms(lambda: time.sleep(0.032), batch_size=32, repeats=1, warmup=0) >= 1.0
+    True
+    """
+    times = []
+    for index in range(warmup + repeats):
+        if synchronize is not None:
+            synchronize()
+        start = time.perf_counter()
+        run_batch()
+        if synchronize is not None:
+            synchronize()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median_high(times) / batch_size
 
 
 def inference_speed(

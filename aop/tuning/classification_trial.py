@@ -15,6 +15,18 @@ outside the test split for the test scores) in seconds and reports once, with th
 refitted on every manual label (:data:`FEATURE_MODEL_FILE`) in its checkpoint: the model
 ``aop classify`` applies.
 
+A study with a ``latency_ms`` objective (``training["measure_latency"]``) has each trial measure
+its own model once, at its end, on the device it ran on: milliseconds per instance at batch 32
+(:func:`aop.classification.inference.latency_ms`, a batch of its validation instances).
+
+- deep (:func:`deep_latency_ms`): the forward pass of the trial's model (the best fold's) on 32
+  of that fold's validation crops, in float16 autocast on a GPU as the study trains. Cropping is
+  not timed: every deep design crops alike.
+- features (:func:`feature_latency_ms`): computing an instance's features, which the kind timed
+  once per study for every instance of the labelled volumes (``aop instances``' features,
+  the whole table divided by its instances), plus the fitted pipeline's ``predict_proba`` on 32
+  validation rows. A feature design's cost is mostly its features, the same for every model.
+
 :func:`best_checkpoint` finds a trial's model file again after the study;
 :func:`log_classifier_model` and :func:`log_feature_model` log it to MLflow.
 """
@@ -179,10 +191,16 @@ def _fit_features_and_report(
     # keeps (and aop classify applies) is refitted on every manual label, a fifth more data on
     # a small set, in a fraction of a second
     final = make_model(model, params, class_weight=class_weight, seed=seed).fit(features, labels)
+    latency = {}
+    if training.get("measure_latency"):
+        latency["latency_ms"] = feature_latency_ms(
+            final, features, bundle["splits"].folds[0][1], bundle["features"]["ms_per_instance"]
+        )
     with tempfile.TemporaryDirectory() as tmp:
         save_model(final, os.path.join(tmp, FEATURE_MODEL_FILE))
         tune.report(
-            {**result.to_metrics(), "test": result.test, "node": node_name(), "final": True,
+            {**result.to_metrics(), **latency, "test": result.test, "node": node_name(),
+             "final": True,
              "folds": {"accuracy": list(result.fold_accuracy),
                        "balanced_accuracy": list(result.fold_balanced_accuracy)}},
             checkpoint=tune.Checkpoint.from_directory(tmp),
@@ -269,6 +287,10 @@ def _train_and_report(
     )
     best = max(done, key=lambda d: d["score"])  # max keeps the first of equal scores
     test = best["test"]
+    latency = {}
+    if training.get("measure_latency"):  # the trial's model: the best fold's, on its validation
+        val = splits.folds[best["fold"]][1]
+        latency["latency_ms"] = deep_latency_ms(fold_best, crops[val], on_gpu=gpu > 0)
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(fold_best, os.path.join(tmp, "best.ckpt"))
         tune.report(
@@ -283,9 +305,64 @@ def _train_and_report(
                           "balanced_accuracy": [d["balanced_accuracy"] for d in done]},
                 "node": node_name(),
                 "final": True,
+                **latency,
             },
             checkpoint=tune.Checkpoint.from_directory(tmp),
         )  # fmt: skip
+
+
+def deep_latency_ms(checkpoint: str | os.PathLike, crops: np.ndarray, on_gpu: bool) -> float:
+    """Milliseconds per instance of a trained classifier on a batch of 32 of ``crops``.
+
+    Parameters
+    ----------
+    checkpoint : path-like
+        The Lightning checkpoint of a :class:`aop.classification.module.CropClassifier`.
+    crops : numpy.ndarray
+        Validation crops ``(N, C, Z, Y, X)``, cycled to fill the batch.
+    on_gpu : bool
+        Time on the GPU (float16 autocast, as the study trains there) when CUDA is usable;
+        else on the CPU.
+    """
+    import torch
+
+    from aop.classification.inference import batch_of, latency_ms
+    from aop.classification.module import CropClassifier
+
+    device = torch.device("cuda" if on_gpu and torch.cuda.is_available() else "cpu")
+    model = CropClassifier.load_from_checkpoint(str(checkpoint), map_location=device).eval()
+    batch = torch.as_tensor(np.ascontiguousarray(crops[batch_of(len(crops))]),
+                            dtype=torch.float32, device=device)  # fmt: skip
+    cuda = device.type == "cuda"
+
+    def forward() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=cuda):
+            model(batch)
+
+    return latency_ms(forward, len(batch),
+                      synchronize=(lambda: torch.cuda.synchronize(device)) if cuda else None)
+
+
+def feature_latency_ms(
+    model: Any, features: Any, rows: np.ndarray, feature_ms_per_instance: float
+) -> float:
+    """Milliseconds per instance of a feature design: its features, then ``predict_proba``.
+
+    Parameters
+    ----------
+    model
+        The fitted scikit-learn pipeline.
+    features : pandas.DataFrame
+        The instance features of the manual labels (the study's feature matrix).
+    rows : numpy.ndarray
+        Validation rows, cycled to a batch of 32.
+    feature_ms_per_instance : float
+        The time to compute one instance's features (timed once per study by the kind).
+    """
+    from aop.classification.inference import batch_of, latency_ms
+
+    batch = features.iloc[np.asarray(rows)[batch_of(len(rows))]]
+    return float(feature_ms_per_instance) + latency_ms(lambda: model.predict_proba(batch))
 
 
 def best_checkpoint(
