@@ -298,6 +298,9 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
     #: the paper's Fig. 4: IPQ grey, SQ pink, RQ orange, IQ blue
     colours = {"ipq": "#8c8c8c", "sq": "#e377c2", "rq": "#ff9f40", "iq": "#4a90d9"}
     record_extras = ("volume_nodes",)
+    #: ``seconds_per_volume``: a trial's post-processing and scoring time per volume (its
+    #: ``objectives`` may trade IPQ against it; :mod:`aop.tuning.segmentation_trial`)
+    objective_metrics = (*IPQ_SCORES, "seconds_per_volume")
 
     def search_space(self, exp: SegmentationExperiment) -> SearchSpace:
         """The experiment's space file (the built-in Table III when the default file is not
@@ -393,7 +396,7 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
         return {
             "model": str(best["params"]["model"]),
             "params": typed_params(best["params"]),
-            "scores": {m: best["metrics"][m] for m in self.metrics},
+            "scores": {m: best["metrics"][m] for m in self.metrics if m in best["metrics"]},
             "per_volume": best["per_volume"],
         }
 
