@@ -10,15 +10,17 @@ the previous predicted rows, all or nothing; manual, spread and truth rows are k
 probability of every class, into ``predictions.csv`` beside it. A ``predictions.csv`` there that aop
 did not write (:func:`is_predictions_table`) is refused before any work.
 
-The model comes from a classification study folder (its best trial's checkpoint and its experiment)
-or from an MLflow model URI (``runs:/...``, ``models:/NAME/VERSION``) logged by a study, whose
-metadata carries the crop settings and class names.
+The model comes from a classification study folder (its best trial's checkpoint and its experiment,
+or another trial's: ``trial``, a record that :func:`aop.analysis.report.chosen_trial` chose, e.g.
+the fastest design within 0.02 of the best accuracy of a study with several objectives) or from an
+MLflow model URI (``runs:/...``, ``models:/NAME/VERSION``) logged by a study, whose metadata carries
+the crop settings and class names.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,11 +79,20 @@ class ClassifierSource:
         return mlflow.pytorch.load_model(self.model_uri, map_location="cpu")
 
 
-def classifier_source(source: str | os.PathLike) -> ClassifierSource:
-    """A study folder's best classifier, or an MLflow model URI with aop's metadata."""
+def classifier_source(
+    source: str | os.PathLike, trial: Mapping[str, Any] | None = None
+) -> ClassifierSource:
+    """A study folder's best classifier (or ``trial``'s), or an MLflow model URI with aop's
+    metadata.
+
+    ``trial`` is a trial record of the study (``search``, ``trial_id``, ``params``, ``test``):
+    its model replaces the best one's.
+    """
     from aop.tracking import is_model_uri
 
     text = str(source)
+    if trial is not None and is_model_uri(text):
+        raise AopError(f"{text}: a trial is chosen in a study folder, not in an MLflow model")
     if is_model_uri(text):
         import mlflow
         from mlflow.models import get_model_info
@@ -123,6 +134,9 @@ def classifier_source(source: str | os.PathLike) -> ClassifierSource:
     if best.get("kind") != "classification":
         raise AopError(f"{study}: a {best.get('kind', 'segmentation')} study, not a classification "
                        "study")
+    if trial is not None:
+        best = {**best, **{k: trial[k] for k in ("search", "trial_id", "params", "test")
+                           if k in trial}}  # fmt: skip
     exp = yaml.safe_load(experiment.read_text())
     storage = (exp.get("storage") or {}).get("tune_storage")
     classes = list((best.get("test") or {}).get("class_names") or [])
@@ -132,7 +146,7 @@ def classifier_source(source: str | os.PathLike) -> ClassifierSource:
     if checkpoint is None:
         where = storage or f"{study}/tune"
         raise AopError(f"{where}/{best['search']}/{best['trial_id']}: no best.ckpt of the "
-                       "best trial")
+                       f"{'chosen' if trial is not None else 'best'} trial")
     crops = exp.get("crops") or {}
     return ClassifierSource(
         checkpoint, None, tuple(crops.get("size", (8, 32, 32))),
@@ -152,7 +166,7 @@ def _feature_source(
     if path is None:
         where = storage or f"{study}/tune"
         raise AopError(f"{where}/{best['search']}/{best['trial_id']}: no {FEATURE_MODEL_FILE} of "
-                       "the best trial")  # fmt: skip
+                       "the trial")  # fmt: skip
     from aop.classification.tabular import load_model
 
     columns = [str(c) for c in getattr(load_model(path), "feature_names_in_", [])]
@@ -293,8 +307,12 @@ def classify_dataset(
     gpus_per_worker: float = 0.0,
     annotator: str = "aop classify",
     progress: Callable[[str], object] | None = None,
+    trial: Mapping[str, Any] | None = None,
 ) -> int:
     """Classify every instance of ``data``; write ``source=predicted`` rows. Returns the count.
+
+    ``trial``: a trial record of the study ``source`` whose model classifies instead of the best
+    (see :func:`classifier_source`).
 
     ``address`` is a Ray cluster to join (see :func:`aop.ray_cluster.connect`, which turns a
     cluster that cannot be joined into one :class:`~aop.errors.AopError` line); None starts a local
@@ -312,7 +330,7 @@ def classify_dataset(
         raise AopError(f"gpus per worker: must be >= 0, got {gpus_per_worker}")
     check_address(address)
     check_predictions_table(Path(data) / PREDICTIONS)
-    classifier = classifier_source(source)
+    classifier = classifier_source(source, trial)
     dataset = load_dataset(data, require_labels=True)
     declared = [c.name for c in read_classes(data)]
     if declared and classifier.classes and declared != classifier.classes:

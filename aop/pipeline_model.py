@@ -1,10 +1,12 @@
 """The best segmentation pipeline (model + post-processing) as an MLflow pyfunc model.
 
 :class:`SegmentationPipelineModel` is what :func:`log_pipeline_model`
-logs on a study's parent run: ``mlflow.pyfunc.load_model(uri).predict(volume)`` runs the
-registry segmentation model and the found post-processing parameters on a new volume. The
-adapter's own :meth:`~aop.segmentation.models.SegmentationModel.weight_files` travel with it, as
-the MLflow model artifact ``weights`` (their folder layout kept), and on load the adapter's
+logs on a study's parent run (and :func:`save_pipeline_model` writes to a folder: the pipeline of
+another trial than the best, :func:`trial_pipeline`):
+``mlflow.pyfunc.load_model(uri).predict(volume)`` runs the registry segmentation model and the
+found post-processing parameters on a new volume. The adapter's own
+:meth:`~aop.segmentation.models.SegmentationModel.weight_files` travel with it, as the MLflow
+model artifact ``weights`` (their folder layout kept), and on load the adapter's
 ``weights_setting`` points at the packed copy. So a model given by name and found in its
 library's cache (StarDist's ``~/.keras/models``, Cellpose's models folder) runs where that cache
 is absent, and so does a plugin adapter wherever its distribution is installed.
@@ -28,7 +30,9 @@ import numpy as np
 
 from aop.errors import AopError
 
-__all__ = ["SegmentationPipelineModel", "log_pipeline_model"]
+__all__ = [
+    "SegmentationPipelineModel", "log_pipeline_model", "save_pipeline_model", "trial_pipeline",
+]
 
 WEIGHTS_ARTIFACT = "weights"
 #: The name of the logged pipeline model in its run (`runs:/RUN_ID/pipeline`).
@@ -230,17 +234,8 @@ def log_pipeline_model(
     """
     import warnings
 
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
-
     from aop.tracking.client import model_requirements
 
-    default_spacing = [float(s) for s in spacing or (1.0, 1.0, 1.0)]
-    signature = ModelSignature(
-        inputs=None,
-        outputs=None,
-        params=ParamSchema([ParamSpec("spacing", "double", default_spacing, (-1,))]),
-    )
     with (
         SegmentationPipelineModel.packed(best, spacing, model_spec) as (python_model, files),
         tracker.parent_run() as run_id,
@@ -251,7 +246,98 @@ def log_pipeline_model(
             name=name,
             python_model=python_model,
             artifacts=files or None,
-            signature=signature,
+            signature=_signature(spacing),
             pip_requirements=model_requirements(),
         )
     return f"runs:/{run_id}/{name}"
+
+
+def save_pipeline_model(
+    record: Mapping[str, Any],
+    path: str | os.PathLike,
+    spacing: tuple[float, float, float] | None = None,
+    model_spec: Any = None,
+) -> Path:
+    """Write a trial's model + post-processing as an MLflow pyfunc model folder at ``path``.
+
+    The same model as :func:`log_pipeline_model` logs (its weights packed), for a trial other
+    than the study's best: ``mlflow.pyfunc.load_model(path)`` loads it. ``path`` must not exist;
+    the folder appears whole or not at all (:func:`aop.outputs.atomic_output`).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    import warnings
+
+    from aop.outputs import atomic_output
+    from aop.tracking.client import model_requirements
+
+    path = Path(path)
+    with (
+        SegmentationPipelineModel.packed(record, spacing, model_spec) as (python_model, files),
+        atomic_output(path, kind="folder", check=False, mark=False) as tmp,
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.pyfunc.save_model(
+            path=str(tmp),
+            python_model=python_model,
+            artifacts=files or None,
+            signature=_signature(spacing),
+            pip_requirements=model_requirements(),
+        )
+    return path
+
+
+def trial_pipeline(study: str | os.PathLike, trial: Mapping[str, Any]) -> Path:
+    """The pipeline model folder of one trial of a segmentation study (written on first use).
+
+    ``STUDY/pipelines/SEARCH/TRIAL_ID`` holds the trial's model (its entry of the study's
+    ``experiment.yaml`` ``models``, weights packed) and post-processing parameters as an MLflow
+    pyfunc model (:func:`save_pipeline_model`): ``aop segment`` applies it when asked for another
+    trial than the study's pick (:func:`aop.analysis.report.chosen_trial`), reading it from the
+    study folder as it reads a study's Ray Tune trials.
+
+    Raises
+    ------
+    AopError
+        A study of another kind, or whose ``experiment.yaml`` lists no model of the trial's.
+    """
+    import yaml
+
+    from aop.segmentation.models.specs import ModelConfig
+
+    study = Path(study)
+    folder = study / "pipelines" / str(trial["search"]) / str(trial["trial_id"])
+    if (folder / "MLmodel").is_file():
+        return folder
+    saved = study / "experiment.yaml"
+    try:
+        raw = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise AopError(f"{saved}: cannot read the study's experiment ({exc})") from None
+    kind = raw.get("kind", "segmentation") if isinstance(raw, dict) else None
+    if kind != "segmentation":
+        raise AopError(f"{study}: a {kind} study, not a segmentation study: it has no pipelines")
+    key = str(trial["params"].get("model"))
+    models = [ModelConfig.model_validate(m) for m in raw.get("models") or []]
+    spec = next((m for m in models if m.key == key), None)
+    if spec is None:
+        raise AopError(f"{saved}: models: no model {key!r} of trial {trial['trial_id']}")
+    return save_pipeline_model(trial, folder, model_spec={"name": spec.name,
+                                                          "settings": spec.settings})
+
+
+def _signature(spacing: tuple[float, float, float] | None) -> Any:
+    """The pipeline's signature: no schema, one parameter ``spacing`` (default ``spacing``)."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    default_spacing = [float(s) for s in spacing or (1.0, 1.0, 1.0)]
+    return ModelSignature(
+        inputs=None,
+        outputs=None,
+        params=ParamSchema([ParamSpec("spacing", "double", default_spacing, (-1,))]),
+    )

@@ -195,12 +195,55 @@ FeaturesOption = Annotated[
     Path | None,
     typer.Option("--features", help="Feature table from `aop instances` (default: computed)."),
 ]
+PickOption = Annotated[
+    tuple[str, str] | None,
+    typer.Option(
+        "--pick", metavar="RULE TOLERANCE",
+        help="Apply the trial that RULE picks from a study with several objectives instead of its "
+        "pick: `fastest-within 0.02` is the best in the second objective (e.g. the fastest) among "
+        "the trials within 0.02 of the best first objective.",
+    ),
+]  # fmt: skip
+TrialOption = Annotated[
+    str | None,
+    typer.Option("--trial", help="Apply this trial of the study (its id, as in aop report or "
+                 "tables/pareto.csv) instead of its pick."),
+]  # fmt: skip
 
 
 def at_least_one(option: str, value: int | None) -> None:
     """Refuse an integer ``option`` given below 1 (``None``: not given, nothing to check)."""
     if value is not None and value < 1:
         raise AopError(f"{option} must be at least 1, got {value}")
+
+
+def study_trial(source: str, pick: tuple[str, str] | None, trial: str | None) -> Any:
+    """The trial record that ``--pick`` or ``--trial`` chooses in the study folder ``source``.
+
+    Returns ``None`` when neither is given (the study's pick applies); prints the chosen trial.
+    Both given, a source that is no folder, a tolerance that is no number, and what
+    :func:`aop.analysis.report.chosen_trial` refuses are one line each.
+    """
+    if pick is None and trial is None:
+        return None
+    if pick is not None and trial is not None:
+        raise AopError("--pick and --trial: give one of them")
+    if not Path(source).is_dir():
+        raise AopError(f"{source}: --pick and --trial choose a trial of a study folder")
+    from aop.analysis.report import chosen_trial
+
+    if pick is not None:
+        rule, text = pick
+        try:
+            tolerance = float(text)
+        except ValueError:
+            raise AopError(f"--pick {rule} {text}: the tolerance must be a number") from None
+        record = chosen_trial(source, pick=rule, tolerance=tolerance)
+    else:
+        record = chosen_trial(source, trial=trial)
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items())
+    print_line(f"trial {record['trial_id']} of search {record['search']}: {scores}")
+    return record
 
 
 def print_line(line: str) -> None:

@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from aop.cli.app import AddressOption, app, at_least_one, console
+from aop.cli.app import (
+    AddressOption,
+    PickOption,
+    TrialOption,
+    app,
+    at_least_one,
+    console,
+    study_trial,
+)
 from aop.errors import AopError
 
 
@@ -62,6 +70,8 @@ def classify(
     address: AddressOption = None,
     workers: Annotated[int, typer.Option(help="Actors holding the model.")] = 1,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per actor (0: CPU).")] = 0.0,
+    pick: PickOption = None,
+    trial: TrialOption = None,
 ) -> None:
     """Classify every instance: source=predicted rows in annotations.csv, predictions.csv."""
     from aop.classify import classify_dataset
@@ -69,8 +79,10 @@ def classify(
     at_least_one("--workers", workers)
     if gpus_per_worker < 0:
         raise AopError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker:g}")
+    chosen = study_trial(source, pick, trial)
     count = classify_dataset(
-        source, data, address=address, workers=workers, gpus_per_worker=gpus_per_worker
+        source, data, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+        trial=chosen,
     )
     console.print(f"classified {count} instances; wrote {data / 'annotations.csv'} and "
                   f"{data / 'predictions.csv'}")

@@ -10,9 +10,12 @@ import typer
 from aop.cli.app import (
     AddressOption,
     FeaturesOption,
+    PickOption,
+    TrialOption,
     app,
     at_least_one,
     console,
+    study_trial,
     volume_progress,
 )
 from aop.errors import AopError
@@ -170,6 +173,8 @@ def segment(
     address: AddressOption = None,
     workers: Annotated[int | None, typer.Option(help="Actors holding the model.")] = None,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per actor (0: CPU only).")] = 0.0,
+    pick: PickOption = None,
+    trial: TrialOption = None,
 ) -> None:
     """Apply the best segmentation pipeline to every volume; a rerun skips finished volumes."""
     from aop.io import load_dataset
@@ -180,6 +185,11 @@ def segment(
         raise AopError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker:g}")
     total = len(load_dataset(data, validate=False))
     check_output(out, data, source)  # a user's folder is refused before its labels are counted
+    chosen = study_trial(source, pick, trial)
+    if chosen is not None:  # that trial's pipeline, saved in the study folder once
+        from aop.pipeline_model import trial_pipeline
+
+        source = str(trial_pipeline(source, chosen))
     labels = out / "labels"
     before = len(list(labels.glob("*.tif"))) if labels.is_dir() else 0
     progress, advance = volume_progress("segmenting", total, completed=before)
