@@ -189,7 +189,7 @@ def _pick_and_baseline(study: Path) -> str:
     from aop.tuning.classification import design_text
 
     best = yaml.safe_load((study / "best.yaml").read_text())
-    metric = next(iter(best["scores"]))
+    metric = str(yaml.safe_load((study / "study.yaml").read_text())["metric"])
     reference = best.get("reference") or {}
     baseline = (reference.get("scores") or {}).get(metric, float("nan"))
     return (f"pick: {design_text(best['params'])}, {metric} {best['scores'][metric]:.3f}; "
