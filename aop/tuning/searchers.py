@@ -380,8 +380,7 @@ def _smac(request: SearcherRequest) -> Searcher:
     from aop.tuning.smac_search import SMACSearch
 
     return SMACSearch(
-        # the constants too: a condition on a constant parent holds (or not) by its value
-        space={**request.space.fixed, **request.space.domains()},
+        space=request.space.domains(),
         metric=request.metric,
         mode=request.mode,
         points_to_evaluate=request.start_points or None,
@@ -389,5 +388,16 @@ def _smac(request: SearcherRequest) -> Searcher:
         # SMAC's initial design is drawn whatever its run history holds: told trials replace
         # that many of its configurations, as they count among Optuna's startup trials
         n_initial_points=max(0, request.n_startup_trials - request.told),
-        conditions=request.space.conditions,
+        conditions=_searched_conditions(request.space),
     )
+
+
+def _searched_conditions(space: SearchSpace) -> dict[str, dict[str, tuple[Any, ...]]]:
+    """The conditions on searched parents: one on a constant holds (the space checked its value)."""
+    out = {}
+    for name, condition in space.conditions.items():
+        kept = {parent: values for parent, values in condition.items()
+                if parent not in space.fixed}  # fmt: skip
+        if kept:
+            out[name] = kept
+    return out
