@@ -17,12 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from class_helpers import truth_annotated_dataset
 from mlflow_helpers import study_tracker
 
 from aop.instances.truth import match_instances, simulate_annotation
-from aop.synth import preset_params
-from aop.synth.classes import class_set
-from aop.synth.dataset import write_synthetic_dataset
 
 AOP = [sys.executable, "-c", "from aop.cli import main; main()"]
 MAX_EPOCHS = 10  # long enough to be caught training; an epoch is a fraction of a second
@@ -60,12 +58,7 @@ MIXED_SPACE = {
 def class_data(tmp_path_factory):
     """Three synthetic Myotube volumes with classes; the truth copied as manual annotations."""
     root = tmp_path_factory.mktemp("clsres") / "data"
-    write_synthetic_dataset(root, preset_params("myotube"), (16, 96, 96), 3, seed=101,
-                            preset="myotube", classes=class_set("myotube"))
-    table = pd.read_csv(root / "annotations.csv")
-    manual = table.assign(source="manual", annotator="test (truth)")
-    pd.concat([table, manual]).to_csv(root / "annotations.csv", index=False)
-    return root
+    return truth_annotated_dataset(root, (16, 96, 96), 3, 101)
 
 
 def _experiment(tmp_path: Path, data: Path, space: dict = SPACE, **extra) -> Path:

@@ -13,13 +13,11 @@ import pytest
 import ray
 import torch
 import yaml
+from class_helpers import truth_annotated_dataset
 from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
 
 from aop.errors import AopError
-from aop.synth import preset_params
-from aop.synth.classes import class_set
-from aop.synth.dataset import write_synthetic_dataset
 from aop.tuning.classification import design_text, load_class_data
 from aop.tuning.kinds import load_experiment
 from aop.tuning.study import run_study
@@ -84,13 +82,7 @@ FAMILY_PARAMETERS = {
 @pytest.fixture(scope="module")
 def class_data(tmp_path_factory):
     """A synthetic Myotube data set with classes; the truth copied as manual annotations."""
-    root = tmp_path_factory.mktemp("cls") / "data"
-    write_synthetic_dataset(root, preset_params("myotube"), (16, 80, 80), 2, seed=5,
-                            preset="myotube", classes=class_set("myotube"))
-    table = pd.read_csv(root / "annotations.csv")
-    manual = table.assign(source="manual", annotator="test (truth)")
-    pd.concat([table, manual]).to_csv(root / "annotations.csv", index=False)
-    return root
+    return truth_annotated_dataset(tmp_path_factory.mktemp("cls") / "data", (16, 80, 80), 2, 5)
 
 
 def _experiment(tmp_path, data, space=SPACE, **extra):

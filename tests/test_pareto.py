@@ -549,17 +549,10 @@ ACCURACY_LATENCY = [{"metric": "val_accuracy", "mode": "max"},
 @pytest.fixture(scope="module")
 def class_data(tmp_path_factory):
     """A synthetic Myotube data set with classes; the truth copied as manual annotations."""
-    from aop.synth import preset_params
-    from aop.synth.classes import class_set
-    from aop.synth.dataset import write_synthetic_dataset
+    from class_helpers import truth_annotated_dataset
 
     root = tmp_path_factory.mktemp("pareto-cls") / "data"
-    write_synthetic_dataset(root, preset_params("myotube"), (16, 80, 80), 2, seed=5,
-                            preset="myotube", classes=class_set("myotube"))
-    table = pd.read_csv(root / "annotations.csv")
-    manual = table.assign(source="manual", annotator="test (truth)")
-    pd.concat([table, manual]).to_csv(root / "annotations.csv", index=False)
-    return root
+    return truth_annotated_dataset(root, (16, 80, 80), 2, 5)
 
 
 @pytest.mark.slow
