@@ -80,10 +80,9 @@ def _key(params: dict) -> tuple:
 
 def _searcher_state(study: Path, search: str) -> Any:
     """The searcher state Ray Tune saved last for ``search`` (unpickled): one file per run of
-    the Tune experiment, the resumed one last."""
-    paths = sorted((study / "tune" / search).glob("searcher-state-*.pkl"),
-                   key=lambda path: path.stat().st_mtime)  # fmt: skip
-    path = paths[-1]
+    the Tune experiment, named by the time that run started, so the resumed one sorts last
+    (Tune rewrites every run's file at the end of a run: their modification times are equal)."""
+    path = sorted((study / "tune" / search).glob("searcher-state-*.pkl"))[-1]
     with open(path, "rb") as handle:
         return pickle.load(handle)
 
