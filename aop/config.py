@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from aop.errors import AopError
 
@@ -129,6 +129,28 @@ class ResourcesConfig(StrictModel):
     gpu: Annotated[float, Field(ge=0)] = 0.0
 
 
+class SchedulerConfig(StrictModel):
+    """Early stopping of the main search's poor trials (``search.scheduler``).
+
+    ``fifo`` runs every trial to its end. ``asha`` is Ray Tune's asynchronous successive halving
+    (:mod:`aop.tuning.schedulers`): a trial that reaches a rung (``grace_period``, then
+    ``grace_period * reduction_factor``, ...) below the best ``1 / reduction_factor`` of the
+    trials recorded there stops. The unit is the study kind's fidelity: epochs of a classifier
+    trial, volumes of a segmentation trial. ``search.scheduler: asha`` is short for
+    ``{name: asha}``.
+    """
+
+    name: Literal["fifo", "asha"] = "fifo"
+    grace_period: Annotated[int, Field(gt=0)] = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 3.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        """``scheduler: asha`` as ``scheduler: {name: asha}``."""
+        return {"name": value} if isinstance(value, str) else value
+
+
 class SearchConfig(StrictModel):
     """The main search: searcher name, budget (trials), seed, concurrency and resources.
 
@@ -145,6 +167,7 @@ class SearchConfig(StrictModel):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     max_failures: Annotated[int, Field(ge=0)] = 2
     warm_start: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
 
     @field_validator("warm_start")
     @classmethod

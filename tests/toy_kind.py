@@ -16,7 +16,7 @@ from pydantic import Field
 from ray import cloudpickle, tune
 
 from aop.config import BaseExperiment, StrictModel
-from aop.tuning.kinds import Prepared, StudyKind, register_kind
+from aop.tuning.kinds import Fidelity, Prepared, StudyKind, register_kind
 from aop.tuning.space import SearchSpace, load_space_file
 
 PARAMETERS = {
@@ -74,6 +74,47 @@ class ToyKind(StudyKind[ToyExperiment]):
     def prepare(self, exp: ToyExperiment) -> Prepared:
         trainable = tune.with_parameters(toy_trial, delay=exp.toy.delay, fail=exp.toy.fail)
         return Prepared(trainable=tune.with_resources(trainable, {"cpu": 1}))
+
+
+def toy_steps_trial(config: dict, steps: int = 9, delay: float = 0.0) -> None:
+    """Ray Tune function trainable of the ``toy_steps`` kind: ``steps`` reports, one per step.
+
+    The score at step ``t`` is ``toy_score * (1 - 0.5 ** t)``: it rises towards the toy score,
+    and every step ranks the configurations as the last one does. The last report of a trial
+    that runs to its end says ``final: True``.
+    """
+    score = toy_score(config)
+    for step in range(1, steps + 1):
+        time.sleep(delay)
+        value = score * (1.0 - 0.5**step)
+        tune.report({"score": value, "loss": 1.0 - value, "step": step, "node": "toy",
+                     **({"final": True} if step == steps else {})})  # fmt: skip
+
+
+class ToyStepsSettings(ToySettings):
+    steps: int = Field(default=9, gt=1)
+
+
+class ToyStepsExperiment(BaseExperiment):
+    toy: ToyStepsSettings = Field(default_factory=ToyStepsSettings)
+    search_space: Path = Path("search_spaces/toy.yaml")
+
+
+@register_kind
+class ToyStepsKind(ToyKind):
+    """The toy kind reporting each of its ``toy.steps`` steps: early stopping's test kind."""
+
+    name = "toy_steps"
+    experiment_model = ToyStepsExperiment
+    fidelity_attr = "step"
+
+    def prepare(self, exp: ToyStepsExperiment) -> Prepared:
+        trainable = tune.with_parameters(toy_steps_trial, steps=exp.toy.steps,
+                                         delay=exp.toy.delay)  # fmt: skip
+        return Prepared(trainable=tune.with_resources(trainable, {"cpu": 1}))
+
+    def fidelity(self, exp: ToyStepsExperiment, prepared: Prepared) -> Fidelity:
+        return Fidelity("step", exp.toy.steps, "steps")
 
 
 SPACE = {

@@ -11,6 +11,8 @@ A trial record is a JSON object with these fields::
     duration_s   seconds the trial took                                      (optional)
     node         host or Ray node that ran it                                (optional)
     iteration    position of the trial in its search, counted from 0        (optional)
+    stopped_at   {fidelity: value}: an early-stopping scheduler stopped the trial there, e.g.
+                 {"epoch": 3}; its metrics are those of its last report      (optional)
 
 A study folder keeps them in ``results/NAME.jsonl``, one line per finished trial of search NAME.
 Records written before study kinds existed have no ``metrics``: their scores and their choice of
@@ -30,7 +32,7 @@ from typing import Any
 from aop.errors import AopError
 
 REQUIRED_FIELDS = ("search", "trial_id", "params", "metrics")
-OPTIONAL_FIELDS = ("per_volume", "duration_s", "node", "iteration")
+OPTIONAL_FIELDS = ("per_volume", "duration_s", "node", "iteration", "stopped_at")
 RESULTS_DIR = "results"
 COMPARISON_SEARCHES = ("baseline", "random", "grid")
 
@@ -41,6 +43,7 @@ __all__ = [
     "order_searches",
     "read_records",
     "read_study_records",
+    "stopped",
     "torn_last_line",
     "validate_record",
 ]
@@ -144,7 +147,21 @@ def validate_record(record: Any, where: str = "trial record") -> dict[str, Any]:
     if isinstance(iteration, bool) or not isinstance(iteration, int):
         raise AopError(f"{where}: field 'iteration' must be an integer, got {iteration!r}")
     out["iteration"] = iteration
+    stopped = record.get("stopped_at")
+    if stopped is not None:
+        if not isinstance(stopped, Mapping) or len(stopped) != 1:
+            raise AopError(
+                f"{where}: field 'stopped_at' must be one {{fidelity: value}}, got {stopped!r}"
+            )
+        out["stopped_at"] = {
+            str(k): _number(v, f"{where}: stopped_at.{k}") for k, v in stopped.items()
+        }
     return out
+
+
+def stopped(record: Mapping[str, Any]) -> bool:
+    """Whether an early-stopping scheduler stopped the trial (see ``stopped_at``)."""
+    return bool(record.get("stopped_at"))
 
 
 def read_records(path: str | os.PathLike, label: str | None = None) -> list[dict[str, Any]]:
@@ -274,6 +291,10 @@ def best_record(
 ) -> dict[str, Any]:
     """Return the record with the best ``metric`` (``mode`` max or min); ties go to the earliest.
 
+    Trials that an early-stopping scheduler stopped (:func:`stopped`) are scored on part of
+    their fidelity (fewer epochs, fewer volumes): the best is one that ran to its end, unless
+    every trial was stopped.
+
     Parameters
     ----------
     records : iterable of mapping
@@ -284,8 +305,9 @@ def best_record(
         ``"max"`` or ``"min"``.
     """
     sign = 1.0 if mode == "max" else -1.0
+    records = list(records)
     best = None
-    for record in records:
+    for record in [r for r in records if not stopped(r)] or records:
         if best is None or sign * record["metrics"][metric] > sign * best["metrics"][metric]:
             best = record
     if best is None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 import shlex
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "print_report",
     "read_study_meta",
     "warm_start_line",
+    "early_stopping_line",
 ]
 
 
@@ -102,6 +104,9 @@ class StudyReport:
             "complete": self.complete,
             "problems": list(self.problems),
             "warm_start": dict(self.meta.warm_start),
+            "scheduler": {**self.meta.scheduler, "stopped": {
+                name: sum(1 for r in recs if r.get("stopped_at"))
+                for name, recs in self.records.items()}} if self.meta.scheduler else {},
             **({"objectives": list(self.meta.objectives), "pareto": list(self.pareto)}
                if len(self.meta.objectives) > 1 else {}),
         }
@@ -136,6 +141,10 @@ class StudyMeta:
         otherwise; see :mod:`aop.tuning.warm_start`).
     objectives : list of dict
         ``[{metric, mode}, ...]`` of a study with several objectives (``[]`` otherwise).
+    scheduler : dict
+        ``name``, ``grace_period``, ``reduction_factor``, ``search`` and ``fidelity`` of a
+        study whose main search stops poor trials early (``{}`` otherwise; see
+        :mod:`aop.tuning.schedulers`).
     """
 
     kind: str
@@ -150,6 +159,7 @@ class StudyMeta:
     ranges: dict[str, list[float]] = field(default_factory=dict)
     warm_start: dict[str, Any] = field(default_factory=dict)
     objectives: list[dict[str, str]] = field(default_factory=list)
+    scheduler: dict[str, Any] = field(default_factory=dict)
 
 
 def read_study_meta(study_dir: Path) -> StudyMeta:
@@ -177,6 +187,28 @@ def warm_start_line(warm_start: Mapping[str, Any]) -> str:
     """
     sources = ", ".join(str(s) for s in warm_start.get("sources") or [])
     return f"warm-started from {warm_start.get('trials', 0)} trials of {sources}"
+
+
+def early_stopping_line(scheduler: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> str:
+    """The one line that says how many trials of a search a scheduler stopped, and where.
+
+    >>> line = early_stopping_line(
+    ...     {"name": "asha", "grace_period": 1, "reduction_factor": 3.0, "search": "gp",
+    ...      "fidelity": "epoch"},
+    ...     [{"stopped_at": {"epoch": 1}}, {"stopped_at": {"epoch": 3}}, {}])
+    >>> print(line)  # doctest: +NORMALIZE_WHITESPACE
+    asha (grace period 1 epoch, reduction factor 3) stopped 2 of 3 trials of gp early:
+    at epoch 1: 1, at epoch 3: 1
+    """
+    attr = scheduler.get("fidelity") or "step"
+    where = Counter(v for r in records for v in (r.get("stopped_at") or {}).values())
+    at = ", ".join(f"at {attr} {value:g}: {n}" for value, n in sorted(where.items()))
+    line = (
+        f"{scheduler.get('name')} (grace period {scheduler.get('grace_period')} {attr}, "
+        f"reduction factor {float(scheduler.get('reduction_factor', 0)):g}) stopped "
+        f"{sum(where.values())} of {len(records)} trials of {scheduler.get('search')} early"
+    )
+    return f"{line}: {at}" if at else line
 
 
 def _tracking_uri(study_dir: Path) -> str:
@@ -410,6 +442,10 @@ def print_report(report: StudyReport, console: Any) -> None:
     console.print(table)
     if meta.warm_start:
         console.print(f"  {warm_start_line(meta.warm_start)}", highlight=False, soft_wrap=True)
+    stopping = meta.scheduler.get("search")
+    if stopping in report.records:
+        console.print(f"  {early_stopping_line(meta.scheduler, report.records[stopping])}",
+                      highlight=False, soft_wrap=True)  # fmt: skip
 
     others = [s for s in summary.index if s != comparison.reference]
     if others:

@@ -612,6 +612,11 @@ class StudyTracker:
                 "node": record["node"], "iteration": str(record["iteration"])}  # fmt: skip
         if self.group is not None and self.group in record["params"]:
             tags[self.group] = str(record["params"][self.group])
+        for attr, value in (record.get("stopped_at") or {}).items():
+            # a trial an early-stopping scheduler stopped: a finished run, tagged with where
+            # (e.g. stopped_at_epoch=3), so the UI filters them (tags.early_stopped = 'true')
+            tags["early_stopped"] = "true"
+            tags[_safe_key(f"stopped_at_{attr}")] = f"{value:g}"
         # the run the trial opened for its curves: known since the last read of the store, or
         # opened after it
         opened = self._open.pop(key, None) or next(

@@ -20,6 +20,7 @@ from ray.tune import Callback
 
 from aop.analysis.records import append_record, read_records, validate_record
 from aop.outputs import atomic_file, is_disk_full
+from aop.tuning.schedulers import stopped_at
 
 
 def _finite(value: Any) -> bool:
@@ -50,6 +51,7 @@ def trial_record(
     iteration: int = -1,
     extras: Sequence[str] = (),
     curves: Mapping[str, Sequence[Sequence[float]]] | None = None,
+    fidelity: str | None = None,
 ) -> dict[str, Any]:
     """The trial record of one finished trial.
 
@@ -73,6 +75,10 @@ def trial_record(
         Further result keys the kind keeps in its records as they are (e.g. ``volume_nodes``).
     curves : mapping, optional
         ``{metric: [[step, value], ...]}``: the history of metrics reported repeatedly.
+    fidelity : str, optional
+        Under an early-stopping scheduler, the result key of the kind's fidelity: a last
+        result without ``final: True`` is a stop, recorded as ``stopped_at``
+        (:func:`aop.tuning.schedulers.stopped_at`).
 
     Returns
     -------
@@ -96,6 +102,9 @@ def trial_record(
         "iteration": int(iteration),
         **{key: _json_safe(result[key]) for key in extras if key in result},
     }
+    stop = stopped_at(result, fidelity)
+    if stop is not None:
+        record["stopped_at"] = stop
     if curves:
         record["curves"] = {m: [[int(a), float(b)] for a, b in v] for m, v in curves.items()}
     return validate_record(record, f"trial {trial_id} of search {search!r}")
@@ -123,6 +132,8 @@ class StudyCallback(Callback):
         Result keys kept in the records as they are (see :func:`trial_record`).
     curves : sequence of str
         Metrics whose every reported value is kept, one step per report (training curves).
+    fidelity : str, optional
+        The fidelity of the search's early-stopping scheduler (see :func:`trial_record`).
     """
 
     def __init__(
@@ -134,8 +145,10 @@ class StudyCallback(Callback):
         sink: Callable[[dict[str, Any]], Any] | None = None,
         extras: Sequence[str] = (),
         curves: Sequence[str] = (),
+        fidelity: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self.fidelity = fidelity
         self.search = search
         self.metric = metric
         self.metrics = tuple(metrics)
@@ -185,7 +198,7 @@ class StudyCallback(Callback):
     def _add(self, trial_id: str, config: Any, result: Mapping[str, Any], position: int) -> None:
         record = trial_record(
             self.search, trial_id, config, result, self.metrics, position, self.extras,
-            self._history.pop(trial_id, None),
+            self._history.pop(trial_id, None), getattr(self, "fidelity", None),
         )
         append_record(self.path, record)
         self._seen.add(trial_id)

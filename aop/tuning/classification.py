@@ -44,7 +44,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from aop.config import BaseExperiment, StrictModel, resolve_input
 from aop.errors import AopError, error_message
-from aop.tuning.kinds import Prepared, StudyKind
+from aop.tuning.kinds import Fidelity, Prepared, StudyKind
 from aop.tuning.space import ChoiceSpec, FloatSpec, IntSpec, SearchSpace, load_space_file
 
 if TYPE_CHECKING:
@@ -415,6 +415,7 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
     record_extras = ("test", "folds")
     curves = ("val_accuracy_epoch", "val_accuracy")
     objective_metrics = ("val_accuracy", "val_balanced_accuracy", LATENCY)
+    fidelity_attr = "epoch"
 
     def for_experiment(self, exp: ClassificationExperiment) -> ClassificationKind:
         """The objective of ``exp`` (accuracy or balanced accuracy) first; ``design`` groups."""
@@ -582,6 +583,21 @@ class ClassificationKind(StudyKind[ClassificationExperiment]):
                     "balanced_accuracy": list(baseline.fold_balanced_accuracy)}},
             },
         )
+
+    def fidelity(self, exp: ClassificationExperiment, prepared: Prepared) -> Fidelity:
+        """Epochs, over every fold and stage of a deep trial (``search.scheduler``).
+
+        A deep trial reports each validation epoch with ``epoch``, its epochs so far over its
+        folds (and, for ``semi``, both stages), and its estimate so far as the objective
+        (:class:`aop.tuning.classification_trial.TuneReport`): the rungs compare trials after
+        the same number of epochs. At most ``max_epochs`` (the largest the space allows) per
+        stage and fold. A feature trial reports once, without ``epoch``: it is never stopped.
+        """
+        space = self.search_space(exp)
+        spec = space.parameters.get("max_epochs", exp.training.max_epochs)
+        epochs = max(int(v) for v in _values(spec))
+        stages = 2 if "semi" in space.choices("pretraining", "none") else 1
+        return Fidelity("epoch", epochs * stages * int(prepared.context["folds"]), "epochs")
 
     def grid_space(self, exp: ClassificationExperiment, space: SearchSpace) -> dict[str, Any]:
         """All combinations of the categorical parameters (others at the start point).

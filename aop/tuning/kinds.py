@@ -49,6 +49,25 @@ ENTRY_POINT_GROUP = "aop.study_kinds"
 ExperimentT = TypeVar("ExperimentT", bound=BaseExperiment)
 
 
+@dataclass(frozen=True)
+class Fidelity:
+    """How a study kind's trials count their progress, for early stopping (``search.scheduler``).
+
+    Attributes
+    ----------
+    attr : str
+        The result key, increasing with each report (e.g. ``epoch``, ``volumes``).
+    max_t : int
+        The most a trial can reach (the rungs stop below it).
+    unit : str
+        The unit in words, for messages (``epochs``, ``volumes``).
+    """
+
+    attr: str
+    max_t: int
+    unit: str
+
+
 @dataclass
 class Prepared:
     """What a kind hands the engine after its expensive set-up (data in Ray's object store).
@@ -102,6 +121,10 @@ class StudyKind(ABC, Generic[ExperimentT]):
     objectives : tuple of ObjectiveConfig
         What the searchers optimise (see :meth:`with_objectives`); several make a
         multi-objective study, whose results are a Pareto front.
+    fidelity_attr : str or None
+        The result key that counts a trial's progress over its reports (``epoch``), on which
+        ``search.scheduler`` stops poor trials early (see :meth:`fidelity`); ``None``: a trial
+        reports once, and the kind refuses a scheduler.
     """
 
     name: ClassVar[str]
@@ -117,6 +140,7 @@ class StudyKind(ABC, Generic[ExperimentT]):
     record_extras: ClassVar[tuple[str, ...]] = ()
     curves: ClassVar[tuple[str, ...]] = ()
     objective_metrics: ClassVar[tuple[str, ...]] = ()
+    fidelity_attr: ClassVar[str | None] = None
     _objectives: tuple[ObjectiveConfig, ...] = ()
 
     @property
@@ -186,6 +210,16 @@ class StudyKind(ABC, Generic[ExperimentT]):
         (how the best trial compares, e.g. a paired test) and ``verdict`` (one line saying
         whether the best beats it). The engine writes it to ``best.yaml`` as ``reference``, logs
         it on the study's MLflow parent run, and ``aop report`` shows it under the best trial.
+        """
+        return None
+
+    def fidelity(self, exp: ExperimentT, prepared: Prepared) -> Fidelity | None:
+        """How far a trial can go in :attr:`fidelity_attr`, once the data is prepared.
+
+        Early stopping (``search.scheduler``, :mod:`aop.tuning.schedulers`) places its rungs
+        below :attr:`Fidelity.max_t`. A kind with a fidelity has its trials report
+        :attr:`fidelity_attr` with the objective in every report, and ``final: True`` in the
+        last report of a trial's natural end. Default: none.
         """
         return None
 
@@ -302,8 +336,8 @@ def check_objectives(kind: StudyKind, exp: BaseExperiment, source: str) -> None:
     if len(exp.objectives or []) < 2:
         return
     check_multi_objective(exp.search.searcher, field_name=f"{source}: search.searcher")
-    scheduler = getattr(exp.search, "scheduler", None)
-    if scheduler not in (None, "fifo"):
+    scheduler = exp.search.scheduler.name
+    if scheduler != "fifo":
         raise AopError(
             f"{source}: search.scheduler: {scheduler!r} stops trials on one metric; a study "
             "with several objectives runs every trial to its end (leave the scheduler out)"
@@ -343,6 +377,11 @@ def parse_experiment(
         raise AopError(f"{source}: {validation_message(exc)}") from None
     check_searcher(exp.search.searcher, field_name=f"{source}: search.searcher")
     check_objectives(kind, exp, source)
+    if exp.search.scheduler.name != "fifo" and kind.fidelity_attr is None:
+        raise AopError(
+            f"{source}: search.scheduler: {exp.search.scheduler.name!r}: a {kind.name} trial "
+            "reports once; nothing to stop early (leave the scheduler out)"
+        )
     if exp.search.warm_start:
         check_warm_start(exp.search.searcher, field_name=f"{source}: search.warm_start")
     exp.resolve_paths(Path.cwd() if base is None else base)

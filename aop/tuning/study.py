@@ -55,7 +55,14 @@ from aop.config import BaseExperiment
 from aop.errors import AopError
 from aop.outputs import atomic_file, claim_folder, is_disk_full, prepare_output
 from aop.tuning.callbacks import StudyCallback, prune_orphans
-from aop.tuning.kinds import Prepared, StudyKind, get_kind, load_experiment, study_kind
+from aop.tuning.kinds import (
+    Fidelity,
+    Prepared,
+    StudyKind,
+    get_kind,
+    load_experiment,
+    study_kind,
+)
 from aop.tuning.progress import SearchProgress, set_budget
 from aop.tuning.searchers import make_searcher
 from aop.tuning.space import SearchSpace
@@ -89,6 +96,7 @@ def run_search(
     storage: str | None = None,
     topup: Callable[[list[dict[str, Any]], int], Any] | None = None,
     per_trial_lines: bool = True,
+    scheduler: Callable[[], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) one Ray Tune search and return its trial records.
 
@@ -127,6 +135,11 @@ def run_search(
         search; ``None``: no top-up, as for a grid).
     per_trial_lines : bool
         Without a terminal, print a line per finished trial (else one line when it ends).
+    scheduler : callable, optional
+        Returns the search's early-stopping scheduler (:class:`aop.tuning.schedulers.
+        StudyScheduler`), for its first experiment and each top-up; they share one state
+        file, so a top-up goes on with the rungs the first experiment recorded. ``None``:
+        every trial runs to its end.
 
     Returns
     -------
@@ -142,6 +155,7 @@ def run_search(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # the records and MLflow are the study's results: no TensorBoard/CSV files per trial
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    first = scheduler() if scheduler is not None else None
     recorder = StudyCallback(
         study_dir / "results" / f"{name}.jsonl",
         name,
@@ -150,6 +164,7 @@ def run_search(
         sink=tracker.log_trial if tracker is not None else None,
         extras=kind.record_extras,
         curves=kind.curves,
+        fidelity=first.fidelity.attr if first is not None else None,
     )
     from aop.tuning.storage import tune_storage
 
@@ -163,7 +178,7 @@ def run_search(
     shown = [SearchProgress(name, budget, kind.metric, kind.mode, records=recorder.path,
                             per_trial=per_trial_lines)] if verbose == 0 else []  # fmt: skip
 
-    def fit(experiment: str, search_alg: Any, samples: int) -> Any:
+    def fit(experiment: str, search_alg: Any, samples: int, stopper: Any = None) -> Any:
         path = f"{root}/{experiment}"
         if Tuner.can_restore(path, storage_filesystem=filesystem):
             tuner = Tuner.restore(
@@ -180,6 +195,7 @@ def run_search(
                 param_space=param_space,
                 tune_config=TuneConfig(
                     search_alg=search_alg,
+                    scheduler=stopper,
                     num_samples=samples,
                     # a searcher is already limited by a ConcurrencyLimiter (see make_searcher)
                     max_concurrent_trials=concurrency if search_alg is None else None,
@@ -208,7 +224,11 @@ def run_search(
         recorder.recover(grid)
         return grid
 
-    grid = fit(name, searcher, num_samples)
+    if first is not None and not Tuner.can_restore(f"{root}/{name}", storage_filesystem=filesystem):
+        # a search that starts afresh starts with empty rungs, whatever a driver killed before
+        # Tune saved its first state left in the scheduler's state file
+        Path(first.path).unlink(missing_ok=True)
+    grid = fit(name, searcher, num_samples, first)
     kept = _trial_ids(grid)
     # Tune saves its experiment state and its searcher's state as two files: after a full disk
     # (or a crash between the two writes) a restored searcher can believe it created trials
@@ -228,7 +248,8 @@ def run_search(
                 f"aop: search {name}: {len(done)} of {num_samples} trials in Ray Tune's state; "
                 f"running the other {short} as {experiment}"
             )
-            grid = fit(experiment, topup(done, part), short)
+            grid = fit(experiment, topup(done, part), short,
+                       scheduler() if scheduler is not None else None)  # fmt: skip
             if not _trial_ids(grid) - kept:
                 break  # nothing ran (its trials failed): aop resume retries it
         else:
@@ -342,10 +363,11 @@ def save_experiment(
     """Write the validated experiment and ``study.yaml`` (atomically).
 
     ``study.yaml`` holds the kind's :meth:`~aop.tuning.kinds.StudyKind.meta`, each search's
-    budget in trials (``budgets``), the searched numeric ranges (``ranges``) and, for a
-    warm-started study, its sources and the number of trials told (``warm_start``, see
-    :meth:`aop.tuning.warm_start.WarmStart.meta`), so that reports and plots need neither the
-    kind nor Ray.
+    budget in trials (``budgets``), the searched numeric ranges (``ranges``), for a
+    warm-started study its sources and the number of trials told (``warm_start``, see
+    :meth:`aop.tuning.warm_start.WarmStart.meta`) and, with early stopping, ``scheduler``
+    (``search.scheduler``, the search it stops and the kind's fidelity), so that reports and
+    plots need neither the kind nor Ray.
     """
     kind = study_kind(exp)
     space = space or kind.search_space(exp)
@@ -359,6 +381,9 @@ def save_experiment(
     meta = {**kind.meta(exp), "budgets": budgets, "ranges": ranges}
     if warm is not None and warm.meta():
         meta["warm_start"] = warm.meta()
+    if exp.search.scheduler.name != "fifo":
+        meta["scheduler"] = {**exp.search.scheduler.model_dump(), "search": exp.search.searcher,
+                             "fidelity": kind.fidelity_attr}  # fmt: skip
     _write_yaml(exp.study_dir / STUDY_FILE, meta)
     return path
 
@@ -504,11 +529,14 @@ def run_searches(
     tracker: Any = None,
     verbose: int = 1,
     warm: WarmStart | None = None,
+    fidelity: Fidelity | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run (or continue) every search of the experiment's plan; return ``{search: records}``.
 
     ``warm``: earlier studies' trials, told to the main search's searcher (and its top-ups')
-    before its first suggestion; the comparisons start from nothing.
+    before its first suggestion; the comparisons start from nothing. ``fidelity``: the kind's
+    (:meth:`StudyKind.fidelity`), on which ``search.scheduler`` stops the main search's poor
+    trials; the comparisons run every trial to its end.
     """
     records: dict[str, list[dict[str, Any]]] = {}
     for name, searcher_name, budget in search_plan(exp, kind):
@@ -536,8 +564,38 @@ def run_searches(
             storage=exp.storage.tune_storage,
             topup=topup,
             per_trial_lines=name == exp.search.searcher,
+            scheduler=scheduler_factory(exp, kind, fidelity, name)
+            if name == exp.search.searcher else None,
         )
     return records
+
+
+def scheduler_factory(
+    exp: BaseExperiment, kind: StudyKind, fidelity: Fidelity | None, search: str
+) -> Callable[[], Any] | None:
+    """``make()``: the early-stopping scheduler of ``search.scheduler`` for ``search``.
+
+    ``None`` for ``fifo``. Each scheduler it makes keeps its state in
+    ``STUDY_DIR/scheduler/SEARCH.pkl`` (:mod:`aop.tuning.schedulers`).
+
+    Raises
+    ------
+    AopError
+        One line for a scheduler the kind cannot use (see
+        :func:`aop.tuning.schedulers.make_scheduler`).
+    """
+    from aop.tuning.schedulers import make_scheduler, state_path
+
+    if exp.search.scheduler.name == "fifo":
+        return None
+    path = state_path(exp.study_dir, search)
+
+    def make() -> Any:
+        return make_scheduler(exp.search.scheduler, fidelity, path=path, metric=kind.metric,
+                              mode=kind.mode)  # fmt: skip
+
+    make()  # refuse a bad request before any trial
+    return make
 
 
 def _topup_factory(
@@ -677,13 +735,15 @@ def _run_checked_study(
         warm.save(study_dir)
         warm.say()
         prepared = (prepare or kind.prepare)(exp)
+        fidelity = kind.fidelity(exp, prepared)
+        scheduler_factory(exp, kind, fidelity, exp.search.searcher)  # one line, before trials
         tracker = make_tracker(exp, kind)
         run_id = tracker.start(exp.to_yaml_dict(), space.describe(), dataset=prepared.dataset,
                                description=_description(exp, kind, warm=warm))  # fmt: skip
         for tag, value in warm.tags().items():
             tracker.client.set_tag(run_id, tag, value)
         records = run_searches(exp, kind, space, prepared.trainable, tracker=tracker,
-                               verbose=verbose, warm=warm)  # fmt: skip
+                               verbose=verbose, warm=warm, fidelity=fidelity)  # fmt: skip
         log_missing_trials(exp, records, kind)
         tracker.close_open_runs()  # runs that trials opened but that ended in error: FAILED
         main = exp.search.searcher

@@ -1,0 +1,251 @@
+"""Early stopping (``search.scheduler: asha``) on the engine: stops, records, MLflow, resume.
+
+Real Ray, real MLflow (one SQLite store per module) and the ``toy_steps`` kind
+(tests/toy_kind.py): a trial reports 9 steps, its score at step ``t`` being
+``toy_score * (1 - 0.5 ** t)``, so that every step ranks the configurations as the end does
+and a stopped trial's last score is known exactly. The searcher's own saved state (Ray Tune's
+``searcher-state-*.pkl``) and the scheduler's (``STUDY_DIR/scheduler/SEARCH.pkl``) show what
+each learned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import ray
+import toy_kind
+import yaml
+from mlflow_helpers import study_tracker
+from typer.testing import CliRunner
+
+from aop.analysis.records import read_records
+from aop.cli import app
+from aop.errors import AopError
+from aop.tuning.kinds import load_experiment
+from aop.tuning.schedulers import state_path
+from aop.tuning.study import run_study
+
+TESTS = Path(__file__).resolve().parent
+AOP = [sys.executable, "-c", "import toy_kind; from aop.cli import main; main()"]
+STEPS = 9
+RUNGS = (1, 3)  # grace period 1, reduction factor 3, 9 steps: a trial at step 9 has ended
+
+
+def _experiment(project: Path, name: str, budget: int, *, kind: str = "toy_steps",
+                toy: dict | None = None, scheduler: Any = None, **extra: Any) -> Path:  # fmt: skip
+    """An experiment file of a toy kind in ``project``; its study is ``project/name``."""
+    space_file = project / f"{name}_space.yaml"
+    space_file.write_text(yaml.safe_dump(toy_kind.SPACE, sort_keys=False))
+    search = {"searcher": "gp", "budget": budget, "seed": 3, "concurrency": 1}
+    if scheduler is not None:
+        search["scheduler"] = scheduler
+    raw = {
+        "name": name,
+        "kind": kind,
+        "search": search,
+        "search_space": space_file.name,
+        "storage": {"study_dir": name},
+        "tracking": {"tracking_uri": f"sqlite:///{project / 'mlflow.db'}", "experiment": name},
+        "comparison": {"random": False},
+        "ray": {"num_cpus": 2},
+        "toy": {"steps": STEPS, **(toy or {})} if kind == "toy_steps" else (toy or {}),
+        **extra,
+    }
+    path = project / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _score(params: dict, step: int) -> float:
+    return toy_kind.toy_score(params) * (1.0 - 0.5**step)
+
+
+def _last_step(record: dict) -> int:
+    return int((record.get("stopped_at") or {}).get("step", STEPS))
+
+
+def _scheduler_state(study: Path, search: str = "gp") -> dict:
+    with open(state_path(study, search), "rb") as handle:
+        return pickle.load(handle)
+
+
+def _rungs(state: dict) -> dict[float, dict[str, float]]:
+    return {milestone: dict(recorded) for milestone, recorded in state["_brackets"][0]._rungs}
+
+
+def _optuna_values(study: Path, search: str = "gp") -> list[float]:
+    """The values of the finished trials the gp searcher holds (Ray Tune's saved state)."""
+    path = sorted((study / "tune" / search).glob("searcher-state-*.pkl"))[-1]
+    with open(path, "rb") as handle:
+        state = pickle.load(handle)
+    trials = state["_ot_study"].get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    return [t.value for t in trials]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("early")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def asha_study(project, local_ray) -> dict:
+    """A 12-trial gp study of ``toy_steps`` under ASHA (grace period 1, reduction factor 3)."""
+    path = _experiment(project, "asha", 12, scheduler={"name": "asha", "grace_period": 1,
+                                                       "reduction_factor": 3})  # fmt: skip
+    result = run_study(load_experiment(path), verbose=-1)
+    return {"dir": project / "asha", "records": result.records["gp"], "best": result.best}
+
+
+def test_asha_stops_poor_trials_and_the_best_ran_to_its_end(asha_study):
+    records = asha_study["records"]
+    assert len(records) == 12 and len({r["trial_id"] for r in records}) == 12
+    stopped = [r for r in records if r.get("stopped_at")]
+    assert len(stopped) >= 3, "ASHA stopped no more than two trials of twelve"
+    for record in records:
+        step = _last_step(record)
+        assert step == STEPS or step in RUNGS, record.get("stopped_at")
+        # a stopped trial's metrics are those of its last report, at the step it stopped
+        assert math.isclose(record["metrics"]["score"], _score(record["params"], step))
+    assert sum(_last_step(r) for r in records) < 12 * STEPS
+    best = asha_study["best"]
+    assert not best.get("stopped_at")
+    ended = [r for r in records if not r.get("stopped_at")]
+    assert math.isclose(best["metrics"]["score"], max(r["metrics"]["score"] for r in ended))
+    on_disk = yaml.safe_load((asha_study["dir"] / "best.yaml").read_text())
+    assert on_disk["trial_id"] == best["trial_id"]
+    meta = yaml.safe_load((asha_study["dir"] / "study.yaml").read_text())
+    assert meta["scheduler"] == {"name": "asha", "grace_period": 1, "reduction_factor": 3.0,
+                                 "search": "gp", "fidelity": "step"}  # fmt: skip
+
+
+def test_the_scheduler_state_matches_the_records_and_the_searcher_learned_every_trial(
+    asha_study,
+):
+    records = {r["trial_id"]: r for r in asha_study["records"]}
+    state = _scheduler_state(asha_study["dir"])
+    assert set(state["stopped"]) == {t for t, r in records.items() if r.get("stopped_at")}
+    for trial_id, step in state["stopped"].items():
+        assert records[trial_id]["stopped_at"] == {"step": step}
+    rungs = _rungs(state)
+    assert set(rungs) == {1, 3, 9}
+    # every trial was recorded at the first rung with its score there (mode max: as it is)
+    assert set(rungs[1]) == set(records)
+    for trial_id, value in rungs[1].items():
+        assert math.isclose(value, _score(records[trial_id]["params"], 1))
+    # the searcher was told every trial's last result, the stopped ones' included
+    told = sorted(_optuna_values(asha_study["dir"]))
+    assert len(told) == len(records)
+    expected = sorted(r["metrics"]["score"] for r in records.values())
+    assert all(math.isclose(a, b) for a, b in zip(told, expected, strict=True))
+
+
+def test_stopped_trials_are_finished_mlflow_runs_tagged_with_their_stop_step(asha_study):
+    records = {r["trial_id"]: r for r in asha_study["records"]}
+    runs = study_tracker(asha_study["dir"], "asha").child_runs("gp")
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(records)
+    for run in runs:
+        record = records[run.data.tags["trial_id"]]
+        assert run.info.status == "FINISHED"
+        if record.get("stopped_at"):
+            assert run.data.tags["early_stopped"] == "true"
+            assert run.data.tags["stopped_at_step"] == f"{record['stopped_at']['step']:g}"
+        else:
+            assert "early_stopped" not in run.data.tags
+        assert math.isclose(run.data.metrics["score"], record["metrics"]["score"])
+
+
+def test_the_report_says_how_many_trials_were_stopped_and_where(asha_study):
+    study = asha_study["dir"]
+    n_stopped = sum(1 for r in asha_study["records"] if r.get("stopped_at"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(study), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["scheduler"]["stopped"] == {"gp": n_stopped}
+    text = runner.invoke(app, ["report", str(study)], terminal_width=200)
+    assert text.exit_code == 0, text.output
+    assert f"stopped {n_stopped} of 12 trials of gp early" in text.output
+
+
+def test_a_scheduler_is_refused_where_it_cannot_stop_a_trial(project, local_ray):
+    toy = _experiment(project, "asha-toy", 4, kind="toy", scheduler="asha")
+    with pytest.raises(AopError, match=r"search.scheduler: 'asha': a toy trial reports once"):
+        load_experiment(toy)
+    several = _experiment(project, "asha-two", 4, scheduler="asha",
+                          objectives=[{"metric": "score", "mode": "max"},
+                                      {"metric": "loss", "mode": "min"}])  # fmt: skip
+    with pytest.raises(AopError, match="stops trials on one metric"):
+        load_experiment(several)
+    unknown = _experiment(project, "asha-name", 4, scheduler={"name": "hyperband"})
+    with pytest.raises(AopError, match="search.scheduler.name"):
+        load_experiment(unknown)
+    extra = _experiment(project, "asha-key", 4, scheduler={"name": "asha", "grace": 2})
+    with pytest.raises(AopError, match="search.scheduler.grace"):
+        load_experiment(extra)
+    # a grace period at or past the last step leaves no rung: one line before any trial runs
+    late = _experiment(project, "asha-late", 4, scheduler={"name": "asha", "grace_period": 9})
+    with pytest.raises(AopError, match=r"grace_period: 9 steps leaves no rung: a trial runs "
+                                       r"9 steps at most"):  # fmt: skip
+        run_study(load_experiment(late), verbose=-1)
+    assert not (project / "asha-late" / "results").exists()
+
+
+def test_a_killed_study_under_asha_resumes_with_its_rungs_to_its_budget(project):
+    budget = 10
+    path = _experiment(project, "asha-killed", budget, toy={"delay": 0.08},
+                       scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 3},
+                       )  # fmt: skip
+    study = project / "asha-killed"
+    results = study / "results" / "gp.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get(
+        "PYTHONPATH", "")])}  # fmt: skip
+    driver = subprocess.Popen(
+        [*AOP, "search", str(path), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while (not results.is_file() or len(read_records(results)) < 4) and driver.poll() is None:
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.1)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    before = _rungs(_scheduler_state(study))
+    assert 4 <= len(read_records(results)) < budget, "the study was not interrupted"
+    assert before[1], "the scheduler saved no rung before the kill"
+
+    done = subprocess.run([*AOP, "resume", str(study), "--quiet"], capture_output=True,
+                          text=True, timeout=400, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = read_records(results)
+    ids = [r["trial_id"] for r in records]
+    assert len(records) == budget and len(set(ids)) == budget
+    state = _scheduler_state(study)
+    after = _rungs(state)
+    for milestone, recorded in before.items():  # the resumed scheduler went on from its state
+        for trial_id, value in recorded.items():
+            if trial_id in ids:
+                assert after[milestone][trial_id] == value
+    assert set(after[1]) == set(ids)
+    assert set(state["stopped"]) == {r["trial_id"] for r in records if r.get("stopped_at")}
+    runs = study_tracker(study, "asha-killed").child_runs("gp")
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(ids)
