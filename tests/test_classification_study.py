@@ -454,3 +454,57 @@ def test_a_study_of_deep_and_feature_designs_with_a_baseline(class_data, tmp_pat
     finally:
         mlflow.set_tracking_uri(None)
         ray.shutdown()
+
+
+#: Deep designs only, a good learning rate and a hopeless one evaluated first (start points).
+ASHA_SPACE = {
+    "parameters": {
+        "encoder": "test_resnet",
+        "head": {"choice": ["slice", "volume"]},
+        "pretraining": "none",
+        "preprocessing": "mask",
+        "lr": {"float": [1.0e-7, 1.0e-2], "log": True},
+    },
+    "start": {"default": [{"head": "slice", "lr": 1.0e-2}, {"head": "slice", "lr": 1.0e-7}]},
+}
+
+
+@pytest.mark.slow
+def test_asha_stops_poor_deep_trials_and_the_pick_trained_to_its_end(class_data, tmp_path):
+    """``search.scheduler: asha`` on deep trials: a hopeless design stops at the first rung,
+    its record and MLflow run say where, the searcher learned it, and the pick ran every epoch."""
+    max_epochs = 4
+    exp = load_experiment(_experiment(
+        tmp_path, class_data, space=ASHA_SPACE,
+        training={"max_epochs": max_epochs, "patience": max_epochs, "batch_size": 8,
+                  "head_width": 8, "head_depth": 1, "val_fraction": 0.3, "test_fraction": 0.2,
+                  "folds": 1},
+        search={"searcher": "gp", "budget": 4, "concurrency": 1, "seed": 0,
+                "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2}},
+    ))  # fmt: skip
+    result = run_study(exp, verbose=-1)
+    records = result.records["gp"]
+    assert len(records) == 4
+    stopped = [r for r in records if r.get("stopped_at")]
+    ended = [r for r in records if not r.get("stopped_at")]
+    hopeless = next(r for r in records if r["params"]["lr"] == pytest.approx(1.0e-7))
+    assert hopeless in stopped and ended
+    for record in stopped:
+        epoch = record["stopped_at"]["epoch"]
+        assert epoch in (1, 2)  # the rungs below the last epoch: 1 and 2
+        assert record["metrics"]["epoch"] == epoch
+        assert "test" not in record and "test_accuracy" not in record["metrics"]
+    for record in ended:
+        assert record["metrics"]["epoch"] == max_epochs
+        assert 0.0 <= record["metrics"]["test_accuracy"] <= 1.0
+    best = yaml.safe_load((exp.study_dir / "best.yaml").read_text())
+    assert best["trial_id"] in {r["trial_id"] for r in ended}
+    tags = {r.data.tags["trial_id"]: r.data.tags for r in
+            MlflowClient(exp.tracking_uri).search_runs(
+                [MlflowClient(exp.tracking_uri).get_experiment_by_name(
+                    "aop-classification").experiment_id],
+                filter_string="tags.search = 'gp'")}  # fmt: skip
+    for record in records:
+        epoch = (record.get("stopped_at") or {}).get("epoch")
+        assert tags[record["trial_id"]].get("stopped_at_epoch") == (
+            None if epoch is None else f"{epoch:g}")
