@@ -249,3 +249,24 @@ def test_a_killed_study_under_asha_resumes_with_its_rungs_to_its_budget(project)
     assert set(state["stopped"]) == {r["trial_id"] for r in records if r.get("stopped_at")}
     runs = study_tracker(study, "asha-killed").child_runs("gp")
     assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(ids)
+
+
+def test_progress_lines_say_where_a_trial_stopped_and_keep_the_best_of_ended_trials(capsys):
+    from types import SimpleNamespace
+
+    from aop.tuning.progress import SearchProgress
+
+    progress = SearchProgress("gp", 3, "score", "max", fidelity="step")
+    progress.setup()
+    ended = SimpleNamespace(trial_id="a", last_result={"score": 0.5, "step": 9, "final": True})
+    # scored on one step only: higher than the ended trial, but no best
+    stopped = SimpleNamespace(trial_id="b", last_result={"score": 0.9, "step": 1})
+    for trial in (ended, stopped):
+        progress.on_trial_start(0, [], trial)
+        progress.on_trial_complete(0, [], trial)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[-2].startswith("  gp 1/3: score 0.5 (trial a; best 0.5")
+    assert lines[-2].endswith("new best")
+    assert lines[-1].startswith("  gp 2/3: score 0.9 (trial b; best 0.5")
+    assert lines[-1].endswith("stopped at step 1")
+    assert progress.best == 0.5 and progress.done == 2

@@ -19,6 +19,7 @@ from ray.tune import Callback
 
 from aop import console
 from aop.analysis.records import read_records
+from aop.tuning.schedulers import stopped_at
 
 __all__ = ["SearchProgress", "set_budget"]
 
@@ -48,6 +49,9 @@ class SearchProgress(Callback):
         starts (a resumed study), and the best among them as the best so far.
     per_trial : bool
         Print a line per finished trial when the output is not a terminal (the main search).
+    fidelity : str, optional
+        The fidelity of the search's early-stopping scheduler: a trial it stopped counts as
+        done, says where it stopped, and is never the best so far (it was scored on less).
     """
 
     def __init__(
@@ -59,8 +63,10 @@ class SearchProgress(Callback):
         *,
         records: str | Path | None = None,
         per_trial: bool = True,
+        fidelity: str | None = None,
     ) -> None:
         self.search, self.budget, self.metric, self.mode = search, budget, metric, mode
+        self.fidelity = fidelity
         self.records = Path(records) if records is not None else None
         self.per_trial = per_trial
         self._reset()
@@ -69,7 +75,8 @@ class SearchProgress(Callback):
         """Counts as the records say (Ray Tune restores this callback as it was pickled)."""
         self.budget = _BUDGETS.get(self.search, self.budget)
         finished = read_records(self.records) if self.records and self.records.is_file() else []
-        values = [r["metrics"][self.metric] for r in finished if self.metric in r["metrics"]]
+        values = [r["metrics"][self.metric] for r in finished
+                  if self.metric in r["metrics"] and not r.get("stopped_at")]  # fmt: skip
         self.done = len(finished)
         self.best = (max if self.mode == "max" else min)(values) if values else None
         self.running: set[str] = set()
@@ -141,12 +148,15 @@ class SearchProgress(Callback):
             self._refresh()
             return
         self.done += 1
-        improved = self._better(float(value))
+        stop = stopped_at(trial.last_result or {}, getattr(self, "fidelity", None))
+        improved = stop is None and self._better(float(value))
         if improved:
             self.best = float(value)
         self._refresh()
         if self._live is None and self.per_trial:
             mark = "  new best" if improved else ""
+            if stop is not None:
+                mark = "  stopped at " + ", ".join(f"{k} {v}" for k, v in stop.items())
             console.say(
                 f"  {self.search} {self.done}/{self.budget}: {self.metric} {value:.4g} "
                 f"(trial {trial.trial_id}; best {self._best_text()}, "

@@ -176,7 +176,8 @@ def run_search(
     budget = num_samples * (grid_size(param_space) if searcher is None else 1)
     set_budget(name, budget)
     shown = [SearchProgress(name, budget, kind.metric, kind.mode, records=recorder.path,
-                            per_trial=per_trial_lines)] if verbose == 0 else []  # fmt: skip
+                            per_trial=per_trial_lines, fidelity=recorder.fidelity)
+             ] if verbose == 0 else []  # fmt: skip
 
     def fit(experiment: str, search_alg: Any, samples: int, stopper: Any = None) -> Any:
         path = f"{root}/{experiment}"
