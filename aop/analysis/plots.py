@@ -145,7 +145,9 @@ def records_study(
     optuna.Study
         One trial per record in ``iteration`` order (records without one last), with ``search``
         and ``trial_id`` as user attributes; numbers span their observed range, others are
-        categorical.
+        categorical. A trial that an early-stopping scheduler stopped (``stopped_at``) is
+        Optuna's pruned trial, its value the intermediate value where it stopped: histories
+        and importances count the trials that ran to their end, as the study's best does.
 
     Examples
     --------
@@ -162,7 +164,7 @@ def records_study(
             params={k: float(v) if isinstance(distributions[k], FloatDistribution) else v
                     for k, v in record["params"].items()},
             distributions={k: distributions[k] for k in record["params"]},
-            value=record["metrics"][metric],
+            **_outcome(record, metric),
             user_attrs={"search": record["search"], "trial_id": record["trial_id"]},
         )
         # a stable sort: records without an iteration (-1) keep their given order, last
@@ -172,6 +174,16 @@ def records_study(
         study = optuna.create_study(direction=_DIRECTIONS[mode], study_name=name)
         study.add_trials(trials)
     return study
+
+
+def _outcome(record: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """Optuna's ``create_trial`` arguments of a record's outcome: a value, or pruned at a step."""
+    stop = record.get("stopped_at")
+    if not stop:
+        return {"value": record["metrics"][metric]}
+    step = int(next(iter(stop.values())))
+    return {"state": optuna.trial.TrialState.PRUNED,
+            "intermediate_values": {step: record["metrics"][metric]}}  # fmt: skip
 
 
 def influential_parameters(records: _Records, metric: str, count: int = 2) -> list[str]:
