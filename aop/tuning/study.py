@@ -12,6 +12,7 @@ Study folder (self-contained)::
     STUDY_DIR/tables/pareto.csv    the main search's Pareto front (several objectives)
     STUDY_DIR/plots/pareto.png     every trial, the front highlighted (several objectives)
     STUDY_DIR/warm_start.yaml      the earlier studies' trials the main searcher was told
+    STUDY_DIR/scheduler/NAME.pkl   the early-stopping scheduler's state of search NAME
 
 plus what the kind writes (its data, caches, plots).
 
@@ -26,6 +27,11 @@ it, so the search continues instead of restarting, and finished trials are kept.
 A study with ``search.warm_start`` tells its main searcher the finished trials of earlier
 studies before the first suggestion (:mod:`aop.tuning.warm_start`); they are not trials of the
 study and do not count against its budget.
+
+A study with ``search.scheduler: asha`` stops its main search's poor trials early on the kind's
+fidelity (:mod:`aop.tuning.schedulers`): a stopped trial is a finished trial with ``stopped_at``
+in its record, the searcher is told its last result, the best is a trial that ran to its end, and
+the scheduler's state is saved beside the study for ``aop resume``.
 
 A study with several ``objectives`` (:meth:`aop.tuning.kinds.StudyKind.with_objectives`) gives
 its searchers every objective (:func:`aop.tuning.searchers.make_searcher` with lists), and its
