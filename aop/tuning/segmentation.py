@@ -14,6 +14,13 @@ The start point of model-based searchers is every parameter at 0 once per model,
 comparison is that start point for every model (no post-processing). After the searches the kind
 draws the paper's plots and logs the best pipeline (model + post-processing) as an MLflow model.
 
+Early stopping (``search.scheduler: {name: asha, grace_period, reduction_factor}``) is
+successive halving over the benchmark's volumes: the fidelity is ``volumes``, a trial reports
+after each volume in benchmark order (:mod:`aop.tuning.segmentation_trial`) and goes on to the
+next rung only while it is among the best on the volumes so far. A stopped trial's record keeps
+``volumes``, ``stopped_at: {volumes: k}`` and the scores of its first ``k`` volumes; the best
+trial (``best.yaml``, the logged pipeline, the plots' optimum) is one scored on every volume.
+
 An experiment file of this kind::
 
     name: demo
@@ -47,7 +54,7 @@ from aop.io import Dataset, load_dataset
 from aop.metrics import IPQ_SCORES
 from aop.segmentation.models.specs import ModelConfig
 from aop.segmentation.params import PARAMETER_RANGES, typed_params
-from aop.tuning.kinds import Prepared, StudyKind
+from aop.tuning.kinds import Fidelity, Prepared, StudyKind
 from aop.tuning.space import FloatSpec, IntSpec, SearchSpace, parse_space
 
 DEFAULT_SEARCH_SPACE = "search_spaces/segmentation.yaml"
@@ -297,7 +304,11 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
     group = "model"
     #: the paper's Fig. 4: IPQ grey, SQ pink, RQ orange, IQ blue
     colours = {"ipq": "#8c8c8c", "sq": "#e377c2", "rq": "#ff9f40", "iq": "#4a90d9"}
-    record_extras = ("volume_nodes",)
+    #: ``volumes``: how many volumes a trial was scored on (fewer for a trial stopped early);
+    #: ``seconds_per_volume``: its mean scorer seconds over them, so that a record tells the
+    #: compute it took (``volumes * seconds_per_volume`` scorer seconds)
+    record_extras = ("volume_nodes", "volumes", "seconds_per_volume")
+    fidelity_attr = "volumes"
     #: ``seconds_per_volume``: a trial's post-processing and scoring time per volume (its
     #: ``objectives`` may trade IPQ against it; :mod:`aop.tuning.segmentation_trial`)
     objective_metrics = (*IPQ_SCORES, "seconds_per_volume")
@@ -331,7 +342,8 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
         super().check(exp, source)
 
     def preflight(self, exp: SegmentationExperiment, check_models: bool = True) -> None:
-        """Before any output: synth parameters and memory, the benchmark, the cache, the models."""
+        """Before any output: synth parameters and memory, the benchmark, the early-stopping
+        grace period (below the number of volumes), the cache, the models."""
         from aop.outputs import claim_folder
         from aop.resources import check_synth_memory
         from aop.segmentation.models import ModelSpec, build_model
@@ -340,6 +352,7 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
         from aop.synth.params import check_shape_holds_an_object
 
         synth = exp.data.synth
+        n_volumes = synth.n_volumes if synth is not None else 0
         if synth is not None:
             try:
                 params = preset_params(synth.preset, **synth.options)
@@ -352,7 +365,8 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
                 raise AopError(f"data.benchmark: {exp.data.benchmark}: folder not found")
             # every volume read once: a NaN in an image, a labels file of another shape or a
             # boolean mask is one line here, not a failed study after Ray started
-            load_dataset(exp.data.benchmark, require_labels=True)
+            n_volumes = len(load_dataset(exp.data.benchmark, require_labels=True).names)
+        _check_grace_period(exp, n_volumes)
         if exp.storage.cache_dir is not None:
             claim_folder(exp.cache_dir, "prediction cache", recognise=CACHE_LAYOUT, dry_run=True)
         if not check_models:
@@ -385,12 +399,19 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
             cpus=exp.search.resources.cpus,
             gpu=exp.search.resources.gpu,
             volume_tasks=max(1, min(len(refs.volumes), per_trial)),
+            # under a scheduler every search's trials report per volume; the comparisons run
+            # theirs to the end, and their last report holds what the one report would
+            fidelity=exp.search.scheduler.name != "fifo",
         )
         return Prepared(
             trainable=trainable,
             dataset=benchmark_dir(exp),
             context={"spacing": data.spacing, "refs": refs},
         )
+
+    def fidelity(self, exp: SegmentationExperiment, prepared: Prepared) -> Fidelity:
+        """Volumes, in benchmark order: a trial scores at most every volume of the benchmark."""
+        return Fidelity("volumes", len(prepared.context["refs"].volumes), "volumes")
 
     def best_summary(self, best: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -411,7 +432,9 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
         from aop.analysis.plots import make_study_plots
         from aop.pipeline_model import log_pipeline_model
 
-        plots = make_study_plots(exp.study_dir, dict(records))  # as study.yaml says
+        # a stopped trial's IPQ is a mean over its first volumes only: the convergence plot's
+        # best so far and the contour compare trials scored on every volume
+        plots = make_study_plots(exp.study_dir, scored_on_every_volume(records))
         spec = next(m for m in exp.models if m.key == best["params"]["model"])
         tracker.log_model_safely(
             lambda: log_pipeline_model(
@@ -422,6 +445,33 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
             )
         )
         return plots
+
+
+def _check_grace_period(exp: SegmentationExperiment, n_volumes: int) -> None:
+    """Refuse an early-stopping ``grace_period`` that leaves no rung below every volume."""
+    scheduler = exp.search.scheduler
+    if scheduler.name != "fifo" and scheduler.grace_period >= n_volumes:
+        raise AopError(
+            f"search.scheduler.grace_period: {scheduler.grace_period} volumes leaves no rung: "
+            f"the benchmark has {n_volumes} volumes (give a grace period below {n_volumes})"
+        )
+
+
+def scored_on_every_volume(
+    records: Mapping[str, Sequence[dict[str, Any]]],
+) -> dict[str, list[dict[str, Any]]]:
+    """``{search: records}`` without the trials an early-stopping scheduler stopped.
+
+    A stopped trial was scored on its first volumes only (``stopped_at: {volumes: k}``): its
+    means do not compare with those of a trial scored on every volume.
+    """
+    from aop.analysis.records import stopped
+
+    # a search whose every trial was stopped keeps them all, as its best does
+    # (:func:`aop.analysis.records.best_record`)
+    return {search: [r for r in recs if not stopped(r)] or list(recs)
+            for search, recs in records.items()}  # fmt: skip
+
 
 # ------------------------------------------------------------------------------------------------
 # The benchmark and its predictions

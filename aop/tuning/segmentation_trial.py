@@ -9,13 +9,24 @@ Each volume task times its scorer call (post-processing and scoring, in the work
 reports their mean as ``seconds_per_volume`` (an objective a study may minimise against IPQ) and
 each volume's as ``seconds_per_volume/<volume>``. The model's prediction is not in it: it runs
 once per volume before the study, and the prediction cache does not record how long it took.
+
+**Volume fidelity.** Under an early-stopping scheduler (``search.scheduler``, see
+:mod:`aop.tuning.schedulers`) a trial is made with ``fidelity=True``
+(:func:`make_trainable`): it scores the volumes in benchmark order, at most as many at once as
+its placement group has bundles, and reports after each volume the scores of the volumes so far
+with ``volumes`` (how many) and, after the last one, ``final: True``. A trial the scheduler stops
+at a rung has only those volumes in flight, so little work is lost, and the tasks still running
+are cancelled. Each volume's scores are those of a trial without fidelity: the order and the
+window change when a volume is scored, never what it scores.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +38,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from aop.metrics import IPQ_SCORES
 from aop.ray_cluster import node_name
 from aop.segmentation.params import typed_params
+from aop.tuning.schedulers import FINAL
 
 METRICS = IPQ_SCORES
 #: Seconds of post-processing and scoring per volume (see the module docstring).
 SECONDS = "seconds_per_volume"
+#: The result key that counts the volumes a trial has scored (its fidelity).
+VOLUMES = "volumes"
 Scorer = Callable[..., dict[str, float]]
 
 
@@ -151,6 +165,90 @@ def _volume_bundles(cpus: float) -> list[dict[str, Any]]:
     ] or [{}]
 
 
+def score_volumes(
+    benchmark: BenchmarkRefs,
+    model: str,
+    params: Mapping[str, float],
+    scorer: Scorer = score_volume,
+    cpus: float = 1.0,
+    gpu: float = 0.0,
+    in_flight: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Score one model with one parameter set volume by volume, in benchmark order, as Ray tasks.
+
+    Inside a trial the tasks run in the trial's placement group (see :func:`make_trainable`),
+    one bundle of ``cpus`` CPUs and ``gpu`` GPUs each, the volumes assigned to the bundles in
+    turn.
+
+    Parameters
+    ----------
+    benchmark : BenchmarkRefs
+        The benchmark in the object store.
+    model : str
+        Whose cached predictions are post-processed.
+    params : mapping
+        The post-processing parameters.
+    scorer : callable
+        ``scorer(prediction, labels, image, params, spacing)`` -> scores (:func:`score_volume`).
+    cpus, gpu : float
+        Resources of each volume task.
+    in_flight : int, optional
+        The most volumes submitted and not yet yielded; ``None``: every volume at once.
+
+    Yields
+    ------
+    dict
+        After each volume, in benchmark order, the scores of the volumes so far: means
+        ``ipq sq rq iq``, ``per_volume`` ``{volume: {metric: value}}``, ``volume_nodes``
+        ``{volume: node}``, ``seconds`` ``{volume: seconds}`` (the scorer's time in its task:
+        post-processing and scoring) and their mean ``seconds_per_volume``.
+
+    Notes
+    -----
+    Closing the generator early (a trial stopped at a rung) cancels the volume tasks it
+    submitted and did not yield.
+    """
+    if model not in benchmark.predictions:
+        raise ValueError(f"unknown model {model!r} (benchmark has {benchmark.models})")
+    bundles = _volume_bundles(cpus)
+    volumes = benchmark.volumes
+    window = len(volumes) if in_flight is None else max(1, int(in_flight))
+
+    def submit(index: int) -> Any:
+        volume = volumes[index]
+        # volume i takes the bundle that volume i - window held: with a window of one volume per
+        # bundle, a new task goes to the bundle whose volume was just yielded
+        return _score_volume_task.options(
+            num_cpus=cpus, num_gpus=gpu, **bundles[index % len(bundles)]
+        ).remote(
+            scorer,
+            benchmark.predictions[model][volume],
+            benchmark.labels[volume],
+            benchmark.images[volume],
+            dict(params),
+            benchmark.spacing[volume],
+        )
+
+    futures: dict[str, Any] = {}
+    per_volume: dict[str, dict[str, float]] = {}
+    nodes: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    submitted = 0
+    try:
+        for index, volume in enumerate(volumes):
+            while submitted < min(len(volumes), index + window):
+                futures[volumes[submitted]] = submit(submitted)
+                submitted += 1
+            per_volume[volume], nodes[volume], seconds[volume] = ray.get(futures.pop(volume))
+            means = {m: float(np.mean([s[m] for s in per_volume.values()])) for m in METRICS}
+            yield {**means, "per_volume": dict(per_volume), "volume_nodes": dict(nodes),
+                   "seconds": dict(seconds),
+                   "seconds_per_volume": float(np.mean(list(seconds.values())))}  # fmt: skip
+    finally:
+        for future in futures.values():  # submitted, never yielded: the caller stopped early
+            ray.cancel(future)
+
+
 def evaluate(
     benchmark: BenchmarkRefs,
     model: str,
@@ -161,56 +259,21 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score one model with one parameter set on every volume, volumes in parallel as Ray tasks.
 
-    Inside a trial the tasks run in the trial's placement group (see :func:`make_trainable`),
-    one bundle of ``cpus`` CPUs and ``gpu`` GPUs each.
+    Every volume is submitted at once (:func:`score_volumes` without a window).
 
     Returns
     -------
     dict
-        Means ``ipq sq rq iq``, ``per_volume`` ``{volume: {metric: value}}``, ``volume_nodes``
-        ``{volume: node}``, ``seconds`` ``{volume: seconds}`` (the scorer's time in its task:
-        post-processing and scoring) and their mean ``seconds_per_volume``.
+        The scores of every volume, as :func:`score_volumes` yields them after the last one.
     """
-    if model not in benchmark.predictions:
-        raise ValueError(f"unknown model {model!r} (benchmark has {benchmark.models})")
-    bundles = _volume_bundles(cpus)
-    futures = {
-        volume: _score_volume_task.options(
-            num_cpus=cpus, num_gpus=gpu, **bundles[i % len(bundles)]
-        ).remote(
-            scorer,
-            benchmark.predictions[model][volume],
-            benchmark.labels[volume],
-            benchmark.images[volume],
-            dict(params),
-            benchmark.spacing[volume],
-        )
-        for i, volume in enumerate(benchmark.volumes)
-    }
-    per_volume, nodes, seconds = {}, {}, {}
-    for volume, future in futures.items():
-        per_volume[volume], nodes[volume], seconds[volume] = ray.get(future)
-    means = {m: float(np.mean([s[m] for s in per_volume.values()])) for m in METRICS}
-    return {**means, "per_volume": per_volume, "volume_nodes": nodes, "seconds": seconds,
-            "seconds_per_volume": float(np.mean(list(seconds.values())))}  # fmt: skip
+    scored = score_volumes(benchmark, model, params, scorer=scorer, cpus=cpus, gpu=gpu)
+    return deque(scored, maxlen=1)[0]  # the scores after the last volume
 
 
-def segmentation_trial(
-    config: dict[str, Any],
-    benchmark: BenchmarkRefs,
-    scorer: Scorer = score_volume,
-    cpus: float = 1.0,
-    gpu: float = 0.0,
-) -> None:
-    """Ray Tune function trainable: one post-processing configuration, one report.
-
-    Reports ``ipq sq rq iq`` (means over volumes), ``ipq/<volume>`` etc., ``seconds_per_volume``
-    and ``seconds_per_volume/<volume>`` (see the module docstring), ``model``, ``node``,
-    ``duration_s`` and ``volume_nodes``.
-    """
-    start = time.perf_counter()
-    params = typed_params(config)
-    scores = evaluate(benchmark, config["model"], params, scorer=scorer, cpus=cpus, gpu=gpu)
+def _trial_report(
+    config: Mapping[str, Any], scores: Mapping[str, Any], start: float
+) -> dict[str, Any]:
+    """A trial's report of ``scores`` (:func:`score_volumes`), ``start`` its start time."""
     report: dict[str, Any] = {m: scores[m] for m in METRICS}
     for volume, values in scores["per_volume"].items():
         for metric, value in values.items():
@@ -224,7 +287,45 @@ def segmentation_trial(
         volume_nodes=scores["volume_nodes"],
         duration_s=time.perf_counter() - start,
     )
-    tune.report(report)
+    return report
+
+
+def segmentation_trial(
+    config: dict[str, Any],
+    benchmark: BenchmarkRefs,
+    scorer: Scorer = score_volume,
+    cpus: float = 1.0,
+    gpu: float = 0.0,
+    fidelity: bool = False,
+) -> None:
+    """Ray Tune function trainable: one post-processing configuration, scored on the benchmark.
+
+    Reports ``ipq sq rq iq`` (means over volumes), ``ipq/<volume>`` etc., ``seconds_per_volume``
+    and ``seconds_per_volume/<volume>`` (see the module docstring), ``model``, ``node``,
+    ``duration_s`` and ``volume_nodes``: once, every volume scored at once; with ``fidelity``,
+    after each volume in benchmark order, over the volumes so far, with ``volumes`` (how many)
+    and, in the report of the last volume, ``final: True``. Under fidelity at most as many
+    volumes are in flight as the trial's placement group has bundles.
+    """
+    start = time.perf_counter()
+    params = typed_params(config)
+    model = config["model"]
+    if not fidelity:
+        scores = evaluate(benchmark, model, params, scorer=scorer, cpus=cpus, gpu=gpu)
+        tune.report(_trial_report(config, scores, start))
+        return
+    total = len(benchmark.volumes)
+    scored = score_volumes(benchmark, model, params, scorer=scorer, cpus=cpus, gpu=gpu,
+                           in_flight=len(_volume_bundles(cpus)))  # fmt: skip
+    # a stopped trial leaves tune.report by SystemExit: closing cancels its volumes in flight
+    with closing(scored):
+        for scores in scored:
+            count = len(scores["per_volume"])
+            report = _trial_report(config, scores, start)
+            report[VOLUMES] = count
+            if count == total:
+                report[FINAL] = True
+            tune.report(report)
 
 
 def make_trainable(
@@ -236,14 +337,19 @@ def make_trainable(
     spread: bool = False,
     scorer: Scorer = score_volume,
     trial_fn: Callable[..., None] = segmentation_trial,
+    fidelity: bool = False,
 ) -> Any:
     """The trial function with the benchmark references bound and its resources reserved.
 
     A trial reserves a placement group of ``volume_tasks`` bundles of ``cpus`` CPUs and ``gpu``
     GPUs (the trial's own coordinating process needs none): up to ``volume_tasks`` volumes are
     scored at once. ``spread`` places the bundles on different nodes where possible.
+    ``fidelity``: the trial reports after each volume, for an early-stopping scheduler (see
+    the module docstring; ``trial_fn`` then takes a ``fidelity`` argument).
     """
-    bound = tune.with_parameters(trial_fn, benchmark=benchmark, scorer=scorer, cpus=cpus, gpu=gpu)
+    options = {"fidelity": True} if fidelity else {}
+    bound = tune.with_parameters(trial_fn, benchmark=benchmark, scorer=scorer, cpus=cpus, gpu=gpu,
+                                 **options)  # fmt: skip
     bundle: dict[str, float] = {"CPU": cpus}
     if gpu:
         bundle["GPU"] = gpu
