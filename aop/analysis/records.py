@@ -153,9 +153,10 @@ def validate_record(record: Any, where: str = "trial record") -> dict[str, Any]:
             raise AopError(
                 f"{where}: field 'stopped_at' must be one {{fidelity: value}}, got {stopped!r}"
             )
-        out["stopped_at"] = {
-            str(k): _number(v, f"{where}: stopped_at.{k}") for k, v in stopped.items()
-        }
+        out["stopped_at"] = {}
+        for key, value in stopped.items():  # a count (epochs, volumes): an int when whole
+            number = _number(value, f"{where}: stopped_at.{key}")
+            out["stopped_at"][str(key)] = int(number) if number.is_integer() else number
     return out
 
 
