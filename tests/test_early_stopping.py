@@ -256,7 +256,8 @@ def test_progress_lines_say_where_a_trial_stopped_and_keep_the_best_of_ended_tri
 
     from aop.tuning.progress import SearchProgress
 
-    progress = SearchProgress("gp", 3, "score", "max", fidelity="step")
+    # a search name of its own: the studies above registered gp's budget (set_budget)
+    progress = SearchProgress("gp-lines", 3, "score", "max", fidelity="step")
     progress.setup()
     ended = SimpleNamespace(trial_id="a", last_result={"score": 0.5, "step": 9, "final": True})
     # scored on one step only: higher than the ended trial, but no best
@@ -265,8 +266,8 @@ def test_progress_lines_say_where_a_trial_stopped_and_keep_the_best_of_ended_tri
         progress.on_trial_start(0, [], trial)
         progress.on_trial_complete(0, [], trial)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert lines[-2].startswith("  gp 1/3: score 0.5 (trial a; best 0.5")
+    assert lines[-2].startswith("  gp-lines 1/3: score 0.5 (trial a; best 0.5")
     assert lines[-2].endswith("new best")
-    assert lines[-1].startswith("  gp 2/3: score 0.9 (trial b; best 0.5")
+    assert lines[-1].startswith("  gp-lines 2/3: score 0.9 (trial b; best 0.5")
     assert lines[-1].endswith("stopped at step 1")
     assert progress.best == 0.5 and progress.done == 2
