@@ -30,11 +30,11 @@ trial scored times the CPUs of a volume task (1); the records hold each trial's 
 study (Ray Tune's trial start-up, MLflow logging and the searcher included). **Best IPQ**: the
 study's final best (``best.yaml``), a trial scored on every volume in both arms.
 
-``gp`` evaluates the kind's start point first (every post-processing step off), and ASHA never
-stops a study's first trial (no trial is recorded at its rungs before it). On this benchmark the
-classical model's prediction is best left as it is: the rows say whether each arm's best is
-that start point, in which case the best-IPQ comparison shows that fidelity keeps the best,
-not that it finds as good a configuration as full scoring does where post-processing helps.
+``gp`` evaluates the kind's start point first (every post-processing step off). On this
+benchmark the classical model's prediction is best left as it is, and a trial that leads the
+trials recorded at its rungs is never stopped: the rows say whether each arm's best is that
+start point, in which case the best-IPQ comparison shows that fidelity keeps the best, not that
+it finds as good a configuration as full scoring does where post-processing helps.
 
 Prints one row per seed, then the mean of each arm, the compute ratio full / fidelity (per seed,
 its mean, and the ratio of the totals) and the best-IPQ difference fidelity - full; writes the
