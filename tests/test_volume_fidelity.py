@@ -289,6 +289,28 @@ def test_a_stopped_scoring_started_no_volume_beyond_its_window(local_ray, tmp_pa
     assert [list(s["per_volume"]) for s in every] == [list(arrays)[: k + 1] for k in range(6)]
 
 
+def test_no_volume_past_the_next_rung_starts_before_the_trial_goes_on(local_ray, tmp_path):
+    """Every volume at once (a trial holding as many bundles as volumes), rungs at 1 and 3
+    volumes: a trial stopped at a rung started no volume past it."""
+    from aop.tuning.schedulers import rung_counts
+
+    arrays = {f"v{i}": np.full((2, 2, 2), i, dtype=np.int32) for i in range(6)}
+    bench = put_benchmark({"m": arrays}, arrays, arrays)
+    stops = rung_counts(1, 3, len(arrays))
+    assert stops == [1, 3]
+    scored = score_volumes(bench, "m", {"marks": str(tmp_path)}, scorer=_marking_scorer,
+                           stops=stops)  # fmt: skip
+    assert list(next(scored)["per_volume"]) == ["v0"]
+    time.sleep(1.5)  # long enough for any other task to start
+    assert {p.name for p in tmp_path.iterdir()} == {"0"}  # stopped here: nothing else ran
+    # going on past the first rung starts the volumes up to the second one, all at once
+    assert [list(next(scored)["per_volume"]) for _ in range(2)] == [["v0", "v1"],
+                                                                     ["v0", "v1", "v2"]]
+    scored.close()  # stopped at the second rung
+    time.sleep(1.5)
+    assert {p.name for p in tmp_path.iterdir()} == {"0", "1", "2"}
+
+
 def test_a_grace_period_at_the_number_of_volumes_is_one_line_before_any_output(project):
     late = _experiment(project, "late", scheduler={"name": "asha", "grace_period": N_VOLUMES})
     with pytest.raises(AopError, match=r"^search.scheduler.grace_period: 5 volumes leaves no "

@@ -24,6 +24,7 @@ no trial waits for another).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -140,6 +141,22 @@ class StudyScheduler(AsyncHyperBandScheduler):
         """``{milestone: {trial_id: objective as recorded}}`` (maximised: ``min`` is negated)."""
         self._load()
         return {milestone: dict(recorded) for milestone, recorded in self._brackets[0]._rungs}
+
+
+def rung_counts(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
+    """The counts at which :class:`StudyScheduler` may stop a trial, below ``max_t``.
+
+    ASHA's rungs sit at ``grace_period * reduction_factor ** k``; a trial reporting whole
+    counts (epochs, volumes) meets a rung at the first count at or past it.
+
+    >>> rung_counts(1, 3, 10), rung_counts(2, 2.5, 20)
+    ([1, 3, 9], [2, 5, 13])
+    """
+    counts, milestone = [], float(grace_period)
+    while milestone < max_t:
+        counts.append(math.ceil(milestone))
+        milestone *= reduction_factor
+    return sorted(set(counts))
 
 
 def make_scheduler(

@@ -386,6 +386,7 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
     def prepare(self, exp: SegmentationExperiment) -> Prepared:
         import ray
 
+        from aop.tuning.schedulers import rung_counts
         from aop.tuning.segmentation_trial import make_trainable, put_benchmark
 
         data = load_benchmark(exp)
@@ -394,6 +395,11 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
         )
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         per_trial = int(cpus // (exp.search.concurrency * exp.search.resources.cpus))
+        scheduler = exp.search.scheduler
+        # volume counts where the scheduler may stop a trial: a trial scores no volume past the
+        # next one before it goes on, so a stop wastes no volume however many run at once
+        rungs = rung_counts(scheduler.grace_period, scheduler.reduction_factor,
+                            len(refs.volumes)) if scheduler.name != "fifo" else []  # fmt: skip
         trainable = make_trainable(
             refs,
             cpus=exp.search.resources.cpus,
@@ -401,7 +407,8 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
             volume_tasks=max(1, min(len(refs.volumes), per_trial)),
             # under a scheduler every search's trials report per volume; the comparisons run
             # theirs to the end, and their last report holds what the one report would
-            fidelity=exp.search.scheduler.name != "fifo",
+            fidelity=scheduler.name != "fifo",
+            rungs=rungs,
         )
         return Prepared(
             trainable=trainable,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +173,7 @@ def score_volumes(
     cpus: float = 1.0,
     gpu: float = 0.0,
     in_flight: int | None = None,
+    stops: Sequence[int] = (),
 ) -> Iterator[dict[str, Any]]:
     """Score one model with one parameter set volume by volume, in benchmark order, as Ray tasks.
 
@@ -194,6 +195,10 @@ def score_volumes(
         Resources of each volume task.
     in_flight : int, optional
         The most volumes submitted and not yet yielded; ``None``: every volume at once.
+    stops : sequence of int
+        Volume counts after which the caller may stop (an early-stopping scheduler's rungs):
+        no volume past the next such count is submitted before the caller asks for it, so a
+        trial stopped at a rung started no volume it will not score.
 
     Yields
     ------
@@ -236,7 +241,9 @@ def score_volumes(
     submitted = 0
     try:
         for index, volume in enumerate(volumes):
-            while submitted < min(len(volumes), index + window):
+            # up to the window, and not past the next count where the caller may stop
+            limit = min([len(volumes), index + window, *(c for c in stops if c > index)])
+            while submitted < limit:
                 futures[volumes[submitted]] = submit(submitted)
                 submitted += 1
             per_volume[volume], nodes[volume], seconds[volume] = ray.get(futures.pop(volume))
@@ -297,6 +304,7 @@ def segmentation_trial(
     cpus: float = 1.0,
     gpu: float = 0.0,
     fidelity: bool = False,
+    rungs: Sequence[int] = (),
 ) -> None:
     """Ray Tune function trainable: one post-processing configuration, scored on the benchmark.
 
@@ -305,7 +313,9 @@ def segmentation_trial(
     ``duration_s`` and ``volume_nodes``: once, every volume scored at once; with ``fidelity``,
     after each volume in benchmark order, over the volumes so far, with ``volumes`` (how many)
     and, in the report of the last volume, ``final: True``. Under fidelity at most as many
-    volumes are in flight as the trial's placement group has bundles.
+    volumes are in flight as the trial's placement group has bundles, and none past the next
+    of the scheduler's ``rungs`` (volume counts where it may stop the trial) before the trial
+    has gone on past it.
     """
     start = time.perf_counter()
     params = typed_params(config)
@@ -316,7 +326,7 @@ def segmentation_trial(
         return
     total = len(benchmark.volumes)
     scored = score_volumes(benchmark, model, params, scorer=scorer, cpus=cpus, gpu=gpu,
-                           in_flight=len(_volume_bundles(cpus)))  # fmt: skip
+                           in_flight=len(_volume_bundles(cpus)), stops=rungs)  # fmt: skip
     # a stopped trial leaves tune.report by SystemExit: closing cancels its volumes in flight
     with closing(scored):
         for scores in scored:
@@ -338,6 +348,7 @@ def make_trainable(
     scorer: Scorer = score_volume,
     trial_fn: Callable[..., None] = segmentation_trial,
     fidelity: bool = False,
+    rungs: Sequence[int] = (),
 ) -> Any:
     """The trial function with the benchmark references bound and its resources reserved.
 
@@ -345,9 +356,12 @@ def make_trainable(
     GPUs (the trial's own coordinating process needs none): up to ``volume_tasks`` volumes are
     scored at once. ``spread`` places the bundles on different nodes where possible.
     ``fidelity``: the trial reports after each volume, for an early-stopping scheduler (see
-    the module docstring; ``trial_fn`` then takes a ``fidelity`` argument).
+    the module docstring; ``trial_fn`` then takes a ``fidelity`` argument) and ``rungs``, the
+    volume counts where the scheduler may stop it (``trial_fn`` then takes ``rungs`` too).
     """
-    options = {"fidelity": True} if fidelity else {}
+    options: dict[str, Any] = {"fidelity": True} if fidelity else {}
+    if rungs:
+        options["rungs"] = tuple(rungs)
     bound = tune.with_parameters(trial_fn, benchmark=benchmark, scorer=scorer, cpus=cpus, gpu=gpu,
                                  **options)  # fmt: skip
     bundle: dict[str, float] = {"CPU": cpus}
