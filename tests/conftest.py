@@ -97,6 +97,18 @@ def _chromium() -> str | None:
 
 
 @pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs for a test module (one that a test left running is shut first)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def browser():
     """Debian's Chromium driven by Playwright; skipped where missing, except with
     ``AOP_REQUIRE_BROWSER=1`` (set by ``.ci/run``): there a missing browser fails."""

@@ -23,7 +23,6 @@ from typing import Any
 
 import optuna
 import pytest
-import ray
 import toy_kind
 import yaml
 from mlflow_helpers import study_tracker
@@ -96,13 +95,6 @@ def _optuna_values(study: Path, search: str = "gp") -> list[float]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("early")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

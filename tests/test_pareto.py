@@ -23,7 +23,6 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-import ray
 import toy_kind
 import yaml
 from mlflow_helpers import study_tracker
@@ -367,15 +366,6 @@ def test_a_topup_searcher_is_told_every_objective_of_the_finished_trials(tmp_pat
 # ------------------------------------------------------------------------------------------------
 # The engine: a toy study per searcher, its records, best.yaml, report, table, plots, MLflow
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _check_study(study_dir: Path, main: str, budget: int) -> dict:

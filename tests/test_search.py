@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import ray
 import yaml
 from mlflow_helpers import study_tracker
 
@@ -97,13 +96,6 @@ def test_random_searcher_is_seeded_and_starts_anywhere():
 # ------------------------------------------------------------------------------------------------
 # On Ray
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 import toy_kind
 import yaml
 from mlflow_helpers import study_tracker
@@ -345,13 +344,6 @@ def test_tpe_completes_its_start_points_and_suggests_the_active_values():
 # ------------------------------------------------------------------------------------------------
 # On Ray Tune, through the study engine
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.parametrize("name", SEARCHERS)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 import toy_kind
 import yaml
 from mlflow_helpers import study_tracker
@@ -88,13 +87,6 @@ def test_a_misspelled_searcher_stops_the_command_before_any_work(tmp_path):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "search.searcher: unknown searcher 'gpp'" in lines[0]
     assert not (tmp_path / "study").exists()  # nothing written
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.parametrize("searcher", SEARCHERS)

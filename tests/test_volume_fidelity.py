@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import ray
 import yaml
 from mlflow_helpers import study_tracker
 from ray import cloudpickle, tune
@@ -80,13 +79,6 @@ def project(tmp_path_factory) -> Path:
     write_synthetic_dataset(folder / "benchmark", preset_params("nuclei"), (16, 40, 40),
                             N_VOLUMES, seed=7, preset="nuclei")  # fmt: skip
     return folder
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from typing import Any
 
 import optuna
 import pytest
-import ray
 import toy_kind
 import yaml
 from mlflow_helpers import study_tracker
@@ -110,13 +109,6 @@ def _records(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("warm")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
