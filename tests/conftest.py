@@ -44,6 +44,19 @@ def _no_global_tracking_uri():
 
 
 @pytest.fixture(autouse=True, scope="module")
+def _no_ray_left_running():
+    """Shut down a Ray that a module's tests started and left running (``aop`` commands and
+    ``run_study`` called in-process start a local one), so the next module in the same
+    worker process can start its own."""
+    yield
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="module")
 def _fresh_ray_data_logs():
     """Ray Data keeps one log handler per process, bound to the first Ray session's folder.
 
