@@ -263,3 +263,34 @@ def test_progress_lines_say_where_a_trial_stopped_and_keep_the_best_of_ended_tri
     assert lines[-1].startswith("  gp-lines 2/3: score 0.9 (trial b; best 0.5")
     assert lines[-1].endswith("stopped at step 1")
     assert progress.best == 0.5 and progress.done == 2
+
+
+def test_a_resumed_search_with_more_trials_than_its_budget_keeps_the_first(tmp_path, local_ray):
+    """Tune's search generator restored one trial behind its experiment state creates one trial
+    too many: the search keeps the first ``budget`` trials Tune created, and drops the rest."""
+    from ray import tune
+
+    from aop.tuning.searchers import make_searcher
+    from aop.tuning.space import parse_space
+    from aop.tuning.study import run_search
+
+    space = parse_space(toy_kind.SPACE)
+
+    def searcher() -> Any:
+        return make_searcher("random", space, metric="score", mode="max", seed=0,
+                             concurrency=1)  # fmt: skip
+
+    def search(budget: int) -> list[dict]:
+        return run_search("gp", tune.with_parameters(toy_kind.toy_trial), study_dir=tmp_path,
+                          param_space=dict(space.fixed), num_samples=budget, kind="toy",
+                          searcher=searcher(), verbose=-1,
+                          topup=lambda done, part: searcher())  # fmt: skip
+
+    four = search(4)
+    assert len(four) == 4
+    # the same Tune experiment, restored, holds 4 trials for a budget of 3
+    three = search(3)
+    order = sorted(four, key=lambda r: r["iteration"])  # the order Tune created them
+    assert sorted(r["trial_id"] for r in three) == sorted(r["trial_id"] for r in order[:3])
+    assert [r["trial_id"] for r in read_records(tmp_path / "results" / "gp.jsonl")] == [
+        r["trial_id"] for r in three]

@@ -237,6 +237,7 @@ def run_search(
         Path(first.path).unlink(missing_ok=True)
     grid = fit(name, searcher, num_samples, first)
     kept = _trial_ids(grid)
+    created = _creation_order(grid, recorder.records())
     # Tune saves its experiment state and its searcher's state as two files: after a full disk
     # (or a crash between the two writes) a restored searcher can believe it created trials
     # that the experiment never ran, and the search ends short of its budget. A top-up
@@ -262,7 +263,10 @@ def run_search(
         else:
             break
         kept |= _trial_ids(grid)
+        created += [t for t in _creation_order(grid, recorder.records()) if t not in created]
         part += 1
+    if topup is not None:
+        kept -= set(_beyond_budget(name, created, recorder.records(), num_samples))
     prune_orphans(recorder.path, kept, tracker, name)
     return recorder.records()
 
@@ -307,6 +311,40 @@ def tune_experiments(search: str, exists: Callable[[str], bool]) -> list[str]:
 
 def _trial_ids(grid: Any) -> set[str]:
     return {r.metrics.get("trial_id") for r in grid if r.metrics}
+
+
+def _creation_order(grid: Any, records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The trial ids of one Tune experiment's result grid in the order Tune created them.
+
+    A record's ``iteration`` is its trial's position in the experiment's trial list; trials
+    without a record come last.
+    """
+    position = {r["trial_id"]: r["iteration"] for r in records}
+    ids = sorted(_trial_ids(grid) - {None})
+    return sorted(ids, key=lambda t: (t not in position, position.get(t, 0)))
+
+
+def _beyond_budget(
+    name: str, created: Sequence[str], records: Sequence[Mapping[str, Any]], budget: int
+) -> list[str]:
+    """The trials of a searcher search past its budget, the last created: to be dropped.
+
+    Tune saves its experiment state before its search generator's: a driver killed between the
+    two writes leaves a restored generator that counts one trial fewer than the experiment holds,
+    and it creates one more (often the same configuration again, as the restored searcher does
+    not know the trial it suggested). The search keeps the first ``budget`` trials that have a
+    record, in the order Tune created them; the others' records and MLflow child runs go.
+    """
+    recorded = {r["trial_id"] for r in records}
+    finished = [t for t in created if t in recorded]
+    extra = finished[budget:]
+    if extra:
+        console.say(
+            f"aop: search {name}: {len(finished)} trials for a budget of {budget} after the "
+            f"resume (Ray Tune's searcher state lagged its trial state); the last "
+            f"{len(extra)} ({', '.join(extra)}) do not count"
+        )
+    return extra
 
 
 def _report_errors(name: str, grid: Any) -> None:
