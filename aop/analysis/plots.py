@@ -46,7 +46,7 @@ from aop.analysis.pareto import (  # noqa: E402
     pareto_front,
     pareto_rows,
 )
-from aop.analysis.records import best_record, read_study_records  # noqa: E402
+from aop.analysis.records import best_record, read_study_records, stopped  # noqa: E402
 from aop.analysis.report import BEST_FILE, read_study_meta  # noqa: E402
 from aop.config import read_yaml  # noqa: E402
 from aop.errors import AopError  # noqa: E402
@@ -625,6 +625,7 @@ def make_study_plots(
         The study folder.
     records_by_search : mapping, optional
         ``{search: [trial record, ...]}``; default read from ``STUDY_DIR/results/*.jsonl``.
+        Trials that an early-stopping scheduler stopped (``stopped_at``) are left out.
     metric, mode, metrics, colours, pooled, main : optional
         The objective, its direction (default ``"max"``), the comparison's metric columns after
         ``metric``, their colours (default ``"C0"``, ``"C1"``, ...), the pooled baseline searches
@@ -645,6 +646,11 @@ def make_study_plots(
     study_dir = Path(study_dir)
     if records_by_search is None:
         records_by_search = read_study_records(study_dir)
+    # a trial an early-stopping scheduler stopped was scored on part of its fidelity (fewer
+    # epochs, its first volumes): the plots compare trials that ran to their end, as the best
+    # does (a search whose every trial stopped keeps them all, as best_record does)
+    records_by_search = {search: [r for r in recs if not stopped(r)] or list(recs)
+                         for search, recs in records_by_search.items()}  # fmt: skip
     ranges = None
     objectives: list[dict[str, str]] = []
     if metric is None:

@@ -439,9 +439,7 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
         from aop.analysis.plots import make_study_plots
         from aop.pipeline_model import log_pipeline_model
 
-        # a stopped trial's IPQ is a mean over its first volumes only: the convergence plot's
-        # best so far and the contour compare trials scored on every volume
-        plots = make_study_plots(exp.study_dir, scored_on_every_volume(records))
+        plots = make_study_plots(exp.study_dir, dict(records))  # as study.yaml says
         spec = next(m for m in exp.models if m.key == best["params"]["model"])
         tracker.log_model_safely(
             lambda: log_pipeline_model(
@@ -462,22 +460,6 @@ def _check_grace_period(exp: SegmentationExperiment, n_volumes: int) -> None:
             f"search.scheduler.grace_period: {scheduler.grace_period} volumes leaves no rung: "
             f"the benchmark has {n_volumes} volumes (give a grace period below {n_volumes})"
         )
-
-
-def scored_on_every_volume(
-    records: Mapping[str, Sequence[dict[str, Any]]],
-) -> dict[str, list[dict[str, Any]]]:
-    """``{search: records}`` without the trials an early-stopping scheduler stopped.
-
-    A stopped trial was scored on its first volumes only (``stopped_at: {volumes: k}``): its
-    means do not compare with those of a trial scored on every volume.
-    """
-    from aop.analysis.records import stopped
-
-    # a search whose every trial was stopped keeps them all, as its best does
-    # (:func:`aop.analysis.records.best_record`)
-    return {search: [r for r in recs if not stopped(r)] or list(recs)
-            for search, recs in records.items()}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
