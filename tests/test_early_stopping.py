@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +20,7 @@ import optuna
 import pytest
 import toy_kind
 import yaml
+from driver_helpers import kill_search_when, resume
 from mlflow_helpers import study_tracker
 from typer.testing import CliRunner
 
@@ -35,8 +31,6 @@ from aop.tuning.kinds import load_experiment
 from aop.tuning.schedulers import state_path
 from aop.tuning.study import run_study
 
-TESTS = Path(__file__).resolve().parent
-AOP = [sys.executable, "-c", "import toy_kind; from aop.cli import main; main()"]
 STEPS = 9
 RUNGS = (1, 3)  # grace period 1, reduction factor 3, 9 steps: a trial at step 9 has ended
 
@@ -207,26 +201,12 @@ def test_a_killed_study_under_asha_resumes_with_its_rungs_to_its_budget(project)
                        )  # fmt: skip
     study = project / "asha-killed"
     results = study / "results" / "gp.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get(
-        "PYTHONPATH", "")])}  # fmt: skip
-    driver = subprocess.Popen(
-        [*AOP, "search", str(path), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while (not results.is_file() or len(read_records(results)) < 4) and driver.poll() is None:
-            assert time.monotonic() < deadline, "no trial finished in time"
-            time.sleep(0.1)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        driver.wait()
+    kill_search_when(path, lambda: len(read_records(results)) if results.is_file() else 0, 4)
     before = _rungs(_scheduler_state(study))
     assert 4 <= len(read_records(results)) < budget, "the study was not interrupted"
     assert before[1], "the scheduler saved no rung before the kill"
 
-    done = subprocess.run([*AOP, "resume", str(study), "--quiet"], capture_output=True,
-                          text=True, timeout=400, env=env)  # fmt: skip
+    done = resume(study)
     assert done.returncode == 0, done.stderr[-2000:]
     records = read_records(results)
     ids = [r["trial_id"] for r in records]

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -25,6 +22,7 @@ import pandas as pd
 import pytest
 import toy_kind
 import yaml
+from driver_helpers import kill_search_when, resume
 from mlflow_helpers import study_tracker
 from ray import cloudpickle, tune
 from typer.testing import CliRunner
@@ -462,10 +460,6 @@ def test_aop_report_shows_the_pareto_front(gp_study):
             chosen_trial(gp_study, **kwargs)
 
 
-TESTS = Path(__file__).resolve().parent
-AOP = [sys.executable, "-c", "import test_pareto; from aop.cli import main; main()"]
-
-
 def _finished(path: Path) -> list[dict]:
     lines = path.read_text().split("\n") if path.is_file() else []
     return [json.loads(line) for line in lines[:-1] if line.strip()]  # complete lines only
@@ -476,25 +470,11 @@ def test_a_killed_multi_objective_study_resumes_to_its_exact_budget(tmp_path):
     experiment = _experiment(tmp_path, "smac", budget, toy={"delay": 0.6})
     study = tmp_path / "study"
     results = study / "results" / "smac.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get(
-        "PYTHONPATH", "")])}  # fmt: skip
-    driver = subprocess.Popen(
-        [*AOP, "search", str(experiment), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while len(_finished(results)) < 3 and driver.poll() is None:
-            assert time.monotonic() < deadline, "no trial finished in time"
-            time.sleep(0.1)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        driver.wait()
+    kill_search_when(experiment, lambda: len(_finished(results)), 3, module="test_pareto")
     before = _finished(results)
     assert 3 <= len(before) < budget, "the study was not interrupted"
 
-    done = subprocess.run([*AOP, "resume", str(study), "--quiet"], capture_output=True,
-                          text=True, timeout=400, env=env)  # fmt: skip
+    done = resume(study, module="test_pareto")
     assert done.returncode == 0, done.stderr[-2000:]
     after = _finished(results)
     ids = [r["trial_id"] for r in after]

@@ -8,13 +8,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import toy_kind
 import yaml
+from driver_helpers import TESTS, aop_command, kill_search_when, resume
 from mlflow_helpers import study_tracker
 from typer.testing import CliRunner
 
@@ -25,8 +25,7 @@ from aop.tuning.kinds import available_kinds, get_kind, load_experiment
 from aop.tuning.space import parse_space
 from aop.tuning.study import _topup_factory, load_study_experiment, run_study
 
-TESTS = Path(__file__).resolve().parent
-AOP = [sys.executable, "-c", "import toy_kind; from aop.cli import main; main()"]
+AOP = aop_command()
 SEARCHERS = ["random", "tpe", "gp", "smac"]
 
 
@@ -179,27 +178,11 @@ def test_a_killed_toy_study_resumes_to_its_exact_budget(tmp_path):
     experiment = _experiment(tmp_path, "smac", budget, toy={"delay": 0.6})
     study = tmp_path / "study"
     results = study / "results" / "smac.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get(
-        "PYTHONPATH", "")])}
-    driver = subprocess.Popen(
-        [*AOP, "search", str(experiment), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while len(_records(results)) < 3 and driver.poll() is None:
-            assert time.monotonic() < deadline, "no trial finished in time"
-            time.sleep(0.1)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        driver.wait()
+    kill_search_when(experiment, lambda: len(_records(results)), 3)
     before = _records(results)
     assert 3 <= len(before) < budget, "the study was not interrupted"
 
-    done = subprocess.run(
-        [*AOP, "resume", str(study), "--quiet"], capture_output=True, text=True, timeout=400,
-        env=env,
-    )
+    done = resume(study)
     assert done.returncode == 0, done.stderr[-2000:]
     after = _records(results)
     ids = [r["trial_id"] for r in after]

@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,6 +21,7 @@ import optuna
 import pytest
 import toy_kind
 import yaml
+from driver_helpers import kill_search_when, resume
 from mlflow_helpers import study_tracker
 from typer.testing import CliRunner
 
@@ -37,8 +33,6 @@ from aop.tuning.space import parse_space
 from aop.tuning.study import check_study, run_study
 from aop.tuning.warm_start import WARM_START_FILE, read_warm_start
 
-TESTS = Path(__file__).resolve().parent
-AOP = [sys.executable, "-c", "import toy_kind; from aop.cli import main; main()"]
 SOURCE_BUDGET = 12
 SOURCE_EXPERIMENT = "warm-source"  # the source study's own MLflow experiment
 
@@ -329,26 +323,12 @@ def test_a_killed_warm_started_study_resumes_to_its_budget_told_once(project, so
                              toy={"delay": 0.6})  # fmt: skip
     study = tmp_path / "killed"
     results = study / "results" / "gp.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get(
-        "PYTHONPATH", "")])}  # fmt: skip
-    driver = subprocess.Popen(
-        [*AOP, "search", str(experiment), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while len(_records(results)) < 2 and driver.poll() is None:
-            assert time.monotonic() < deadline, "no trial finished in time"
-            time.sleep(0.1)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        driver.wait()
+    kill_search_when(experiment, lambda: len(_records(results)), 2)
     before = _records(results)
     assert 2 <= len(before) < budget, "the study was not interrupted"
     shutil.rmtree(copy)
 
-    done = subprocess.run([*AOP, "resume", str(study), "--quiet"], capture_output=True,
-                          text=True, timeout=400, env=env)  # fmt: skip
+    done = resume(study)
     assert done.returncode == 0, done.stderr[-2000:]
     after = _records(results)
     ids = [r["trial_id"] for r in after]
