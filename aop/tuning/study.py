@@ -574,14 +574,14 @@ def run_searches(
     tracker: Any = None,
     verbose: int = 1,
     warm: WarmStart | None = None,
-    fidelity: Fidelity | None = None,
+    scheduler: Callable[[], Any] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run (or continue) every search of the experiment's plan; return ``{search: records}``.
 
     ``warm``: earlier studies' trials, told to the main search's searcher (and its top-ups')
-    before its first suggestion; the comparisons start from nothing. ``fidelity``: the kind's
-    (:meth:`StudyKind.fidelity`), on which ``search.scheduler`` stops the main search's poor
-    trials; the comparisons run every trial to its end.
+    before its first suggestion; the comparisons start from nothing. ``scheduler``: makes the
+    main search's early-stopping scheduler (:func:`scheduler_factory`); the comparisons run
+    every trial to its end.
     """
     records: dict[str, list[dict[str, Any]]] = {}
     for name, searcher_name, budget in search_plan(exp, kind):
@@ -609,8 +609,7 @@ def run_searches(
             storage=exp.storage.tune_storage,
             topup=topup,
             per_trial_lines=name == exp.search.searcher,
-            scheduler=scheduler_factory(exp, kind, fidelity, name)
-            if name == exp.search.searcher else None,
+            scheduler=scheduler if name == exp.search.searcher else None,
         )
     return records
 
@@ -780,15 +779,16 @@ def _run_checked_study(
         warm.save(study_dir)
         warm.say()
         prepared = (prepare or kind.prepare)(exp)
-        fidelity = kind.fidelity(exp, prepared)
-        scheduler_factory(exp, kind, fidelity, exp.search.searcher)  # one line, before trials
+        # a scheduler the kind cannot use is one line here, before any trial
+        scheduler = scheduler_factory(exp, kind, kind.fidelity(exp, prepared),
+                                      exp.search.searcher)  # fmt: skip
         tracker = make_tracker(exp, kind)
         run_id = tracker.start(exp.to_yaml_dict(), space.describe(), dataset=prepared.dataset,
                                description=_description(exp, kind, warm=warm))  # fmt: skip
         for tag, value in warm.tags().items():
             tracker.client.set_tag(run_id, tag, value)
         records = run_searches(exp, kind, space, prepared.trainable, tracker=tracker,
-                               verbose=verbose, warm=warm, fidelity=fidelity)  # fmt: skip
+                               verbose=verbose, warm=warm, scheduler=scheduler)  # fmt: skip
         log_missing_trials(exp, records, kind)
         tracker.close_open_runs()  # runs that trials opened but that ended in error: FAILED
         main = exp.search.searcher
