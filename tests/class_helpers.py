@@ -21,3 +21,17 @@ def truth_annotated_dataset(
     manual = table.assign(source="manual", annotator="test (truth)")
     pd.concat([table, manual]).to_csv(root / "annotations.csv", index=False)
     return root
+
+
+def resnet_lr_space(low: float, high: float, start: dict | list[dict]) -> dict:
+    """A deep-only search space: ``test_resnet`` on masks, either head, a log-uniform ``lr``."""
+    return {
+        "parameters": {
+            "encoder": "test_resnet",
+            "head": {"choice": ["slice", "volume"]},
+            "pretraining": "none",
+            "preprocessing": "mask",
+            "lr": {"float": [low, high], "log": True},
+        },
+        "start": {"default": start},
+    }

@@ -17,23 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from class_helpers import truth_annotated_dataset
+from class_helpers import resnet_lr_space, truth_annotated_dataset
 from mlflow_helpers import study_tracker
 
 from aop.instances.truth import match_instances, simulate_annotation
 
 AOP = [sys.executable, "-c", "from aop.cli import main; main()"]
 MAX_EPOCHS = 10  # long enough to be caught training; an epoch is a fraction of a second
-SPACE = {
-    "parameters": {
-        "encoder": "test_resnet",
-        "head": {"choice": ["slice", "volume"]},
-        "pretraining": "none",
-        "preprocessing": "mask",
-        "lr": {"float": [1.0e-3, 1.0e-2], "log": True},
-    },
-    "start": {"default": {"head": "slice", "lr": 3.0e-3}},
-}
+SPACE = resnet_lr_space(1.0e-3, 1.0e-2, {"head": "slice", "lr": 3.0e-3})
 #: A deep design and a feature design (a forest of 500 trees: seconds, not a blink) side by side.
 MIXED_SPACE = {
     "parameters": {

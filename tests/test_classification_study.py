@@ -13,7 +13,7 @@ import pytest
 import ray
 import torch
 import yaml
-from class_helpers import truth_annotated_dataset
+from class_helpers import resnet_lr_space, truth_annotated_dataset
 from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
 
@@ -457,16 +457,9 @@ def test_a_study_of_deep_and_feature_designs_with_a_baseline(class_data, tmp_pat
 
 
 #: Deep designs only, a good learning rate and a hopeless one evaluated first (start points).
-ASHA_SPACE = {
-    "parameters": {
-        "encoder": "test_resnet",
-        "head": {"choice": ["slice", "volume"]},
-        "pretraining": "none",
-        "preprocessing": "mask",
-        "lr": {"float": [1.0e-7, 1.0e-2], "log": True},
-    },
-    "start": {"default": [{"head": "slice", "lr": 1.0e-2}, {"head": "slice", "lr": 1.0e-7}]},
-}
+ASHA_SPACE = resnet_lr_space(
+    1.0e-7, 1.0e-2, [{"head": "slice", "lr": 1.0e-2}, {"head": "slice", "lr": 1.0e-7}]
+)
 
 
 @pytest.mark.slow
