@@ -52,7 +52,7 @@ def _experiment(project: Path, name: str, budget: int, *, kind: str = "toy_steps
         "tracking": {"tracking_uri": f"sqlite:///{project / 'mlflow.db'}", "experiment": name},
         "comparison": {"random": False},
         "ray": {"num_cpus": 2},
-        "toy": {"steps": STEPS, **(toy or {})} if kind == "toy_steps" else (toy or {}),
+        "toy": {"steps": STEPS, **(toy or {})} if kind.startswith("toy_steps") else (toy or {}),
         **extra,
     }
     path = project / f"{name}.yaml"
@@ -141,6 +141,42 @@ def test_the_scheduler_state_matches_the_records_and_the_searcher_learned_every_
     assert len(told) == len(records)
     expected = sorted(r["metrics"]["score"] for r in records.values())
     assert all(math.isclose(a, b) for a, b in zip(told, expected, strict=True))
+
+
+def test_a_kind_with_scaled_stops_tells_the_searcher_a_stopped_trial_at_its_whole_value(
+    project, local_ray
+):
+    """``toy_steps_scaled``: every trial's score at step ``t`` is its toy score times
+    ``1 - 0.5 ** t``, so the ratio over the trials that ran to their end is exact and a stopped
+    trial is told the score it would have ended with; its record keeps the score it was stopped
+    with."""
+    path = _experiment(project, "scaled", 12, kind="toy_steps_scaled",
+                       scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 3})
+    result = run_study(load_experiment(path), verbose=-1)
+    records = {r["trial_id"]: r for r in result.records["gp"]}
+    stopped = {i: r for i, r in records.items() if r.get("stopped_at")}
+    assert stopped and len(stopped) < len(records)
+    state = sorted((project / "scaled" / "tune" / "gp").glob("search_gen_state-*"))[-1]
+    with open(state, "rb") as handle:
+        told = pickle.load(handle)["name:ScaledStops"]["told"]
+    assert sorted(told) == sorted(stopped)
+    expected = []
+    for trial_id, record in records.items():
+        whole = _score(record["params"], STEPS)
+        if trial_id not in stopped:
+            assert math.isclose(record["metrics"]["score"], whole)
+            expected.append(whole)
+            continue
+        # the record: what the trial measured; the searcher: its whole score (one trial at a
+        # time: a trial ran to its end before any stop, so every ratio has a basis)
+        measured = _score(record["params"], _last_step(record))
+        assert math.isclose(record["metrics"]["score"], measured)
+        assert told[trial_id]["basis"] >= 1 and math.isclose(told[trial_id]["last"], measured)
+        assert math.isclose(told[trial_id]["told"], whole) and whole > measured
+        expected.append(whole)
+    values = sorted(_optuna_values(project / "scaled"))
+    assert all(math.isclose(a, b) for a, b in zip(values, sorted(expected), strict=True))
+    assert len(values) == len(records)
 
 
 def test_stopped_trials_are_finished_mlflow_runs_tagged_with_their_stop_step(asha_study):

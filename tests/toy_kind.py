@@ -129,3 +129,11 @@ SPACE = {
 }
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
+
+
+@register_kind
+class ToyStepsScaledKind(ToyStepsKind):
+    """``toy_steps`` whose stopped trials are told to the searcher scaled to a whole trial."""
+
+    name = "toy_steps_scaled"
+    scaled_stops = True

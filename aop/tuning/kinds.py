@@ -125,6 +125,12 @@ class StudyKind(ABC, Generic[ExperimentT]):
         The result key that counts a trial's progress over its reports (``epoch``), on which
         ``search.scheduler`` stops poor trials early (see :meth:`fidelity`); ``None``: a trial
         reports once, and the kind refuses a scheduler.
+    scaled_stops : bool
+        How the searcher is told a trial that ``search.scheduler`` stopped: ``False``, its last
+        result; ``True``, its last result scaled to a whole trial by the trials that ran to
+        their end (:class:`aop.tuning.schedulers.ScaledStops`). ``True`` suits a fidelity
+        whose partial objective estimates the whole trial's with a bias that every trial
+        shares (the mean IPQ of the first volumes: volumes easier or harder than the rest).
     """
 
     name: ClassVar[str]
@@ -141,6 +147,7 @@ class StudyKind(ABC, Generic[ExperimentT]):
     curves: ClassVar[tuple[str, ...]] = ()
     objective_metrics: ClassVar[tuple[str, ...]] = ()
     fidelity_attr: ClassVar[str | None] = None
+    scaled_stops: ClassVar[bool] = False
     _objectives: tuple[ObjectiveConfig, ...] = ()
 
     @property

@@ -233,6 +233,7 @@ def make_searcher(
     start_points: Sequence[dict[str, Any]] = (),
     n_startup_trials: int = 10,
     told: int = 0,
+    scaled_stops: str | None = None,
 ) -> Searcher:
     """Build the searcher ``name``, limited to ``concurrency`` pending suggestions.
 
@@ -255,6 +256,10 @@ def make_searcher(
         Random trials before a model-based searcher starts modelling.
     told : int
         Trials that will be told before the first suggestion (see :class:`SearcherRequest`).
+    scaled_stops : str, optional
+        A fidelity's result key (e.g. ``volumes``): the searcher is told a trial that an
+        early-stopping scheduler stopped scaled to a whole trial
+        (:class:`aop.tuning.schedulers.ScaledStops`); default: its last result.
 
     Returns
     -------
@@ -276,6 +281,13 @@ def make_searcher(
         n_startup_trials=n_startup_trials,
         told=told,
     )
+    if scaled_stops is not None:
+        if not isinstance(metric, str):
+            raise AopError("scaled_stops: a scheduler stops trials of one objective only")
+        from aop.tuning.schedulers import ScaledStops
+
+        return ScaledStops(_SEARCHERS[name](request), concurrency, attr=scaled_stops,
+                           metric=metric)  # fmt: skip
     return ConcurrencyLimiter(_SEARCHERS[name](request), max_concurrent=concurrency)
 
 

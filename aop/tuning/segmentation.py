@@ -309,6 +309,8 @@ class SegmentationKind(StudyKind[SegmentationExperiment]):
     #: compute it took (``volumes * seconds_per_volume`` scorer seconds)
     record_extras = ("volume_nodes", "volumes", "seconds_per_volume")
     fidelity_attr = "volumes"
+    # a stopped trial's mean over its first volumes, told on the scale of every volume
+    scaled_stops = True
     #: ``seconds_per_volume``: a trial's post-processing and scoring time per volume (its
     #: ``objectives`` may trade IPQ against it; :mod:`aop.tuning.segmentation_trial`)
     objective_metrics = (*IPQ_SCORES, "seconds_per_volume")

@@ -591,8 +591,11 @@ def run_searches(
         else:
             use_starts = kind.start_point and name != "random"
             starts = space.start(kind.start_point) if use_starts else []
-            told = warm.points() if warm is not None and name == exp.search.searcher else []
-            topup = _topup_factory(exp, kind, space, searcher_name, starts, warm=told)
+            main = name == exp.search.searcher
+            told = warm.points() if warm is not None and main else []
+            scaled = kind.fidelity_attr if main and scheduler and kind.scaled_stops else None
+            topup = _topup_factory(exp, kind, space, searcher_name, starts, warm=told,
+                                   scaled_stops=scaled)  # fmt: skip
             param_space, samples, searcher = dict(space.fixed), budget, topup([], 0)
         records[name] = run_search(
             name,
@@ -650,6 +653,7 @@ def _topup_factory(
     starts: list[dict[str, Any]],
     *,
     warm: Sequence[tuple[dict[str, Any], float]] = (),
+    scaled_stops: str | None = None,
 ) -> Callable[[list[dict[str, Any]], int], Any]:
     """``make(done, part)``: the searcher of a search (``make([], 0)``) and of its top-ups.
 
@@ -662,7 +666,10 @@ def _topup_factory(
     starts without them. Each searcher first evaluates the start points that no finished trial
     of the study has evaluated (a warm trial was evaluated on an earlier study's data, so a
     start point it shares is still evaluated here). Start points and records hold the active
-    parameters only (conditions, see :mod:`aop.tuning.space`).
+    parameters only (conditions, see :mod:`aop.tuning.space`). ``scaled_stops``: the
+    fidelity key of a search under an early-stopping scheduler whose kind tells stopped trials
+    scaled to a whole trial (:class:`aop.tuning.schedulers.ScaledStops`); a top-up's searcher
+    is told earlier stopped trials at their last result.
     """
 
     names = [o.metric for o in kind.objectives]
@@ -691,6 +698,7 @@ def _topup_factory(
             concurrency=exp.search.concurrency,
             start_points=[p for p in starts if not evaluated(p)],
             told=len(points),
+            scaled_stops=scaled_stops,
         )
         for params, value in points:
             try:
