@@ -14,9 +14,12 @@ arms:
     3 and 9 volumes, and a trial goes on past a rung only while it is in the best third of the
     trials recorded there. Grace period 1: one volume is a tenth of a trial's cost, and the
     volumes are draws of one simulator, so one volume already tells the configurations that
-    post-processing ruins (IPQ near 0) from the rest. Reduction factor 3: Ray Tune's default
-    and the usual choice for successive halving (Li et al., ASHA); on ten volumes it leaves
-    three rungs below the end, where 2 would spend four rungs and more volumes on each trial.
+    post-processing ruins (IPQ near 0) from the rest. Reduction factor 3: aop's default, the
+    usual choice for successive halving (Li et al., Hyperband and ASHA; Ray Tune's own default is
+    4); on ten volumes it leaves three rungs below the end, where 2 would spend four rungs and
+    more volumes on each trial. ``--grace-period`` and ``--reduction-factor`` change both.
+    The searcher is told a stopped trial's mean over its first volumes scaled to all ten by the
+    trials that ran to their end (:class:`aop.tuning.schedulers.ScaledStops`).
 
 For every seed both studies run one after the other on the same machine (the first arm
 alternating between seeds), two trials at a time (``search.concurrency: 2`` on two cores): each
@@ -95,7 +98,7 @@ def search_space(folder: Path, start_point: bool) -> Path:
 
 
 def run_one(folder: Path, benchmark: Path, arm: str, seed: int, trials: int,
-            start_point: bool = True) -> dict[str, Any]:  # fmt: skip
+            start_point: bool = True, scheduler: dict | None = None) -> dict[str, Any]:  # fmt: skip
     """One gp segmentation study of ``arm``; its main search's records, best and wall time."""
     from aop.tuning.kinds import load_experiment
     from aop.tuning.study import run_study
@@ -107,7 +110,7 @@ def run_one(folder: Path, benchmark: Path, arm: str, seed: int, trials: int,
         "search_space": str(search_space(folder, start_point)),
         "search": {"searcher": "gp", "budget": trials, "seed": seed,
                    "concurrency": CONCURRENCY, "resources": {"cpus": CPUS_PER_VOLUME},
-                   "scheduler": ARMS[arm]},
+                   "scheduler": scheduler or ARMS[arm]},
         "storage": {"study_dir": str(folder / f"{arm}-{seed}"),
                     "cache_dir": str(folder / "predictions")},
         "comparison": {"baseline": False, "random": False},
@@ -151,6 +154,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--shape", type=int, nargs=3, default=(48, 128, 128))
+    parser.add_argument("--grace-period", type=int, default=1)
+    parser.add_argument("--reduction-factor", type=float, default=3.0)
     parser.add_argument("--no-start-point", dest="start_point", action="store_false",
                         help="Table III without its start point zeros: the searcher must find "
                         "the best, so the best-IPQ comparison measures the search")  # fmt: skip
@@ -160,8 +165,11 @@ def main() -> None:
     shape = tuple(args.shape)
     print(f"command: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} .venv/bin/python "
           f"benchmarks/volume_fidelity_bench.py --seeds {args.seeds} --trials {args.trials} "
-          f"--shape {' '.join(map(str, shape))}"
+          f"--shape {' '.join(map(str, shape))} --grace-period {args.grace_period} "
+          f"--reduction-factor {args.reduction_factor:g}"
           f"{'' if args.start_point else ' --no-start-point'}")  # fmt: skip
+    arms = {**ARMS, "fidelity": {"name": "asha", "grace_period": args.grace_period,
+                                 "reduction_factor": args.reduction_factor}}  # fmt: skip
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -172,7 +180,7 @@ def main() -> None:
         for seed in range(args.seeds):
             order = list(ARMS) if seed % 2 == 0 else list(reversed(ARMS))
             runs = {arm: summarise(run_one(folder, benchmark, arm, seed, args.trials,
-                                           args.start_point))
+                                           args.start_point, arms[arm]))
                     for arm in order}  # fmt: skip
             full, fid = runs["full"], runs["fidelity"]
             row = {"seed": seed, "first": order[0],
