@@ -546,6 +546,12 @@ def _aop(args: list[str], env: dict[str, str], timeout: float = 300) -> tuple[in
     return done.returncode, done.stdout + done.stderr, time.monotonic() - start
 
 
+def _only_aop_output(output: str) -> None:
+    """No line of Ray's (its start, Ray Data's execution and progress) in a command's output."""
+    for line in output.splitlines():
+        assert not any(word in line for word in ("INFO", "WARNING", "Dataset", "core_worker")), line
+
+
 def test_predict_segment_and_classify_join_the_ray_start_cluster(cluster, served, tmp_path):
     """``aop predict``, ``segment`` and ``classify`` with ``--address`` of the ``ray start`` head,
     the token where users keep it (a file named by RAY_AUTH_TOKEN_PATH, or RAY_AUTH_TOKEN), and
@@ -564,12 +570,14 @@ def test_predict_segment_and_classify_join_the_ray_start_cluster(cluster, served
     timings = {}
 
     cache = tmp_path / "cache"
+    logs = set(Path(tempfile.gettempdir()).glob("aop-*.log"))
     status, output, timings["predict"] = _aop(
         ["predict", "--data", str(data), "--models", "classical", "--cache", str(cache),
          "--address", cluster.address], by_path,
     )
     assert status == 0, output[-3000:]
     assert "InvalidAuthToken" not in output
+    _only_aop_output(output)
     assert len(list(cache.rglob("*.npz"))) == len(names)
     for name in names:  # each volume's entry, under its key, holds what the model predicts here
         image, _ = read_volume(data / "images" / f"{name}.tif")
@@ -583,6 +591,7 @@ def test_predict_segment_and_classify_join_the_ray_start_cluster(cluster, served
     )
     assert status == 0, output[-3000:]
     assert "InvalidAuthToken" not in output
+    _only_aop_output(output)
     assert sorted(p.stem for p in (out / "labels").glob("*.tif")) == names
     for name in names:
         image, _ = read_volume(data / "images" / f"{name}.tif")
@@ -600,6 +609,9 @@ def test_predict_segment_and_classify_join_the_ray_start_cluster(cluster, served
     )
     assert status == 0, output[-3000:]
     assert "InvalidAuthToken" not in output
+    _only_aop_output(output)
+    # the library log of each command was a temporary file, removed when it succeeded
+    assert set(Path(tempfile.gettempdir()).glob("aop-*.log")) == logs
     table = pd.read_csv(data / "predictions.csv")
     assert len(table) == served["instances"] and set(table["volume"]) == set(names)
     columns = [f"p_{c}" for c in served["classes"]]

@@ -11,9 +11,12 @@ instead (for bug reports).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -255,6 +258,40 @@ def step_line(line: str) -> None:
     """Print a step of a long command on stdout: markup, no highlighting, no wrapping (a file or
     CI log keeps it whole)."""
     console.print(line, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def library_output(command: str) -> Iterator[None]:
+    """Other libraries' output in a log file while ``command`` runs on Ray.
+
+    What Ray prints while it starts, Ray Data's execution lines and the workers' native lines go
+    to a temporary log file (:func:`aop.console.library_output_to`); aop's own progress and
+    results stay on the console. The file is removed when the command ends, unless it failed
+    with an error that is not the user's (an :class:`~aop.errors.AopError` is one line): then
+    one more line names it. With ``--debug`` (or ``AOP_DEBUG``) everything is shown as printed.
+    """
+    from aop import console as aop_console
+
+    if debug_enabled():
+        yield
+        return
+    handle, name = tempfile.mkstemp(prefix=f"aop-{command}-", suffix=".log")
+    os.close(handle)
+    path, keep = Path(name), False
+    try:
+        with aop_console.library_output_to(path):
+            yield
+    except AopError:
+        raise
+    except Exception:
+        keep = True
+        raise
+    finally:
+        if keep:
+            err_console.print(f"other libraries' output: {path}", highlight=False,
+                              soft_wrap=True)  # fmt: skip
+        else:
+            path.unlink(missing_ok=True)
 
 
 def volume_progress(what: str, total: int, unit: str = "", completed: int = 0) -> tuple[Any, Any]:

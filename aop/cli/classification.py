@@ -15,6 +15,7 @@ from aop.cli.app import (
     app,
     at_least_one,
     console,
+    library_output,
     study_trial,
 )
 from aop.errors import AopError
@@ -80,9 +81,10 @@ def classify(
     if gpus_per_worker < 0:
         raise AopError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker:g}")
     chosen = study_trial(source, pick, trial)
-    count = classify_dataset(
-        source, data, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
-        trial=chosen,
-    )
+    with library_output("classify"):
+        count = classify_dataset(
+            source, data, address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+            trial=chosen,
+        )
     console.print(f"classified {count} instances; wrote {data / 'annotations.csv'} and "
                   f"{data / 'predictions.csv'}")

@@ -18,6 +18,7 @@ from aop.cli.app import (
     at_least_one,
     console,
     err_console,
+    library_output,
     step_line,
     volume_progress,
 )
@@ -575,7 +576,8 @@ def predict(
     specs = parse_model_specs(models, setting or [], config)
     dataset = load_dataset(data)
     at_least_one("--workers", workers)
-    results = predict_dataset(dataset, specs, cache, address=address, num_workers=workers)
+    with library_output("predict"):
+        results = predict_dataset(dataset, specs, cache, address=address, num_workers=workers)
     title = f"predictions of {dataset.info.name} in {cache}"
     table = Table("model", "volume", "cache entry", title=title)
     for model, entries in results.items():

@@ -15,6 +15,7 @@ from aop.cli.app import (
     app,
     at_least_one,
     console,
+    library_output,
     study_trial,
     volume_progress,
 )
@@ -193,7 +194,7 @@ def segment(
     labels = out / "labels"
     before = len(list(labels.glob("*.tif"))) if labels.is_dir() else 0
     progress, advance = volume_progress("segmenting", total, completed=before)
-    with progress:
+    with library_output("segment"), progress:
         done = apply_pipeline(
             source, data, out, address=address, num_workers=workers,
             gpus_per_worker=gpus_per_worker, on_volume=advance,
