@@ -233,6 +233,7 @@ def test_a_scheduler_is_refused_where_it_cannot_stop_a_trial(project, local_ray)
 def test_a_killed_study_under_asha_resumes_with_its_rungs_to_its_budget(project):
     budget = 10
     path = _experiment(project, "asha-killed", budget, toy={"delay": 0.08},
+                       kind="toy_steps_scaled",
                        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 3},
                        )  # fmt: skip
     study = project / "asha-killed"
@@ -261,6 +262,14 @@ def test_a_killed_study_under_asha_resumes_with_its_rungs_to_its_budget(project)
         r["trial_id"] for r in records if r.get("stopped_at")}
     runs = study_tracker(study, "asha-killed").child_runs("gp")
     assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(ids)
+    # the searcher's limiter went on from its saved state: stopped trials told scaled
+    saved = sorted((study / "tune" / "gp").glob("search_gen_state-*"))[-1]
+    with open(saved, "rb") as handle:
+        told = pickle.load(handle)["name:ScaledStops"]["told"]
+    stopped = {r["trial_id"]: r for r in records if r.get("stopped_at")}
+    assert stopped and set(stopped) & set(told)
+    for trial_id in set(stopped) & set(told):
+        assert math.isclose(told[trial_id]["told"], _score(stopped[trial_id]["params"], STEPS))
 
 
 def test_progress_lines_say_where_a_trial_stopped_and_keep_the_best_of_ended_trials(capsys):
