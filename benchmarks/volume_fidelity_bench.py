@@ -19,7 +19,7 @@ arms:
     4); on ten volumes it leaves three rungs below the end, where 2 would spend four rungs and
     more volumes on each trial. ``--grace-period`` and ``--reduction-factor`` change both.
     The searcher is told a stopped trial's mean over its first volumes scaled to all ten by the
-    trials that ran to their end (:class:`aop.tuning.schedulers.ScaledStops`).
+    trials that ran to their end (:class:`aop.tuning.stops.ScaledStops`).
 
 For every seed both studies run one after the other on the same machine (the first arm
 alternating between seeds), two trials at a time (``search.concurrency: 2`` on two cores): each

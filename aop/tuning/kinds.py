@@ -128,7 +128,7 @@ class StudyKind(ABC, Generic[ExperimentT]):
     scaled_stops : bool
         How the searcher is told a trial that ``search.scheduler`` stopped: ``False``, its last
         result; ``True``, its last result scaled to a whole trial by the trials that ran to
-        their end (:class:`aop.tuning.schedulers.ScaledStops`). ``True`` suits a fidelity
+        their end (:class:`aop.tuning.stops.ScaledStops`). ``True`` suits a fidelity
         whose partial objective estimates the whole trial's with a bias that every trial
         shares (the mean IPQ of the first volumes: volumes easier or harder than the rest).
     """

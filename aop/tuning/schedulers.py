@@ -18,8 +18,9 @@ no trial waits for another).
 - **A stopped trial is told on the scale of a whole trial** where the kind asks for it
   (:attr:`aop.tuning.kinds.StudyKind.scaled_stops`, the segmentation kind): the searcher
   compares every trial it is told, and a mean over the first volumes is biased by how easy
-  those volumes are. :class:`ScaledStops` scales a stopped trial's last result by the trials
-  that ran to their end; the record and MLflow keep the result as measured.
+  those volumes are. :class:`aop.tuning.stops.ScaledStops` scales a stopped trial's last
+  result by the trials that ran to their end; the record and MLflow keep the result as
+  measured.
 - **The scheduler's state survives a killed driver.** Ray Tune saves the searcher's state but
   not the scheduler's: :class:`StudyScheduler` saves its own (:meth:`TrialScheduler.save`, one
   pickle, replaced atomically) after every decision, in ``STUDY_DIR/scheduler/SEARCH.pkl``, and
@@ -36,15 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from aop.outputs import atomic_file
 from aop.tuning.kinds import Fidelity
+from aop.tuning.stops import FINAL
+
+__all__ = ["FINAL", "StudyScheduler", "make_scheduler", "rung_counts", "state_path", "stopped_at"]
 
 #: Folder of the schedulers' states in a study folder.
 STATE_DIR = "scheduler"
-#: The result key a trial sets in the last result of its natural end.
-FINAL = "final"
 
 
 def state_path(study_dir: str | os.PathLike, search: str) -> Path:
@@ -147,77 +148,6 @@ class StudyScheduler(AsyncHyperBandScheduler):
         """``{milestone: {trial_id: objective as recorded}}`` (maximised: ``min`` is negated)."""
         self._load()
         return {milestone: dict(recorded) for milestone, recorded in self._brackets[0]._rungs}
-
-
-class ScaledStops(ConcurrencyLimiter):
-    """A searcher's concurrency limit that tells it a stopped trial scaled to a whole trial.
-
-    ASHA compares the trials at a rung on the same fidelity (the same first volumes), but the
-    searcher compares every trial it is told with every other: a stopped trial's last result,
-    the mean IPQ of its first ``k`` volumes, against finished trials' means over every volume.
-    Where the first volumes are easier than the rest, the stopped trials look better to the
-    searcher than finished trials that beat them at the rung, and it goes on suggesting
-    configurations like them, which are stopped again. This limiter tells the searcher a
-    stopped trial's objective as a ratio estimate of its whole-trial value::
-
-        told = last * sum(final_f) / sum(value_f(k))
-
-    over the trials ``f`` that ran to their end (``final: True``) and reported at ``k``, the
-    stopped trial's fidelity (``value_f(k)``: their objective then). A trial stopped before any
-    trial ended, or where those values sum to 0 or less, is told its last result. Trials that
-    ran to their end are told as they are. The limiter's state (each running trial's reports,
-    the finished trials' curves, and :attr:`told`) is saved with the search's state, so a
-    resumed search scales as before.
-
-    Parameters
-    ----------
-    searcher : ray.tune.search.Searcher
-        The searcher (single objective: a scheduler refuses several).
-    max_concurrent : int
-        Suggestions pending at once.
-    attr, metric : str
-        The fidelity's result key and the objective.
-
-    Attributes
-    ----------
-    told : dict
-        ``{trial_id: {"last", "told", "basis"}}`` of each stopped trial: its last result, the
-        value told, and how many finished trials the ratio was taken over.
-    """
-
-    def __init__(self, searcher: Searcher, max_concurrent: int, *, attr: str, metric: str) -> None:
-        super().__init__(searcher, max_concurrent=max_concurrent)
-        self.attr = attr
-        self.objective = metric
-        self.reports: dict[str, dict[float, float]] = {}
-        self.finished: list[tuple[dict[float, float], float]] = []
-        self.told: dict[str, dict[str, float]] = {}
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        value, at = result.get(self.objective), result.get(self.attr)
-        if value is not None and at is not None:
-            self.reports.setdefault(trial_id, {})[float(at)] = float(value)
-        super().on_trial_result(trial_id, result)
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        reports = self.reports.pop(trial_id, {})
-        if result and not error and result.get(self.objective) is not None:
-            if result.get(FINAL):
-                self.finished.append((reports, float(result[self.objective])))
-            elif result.get(self.attr) is not None:  # a stop
-                result = {**result, self.objective: self.scaled(trial_id, result)}
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-    def scaled(self, trial_id: str, result: dict) -> float:
-        """The value told for a trial stopped with ``result`` (recorded in :attr:`told`)."""
-        at, last = float(result[self.attr]), float(result[self.objective])
-        pairs = [(reports[at], final) for reports, final in self.finished if at in reports]
-        partial = sum(value for value, _ in pairs)
-        told = last * sum(final for _, final in pairs) / partial if partial > 0 else last
-        self.told[trial_id] = {"last": last, "told": told, "basis": len(pairs)}
-        return told
 
 
 def rung_counts(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:

@@ -259,7 +259,7 @@ def make_searcher(
     scaled_stops : str, optional
         A fidelity's result key (e.g. ``volumes``): the searcher is told a trial that an
         early-stopping scheduler stopped scaled to a whole trial
-        (:class:`aop.tuning.schedulers.ScaledStops`); default: its last result.
+        (:class:`aop.tuning.stops.ScaledStops`); default: its last result.
 
     Returns
     -------
@@ -284,7 +284,7 @@ def make_searcher(
     if scaled_stops is not None:
         if not isinstance(metric, str):
             raise AopError("scaled_stops: a scheduler stops trials of one objective only")
-        from aop.tuning.schedulers import ScaledStops
+        from aop.tuning.stops import ScaledStops
 
         return ScaledStops(_SEARCHERS[name](request), concurrency, attr=scaled_stops,
                            metric=metric)  # fmt: skip

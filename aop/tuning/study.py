@@ -668,7 +668,7 @@ def _topup_factory(
     start point it shares is still evaluated here). Start points and records hold the active
     parameters only (conditions, see :mod:`aop.tuning.space`). ``scaled_stops``: the
     fidelity key of a search under an early-stopping scheduler whose kind tells stopped trials
-    scaled to a whole trial (:class:`aop.tuning.schedulers.ScaledStops`); a top-up's searcher
+    scaled to a whole trial (:class:`aop.tuning.stops.ScaledStops`); a top-up's searcher
     is told earlier stopped trials at their last result.
     """
 
