@@ -42,21 +42,28 @@ Per arm it measures:
 - **stopped**: the trials ASHA stopped (records with ``stopped_at``), of the deep trials.
 
 The goal: ASHA trains half the epochs of fifo or fewer (total over the seeds), with a mean final
-best within 0.02 of fifo's. Command, with the settings of the reported run (25 to 40 minutes on
-2 CPU cores, depending on what else runs there)::
+best within 0.02 of fifo's. Commands of the reported runs (each 25 to 60 minutes on 2 CPU cores,
+depending on what else runs there)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/asha_bench.py --seeds 5 --budget 20 \\
         --max-epochs 12 --grace-period 2 --reduction-factor 3
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/asha_bench.py --seeds 5 --budget 30 \\
+        --max-epochs 12 --grace-period 1 --reduction-factor 4 --deep-only
 
-Settings, the defaults: 20 trials (of which smac gives about a third to deep designs) keep 5 seeds
-of both arms in that time. ``--max-epochs 12`` (the demo trains 8) gives a training room to go
-on while it improves: a deep trial trains at most 12 epochs per stage and fold, 24 with ``semi``
-pretraining's two stages, so the fidelity's maximum is 24 epochs and ``grace_period 2`` with
-``reduction_factor 3`` gives the rungs 2, 6 and 18 epochs. A first rung after 2 epochs (not 1)
-lets a training's first, noisiest epoch pass before trials are compared, and ``reduction_factor
-3`` is aop's default. Lightning's ``patience`` (3 epochs without a better validation
-accuracy) ends a training in both arms: a design without pretraining often stops by itself after
-4 or 5 epochs, before ASHA's second rung.
+The first is the demo space with aop's reduction factor; the second its deep designs, where
+every trial trains, with Ray Tune's own defaults (``grace_period 1``, ``reduction_factor 4``)
+and a budget that lets later trials meet rungs where others are recorded.
+
+Settings: 20 trials (of which smac gives about a third to deep designs) keep 5 seeds of both arms
+in the time above. ``--max-epochs 12`` (the demo trains 8) gives a training room to go on while
+it improves: a deep trial trains at most 12 epochs per stage and fold, 24 with ``semi``
+pretraining's two stages, so the fidelity's maximum is 24 epochs; ``grace_period 2`` with
+``reduction_factor 3`` gives the rungs 2, 6 and 18 epochs, ``grace_period 1`` with
+``reduction_factor 4`` the rungs 1, 4 and 16. Lightning's ``patience`` (3 epochs without a better
+validation accuracy) ends a training in both arms, often after 4 to 15 epochs: a rung past that
+(18) stops nothing, and a trial that passes the last rung it meets trains until ``patience``
+ends it. The estimate a deep trial reports is its best validation accuracy so far, so a rung
+never judges a trial by an epoch worse than its best one.
 """
 
 from __future__ import annotations
