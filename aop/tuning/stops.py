@@ -33,7 +33,7 @@ class ScaledStops(ConcurrencyLimiter):
     stopped trial's fidelity (``value_f(k)``: their objective then). A trial stopped before any
     trial ended, or where those values sum to 0 or less, is told its last result. Trials that
     ran to their end are told as they are. The limiter's state (each running trial's reports,
-    the finished trials' curves, and :attr:`told`) is saved with the search's state, so a
+    the two sums at each fidelity, and :attr:`told`) is saved with the search's state, so a
     resumed search scales as before.
 
     Parameters
@@ -57,7 +57,8 @@ class ScaledStops(ConcurrencyLimiter):
         self.attr = attr
         self.objective = metric
         self.reports: dict[str, dict[float, float]] = {}
-        self.finished: list[tuple[dict[float, float], float]] = []
+        #: ``{fidelity: [sum of value_f(k), sum of final_f, number of trials f]}``
+        self.sums: dict[float, list[float]] = {}
         self.told: dict[str, dict[str, float]] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -72,7 +73,12 @@ class ScaledStops(ConcurrencyLimiter):
         reports = self.reports.pop(trial_id, {})
         if result and not error and result.get(self.objective) is not None:
             if result.get(FINAL):
-                self.finished.append((reports, float(result[self.objective])))
+                final = float(result[self.objective])
+                for at, value in reports.items():
+                    sums = self.sums.setdefault(at, [0.0, 0.0, 0])
+                    sums[0] += value
+                    sums[1] += final
+                    sums[2] += 1
             elif result.get(self.attr) is not None:  # a stop
                 result = {**result, self.objective: self.scaled(trial_id, result)}
         super().on_trial_complete(trial_id, result=result, error=error)
@@ -80,8 +86,7 @@ class ScaledStops(ConcurrencyLimiter):
     def scaled(self, trial_id: str, result: dict) -> float:
         """The value told for a trial stopped with ``result`` (recorded in :attr:`told`)."""
         at, last = float(result[self.attr]), float(result[self.objective])
-        pairs = [(reports[at], final) for reports, final in self.finished if at in reports]
-        partial = sum(value for value, _ in pairs)
-        told = last * sum(final for _, final in pairs) / partial if partial > 0 else last
-        self.told[trial_id] = {"last": last, "told": told, "basis": len(pairs)}
+        partial, final, basis = self.sums.get(at, (0.0, 0.0, 0))
+        told = last * final / partial if partial > 0 else last
+        self.told[trial_id] = {"last": last, "told": told, "basis": int(basis)}
         return told
