@@ -236,8 +236,7 @@ def run_search(
         # Tune saved its first state left in the scheduler's state file
         Path(first.path).unlink(missing_ok=True)
     grid = fit(name, searcher, num_samples, first)
-    kept = _trial_ids(grid)
-    created = _creation_order(grid, recorder.records())
+    kept, grids = _trial_ids(grid), [grid]
     # Tune saves its experiment state and its searcher's state as two files: after a full disk
     # (or a crash between the two writes) a restored searcher can believe it created trials
     # that the experiment never ran, and the search ends short of its budget. A top-up
@@ -263,10 +262,12 @@ def run_search(
         else:
             break
         kept |= _trial_ids(grid)
-        created += [t for t in _creation_order(grid, recorder.records()) if t not in created]
+        grids.append(grid)
         part += 1
     if topup is not None:
-        kept -= set(_beyond_budget(name, created, recorder.records(), num_samples))
+        records = recorder.records()
+        created = _creation_order(grids, records)
+        kept -= set(_beyond_budget(name, created, records, num_samples))
     prune_orphans(recorder.path, kept, tracker, name)
     return recorder.records()
 
@@ -313,15 +314,19 @@ def _trial_ids(grid: Any) -> set[str]:
     return {r.metrics.get("trial_id") for r in grid if r.metrics}
 
 
-def _creation_order(grid: Any, records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The trial ids of one Tune experiment's result grid in the order Tune created them.
+def _creation_order(grids: Sequence[Any], records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The trial ids of a search's Tune experiments (their result grids, in the order they ran)
+    in the order Tune created them.
 
-    A record's ``iteration`` is its trial's position in the experiment's trial list; trials
-    without a record come last.
+    A record's ``iteration`` is its trial's position in its experiment's trial list; within an
+    experiment, trials without a record come last.
     """
     position = {r["trial_id"]: r["iteration"] for r in records}
-    ids = sorted(_trial_ids(grid) - {None})
-    return sorted(ids, key=lambda t: (t not in position, position.get(t, 0)))
+    created: list[str] = []
+    for grid in grids:
+        ids = sorted(_trial_ids(grid) - {None} - set(created))
+        created += sorted(ids, key=lambda t: (t not in position, position.get(t, 0)))
+    return created
 
 
 def _beyond_budget(
@@ -585,13 +590,13 @@ def run_searches(
     """
     records: dict[str, list[dict[str, Any]]] = {}
     for name, searcher_name, budget in search_plan(exp, kind):
+        main = name == exp.search.searcher
         if searcher_name is None:
             param_space, samples = _comparison_space(exp, kind, space, name), 1
             searcher = topup = None
         else:
             use_starts = kind.start_point and name != "random"
             starts = space.start(kind.start_point) if use_starts else []
-            main = name == exp.search.searcher
             told = warm.points() if warm is not None and main else []
             scaled = kind.fidelity_attr if main and scheduler and kind.scaled_stops else None
             topup = _topup_factory(exp, kind, space, searcher_name, starts, warm=told,
@@ -611,8 +616,8 @@ def run_searches(
             verbose=verbose,
             storage=exp.storage.tune_storage,
             topup=topup,
-            per_trial_lines=name == exp.search.searcher,
-            scheduler=scheduler if name == exp.search.searcher else None,
+            per_trial_lines=main,
+            scheduler=scheduler if main else None,
         )
     return records
 
