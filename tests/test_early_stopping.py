@@ -86,6 +86,13 @@ def _optuna_values(study: Path, search: str = "gp") -> list[float]:
     return [t.value for t in trials]
 
 
+def _told(study: Path, search: str = "gp") -> dict[str, dict[str, float]]:
+    """What the ``ScaledStops`` limiter told the searcher of each stopped trial (Tune's state)."""
+    path = sorted((study / "tune" / search).glob("search_gen_state-*"))[-1]
+    with open(path, "rb") as handle:
+        return pickle.load(handle)["name:ScaledStops"]["told"]
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("early")
@@ -156,9 +163,7 @@ def test_a_kind_with_scaled_stops_tells_the_searcher_a_stopped_trial_at_its_whol
     records = {r["trial_id"]: r for r in result.records["gp"]}
     stopped = {i: r for i, r in records.items() if r.get("stopped_at")}
     assert stopped and len(stopped) < len(records)
-    state = sorted((project / "scaled" / "tune" / "gp").glob("search_gen_state-*"))[-1]
-    with open(state, "rb") as handle:
-        told = pickle.load(handle)["name:ScaledStops"]["told"]
+    told = _told(project / "scaled")
     assert sorted(told) == sorted(stopped)
     expected = []
     for trial_id, record in records.items():
@@ -263,9 +268,7 @@ def test_a_killed_study_under_asha_resumes_with_its_rungs_to_its_budget(project)
     runs = study_tracker(study, "asha-killed").child_runs("gp")
     assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(ids)
     # the searcher's limiter went on from its saved state: stopped trials told scaled
-    saved = sorted((study / "tune" / "gp").glob("search_gen_state-*"))[-1]
-    with open(saved, "rb") as handle:
-        told = pickle.load(handle)["name:ScaledStops"]["told"]
+    told = _told(study)
     stopped = {r["trial_id"]: r for r in records if r.get("stopped_at")}
     assert stopped and set(stopped) & set(told)
     for trial_id in set(stopped) & set(told):
